@@ -1,0 +1,519 @@
+//! Hole punching as a sans-IO state machine.
+//!
+//! No sockets and no clock in here: the caller feeds datagrams and the current time in and
+//! takes probes to send and events out, like `quinn-proto`. The async shell lives in
+//! [`crate::net`]; the timing rules below are plain functions so they can be tested alone.
+//!
+//! # Why the rounds look the way they do
+//! A Linux NAT (the core of most home routers) that receives a probe before its own host has
+//! sent anything to that peer records the inbound flow; the host's own later packets to that
+//! peer then leave from a *different* public port, and the entry lives for 30 s after the last
+//! such probe. So a probe sent while the peer has not yet pasted our ticket poisons the path
+//! for 30 s, and rounds fired every 10 s by only one side would keep it poisoned for ever.
+//! Hence:
+//! - probes to NAT-mapped addresses are sent only in short rounds (5 s) that fire on shared
+//!   wall-clock boundaries, every [`ROUND_PERIOD`] (every fourth 10-second boundary of
+//!   NTP-corrected time), so a lone round's poison (5 s + 30 s) has expired before the next
+//!   round starts and both users meet at the first boundary after the later paste;
+//! - each round opens with [`OPENER_PHASE`] of low-TTL "openers" that pass our own NAT
+//!   (creating its mapping) but expire in the network before they reach the peer's NAT, so
+//!   whichever side's first full probe arrives first finds the other NAT already open, even
+//!   with zero delay between the NATs or clocks that differ by up to that phase;
+//! - addresses that cannot be poisoned (the peer's LAN addresses, a peer with no NAT, and any
+//!   address a valid probe has already come from) are probed at once and throughout.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::wire::{Probe, ProbeKind, PROBE_LEN};
+
+/// Wall-clock boundaries are multiples of this (what the original p2pcopy used).
+pub const BOUNDARY: Duration = Duration::from_secs(10);
+/// Time between two rounds: every fourth boundary, longer than the 30 s a stale NAT entry
+/// lives plus one round.
+pub const ROUND_PERIOD: Duration = Duration::from_secs(40);
+/// Part of a round spent sending low-TTL openers only.
+pub const OPENER_PHASE: Duration = Duration::from_secs(2);
+/// Length of a round; nothing is sent to NAT-mapped addresses after this until the next one.
+pub const ROUND_LENGTH: Duration = Duration::from_secs(5);
+/// Pacing of probes inside a round.
+pub const ROUND_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// Time-to-live of openers: passes one home NAT, expires at the first router behind it.
+pub const DEFAULT_OPENER_TTL: u32 = 2;
+/// Keep-alive probes to a confirmed path until the shell stops the puncher.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+/// The shell needs this long after a paste to be ready for a round.
+pub const ROUND_LEAD: Duration = Duration::from_millis(1500);
+
+/// Unix time (NTP-corrected) of the first round a peer that became ready at `now_unix` fires.
+///
+/// Rounds start on multiples of [`ROUND_PERIOD`] of Unix time, so two peers with synchronised
+/// clocks fire the same rounds whenever they pasted.
+pub fn first_round_unix(now_unix: Duration) -> Duration {
+    let earliest = now_unix + ROUND_LEAD;
+    let period = ROUND_PERIOD.as_nanos();
+    let k = earliest.as_nanos().div_ceil(period);
+    Duration::from_nanos((k * period) as u64)
+}
+
+/// Delay before the `n`th probe (0-based) to an address that is probed at once.
+///
+/// Quick at first so LAN peers meet in milliseconds, then one per second.
+pub fn immediate_probe_delay(n: u32) -> Duration {
+    match n {
+        0 => Duration::ZERO,
+        1 => Duration::from_millis(100),
+        2 => Duration::from_millis(200),
+        3 => Duration::from_millis(400),
+        4 => Duration::from_millis(800),
+        _ => Duration::from_secs(1),
+    }
+}
+
+/// How a candidate address of the peer was learned; shown to the user once connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathKind {
+    /// One of the peer's own interface addresses on a private network.
+    Lan,
+    /// The peer's address when it has no NAT.
+    Public,
+    /// The peer's NAT-mapped address as a STUN server saw it.
+    Mapped,
+    /// An address a valid probe came from that no ticket listed (a NAT's new mapping).
+    PeerReflexive,
+    /// An `ip:port` the user typed (bare ticket).
+    Typed,
+}
+
+impl PathKind {
+    /// Words for the user.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PathKind::Lan => "local network",
+            PathKind::Public => "peer's public address",
+            PathKind::Mapped => "peer's NAT-mapped address",
+            PathKind::PeerReflexive => "address learned from the peer's probes",
+            PathKind::Typed => "address you entered",
+        }
+    }
+
+    /// Addresses of this kind cannot be poisoned by an early probe, so they are probed at once.
+    fn probe_at_once(self) -> bool {
+        !matches!(self, PathKind::Mapped | PathKind::Typed)
+    }
+}
+
+/// One address of the peer to try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The address.
+    pub addr: SocketAddr,
+    /// How we learned it.
+    pub kind: PathKind,
+}
+
+/// Everything a [`Puncher`] needs to start.
+#[derive(Clone, Debug)]
+pub struct PunchConfig {
+    /// Our short id (first bytes of our certificate fingerprint).
+    pub local_id: [u8; 8],
+    /// The peer's short id; `None` for a bare ticket.
+    pub peer_id: Option<[u8; 8]>,
+    /// The peer's addresses, most preferred first.
+    pub targets: Vec<Target>,
+    /// When the first round starts (a shared wall-clock boundary turned into an `Instant`).
+    pub first_round: Instant,
+    /// Give up at this time.
+    pub deadline: Instant,
+    /// TTL of openers; `None` disables them.
+    pub opener_ttl: Option<u32>,
+}
+
+/// A probe to send.
+#[must_use]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub destination: SocketAddr,
+    /// IP time-to-live to use instead of the socket's default.
+    pub ttl: Option<u32>,
+    /// The datagram.
+    pub contents: [u8; PROBE_LEN],
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PunchEvent {
+    /// A synchronised round began (0-based).
+    RoundStarted {
+        /// Round number.
+        round: u32,
+    },
+    /// Both directions work on this path: a pong came back from `remote`.
+    Confirmed {
+        /// The peer's address on this path.
+        remote: SocketAddr,
+        /// How that address was learned.
+        kind: PathKind,
+        /// Round-trip time of the probe that confirmed it.
+        rtt: Duration,
+        /// Our own address as the peer saw it.
+        observed: Option<SocketAddr>,
+    },
+    /// The deadline passed before any path was confirmed.
+    TimedOut {
+        /// Rounds fired.
+        rounds: u32,
+        /// Whether any valid probe from the peer arrived at all.
+        heard_peer: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Path {
+    target: Target,
+    /// Probe at once and throughout, not just in rounds.
+    at_once: bool,
+    probes_sent: u32,
+    next_probe: Instant,
+    confirmed: bool,
+}
+
+/// The hole-punching state machine for one session.
+///
+/// Drive it like quinn-proto: after every `handle_*` call, drain [`Puncher::poll_transmit`]
+/// and [`Puncher::poll_event`], then sleep until [`Puncher::poll_timeout`] and call
+/// [`Puncher::handle_timeout`].
+#[derive(Debug)]
+pub struct Puncher {
+    cfg: PunchConfig,
+    paths: Vec<Path>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<PunchEvent>,
+    next_round_tick: Instant,
+    rounds_started: u32,
+    seq: u32,
+    sent_at: HashMap<u32, Instant>,
+    heard_peer: bool,
+    finished: bool,
+}
+
+impl Puncher {
+    /// Creates the state machine at time `now`.
+    pub fn new(cfg: PunchConfig, now: Instant) -> Self {
+        let mut paths = Vec::new();
+        for t in &cfg.targets {
+            if paths.iter().any(|p: &Path| p.target.addr == t.addr) {
+                continue;
+            }
+            paths.push(Path { target: *t, at_once: t.kind.probe_at_once(), probes_sent: 0, next_probe: now, confirmed: false });
+        }
+        let next_round_tick = cfg.first_round.max(now);
+        Puncher {
+            cfg,
+            paths,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_round_tick,
+            rounds_started: 0,
+            seq: 0,
+            sent_at: HashMap::new(),
+            heard_peer: false,
+            finished: false,
+        }
+    }
+
+    /// Start time of round `n`.
+    pub fn round_start(&self, n: u32) -> Instant {
+        self.cfg.first_round + ROUND_PERIOD * n
+    }
+
+    /// Rounds fired so far.
+    pub fn rounds_started(&self) -> u32 {
+        self.rounds_started
+    }
+
+    /// Whether a valid probe from the peer has arrived.
+    pub fn heard_peer(&self) -> bool {
+        self.heard_peer
+    }
+
+    /// Offers a datagram; returns false when it is not a probe of this session (the caller
+    /// then hands it elsewhere or drops it).
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        let Some(probe) = Probe::decode(data) else { return false };
+        if self.cfg.peer_id.is_some_and(|id| id != probe.from) || probe.from == self.cfg.local_id {
+            return false;
+        }
+        if probe.to != [0; 8] && probe.to != self.cfg.local_id {
+            return false;
+        }
+        if self.finished {
+            return true;
+        }
+        self.heard_peer = true;
+        let i = match self.paths.iter().position(|p| p.target.addr == from) {
+            Some(i) => i,
+            None => {
+                tracing::debug!(%from, "probe from a new address: peer-reflexive candidate");
+                self.paths.push(Path {
+                    target: Target { addr: from, kind: PathKind::PeerReflexive },
+                    at_once: true,
+                    probes_sent: 0,
+                    next_probe: now,
+                    confirmed: false,
+                });
+                self.paths.len() - 1
+            }
+        };
+        // The peer's NAT has let this packet out towards us, so probing this address any time
+        // cannot poison anything.
+        if !self.paths[i].at_once {
+            self.paths[i].at_once = true;
+            self.paths[i].next_probe = now;
+        }
+        match probe.kind {
+            ProbeKind::Ping => {
+                let pong = Probe { kind: ProbeKind::Pong, from: self.cfg.local_id, to: probe.from, seq: probe.seq, observed: Some(from) };
+                self.transmits.push_back(Transmit { destination: from, ttl: None, contents: pong.encode() });
+            }
+            ProbeKind::Pong => {
+                let path = &mut self.paths[i];
+                if !path.confirmed {
+                    path.confirmed = true;
+                    let rtt = self.sent_at.get(&probe.seq).map(|t| now.saturating_duration_since(*t)).unwrap_or_default();
+                    tracing::debug!(remote = %from, ?rtt, "path confirmed");
+                    self.events.push_back(PunchEvent::Confirmed { remote: from, kind: path.target.kind, rtt, observed: probe.observed });
+                }
+            }
+        }
+        true
+    }
+
+    /// Advances timers to `now`, queueing whatever probes are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.finished {
+            return;
+        }
+        if now >= self.cfg.deadline {
+            self.finished = true;
+            self.transmits.clear();
+            self.events.push_back(PunchEvent::TimedOut { rounds: self.rounds_started, heard_peer: self.heard_peer });
+            return;
+        }
+        // Probes that may go out at any time.
+        for i in 0..self.paths.len() {
+            let p = self.paths[i];
+            if !p.at_once || now < p.next_probe {
+                continue;
+            }
+            self.send_ping(now, p.target.addr, None);
+            let p = &mut self.paths[i];
+            p.probes_sent += 1;
+            let delay = if p.confirmed { KEEPALIVE_INTERVAL } else { immediate_probe_delay(p.probes_sent) };
+            p.next_probe = now + delay;
+        }
+        // Rounds.
+        if now >= self.next_round_tick {
+            self.round_tick(now);
+        }
+    }
+
+    fn round_tick(&mut self, now: Instant) {
+        let since_first = now.saturating_duration_since(self.cfg.first_round);
+        let n = (since_first.as_nanos() / ROUND_PERIOD.as_nanos()) as u32;
+        let start = self.round_start(n);
+        let offset = now.saturating_duration_since(start);
+        if offset >= ROUND_LENGTH {
+            self.next_round_tick = self.round_start(n + 1);
+            return;
+        }
+        if self.rounds_started <= n {
+            self.rounds_started = n + 1;
+            self.events.push_back(PunchEvent::RoundStarted { round: n });
+        }
+        let ttl = if offset < OPENER_PHASE { self.cfg.opener_ttl } else { None };
+        let round_targets: Vec<SocketAddr> = self.paths.iter().filter(|p| !p.at_once).map(|p| p.target.addr).collect();
+        for addr in round_targets {
+            self.send_ping(now, addr, ttl);
+        }
+        let next = now + ROUND_PROBE_INTERVAL;
+        self.next_round_tick = if next >= start + ROUND_LENGTH { self.round_start(n + 1) } else { next };
+    }
+
+    fn send_ping(&mut self, now: Instant, to: SocketAddr, ttl: Option<u32>) {
+        self.seq = self.seq.wrapping_add(1);
+        if self.sent_at.len() >= 4096 {
+            self.sent_at.clear();
+        }
+        self.sent_at.insert(self.seq, now);
+        let ping = Probe { kind: ProbeKind::Ping, from: self.cfg.local_id, to: self.cfg.peer_id.unwrap_or([0; 8]), seq: self.seq, observed: None };
+        self.transmits.push_back(Transmit { destination: to, ttl, contents: ping.encode() });
+    }
+
+    /// Next probe to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Next event, if any.
+    pub fn poll_event(&mut self) -> Option<PunchEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Puncher::handle_timeout`] must be called next; `None` once finished.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.finished {
+            return None;
+        }
+        let mut t = self.cfg.deadline.min(self.next_round_tick);
+        for p in self.paths.iter().filter(|p| p.at_once) {
+            t = t.min(p.next_probe);
+        }
+        Some(t)
+    }
+}
+
+#[cfg(test)]
+mod sim;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_round_is_on_a_shared_boundary() {
+        let r = first_round_unix(Duration::from_secs(1_700_000_001));
+        assert_eq!(r.as_secs() % ROUND_PERIOD.as_secs(), 0);
+        assert_eq!(r.as_secs() % BOUNDARY.as_secs(), 0);
+        assert!(r >= Duration::from_secs(1_700_000_001) + ROUND_LEAD);
+        // Two peers who paste anywhere in the same window meet at the same boundary.
+        let a = first_round_unix(Duration::from_millis(1_700_000_000_100));
+        let b = first_round_unix(Duration::from_millis(1_700_000_000_100 + 30_000));
+        assert_eq!(a, b);
+        // Too close to a boundary: the next one.
+        let edge = Duration::from_secs(1_700_000_040) - Duration::from_millis(500);
+        assert_eq!(first_round_unix(edge), Duration::from_secs(1_700_000_080));
+    }
+
+    #[test]
+    fn round_spacing_outlives_stale_nat_entries() {
+        const CONNTRACK_UDP_UNREPLIED: Duration = Duration::from_secs(30);
+        assert!(ROUND_PERIOD > ROUND_LENGTH + CONNTRACK_UDP_UNREPLIED + Duration::from_secs(2));
+        assert_eq!(ROUND_PERIOD.as_nanos() % BOUNDARY.as_nanos(), 0);
+        assert!(OPENER_PHASE < ROUND_LENGTH);
+    }
+
+    #[test]
+    fn immediate_delays() {
+        let d: Vec<u64> = (0..7).map(|n| immediate_probe_delay(n).as_millis() as u64).collect();
+        assert_eq!(d, [0, 100, 200, 400, 800, 1000, 1000]);
+    }
+
+    fn cfg(now: Instant, targets: Vec<Target>) -> PunchConfig {
+        PunchConfig {
+            local_id: [1; 8],
+            peer_id: Some([2; 8]),
+            targets,
+            first_round: now + Duration::from_secs(10),
+            deadline: now + Duration::from_secs(100),
+            opener_ttl: Some(2),
+        }
+    }
+
+    fn drain(p: &mut Puncher) -> Vec<Transmit> {
+        std::iter::from_fn(|| p.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn mapped_addresses_wait_for_the_round_and_open_with_low_ttl() {
+        let t0 = Instant::now();
+        let mapped: SocketAddr = "198.18.2.2:21300".parse().unwrap();
+        let lan: SocketAddr = "10.2.0.2:21300".parse().unwrap();
+        let mut p = Puncher::new(
+            cfg(t0, vec![Target { addr: mapped, kind: PathKind::Mapped }, Target { addr: lan, kind: PathKind::Lan }]),
+            t0,
+        );
+        p.handle_timeout(t0);
+        let tx = drain(&mut p);
+        assert_eq!(tx.len(), 1);
+        assert_eq!(tx[0].destination, lan);
+        // Nothing to the mapped address before the round, however often we are woken.
+        let mut now = t0;
+        while now < t0 + Duration::from_secs(10) {
+            p.handle_timeout(now);
+            assert!(drain(&mut p).iter().all(|t| t.destination == lan));
+            now = p.poll_timeout().unwrap().max(now + Duration::from_millis(1));
+        }
+        p.handle_timeout(t0 + Duration::from_secs(10));
+        let tx = drain(&mut p);
+        let to_mapped: Vec<_> = tx.iter().filter(|t| t.destination == mapped).collect();
+        assert_eq!(to_mapped.len(), 1);
+        assert_eq!(to_mapped[0].ttl, Some(2));
+        assert_eq!(p.poll_event(), Some(PunchEvent::RoundStarted { round: 0 }));
+        // After the opener phase: full TTL.
+        p.handle_timeout(t0 + Duration::from_secs(10) + OPENER_PHASE);
+        assert!(drain(&mut p).iter().any(|t| t.destination == mapped && t.ttl.is_none()));
+        // After the round: silence towards the mapped address until the next round.
+        let quiet_from = t0 + Duration::from_secs(10) + ROUND_LENGTH;
+        let mut now = quiet_from;
+        while now < t0 + Duration::from_secs(10) + ROUND_PERIOD {
+            p.handle_timeout(now);
+            assert!(drain(&mut p).iter().all(|t| t.destination != mapped), "probe at {:?}", now - t0);
+            now = p.poll_timeout().unwrap().max(now + Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn ping_gets_pong_and_pong_confirms() {
+        let t0 = Instant::now();
+        let peer: SocketAddr = "198.18.2.2:21300".parse().unwrap();
+        let mut p = Puncher::new(cfg(t0, vec![Target { addr: peer, kind: PathKind::Lan }]), t0);
+        p.handle_timeout(t0);
+        let ping = drain(&mut p).remove(0);
+        let seq = Probe::decode(&ping.contents).unwrap().seq;
+        // A ping from the peer via an unknown address: answered, and the address remembered.
+        let other: SocketAddr = "198.18.2.2:40000".parse().unwrap();
+        let theirs = Probe { kind: ProbeKind::Ping, from: [2; 8], to: [1; 8], seq: 9, observed: None };
+        assert!(p.handle_datagram(t0, other, &theirs.encode()));
+        let pong = drain(&mut p).remove(0);
+        assert_eq!(pong.destination, other);
+        let decoded = Probe::decode(&pong.contents).unwrap();
+        assert_eq!((decoded.kind, decoded.seq, decoded.observed), (ProbeKind::Pong, 9, Some(other)));
+        // Our ping answered.
+        let reply = Probe { kind: ProbeKind::Pong, from: [2; 8], to: [1; 8], seq, observed: Some("198.18.1.2:4300".parse().unwrap()) };
+        assert!(p.handle_datagram(t0 + Duration::from_millis(30), peer, &reply.encode()));
+        match p.poll_event() {
+            Some(PunchEvent::Confirmed { remote, kind, rtt, .. }) => {
+                assert_eq!((remote, kind, rtt), (peer, PathKind::Lan, Duration::from_millis(30)));
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn foreign_probes_are_ignored() {
+        let t0 = Instant::now();
+        let peer: SocketAddr = "198.18.2.2:21300".parse().unwrap();
+        let mut p = Puncher::new(cfg(t0, vec![Target { addr: peer, kind: PathKind::Mapped }]), t0);
+        let stranger = Probe { kind: ProbeKind::Ping, from: [3; 8], to: [1; 8], seq: 1, observed: None };
+        assert!(!p.handle_datagram(t0, peer, &stranger.encode()));
+        let misaddressed = Probe { kind: ProbeKind::Ping, from: [2; 8], to: [4; 8], seq: 1, observed: None };
+        assert!(!p.handle_datagram(t0, peer, &misaddressed.encode()));
+        assert!(!p.handle_datagram(t0, peer, b"\xc0 a QUIC initial"));
+        assert!(drain(&mut p).is_empty());
+        assert!(!p.heard_peer());
+    }
+
+    #[test]
+    fn times_out_once() {
+        let t0 = Instant::now();
+        let mut p = Puncher::new(cfg(t0, vec![]), t0);
+        p.handle_timeout(t0 + Duration::from_secs(100));
+        assert_eq!(p.poll_event(), Some(PunchEvent::TimedOut { rounds: 0, heard_peer: false }));
+        assert_eq!(p.poll_timeout(), None);
+        p.handle_timeout(t0 + Duration::from_secs(200));
+        assert_eq!(p.poll_event(), None);
+    }
+}

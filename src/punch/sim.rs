@@ -1,0 +1,375 @@
+//! A virtual network for the puncher: two peers, a virtual clock, and NAT models that behave
+//! like Linux conntrack NAT, including the stale inbound entry that makes a host's later
+//! packets leave from a different port. The lab (`scripts/lab.sh`) checks the same things on
+//! real kernels; this runs in milliseconds inside `cargo test`.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const STALE_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NatType {
+    None,
+    /// masquerade: endpoint-independent mapping, address-and-port-dependent filtering.
+    Cone,
+    /// masquerade + dnat of the port: endpoint-independent filtering.
+    Full,
+    /// masquerade fully-random.
+    Symmetric,
+}
+
+#[derive(Debug)]
+struct Entry {
+    internal: Option<SocketAddr>,
+    ext_port: u16,
+    remote: SocketAddr,
+    expires: Duration,
+}
+
+#[derive(Debug)]
+struct Nat {
+    kind: NatType,
+    ext_ip: IpAddr,
+    entries: Vec<Entry>,
+    rng: u32,
+}
+
+impl Nat {
+    fn new(kind: NatType, ext_ip: IpAddr) -> Self {
+        Nat { kind, ext_ip, entries: Vec::new(), rng: 12345 }
+    }
+
+    fn fresh_port(&mut self) -> u16 {
+        self.rng = self.rng.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        20_000 + (self.rng >> 8) as u16 % 40_000
+    }
+
+    fn outbound(&mut self, now: Duration, from: SocketAddr, to: SocketAddr) -> SocketAddr {
+        self.entries.retain(|e| e.expires > now);
+        if let Some(e) = self.entries.iter_mut().find(|e| e.internal == Some(from) && e.remote == to) {
+            e.expires = now + STALE_AFTER;
+            return SocketAddr::new(self.ext_ip, e.ext_port);
+        }
+        let clash = |entries: &[Entry], port: u16| entries.iter().any(|e| e.ext_port == port && e.remote == to);
+        let port = match self.kind {
+            NatType::Symmetric => self.fresh_port(),
+            _ if !clash(&self.entries, from.port()) => from.port(),
+            _ => loop {
+                let p = self.fresh_port();
+                if !clash(&self.entries, p) {
+                    break p;
+                }
+            },
+        };
+        self.entries.push(Entry { internal: Some(from), ext_port: port, remote: to, expires: now + STALE_AFTER });
+        SocketAddr::new(self.ext_ip, port)
+    }
+
+    fn inbound(&mut self, now: Duration, from: SocketAddr, port: u16) -> Option<SocketAddr> {
+        self.entries.retain(|e| e.expires > now);
+        if let Some(e) = self.entries.iter_mut().find(|e| e.ext_port == port && e.remote == from) {
+            e.expires = now + STALE_AFTER;
+            return e.internal;
+        }
+        if self.kind == NatType::Full {
+            if let Some(internal) = self.entries.iter().find(|e| e.ext_port == port).and_then(|e| e.internal) {
+                self.entries.push(Entry { internal: Some(internal), ext_port: port, remote: from, expires: now + STALE_AFTER });
+                return Some(internal);
+            }
+        }
+        // Unsolicited: conntrack remembers it, and that is what poisons the port.
+        self.entries.push(Entry { internal: None, ext_port: port, remote: from, expires: now + STALE_AFTER });
+        None
+    }
+}
+
+struct Side {
+    nat: Nat,
+    host: SocketAddr,
+    mapped: SocketAddr,
+    paste_at: Duration,
+    clock_error: Duration,
+    puncher: Option<Puncher>,
+    inbox: Vec<(SocketAddr, [u8; PROBE_LEN])>,
+    confirmed_at: Option<Duration>,
+    timed_out: bool,
+}
+
+const STUN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)), 3478);
+
+impl Side {
+    fn new(kind: NatType, n: u8, port: u16, paste_at: Duration) -> Side {
+        let ext_ip = IpAddr::V4(Ipv4Addr::new(198, 18, n, 2));
+        let host = if kind == NatType::None { SocketAddr::new(ext_ip, port) } else { SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, n, 0, 2)), port) };
+        let mut nat = Nat::new(kind, ext_ip);
+        nat.rng = n as u32 * 7919;
+        // STUN at time zero creates the mapping the ticket advertises.
+        let mapped = if kind == NatType::None { host } else { nat.outbound(Duration::ZERO, host, STUN) };
+        Side { nat, host, mapped, paste_at, clock_error: Duration::ZERO, puncher: None, inbox: Vec::new(), confirmed_at: None, timed_out: false }
+    }
+
+    fn targets_for_peer(&self) -> Vec<Target> {
+        if self.nat.kind == NatType::None {
+            vec![Target { addr: self.host, kind: PathKind::Public }]
+        } else {
+            vec![Target { addr: self.mapped, kind: PathKind::Mapped }, Target { addr: self.host, kind: PathKind::Lan }]
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Packet {
+    at: Duration,
+    serial: u64,
+    to_side: usize,
+    from: SocketAddr,
+    dst: SocketAddr,
+    data: [u8; PROBE_LEN],
+}
+
+struct Net {
+    t0: Instant,
+    unix0: Duration,
+    one_way: Duration,
+    sides: [Side; 2],
+    in_flight: BinaryHeap<Reverse<Packet>>,
+    serial: u64,
+    opener_ttl: Option<u32>,
+    /// Overrides the kind of the mapped target, to build deliberately bad behaviour.
+    mapped_kind: PathKind,
+}
+
+impl Net {
+    fn new(a: Side, b: Side, one_way: Duration) -> Net {
+        Net {
+            t0: Instant::now(),
+            // An arbitrary wall-clock origin that is not on a round boundary.
+            unix0: Duration::from_millis(1_763_700_013_250),
+            one_way,
+            sides: [a, b],
+            in_flight: BinaryHeap::new(),
+            serial: 0,
+            opener_ttl: Some(DEFAULT_OPENER_TTL),
+            mapped_kind: PathKind::Mapped,
+        }
+    }
+
+    fn start(&mut self, i: usize, now: Duration) {
+        let mut targets = self.sides[1 - i].targets_for_peer();
+        for t in &mut targets {
+            if t.kind == PathKind::Mapped {
+                t.kind = self.mapped_kind;
+            }
+        }
+        let me = &self.sides[i];
+        // This peer's wall clock reads unix0 + now + clock_error.
+        let unix_now = self.unix0 + now + me.clock_error;
+        let first = first_round_unix(unix_now) - unix_now;
+        let cfg = PunchConfig {
+            local_id: [i as u8 + 1; 8],
+            peer_id: Some([2 - i as u8; 8]),
+            targets,
+            first_round: self.t0 + now + first,
+            deadline: self.t0 + me.paste_at + Duration::from_secs(120),
+            opener_ttl: self.opener_ttl,
+        };
+        let mut p = Puncher::new(cfg, self.t0 + now);
+        // Datagrams that waited in the socket buffer before the user pasted.
+        for (from, data) in std::mem::take(&mut self.sides[i].inbox) {
+            p.handle_datagram(self.t0 + now, from, &data);
+        }
+        self.sides[i].puncher = Some(p);
+    }
+
+    /// Sends one probe from side `i` through its NAT into the network.
+    fn route(&mut self, now: Duration, i: usize, tx: Transmit) {
+        let me = &mut self.sides[i];
+        let from = if me.nat.kind == NatType::None { me.host } else { me.nat.outbound(now, me.host, tx.destination) };
+        if tx.ttl.is_some_and(|t| t <= 2) && me.nat.kind != NatType::None {
+            return; // expired at the first router behind the NAT
+        }
+        let j = 1 - i;
+        if tx.destination.ip() != self.sides[j].nat.ext_ip {
+            return; // a LAN address of another network: goes nowhere
+        }
+        self.serial += 1;
+        self.in_flight.push(Reverse(Packet { at: now + self.one_way, serial: self.serial, to_side: j, from, dst: tx.destination, data: tx.contents }));
+    }
+
+    fn deliver(&mut self, now: Duration, pkt: Packet) {
+        let side = &mut self.sides[pkt.to_side];
+        if side.nat.kind != NatType::None && side.nat.inbound(now, pkt.from, pkt.dst.port()).is_none() {
+            return;
+        }
+        match &mut side.puncher {
+            Some(p) => {
+                p.handle_datagram(self.t0 + now, pkt.from, &pkt.data);
+            }
+            None => side.inbox.push((pkt.from, pkt.data)),
+        }
+    }
+
+    /// Runs until both sides confirmed a path or gave up, or `limit` passes.
+    fn run(&mut self, limit: Duration) {
+        let mut now = Duration::ZERO;
+        while now <= limit {
+            for i in 0..2 {
+                if self.sides[i].puncher.is_none() && now >= self.sides[i].paste_at {
+                    self.start(i, now);
+                }
+                let Some(p) = self.sides[i].puncher.as_mut() else { continue };
+                if p.poll_timeout().is_some_and(|t| t <= self.t0 + now) {
+                    p.handle_timeout(self.t0 + now);
+                }
+            }
+            while self.in_flight.peek().is_some_and(|Reverse(p)| p.at <= now) {
+                let Reverse(pkt) = self.in_flight.pop().expect("peeked");
+                self.deliver(now, pkt);
+            }
+            for i in 0..2 {
+                let Some(p) = self.sides[i].puncher.as_mut() else { continue };
+                let mut out = Vec::new();
+                while let Some(tx) = p.poll_transmit() {
+                    out.push(tx);
+                }
+                while let Some(ev) = p.poll_event() {
+                    match ev {
+                        PunchEvent::Confirmed { .. } => {
+                            self.sides[i].confirmed_at.get_or_insert(now);
+                        }
+                        PunchEvent::TimedOut { .. } => self.sides[i].timed_out = true,
+                        PunchEvent::RoundStarted { .. } => {}
+                    }
+                }
+                for tx in out {
+                    self.route(now, i, tx);
+                }
+            }
+            if self.sides.iter().all(|s| s.confirmed_at.is_some() || s.timed_out) {
+                return;
+            }
+            // Jump to the next thing that happens.
+            let mut next = limit + Duration::from_millis(1);
+            for s in &self.sides {
+                if s.puncher.is_none() {
+                    next = next.min(s.paste_at);
+                }
+                if let Some(t) = s.puncher.as_ref().and_then(|p| p.poll_timeout()) {
+                    next = next.min(t.saturating_duration_since(self.t0));
+                }
+            }
+            if let Some(Reverse(p)) = self.in_flight.peek() {
+                next = next.min(p.at);
+            }
+            now = next.max(now + Duration::from_micros(1));
+        }
+    }
+
+    /// Seconds from the later paste until both sides had a confirmed path.
+    fn connect_time(&self) -> Option<Duration> {
+        let later = self.sides[0].paste_at.max(self.sides[1].paste_at);
+        let done = self.sides[0].confirmed_at?.max(self.sides[1].confirmed_at?);
+        Some(done - later)
+    }
+}
+
+fn pair(a: NatType, b: NatType, paste_a: f64, paste_b: f64, one_way_ms: u64) -> Net {
+    let a = Side::new(a, 1, 4300, Duration::from_secs_f64(paste_a));
+    let b = Side::new(b, 2, 21300, Duration::from_secs_f64(paste_b));
+    Net::new(a, b, Duration::from_millis(one_way_ms))
+}
+
+fn connects_within(net: &mut Net, secs: u64) -> Duration {
+    net.run(Duration::from_secs(200));
+    let t = net.connect_time().unwrap_or_else(|| {
+        panic!("no connection: a={:?} b={:?}", net.sides[0].confirmed_at, net.sides[1].confirmed_at)
+    });
+    assert!(t <= Duration::from_secs(secs), "took {t:?}");
+    t
+}
+
+#[test]
+fn cone_cone_same_moment_zero_delay() {
+    // Zero delay between the NATs is the harshest case for simultaneous open: the openers
+    // must make it deterministic.
+    let mut net = pair(NatType::Cone, NatType::Cone, 1.0, 1.0, 0);
+    connects_within(&mut net, ROUND_PERIOD.as_secs() + 3);
+}
+
+#[test]
+fn cone_cone_pastes_seven_seconds_apart_at_every_phase() {
+    // Wherever the round boundary falls relative to the two pastes, they meet at the first
+    // round after the later paste, so within one period.
+    for tenth in 0..400 {
+        let a = tenth as f64 / 10.0;
+        for one_way_ms in [0, 20] {
+            let mut net = pair(NatType::Cone, NatType::Cone, a, a + 7.0, one_way_ms);
+            connects_within(&mut net, ROUND_PERIOD.as_secs() + ROUND_LEAD.as_secs() + 3);
+        }
+    }
+}
+
+#[test]
+fn cone_cone_with_clocks_off_by_a_second() {
+    let mut net = pair(NatType::Cone, NatType::Cone, 3.0, 5.0, 0);
+    net.sides[1].clock_error = Duration::from_millis(1500);
+    connects_within(&mut net, ROUND_PERIOD.as_secs() + 5);
+}
+
+#[test]
+fn public_peers_connect_at_once() {
+    for (a, b) in [(NatType::None, NatType::None), (NatType::None, NatType::Cone), (NatType::Symmetric, NatType::None)] {
+        let mut net = pair(a, b, 0.5, 8.0, 10);
+        let t = connects_within(&mut net, 2);
+        assert!(t < Duration::from_millis(500), "{a:?}-{b:?}: {t:?}");
+    }
+}
+
+#[test]
+fn full_cone_reaches_symmetric_through_peer_reflexive_address() {
+    for (a, b) in [(NatType::Full, NatType::Symmetric), (NatType::Symmetric, NatType::Full)] {
+        let mut net = pair(a, b, 2.0, 9.0, 10);
+        connects_within(&mut net, ROUND_PERIOD.as_secs() + 5);
+    }
+}
+
+#[test]
+fn symmetric_against_port_restricted_cannot_connect() {
+    for (a, b) in [(NatType::Cone, NatType::Symmetric), (NatType::Symmetric, NatType::Symmetric)] {
+        let mut net = pair(a, b, 1.0, 2.0, 10);
+        net.run(Duration::from_secs(200));
+        assert!(net.connect_time().is_none(), "{a:?}-{b:?}");
+        assert!(net.sides.iter().all(|s| s.timed_out));
+    }
+}
+
+#[test]
+fn negative_control_probing_mapped_addresses_early_poisons_the_path() {
+    // The model must be able to fail: a peer that probes NAT-mapped addresses at once, before
+    // the other has pasted, keeps the other's NAT poisoned. Without the round discipline this
+    // pair never meets, which is what the rounds exist for.
+    let mut net = pair(NatType::Cone, NatType::Cone, 1.0, 8.0, 10);
+    net.mapped_kind = PathKind::Lan;
+    net.run(Duration::from_secs(100));
+    assert!(net.connect_time().is_none());
+}
+
+#[test]
+fn openers_absorb_small_clock_differences() {
+    // One side fires 300 ms late with no network delay: its NAT would see the other's first
+    // full probe before sending anything. Openers make the difference.
+    let mut with = pair(NatType::Cone, NatType::Cone, 1.0, 1.0, 0);
+    with.sides[1].clock_error = Duration::from_millis(300);
+    connects_within(&mut with, ROUND_PERIOD.as_secs() + 5);
+
+    let mut without = pair(NatType::Cone, NatType::Cone, 1.0, 1.0, 0);
+    without.sides[1].clock_error = Duration::from_millis(300);
+    without.opener_ttl = None;
+    without.run(Duration::from_secs(100));
+    assert!(without.connect_time().is_none(), "the late side's NAT should have been poisoned");
+}

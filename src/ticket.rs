@@ -1,0 +1,410 @@
+//! The line two users paste to each other.
+//!
+//! A ticket is `p2pc` followed by base58 of a small binary record: version, role, NAT kind,
+//! the SHA-256 fingerprint of this run's certificate, the candidate addresses, and a 4-byte
+//! BLAKE3 checksum so a mangled paste is reported as such instead of as a timeout later.
+//! Base58 keeps it one alphanumeric word: chat clients do not turn it into markup and a
+//! double-click selects all of it. A bare `ip:port` (what the original p2pcopy printed) is
+//! accepted too; it carries no fingerprint, so such a link is encrypted but not authenticated.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+
+/// Text prefix of every ticket; the version lives inside the encoded record.
+pub const PREFIX: &str = "p2pc";
+/// Current record version.
+pub const VERSION: u8 = 1;
+/// At most this many candidates are carried; more only slows punching down.
+pub const MAX_CANDIDATES: usize = 8;
+const CHECKSUM_LEN: usize = 4;
+
+/// Which side of the transfer a ticket belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Has the file; becomes the QUIC client.
+    Sender,
+    /// Writes the file; becomes the QUIC server.
+    Receiver,
+}
+
+impl Role {
+    /// The role the peer must have.
+    pub fn opposite(self) -> Role {
+        match self {
+            Role::Sender => Role::Receiver,
+            Role::Receiver => Role::Sender,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Sender => "sender",
+            Role::Receiver => "receiver",
+        })
+    }
+}
+
+/// How this host's NAT maps one local port to public ports, as measured with STUN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatKind {
+    /// Not measured (bare `ip:port` ticket, `--no-stun`, or only one STUN server answered).
+    Unknown,
+    /// The public address is the local address: no NAT.
+    None,
+    /// One public port for all destinations ("cone"): punchable.
+    EndpointIndependent,
+    /// A new public port per destination ("symmetric"): only a peer that accepts packets from
+    /// anywhere can be reached.
+    EndpointDependent,
+}
+
+impl NatKind {
+    fn to_bits(self) -> u8 {
+        match self {
+            NatKind::Unknown => 0,
+            NatKind::None => 1,
+            NatKind::EndpointIndependent => 2,
+            NatKind::EndpointDependent => 3,
+        }
+    }
+
+    fn from_bits(b: u8) -> Result<Self, TicketError> {
+        Ok(match b {
+            0 => NatKind::Unknown,
+            1 => NatKind::None,
+            2 => NatKind::EndpointIndependent,
+            3 => NatKind::EndpointDependent,
+            _ => return Err(TicketError::Malformed("unknown NAT kind")),
+        })
+    }
+
+    /// A short name used in messages ("cone", "symmetric", ...).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            NatKind::Unknown => "unknown",
+            NatKind::None => "no NAT",
+            NatKind::EndpointIndependent => "cone",
+            NatKind::EndpointDependent => "symmetric",
+        }
+    }
+}
+
+/// Where an address in a ticket came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CandidateKind {
+    /// An address of one of the host's own interfaces (LAN, or public when there is no NAT).
+    Host,
+    /// The public address a STUN server saw ("server-reflexive").
+    Mapped,
+}
+
+/// One address the peer may be reachable at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Candidate {
+    /// Where the address came from.
+    pub kind: CandidateKind,
+    /// The address itself.
+    pub addr: SocketAddr,
+}
+
+/// A decoded ticket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ticket {
+    /// A full ticket as printed by this version.
+    Full(FullTicket),
+    /// A bare `ip:port`, as the original p2pcopy printed.
+    Bare(SocketAddr),
+}
+
+/// The content of a full ticket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FullTicket {
+    /// The role of the peer that printed it.
+    pub role: Role,
+    /// Its NAT's mapping behaviour.
+    pub nat: NatKind,
+    /// SHA-256 of its certificate (DER).
+    pub fingerprint: [u8; 32],
+    /// Its candidate addresses, most preferred first.
+    pub candidates: Vec<Candidate>,
+}
+
+/// Why a pasted string is not a usable ticket.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    /// Nothing was pasted.
+    #[error("the ticket is empty")]
+    Empty,
+    /// Neither a ticket nor `ip:port`.
+    #[error("expected a ticket starting with `{PREFIX}` or an ip:port, got `{0}`")]
+    Unrecognised(String),
+    /// Not valid base58: a character got lost or changed in the paste.
+    #[error("the ticket contains characters that cannot be in a ticket (was it pasted whole?)")]
+    Encoding,
+    /// The checksum does not match: the paste is damaged or truncated.
+    #[error("the ticket is damaged or incomplete (checksum mismatch); paste it again")]
+    Checksum,
+    /// Printed by a newer p2pcopy.
+    #[error("the ticket is version {0}, this p2pcopy understands version {VERSION}; upgrade p2pcopy")]
+    Version(u8),
+    /// Structurally invalid.
+    #[error("the ticket is malformed ({0})")]
+    Malformed(&'static str),
+}
+
+impl FullTicket {
+    /// The binary record (without checksum).
+    fn encode_record(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(40 + self.candidates.len() * 19);
+        out.push(VERSION);
+        let role_bit = match self.role {
+            Role::Sender => 0,
+            Role::Receiver => 1,
+        };
+        out.push(role_bit | (self.nat.to_bits() << 1));
+        out.extend_from_slice(&self.fingerprint);
+        let candidates = &self.candidates[..self.candidates.len().min(MAX_CANDIDATES)];
+        out.push(candidates.len() as u8);
+        for c in candidates {
+            let kind = match c.kind {
+                CandidateKind::Host => 0,
+                CandidateKind::Mapped => 1,
+            };
+            match c.addr.ip() {
+                IpAddr::V4(ip) => {
+                    out.push(kind | (4 << 4));
+                    out.extend_from_slice(&ip.octets());
+                }
+                IpAddr::V6(ip) => {
+                    out.push(kind | (6 << 4));
+                    out.extend_from_slice(&ip.octets());
+                }
+            }
+            out.extend_from_slice(&c.addr.port().to_be_bytes());
+        }
+        out
+    }
+
+    fn decode_record(b: &[u8]) -> Result<Self, TicketError> {
+        let mut r = Reader(b);
+        let version = r.u8()?;
+        if version != VERSION {
+            return Err(TicketError::Version(version));
+        }
+        let flags = r.u8()?;
+        if flags >> 4 != 0 {
+            return Err(TicketError::Malformed("unknown flags"));
+        }
+        let role = if flags & 1 == 0 { Role::Sender } else { Role::Receiver };
+        let nat = NatKind::from_bits((flags >> 1) & 0b111)?;
+        let fingerprint: [u8; 32] = r.take(32)?.try_into().expect("took 32 bytes");
+        let n = r.u8()? as usize;
+        if n > MAX_CANDIDATES {
+            return Err(TicketError::Malformed("too many addresses"));
+        }
+        let mut candidates = Vec::with_capacity(n);
+        for _ in 0..n {
+            let tag = r.u8()?;
+            let kind = match tag & 0x0f {
+                0 => CandidateKind::Host,
+                1 => CandidateKind::Mapped,
+                _ => return Err(TicketError::Malformed("unknown address kind")),
+            };
+            let ip = match tag >> 4 {
+                4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(r.take(4)?).expect("4"))),
+                6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(r.take(16)?).expect("16"))),
+                _ => return Err(TicketError::Malformed("unknown address family")),
+            };
+            let port = u16::from_be_bytes(r.take(2)?.try_into().expect("2"));
+            if port == 0 || ip.is_unspecified() {
+                return Err(TicketError::Malformed("address without port or host"));
+            }
+            candidates.push(Candidate { kind, addr: SocketAddr::new(ip, port) });
+        }
+        if !r.0.is_empty() {
+            return Err(TicketError::Malformed("trailing bytes"));
+        }
+        if candidates.is_empty() {
+            return Err(TicketError::Malformed("no addresses"));
+        }
+        Ok(FullTicket { role, nat, fingerprint, candidates })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], TicketError> {
+        if self.0.len() < n {
+            return Err(TicketError::Malformed("too short"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, TicketError> {
+        Ok(self.take(1)?[0])
+    }
+}
+
+fn checksum(record: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let h = blake3::hash(record);
+    h.as_bytes()[..CHECKSUM_LEN].try_into().expect("4 bytes")
+}
+
+impl fmt::Display for FullTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut record = self.encode_record();
+        let sum = checksum(&record);
+        record.extend_from_slice(&sum);
+        write!(f, "{PREFIX}{}", bs58::encode(record).into_string())
+    }
+}
+
+impl fmt::Display for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ticket::Full(t) => t.fmt(f),
+            Ticket::Bare(a) => a.fmt(f),
+        }
+    }
+}
+
+impl FromStr for Ticket {
+    type Err = TicketError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Chat clients add quotes, backticks, trailing dots and whitespace around pasted words.
+        let s = s.trim().trim_matches(|c: char| matches!(c, '`' | '"' | '\'' | '<' | '>' | ','));
+        let s = s.strip_suffix('.').unwrap_or(s);
+        if s.is_empty() {
+            return Err(TicketError::Empty);
+        }
+        if let Some(body) = s.strip_prefix(PREFIX) {
+            let raw = bs58::decode(body).into_vec().map_err(|_| TicketError::Encoding)?;
+            if raw.len() <= CHECKSUM_LEN {
+                return Err(TicketError::Checksum);
+            }
+            let (record, sum) = raw.split_at(raw.len() - CHECKSUM_LEN);
+            if checksum(record) != sum {
+                return Err(TicketError::Checksum);
+            }
+            return FullTicket::decode_record(record).map(Ticket::Full);
+        }
+        match s.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => Ok(Ticket::Bare(a)),
+            _ => {
+                let shown: String = s.chars().take(40).collect();
+                Err(TicketError::Unrecognised(shown))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> FullTicket {
+        FullTicket {
+            role: Role::Receiver,
+            nat: NatKind::EndpointDependent,
+            fingerprint: [7; 32],
+            candidates: vec![
+                Candidate { kind: CandidateKind::Mapped, addr: "203.0.113.9:21300".parse().unwrap() },
+                Candidate { kind: CandidateKind::Host, addr: "192.168.1.20:21300".parse().unwrap() },
+                Candidate { kind: CandidateKind::Host, addr: "[2001:db8::1]:21300".parse().unwrap() },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let t = sample();
+        let text = t.to_string();
+        assert!(text.starts_with(PREFIX));
+        assert!(text.chars().all(|c| c.is_ascii_alphanumeric()), "{text}");
+        assert_eq!(text.parse::<Ticket>().unwrap(), Ticket::Full(t));
+    }
+
+    #[test]
+    fn round_trip_all_kinds_and_roles() {
+        for nat in [NatKind::Unknown, NatKind::None, NatKind::EndpointIndependent, NatKind::EndpointDependent] {
+            for role in [Role::Sender, Role::Receiver] {
+                let t = FullTicket { role, nat, ..sample() };
+                assert_eq!(t.to_string().parse::<Ticket>().unwrap(), Ticket::Full(t));
+            }
+        }
+    }
+
+    #[test]
+    fn compact() {
+        // One mapped and two LAN IPv4 addresses: what most users will paste.
+        let mut t = sample();
+        t.candidates.truncate(2);
+        assert!(t.to_string().len() < 110, "{}", t.to_string().len());
+    }
+
+    #[test]
+    fn tolerates_chat_decoration() {
+        let t = sample().to_string();
+        for s in [format!("  {t}\n"), format!("`{t}`"), format!("\"{t}\""), format!("{t}.")] {
+            assert_eq!(s.parse::<Ticket>().unwrap(), Ticket::Full(sample()), "{s}");
+        }
+    }
+
+    #[test]
+    fn detects_damage() {
+        let t = sample().to_string();
+        // Change one character in the middle.
+        let mut chars: Vec<char> = t.chars().collect();
+        let i = chars.len() / 2;
+        chars[i] = if chars[i] == 'a' { 'b' } else { 'a' };
+        let damaged: String = chars.into_iter().collect();
+        assert_eq!(damaged.parse::<Ticket>(), Err(TicketError::Checksum));
+        // Truncated.
+        assert_eq!(t[..t.len() - 3].parse::<Ticket>(), Err(TicketError::Checksum));
+        // Characters outside base58.
+        assert_eq!(format!("{t}0").parse::<Ticket>(), Err(TicketError::Encoding));
+    }
+
+    #[test]
+    fn rejects_other_versions() {
+        let mut record = sample().encode_record();
+        record[0] = 9;
+        let sum = checksum(&record);
+        record.extend_from_slice(&sum);
+        let text = format!("{PREFIX}{}", bs58::encode(record).into_string());
+        assert_eq!(text.parse::<Ticket>(), Err(TicketError::Version(9)));
+    }
+
+    #[test]
+    fn bare_addresses() {
+        assert_eq!("188.44.136.7:21300".parse::<Ticket>().unwrap(), Ticket::Bare("188.44.136.7:21300".parse().unwrap()));
+        assert_eq!("[2001:db8::2]:4300".parse::<Ticket>().unwrap(), Ticket::Bare("[2001:db8::2]:4300".parse().unwrap()));
+        assert!(matches!("188.44.136.7:0".parse::<Ticket>(), Err(TicketError::Unrecognised(_))));
+        assert!(matches!("0.0.0.0:4300".parse::<Ticket>(), Err(TicketError::Unrecognised(_))));
+        assert!(matches!("hello".parse::<Ticket>(), Err(TicketError::Unrecognised(_))));
+        assert_eq!("  ".parse::<Ticket>(), Err(TicketError::Empty));
+    }
+
+    #[test]
+    fn decoder_survives_arbitrary_records() {
+        // Cheap stand-in for fuzzing in the default test run: every truncation and every
+        // single-byte corruption of a valid record decodes to Ok or Err, never panics.
+        let record = sample().encode_record();
+        for n in 0..record.len() {
+            let _ = FullTicket::decode_record(&record[..n]);
+        }
+        for i in 0..record.len() {
+            for v in [0u8, 1, 0x14, 0x61, 0xff] {
+                let mut r = record.clone();
+                r[i] = v;
+                let _ = FullTicket::decode_record(&r);
+            }
+        }
+    }
+}
