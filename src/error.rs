@@ -79,7 +79,9 @@ impl Error {
     /// Classifies a failed write into the output file: a full disk gets its own error.
     pub fn write(path: PathBuf, source: io::Error) -> Self {
         // ENOSPC and EDQUOT both mean "no room"; io::ErrorKind::StorageFull covers ENOSPC.
-        if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(libc::EDQUOT) {
+        if source.kind() == io::ErrorKind::StorageFull
+            || source.raw_os_error() == Some(libc::EDQUOT)
+        {
             Error::DiskFull { path }
         } else {
             Error::Write { path, source }
@@ -100,8 +102,14 @@ mod tests {
             Error::Internal(String::new()),
             Error::Usage(String::new()),
             Error::Ticket(TicketError::Empty),
-            Error::Input { path: "x".into(), source: io::ErrorKind::NotFound.into() },
-            Error::Bind { port: 1, source: io::ErrorKind::AddrInUse.into() },
+            Error::Input {
+                path: "x".into(),
+                source: io::ErrorKind::NotFound.into(),
+            },
+            Error::Bind {
+                port: 1,
+                source: io::ErrorKind::AddrInUse.into(),
+            },
             Error::Connect(String::new()),
             Error::ConnectionLost(String::new()),
             Error::Verify(String::new()),

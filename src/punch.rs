@@ -207,7 +207,13 @@ impl Puncher {
             if paths.iter().any(|p: &Path| p.target.addr == t.addr) {
                 continue;
             }
-            paths.push(Path { target: *t, at_once: t.kind.probe_at_once(), probes_sent: 0, next_probe: now, confirmed: false });
+            paths.push(Path {
+                target: *t,
+                at_once: t.kind.probe_at_once(),
+                probes_sent: 0,
+                next_probe: now,
+                confirmed: false,
+            });
         }
         let next_round_tick = cfg.first_round.max(now);
         Puncher {
@@ -242,7 +248,9 @@ impl Puncher {
     /// Offers a datagram; returns false when it is not a probe of this session (the caller
     /// then hands it elsewhere or drops it).
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
-        let Some(probe) = Probe::decode(data) else { return false };
+        let Some(probe) = Probe::decode(data) else {
+            return false;
+        };
         if self.cfg.peer_id.is_some_and(|id| id != probe.from) || probe.from == self.cfg.local_id {
             return false;
         }
@@ -258,7 +266,10 @@ impl Puncher {
             None => {
                 tracing::debug!(%from, "probe from a new address: peer-reflexive candidate");
                 self.paths.push(Path {
-                    target: Target { addr: from, kind: PathKind::PeerReflexive },
+                    target: Target {
+                        addr: from,
+                        kind: PathKind::PeerReflexive,
+                    },
                     at_once: true,
                     probes_sent: 0,
                     next_probe: now,
@@ -275,16 +286,35 @@ impl Puncher {
         }
         match probe.kind {
             ProbeKind::Ping => {
-                let pong = Probe { kind: ProbeKind::Pong, from: self.cfg.local_id, to: probe.from, seq: probe.seq, observed: Some(from) };
-                self.transmits.push_back(Transmit { destination: from, ttl: None, contents: pong.encode() });
+                let pong = Probe {
+                    kind: ProbeKind::Pong,
+                    from: self.cfg.local_id,
+                    to: probe.from,
+                    seq: probe.seq,
+                    observed: Some(from),
+                };
+                self.transmits.push_back(Transmit {
+                    destination: from,
+                    ttl: None,
+                    contents: pong.encode(),
+                });
             }
             ProbeKind::Pong => {
                 let path = &mut self.paths[i];
                 if !path.confirmed {
                     path.confirmed = true;
-                    let rtt = self.sent_at.get(&probe.seq).map(|t| now.saturating_duration_since(*t)).unwrap_or_default();
+                    let rtt = self
+                        .sent_at
+                        .get(&probe.seq)
+                        .map(|t| now.saturating_duration_since(*t))
+                        .unwrap_or_default();
                     tracing::debug!(remote = %from, ?rtt, "path confirmed");
-                    self.events.push_back(PunchEvent::Confirmed { remote: from, kind: path.target.kind, rtt, observed: probe.observed });
+                    self.events.push_back(PunchEvent::Confirmed {
+                        remote: from,
+                        kind: path.target.kind,
+                        rtt,
+                        observed: probe.observed,
+                    });
                 }
             }
         }
@@ -299,7 +329,10 @@ impl Puncher {
         if now >= self.cfg.deadline {
             self.finished = true;
             self.transmits.clear();
-            self.events.push_back(PunchEvent::TimedOut { rounds: self.rounds_started, heard_peer: self.heard_peer });
+            self.events.push_back(PunchEvent::TimedOut {
+                rounds: self.rounds_started,
+                heard_peer: self.heard_peer,
+            });
             return;
         }
         // Probes that may go out at any time.
@@ -311,7 +344,11 @@ impl Puncher {
             self.send_ping(now, p.target.addr, None);
             let p = &mut self.paths[i];
             p.probes_sent += 1;
-            let delay = if p.confirmed { KEEPALIVE_INTERVAL } else { immediate_probe_delay(p.probes_sent) };
+            let delay = if p.confirmed {
+                KEEPALIVE_INTERVAL
+            } else {
+                immediate_probe_delay(p.probes_sent)
+            };
             p.next_probe = now + delay;
         }
         // Rounds.
@@ -333,13 +370,26 @@ impl Puncher {
             self.rounds_started = n + 1;
             self.events.push_back(PunchEvent::RoundStarted { round: n });
         }
-        let ttl = if offset < OPENER_PHASE { self.cfg.opener_ttl } else { None };
-        let round_targets: Vec<SocketAddr> = self.paths.iter().filter(|p| !p.at_once).map(|p| p.target.addr).collect();
+        let ttl = if offset < OPENER_PHASE {
+            self.cfg.opener_ttl
+        } else {
+            None
+        };
+        let round_targets: Vec<SocketAddr> = self
+            .paths
+            .iter()
+            .filter(|p| !p.at_once)
+            .map(|p| p.target.addr)
+            .collect();
         for addr in round_targets {
             self.send_ping(now, addr, ttl);
         }
         let next = now + ROUND_PROBE_INTERVAL;
-        self.next_round_tick = if next >= start + ROUND_LENGTH { self.round_start(n + 1) } else { next };
+        self.next_round_tick = if next >= start + ROUND_LENGTH {
+            self.round_start(n + 1)
+        } else {
+            next
+        };
     }
 
     fn send_ping(&mut self, now: Instant, to: SocketAddr, ttl: Option<u32>) {
@@ -348,8 +398,18 @@ impl Puncher {
             self.sent_at.clear();
         }
         self.sent_at.insert(self.seq, now);
-        let ping = Probe { kind: ProbeKind::Ping, from: self.cfg.local_id, to: self.cfg.peer_id.unwrap_or([0; 8]), seq: self.seq, observed: None };
-        self.transmits.push_back(Transmit { destination: to, ttl, contents: ping.encode() });
+        let ping = Probe {
+            kind: ProbeKind::Ping,
+            from: self.cfg.local_id,
+            to: self.cfg.peer_id.unwrap_or([0; 8]),
+            seq: self.seq,
+            observed: None,
+        };
+        self.transmits.push_back(Transmit {
+            destination: to,
+            ttl,
+            contents: ping.encode(),
+        });
     }
 
     /// Next probe to send, if any.
@@ -407,7 +467,9 @@ mod tests {
 
     #[test]
     fn immediate_delays() {
-        let d: Vec<u64> = (0..7).map(|n| immediate_probe_delay(n).as_millis() as u64).collect();
+        let d: Vec<u64> = (0..7)
+            .map(|n| immediate_probe_delay(n).as_millis() as u64)
+            .collect();
         assert_eq!(d, [0, 100, 200, 400, 800, 1000, 1000]);
     }
 
@@ -432,7 +494,19 @@ mod tests {
         let mapped: SocketAddr = "198.18.2.2:21300".parse().unwrap();
         let lan: SocketAddr = "10.2.0.2:21300".parse().unwrap();
         let mut p = Puncher::new(
-            cfg(t0, vec![Target { addr: mapped, kind: PathKind::Mapped }, Target { addr: lan, kind: PathKind::Lan }]),
+            cfg(
+                t0,
+                vec![
+                    Target {
+                        addr: mapped,
+                        kind: PathKind::Mapped,
+                    },
+                    Target {
+                        addr: lan,
+                        kind: PathKind::Lan,
+                    },
+                ],
+            ),
             t0,
         );
         p.handle_timeout(t0);
@@ -444,7 +518,10 @@ mod tests {
         while now < t0 + Duration::from_secs(10) {
             p.handle_timeout(now);
             assert!(drain(&mut p).iter().all(|t| t.destination == lan));
-            now = p.poll_timeout().unwrap().max(now + Duration::from_millis(1));
+            now = p
+                .poll_timeout()
+                .unwrap()
+                .max(now + Duration::from_millis(1));
         }
         p.handle_timeout(t0 + Duration::from_secs(10));
         let tx = drain(&mut p);
@@ -454,14 +531,23 @@ mod tests {
         assert_eq!(p.poll_event(), Some(PunchEvent::RoundStarted { round: 0 }));
         // After the opener phase: full TTL.
         p.handle_timeout(t0 + Duration::from_secs(10) + OPENER_PHASE);
-        assert!(drain(&mut p).iter().any(|t| t.destination == mapped && t.ttl.is_none()));
+        assert!(drain(&mut p)
+            .iter()
+            .any(|t| t.destination == mapped && t.ttl.is_none()));
         // After the round: silence towards the mapped address until the next round.
         let quiet_from = t0 + Duration::from_secs(10) + ROUND_LENGTH;
         let mut now = quiet_from;
         while now < t0 + Duration::from_secs(10) + ROUND_PERIOD {
             p.handle_timeout(now);
-            assert!(drain(&mut p).iter().all(|t| t.destination != mapped), "probe at {:?}", now - t0);
-            now = p.poll_timeout().unwrap().max(now + Duration::from_millis(1));
+            assert!(
+                drain(&mut p).iter().all(|t| t.destination != mapped),
+                "probe at {:?}",
+                now - t0
+            );
+            now = p
+                .poll_timeout()
+                .unwrap()
+                .max(now + Duration::from_millis(1));
         }
     }
 
@@ -469,24 +555,53 @@ mod tests {
     fn ping_gets_pong_and_pong_confirms() {
         let t0 = Instant::now();
         let peer: SocketAddr = "198.18.2.2:21300".parse().unwrap();
-        let mut p = Puncher::new(cfg(t0, vec![Target { addr: peer, kind: PathKind::Lan }]), t0);
+        let mut p = Puncher::new(
+            cfg(
+                t0,
+                vec![Target {
+                    addr: peer,
+                    kind: PathKind::Lan,
+                }],
+            ),
+            t0,
+        );
         p.handle_timeout(t0);
         let ping = drain(&mut p).remove(0);
         let seq = Probe::decode(&ping.contents).unwrap().seq;
         // A ping from the peer via an unknown address: answered, and the address remembered.
         let other: SocketAddr = "198.18.2.2:40000".parse().unwrap();
-        let theirs = Probe { kind: ProbeKind::Ping, from: [2; 8], to: [1; 8], seq: 9, observed: None };
+        let theirs = Probe {
+            kind: ProbeKind::Ping,
+            from: [2; 8],
+            to: [1; 8],
+            seq: 9,
+            observed: None,
+        };
         assert!(p.handle_datagram(t0, other, &theirs.encode()));
         let pong = drain(&mut p).remove(0);
         assert_eq!(pong.destination, other);
         let decoded = Probe::decode(&pong.contents).unwrap();
-        assert_eq!((decoded.kind, decoded.seq, decoded.observed), (ProbeKind::Pong, 9, Some(other)));
+        assert_eq!(
+            (decoded.kind, decoded.seq, decoded.observed),
+            (ProbeKind::Pong, 9, Some(other))
+        );
         // Our ping answered.
-        let reply = Probe { kind: ProbeKind::Pong, from: [2; 8], to: [1; 8], seq, observed: Some("198.18.1.2:4300".parse().unwrap()) };
+        let reply = Probe {
+            kind: ProbeKind::Pong,
+            from: [2; 8],
+            to: [1; 8],
+            seq,
+            observed: Some("198.18.1.2:4300".parse().unwrap()),
+        };
         assert!(p.handle_datagram(t0 + Duration::from_millis(30), peer, &reply.encode()));
         match p.poll_event() {
-            Some(PunchEvent::Confirmed { remote, kind, rtt, .. }) => {
-                assert_eq!((remote, kind, rtt), (peer, PathKind::Lan, Duration::from_millis(30)));
+            Some(PunchEvent::Confirmed {
+                remote, kind, rtt, ..
+            }) => {
+                assert_eq!(
+                    (remote, kind, rtt),
+                    (peer, PathKind::Lan, Duration::from_millis(30))
+                );
             }
             e => panic!("{e:?}"),
         }
@@ -496,10 +611,31 @@ mod tests {
     fn foreign_probes_are_ignored() {
         let t0 = Instant::now();
         let peer: SocketAddr = "198.18.2.2:21300".parse().unwrap();
-        let mut p = Puncher::new(cfg(t0, vec![Target { addr: peer, kind: PathKind::Mapped }]), t0);
-        let stranger = Probe { kind: ProbeKind::Ping, from: [3; 8], to: [1; 8], seq: 1, observed: None };
+        let mut p = Puncher::new(
+            cfg(
+                t0,
+                vec![Target {
+                    addr: peer,
+                    kind: PathKind::Mapped,
+                }],
+            ),
+            t0,
+        );
+        let stranger = Probe {
+            kind: ProbeKind::Ping,
+            from: [3; 8],
+            to: [1; 8],
+            seq: 1,
+            observed: None,
+        };
         assert!(!p.handle_datagram(t0, peer, &stranger.encode()));
-        let misaddressed = Probe { kind: ProbeKind::Ping, from: [2; 8], to: [4; 8], seq: 1, observed: None };
+        let misaddressed = Probe {
+            kind: ProbeKind::Ping,
+            from: [2; 8],
+            to: [4; 8],
+            seq: 1,
+            observed: None,
+        };
         assert!(!p.handle_datagram(t0, peer, &misaddressed.encode()));
         assert!(!p.handle_datagram(t0, peer, b"\xc0 a QUIC initial"));
         assert!(drain(&mut p).is_empty());
@@ -511,7 +647,13 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Puncher::new(cfg(t0, vec![]), t0);
         p.handle_timeout(t0 + Duration::from_secs(100));
-        assert_eq!(p.poll_event(), Some(PunchEvent::TimedOut { rounds: 0, heard_peer: false }));
+        assert_eq!(
+            p.poll_event(),
+            Some(PunchEvent::TimedOut {
+                rounds: 0,
+                heard_peer: false
+            })
+        );
         assert_eq!(p.poll_timeout(), None);
         p.handle_timeout(t0 + Duration::from_secs(200));
         assert_eq!(p.poll_event(), None);

@@ -148,7 +148,9 @@ pub enum TicketError {
     #[error("the ticket is damaged or incomplete (checksum mismatch); paste it again")]
     Checksum,
     /// Printed by a newer p2pcopy.
-    #[error("the ticket is version {0}, this p2pcopy understands version {VERSION}; upgrade p2pcopy")]
+    #[error(
+        "the ticket is version {0}, this p2pcopy understands version {VERSION}; upgrade p2pcopy"
+    )]
     Version(u8),
     /// Structurally invalid.
     #[error("the ticket is malformed ({0})")]
@@ -198,7 +200,11 @@ impl FullTicket {
         if flags >> 4 != 0 {
             return Err(TicketError::Malformed("unknown flags"));
         }
-        let role = if flags & 1 == 0 { Role::Sender } else { Role::Receiver };
+        let role = if flags & 1 == 0 {
+            Role::Sender
+        } else {
+            Role::Receiver
+        };
         let nat = NatKind::from_bits((flags >> 1) & 0b111)?;
         let fingerprint: [u8; 32] = r.take(32)?.try_into().expect("took 32 bytes");
         let n = r.u8()? as usize;
@@ -215,14 +221,19 @@ impl FullTicket {
             };
             let ip = match tag >> 4 {
                 4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(r.take(4)?).expect("4"))),
-                6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(r.take(16)?).expect("16"))),
+                6 => IpAddr::V6(Ipv6Addr::from(
+                    <[u8; 16]>::try_from(r.take(16)?).expect("16"),
+                )),
                 _ => return Err(TicketError::Malformed("unknown address family")),
             };
             let port = u16::from_be_bytes(r.take(2)?.try_into().expect("2"));
             if port == 0 || ip.is_unspecified() {
                 return Err(TicketError::Malformed("address without port or host"));
             }
-            candidates.push(Candidate { kind, addr: SocketAddr::new(ip, port) });
+            candidates.push(Candidate {
+                kind,
+                addr: SocketAddr::new(ip, port),
+            });
         }
         if !r.0.is_empty() {
             return Err(TicketError::Malformed("trailing bytes"));
@@ -230,7 +241,12 @@ impl FullTicket {
         if candidates.is_empty() {
             return Err(TicketError::Malformed("no addresses"));
         }
-        Ok(FullTicket { role, nat, fingerprint, candidates })
+        Ok(FullTicket {
+            role,
+            nat,
+            fingerprint,
+            candidates,
+        })
     }
 }
 
@@ -278,13 +294,17 @@ impl FromStr for Ticket {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // Chat clients add quotes, backticks, trailing dots and whitespace around pasted words.
-        let s = s.trim().trim_matches(|c: char| matches!(c, '`' | '"' | '\'' | '<' | '>' | ','));
+        let s = s
+            .trim()
+            .trim_matches(|c: char| matches!(c, '`' | '"' | '\'' | '<' | '>' | ','));
         let s = s.strip_suffix('.').unwrap_or(s);
         if s.is_empty() {
             return Err(TicketError::Empty);
         }
         if let Some(body) = s.strip_prefix(PREFIX) {
-            let raw = bs58::decode(body).into_vec().map_err(|_| TicketError::Encoding)?;
+            let raw = bs58::decode(body)
+                .into_vec()
+                .map_err(|_| TicketError::Encoding)?;
             if raw.len() <= CHECKSUM_LEN {
                 return Err(TicketError::Checksum);
             }
@@ -314,9 +334,18 @@ mod tests {
             nat: NatKind::EndpointDependent,
             fingerprint: [7; 32],
             candidates: vec![
-                Candidate { kind: CandidateKind::Mapped, addr: "203.0.113.9:21300".parse().unwrap() },
-                Candidate { kind: CandidateKind::Host, addr: "192.168.1.20:21300".parse().unwrap() },
-                Candidate { kind: CandidateKind::Host, addr: "[2001:db8::1]:21300".parse().unwrap() },
+                Candidate {
+                    kind: CandidateKind::Mapped,
+                    addr: "203.0.113.9:21300".parse().unwrap(),
+                },
+                Candidate {
+                    kind: CandidateKind::Host,
+                    addr: "192.168.1.20:21300".parse().unwrap(),
+                },
+                Candidate {
+                    kind: CandidateKind::Host,
+                    addr: "[2001:db8::1]:21300".parse().unwrap(),
+                },
             ],
         }
     }
@@ -332,9 +361,18 @@ mod tests {
 
     #[test]
     fn round_trip_all_kinds_and_roles() {
-        for nat in [NatKind::Unknown, NatKind::None, NatKind::EndpointIndependent, NatKind::EndpointDependent] {
+        for nat in [
+            NatKind::Unknown,
+            NatKind::None,
+            NatKind::EndpointIndependent,
+            NatKind::EndpointDependent,
+        ] {
             for role in [Role::Sender, Role::Receiver] {
-                let t = FullTicket { role, nat, ..sample() };
+                let t = FullTicket {
+                    role,
+                    nat,
+                    ..sample()
+                };
                 assert_eq!(t.to_string().parse::<Ticket>().unwrap(), Ticket::Full(t));
             }
         }
@@ -351,7 +389,12 @@ mod tests {
     #[test]
     fn tolerates_chat_decoration() {
         let t = sample().to_string();
-        for s in [format!("  {t}\n"), format!("`{t}`"), format!("\"{t}\""), format!("{t}.")] {
+        for s in [
+            format!("  {t}\n"),
+            format!("`{t}`"),
+            format!("\"{t}\""),
+            format!("{t}."),
+        ] {
             assert_eq!(s.parse::<Ticket>().unwrap(), Ticket::Full(sample()), "{s}");
         }
     }
@@ -366,9 +409,15 @@ mod tests {
         let damaged: String = chars.into_iter().collect();
         assert_eq!(damaged.parse::<Ticket>(), Err(TicketError::Checksum));
         // Truncated.
-        assert_eq!(t[..t.len() - 3].parse::<Ticket>(), Err(TicketError::Checksum));
+        assert_eq!(
+            t[..t.len() - 3].parse::<Ticket>(),
+            Err(TicketError::Checksum)
+        );
         // Characters outside base58.
-        assert_eq!(format!("{t}0").parse::<Ticket>(), Err(TicketError::Encoding));
+        assert_eq!(
+            format!("{t}0").parse::<Ticket>(),
+            Err(TicketError::Encoding)
+        );
     }
 
     #[test]
@@ -383,11 +432,26 @@ mod tests {
 
     #[test]
     fn bare_addresses() {
-        assert_eq!("188.44.136.7:21300".parse::<Ticket>().unwrap(), Ticket::Bare("188.44.136.7:21300".parse().unwrap()));
-        assert_eq!("[2001:db8::2]:4300".parse::<Ticket>().unwrap(), Ticket::Bare("[2001:db8::2]:4300".parse().unwrap()));
-        assert!(matches!("188.44.136.7:0".parse::<Ticket>(), Err(TicketError::Unrecognised(_))));
-        assert!(matches!("0.0.0.0:4300".parse::<Ticket>(), Err(TicketError::Unrecognised(_))));
-        assert!(matches!("hello".parse::<Ticket>(), Err(TicketError::Unrecognised(_))));
+        assert_eq!(
+            "188.44.136.7:21300".parse::<Ticket>().unwrap(),
+            Ticket::Bare("188.44.136.7:21300".parse().unwrap())
+        );
+        assert_eq!(
+            "[2001:db8::2]:4300".parse::<Ticket>().unwrap(),
+            Ticket::Bare("[2001:db8::2]:4300".parse().unwrap())
+        );
+        assert!(matches!(
+            "188.44.136.7:0".parse::<Ticket>(),
+            Err(TicketError::Unrecognised(_))
+        ));
+        assert!(matches!(
+            "0.0.0.0:4300".parse::<Ticket>(),
+            Err(TicketError::Unrecognised(_))
+        ));
+        assert!(matches!(
+            "hello".parse::<Ticket>(),
+            Err(TicketError::Unrecognised(_))
+        ));
         assert_eq!("  ".parse::<Ticket>(), Err(TicketError::Empty));
     }
 

@@ -84,8 +84,14 @@ impl Probe {
         let port = u16::from_be_bytes([b[44], b[45]]);
         let observed = match b[27] {
             0 => None,
-            4 => Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&b[28..32]).ok()?)), port)),
-            6 => Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&b[28..44]).ok()?)), port)),
+            4 => Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&b[28..32]).ok()?)),
+                port,
+            )),
+            6 => Some(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&b[28..44]).ok()?)),
+                port,
+            )),
             _ => return None,
         };
         Some(Probe {
@@ -176,7 +182,9 @@ impl Header {
 
     /// Builds the header from the decoded fixed part and the name bytes.
     pub fn from_parts(flags: u8, size: u64, name: &[u8]) -> Result<Header, WireError> {
-        let name = std::str::from_utf8(name).map_err(|_| WireError::NameEncoding)?.to_owned();
+        let name = std::str::from_utf8(name)
+            .map_err(|_| WireError::NameEncoding)?
+            .to_owned();
         Ok(Header { flags, size, name })
     }
 }
@@ -244,9 +252,19 @@ mod tests {
 
     #[test]
     fn probe_round_trip() {
-        for observed in [None, Some("198.18.1.2:4300".parse().unwrap()), Some("[2001:db8::9]:1".parse().unwrap())] {
+        for observed in [
+            None,
+            Some("198.18.1.2:4300".parse().unwrap()),
+            Some("[2001:db8::9]:1".parse().unwrap()),
+        ] {
             for kind in [ProbeKind::Ping, ProbeKind::Pong] {
-                let p = Probe { kind, from: [1; 8], to: [2; 8], seq: 0xdead_beef, observed };
+                let p = Probe {
+                    kind,
+                    from: [1; 8],
+                    to: [2; 8],
+                    seq: 0xdead_beef,
+                    observed,
+                };
                 let b = p.encode();
                 assert!(is_probe(&b));
                 assert_eq!(Probe::decode(&b), Some(p));
@@ -256,7 +274,14 @@ mod tests {
 
     #[test]
     fn probe_rejects_garbage() {
-        let p = Probe { kind: ProbeKind::Ping, from: [1; 8], to: [2; 8], seq: 1, observed: None }.encode();
+        let p = Probe {
+            kind: ProbeKind::Ping,
+            from: [1; 8],
+            to: [2; 8],
+            seq: 1,
+            observed: None,
+        }
+        .encode();
         assert_eq!(Probe::decode(&p[..PROBE_LEN - 1]), None);
         let mut bad = p;
         bad[6] = 9;
@@ -271,31 +296,51 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        let h = Header { flags: FLAG_AUTHENTICATED, size: 181_640_000, name: "03183u.tif".into() };
+        let h = Header {
+            flags: FLAG_AUTHENTICATED,
+            size: 181_640_000,
+            name: "03183u.tif".into(),
+        };
         let b = h.encode();
         let fixed: [u8; HEADER_FIXED_LEN] = b[..HEADER_FIXED_LEN].try_into().unwrap();
         let (flags, size, n) = Header::decode_fixed(&fixed).unwrap();
-        assert_eq!(Header::from_parts(flags, size, &b[HEADER_FIXED_LEN..HEADER_FIXED_LEN + n]).unwrap(), h);
+        assert_eq!(
+            Header::from_parts(flags, size, &b[HEADER_FIXED_LEN..HEADER_FIXED_LEN + n]).unwrap(),
+            h
+        );
     }
 
     #[test]
     fn header_rejects_lies() {
-        let mut b = Header { flags: 0, size: 1, name: "a".into() }.encode();
+        let mut b = Header {
+            flags: 0,
+            size: 1,
+            name: "a".into(),
+        }
+        .encode();
         b[18] = 0xff; // name length 65281
         let fixed: [u8; HEADER_FIXED_LEN] = b[..HEADER_FIXED_LEN].try_into().unwrap();
-        assert!(matches!(Header::decode_fixed(&fixed), Err(WireError::NameTooLong(_))));
+        assert!(matches!(
+            Header::decode_fixed(&fixed),
+            Err(WireError::NameTooLong(_))
+        ));
         b[8] = 7;
         let fixed: [u8; HEADER_FIXED_LEN] = b[..HEADER_FIXED_LEN].try_into().unwrap();
         assert_eq!(Header::decode_fixed(&fixed), Err(WireError::Version(7)));
         b[0] = b'x';
         let fixed: [u8; HEADER_FIXED_LEN] = b[..HEADER_FIXED_LEN].try_into().unwrap();
         assert_eq!(Header::decode_fixed(&fixed), Err(WireError::Magic));
-        assert_eq!(Header::from_parts(0, 0, &[0xff, 0xfe]), Err(WireError::NameEncoding));
+        assert_eq!(
+            Header::from_parts(0, 0, &[0xff, 0xfe]),
+            Err(WireError::NameEncoding)
+        );
     }
 
     #[test]
     fn accept_and_verdict() {
-        let a = Accept { flags: FLAG_AUTHENTICATED };
+        let a = Accept {
+            flags: FLAG_AUTHENTICATED,
+        };
         assert_eq!(Accept::decode(&a.encode()), Ok(a));
         for v in [Verdict::Ok, Verdict::HashMismatch, Verdict::StoreFailed] {
             assert_eq!(Verdict::decode(v.encode()), Ok(v));

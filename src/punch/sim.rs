@@ -41,7 +41,12 @@ struct Nat {
 
 impl Nat {
     fn new(kind: NatType, ext_ip: IpAddr) -> Self {
-        Nat { kind, ext_ip, entries: Vec::new(), rng: 12345 }
+        Nat {
+            kind,
+            ext_ip,
+            entries: Vec::new(),
+            rng: 12345,
+        }
     }
 
     fn fresh_port(&mut self) -> u16 {
@@ -51,11 +56,17 @@ impl Nat {
 
     fn outbound(&mut self, now: Duration, from: SocketAddr, to: SocketAddr) -> SocketAddr {
         self.entries.retain(|e| e.expires > now);
-        if let Some(e) = self.entries.iter_mut().find(|e| e.internal == Some(from) && e.remote == to) {
+        if let Some(e) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.internal == Some(from) && e.remote == to)
+        {
             e.expires = now + STALE_AFTER;
             return SocketAddr::new(self.ext_ip, e.ext_port);
         }
-        let clash = |entries: &[Entry], port: u16| entries.iter().any(|e| e.ext_port == port && e.remote == to);
+        let clash = |entries: &[Entry], port: u16| {
+            entries.iter().any(|e| e.ext_port == port && e.remote == to)
+        };
         let port = match self.kind {
             NatType::Symmetric => self.fresh_port(),
             _ if !clash(&self.entries, from.port()) => from.port(),
@@ -66,24 +77,48 @@ impl Nat {
                 }
             },
         };
-        self.entries.push(Entry { internal: Some(from), ext_port: port, remote: to, expires: now + STALE_AFTER });
+        self.entries.push(Entry {
+            internal: Some(from),
+            ext_port: port,
+            remote: to,
+            expires: now + STALE_AFTER,
+        });
         SocketAddr::new(self.ext_ip, port)
     }
 
     fn inbound(&mut self, now: Duration, from: SocketAddr, port: u16) -> Option<SocketAddr> {
         self.entries.retain(|e| e.expires > now);
-        if let Some(e) = self.entries.iter_mut().find(|e| e.ext_port == port && e.remote == from) {
+        if let Some(e) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.ext_port == port && e.remote == from)
+        {
             e.expires = now + STALE_AFTER;
             return e.internal;
         }
         if self.kind == NatType::Full {
-            if let Some(internal) = self.entries.iter().find(|e| e.ext_port == port).and_then(|e| e.internal) {
-                self.entries.push(Entry { internal: Some(internal), ext_port: port, remote: from, expires: now + STALE_AFTER });
+            if let Some(internal) = self
+                .entries
+                .iter()
+                .find(|e| e.ext_port == port)
+                .and_then(|e| e.internal)
+            {
+                self.entries.push(Entry {
+                    internal: Some(internal),
+                    ext_port: port,
+                    remote: from,
+                    expires: now + STALE_AFTER,
+                });
                 return Some(internal);
             }
         }
         // Unsolicited: conntrack remembers it, and that is what poisons the port.
-        self.entries.push(Entry { internal: None, ext_port: port, remote: from, expires: now + STALE_AFTER });
+        self.entries.push(Entry {
+            internal: None,
+            ext_port: port,
+            remote: from,
+            expires: now + STALE_AFTER,
+        });
         None
     }
 }
@@ -105,19 +140,49 @@ const STUN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)
 impl Side {
     fn new(kind: NatType, n: u8, port: u16, paste_at: Duration) -> Side {
         let ext_ip = IpAddr::V4(Ipv4Addr::new(198, 18, n, 2));
-        let host = if kind == NatType::None { SocketAddr::new(ext_ip, port) } else { SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, n, 0, 2)), port) };
+        let host = if kind == NatType::None {
+            SocketAddr::new(ext_ip, port)
+        } else {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, n, 0, 2)), port)
+        };
         let mut nat = Nat::new(kind, ext_ip);
         nat.rng = n as u32 * 7919;
         // STUN at time zero creates the mapping the ticket advertises.
-        let mapped = if kind == NatType::None { host } else { nat.outbound(Duration::ZERO, host, STUN) };
-        Side { nat, host, mapped, paste_at, clock_error: Duration::ZERO, puncher: None, inbox: Vec::new(), confirmed_at: None, timed_out: false }
+        let mapped = if kind == NatType::None {
+            host
+        } else {
+            nat.outbound(Duration::ZERO, host, STUN)
+        };
+        Side {
+            nat,
+            host,
+            mapped,
+            paste_at,
+            clock_error: Duration::ZERO,
+            puncher: None,
+            inbox: Vec::new(),
+            confirmed_at: None,
+            timed_out: false,
+        }
     }
 
     fn targets_for_peer(&self) -> Vec<Target> {
         if self.nat.kind == NatType::None {
-            vec![Target { addr: self.host, kind: PathKind::Public }]
+            vec![Target {
+                addr: self.host,
+                kind: PathKind::Public,
+            }]
         } else {
-            vec![Target { addr: self.mapped, kind: PathKind::Mapped }, Target { addr: self.host, kind: PathKind::Lan }]
+            vec![
+                Target {
+                    addr: self.mapped,
+                    kind: PathKind::Mapped,
+                },
+                Target {
+                    addr: self.host,
+                    kind: PathKind::Lan,
+                },
+            ]
         }
     }
 }
@@ -189,7 +254,11 @@ impl Net {
     /// Sends one probe from side `i` through its NAT into the network.
     fn route(&mut self, now: Duration, i: usize, tx: Transmit) {
         let me = &mut self.sides[i];
-        let from = if me.nat.kind == NatType::None { me.host } else { me.nat.outbound(now, me.host, tx.destination) };
+        let from = if me.nat.kind == NatType::None {
+            me.host
+        } else {
+            me.nat.outbound(now, me.host, tx.destination)
+        };
         if tx.ttl.is_some_and(|t| t <= 2) && me.nat.kind != NatType::None {
             return; // expired at the first router behind the NAT
         }
@@ -198,12 +267,21 @@ impl Net {
             return; // a LAN address of another network: goes nowhere
         }
         self.serial += 1;
-        self.in_flight.push(Reverse(Packet { at: now + self.one_way, serial: self.serial, to_side: j, from, dst: tx.destination, data: tx.contents }));
+        self.in_flight.push(Reverse(Packet {
+            at: now + self.one_way,
+            serial: self.serial,
+            to_side: j,
+            from,
+            dst: tx.destination,
+            data: tx.contents,
+        }));
     }
 
     fn deliver(&mut self, now: Duration, pkt: Packet) {
         let side = &mut self.sides[pkt.to_side];
-        if side.nat.kind != NatType::None && side.nat.inbound(now, pkt.from, pkt.dst.port()).is_none() {
+        if side.nat.kind != NatType::None
+            && side.nat.inbound(now, pkt.from, pkt.dst.port()).is_none()
+        {
             return;
         }
         match &mut side.puncher {
@@ -222,7 +300,9 @@ impl Net {
                 if self.sides[i].puncher.is_none() && now >= self.sides[i].paste_at {
                     self.start(i, now);
                 }
-                let Some(p) = self.sides[i].puncher.as_mut() else { continue };
+                let Some(p) = self.sides[i].puncher.as_mut() else {
+                    continue;
+                };
                 if p.poll_timeout().is_some_and(|t| t <= self.t0 + now) {
                     p.handle_timeout(self.t0 + now);
                 }
@@ -232,7 +312,9 @@ impl Net {
                 self.deliver(now, pkt);
             }
             for i in 0..2 {
-                let Some(p) = self.sides[i].puncher.as_mut() else { continue };
+                let Some(p) = self.sides[i].puncher.as_mut() else {
+                    continue;
+                };
                 let mut out = Vec::new();
                 while let Some(tx) = p.poll_transmit() {
                     out.push(tx);
@@ -250,7 +332,11 @@ impl Net {
                     self.route(now, i, tx);
                 }
             }
-            if self.sides.iter().all(|s| s.confirmed_at.is_some() || s.timed_out) {
+            if self
+                .sides
+                .iter()
+                .all(|s| s.confirmed_at.is_some() || s.timed_out)
+            {
                 return;
             }
             // Jump to the next thing that happens.
@@ -287,7 +373,10 @@ fn pair(a: NatType, b: NatType, paste_a: f64, paste_b: f64, one_way_ms: u64) -> 
 fn connects_within(net: &mut Net, secs: u64) -> Duration {
     net.run(Duration::from_secs(200));
     let t = net.connect_time().unwrap_or_else(|| {
-        panic!("no connection: a={:?} b={:?}", net.sides[0].confirmed_at, net.sides[1].confirmed_at)
+        panic!(
+            "no connection: a={:?} b={:?}",
+            net.sides[0].confirmed_at, net.sides[1].confirmed_at
+        )
     });
     assert!(t <= Duration::from_secs(secs), "took {t:?}");
     t
@@ -323,7 +412,11 @@ fn cone_cone_with_clocks_off_by_a_second() {
 
 #[test]
 fn public_peers_connect_at_once() {
-    for (a, b) in [(NatType::None, NatType::None), (NatType::None, NatType::Cone), (NatType::Symmetric, NatType::None)] {
+    for (a, b) in [
+        (NatType::None, NatType::None),
+        (NatType::None, NatType::Cone),
+        (NatType::Symmetric, NatType::None),
+    ] {
         let mut net = pair(a, b, 0.5, 8.0, 10);
         let t = connects_within(&mut net, 2);
         assert!(t < Duration::from_millis(500), "{a:?}-{b:?}: {t:?}");
@@ -332,7 +425,10 @@ fn public_peers_connect_at_once() {
 
 #[test]
 fn full_cone_reaches_symmetric_through_peer_reflexive_address() {
-    for (a, b) in [(NatType::Full, NatType::Symmetric), (NatType::Symmetric, NatType::Full)] {
+    for (a, b) in [
+        (NatType::Full, NatType::Symmetric),
+        (NatType::Symmetric, NatType::Full),
+    ] {
         let mut net = pair(a, b, 2.0, 9.0, 10);
         connects_within(&mut net, ROUND_PERIOD.as_secs() + 5);
     }
@@ -340,7 +436,10 @@ fn full_cone_reaches_symmetric_through_peer_reflexive_address() {
 
 #[test]
 fn symmetric_against_port_restricted_cannot_connect() {
-    for (a, b) in [(NatType::Cone, NatType::Symmetric), (NatType::Symmetric, NatType::Symmetric)] {
+    for (a, b) in [
+        (NatType::Cone, NatType::Symmetric),
+        (NatType::Symmetric, NatType::Symmetric),
+    ] {
         let mut net = pair(a, b, 1.0, 2.0, 10);
         net.run(Duration::from_secs(200));
         assert!(net.connect_time().is_none(), "{a:?}-{b:?}");
@@ -371,5 +470,8 @@ fn openers_absorb_small_clock_differences() {
     without.sides[1].clock_error = Duration::from_millis(300);
     without.opener_ttl = None;
     without.run(Duration::from_secs(100));
-    assert!(without.connect_time().is_none(), "the late side's NAT should have been poisoned");
+    assert!(
+        without.connect_time().is_none(),
+        "the late side's NAT should have been poisoned"
+    );
 }

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# p2pcopy network-namespace lab: real NAT traversal between namespaces.
+#
+# Usage (as root, from anywhere; paths are resolved against the repo root):
+#   scripts/lab.sh test [SCENARIO...]   run scenarios (default: all), prints
+#                                       "N passed, N failed", non-zero on failure
+#   scripts/lab.sh check                build a mixed topology and verify STUN,
+#                                       NTP, the core router and NAT behaviour
+#   scripts/lab.sh up                   build a cone-cone topology and leave it
+#                                       running (p2p-alice, p2p-bob)
+#   scripts/lab.sh transfer [FILE]      on an "up" topology: alice sends FILE
+#                                       (default: random) to bob, output shown
+#   scripts/lab.sh down                 remove every p2p-* namespace
+#   scripts/lab.sh list                 list scenarios
+#
+# Environment:
+#   P2PCOPY_BIN   binary to test; if unset, `cargo build --release` is run and
+#                 target/release/p2pcopy is used
+#   LAB_DIR       scratch/log directory (default /tmp/p2p-lab)
+#
+# Nothing here touches an address outside the namespaces it creates:
+# 198.18.0.0/15 is the lab "internet" and 10.N.0.0/24 its LANs, all inside
+# p2p-* namespaces, with no link to the root namespace.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO_ROOT"
+# shellcheck source=scripts/lab/lib.sh
+source "$REPO_ROOT/scripts/lab/lib.sh"
+
+ALL_SCENARIOS=(
+    public-public
+    public-cone
+    cone-cone
+    full-symmetric
+    symmetric-full
+    same-nat
+    cone-cone-late
+    cone-symmetric
+    symmetric-symmetric
+    clock-skew
+)
+FAIL_TIMEOUT=50
+
+need_root() {
+    if [[ $(id -u) != 0 ]]; then
+        echo "lab.sh: must run as root (network namespaces)" >&2
+        exit 2
+    fi
+    local t
+    for t in ip nft turnserver chronyd faketime python3 timeout; do
+        command -v "$t" >/dev/null || { echo "lab.sh: missing tool: $t" >&2; exit 2; }
+    done
+}
+
+resolve_bin() {
+    if [[ -n ${P2PCOPY_BIN:-} ]]; then
+        P2PCOPY_BIN_ABS=$(realpath "$P2PCOPY_BIN")
+    else
+        echo "== cargo build --release"
+        cargo build --release
+        P2PCOPY_BIN_ABS=$REPO_ROOT/target/release/p2pcopy
+    fi
+    [[ -x $P2PCOPY_BIN_ABS ]] || { echo "lab.sh: no binary at $P2PCOPY_BIN_ABS" >&2; exit 2; }
+    export P2PCOPY_BIN_ABS
+}
+
+on_exit() {
+    local rc=$?
+    trap - EXIT INT TERM
+    lab_cleanup
+    exit "$rc"
+}
+
+# scenario_run NAME: fresh routers/hosts (the core stays), one transfer.
+# Sender always p2p-s, receiver p2p-r.  NAME is "<sender kind>-<receiver kind>".
+scenario_run() {
+    local name=$1 opts=()
+    local wd=$LAB_DIR/scenarios/$name
+    lab_reset_edges
+    case $name in
+    public-public) lab_side p2p-s 1 public && lab_side p2p-r 2 public ;;
+    public-cone) lab_side p2p-s 1 public && lab_side p2p-r 2 cone ;;
+    cone-public) lab_side p2p-s 1 cone && lab_side p2p-r 2 public ;;
+    cone-cone) lab_side p2p-s 1 cone && lab_side p2p-r 2 cone ;;
+    full-symmetric) lab_side p2p-s 1 full "$LAB_SENDER_PORT" && lab_side p2p-r 2 symmetric ;;
+    symmetric-full) lab_side p2p-s 1 symmetric && lab_side p2p-r 2 full "$LAB_RECEIVER_PORT" ;;
+    same-nat) lab_router_up 1 cone && lab_lan_host p2p-s 1 2 && lab_lan_host p2p-r 1 3 ;;
+    cone-cone-late)
+        opts=(--delay 7)
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    cone-symmetric)
+        opts=(--expect fail --timeout "$FAIL_TIMEOUT")
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 symmetric
+        ;;
+    symmetric-cone)
+        opts=(--expect fail --timeout "$FAIL_TIMEOUT")
+        lab_side p2p-s 1 symmetric && lab_side p2p-r 2 cone
+        ;;
+    symmetric-symmetric)
+        opts=(--expect fail --timeout "$FAIL_TIMEOUT")
+        lab_side p2p-s 1 symmetric && lab_side p2p-r 2 symmetric
+        ;;
+    clock-skew)
+        opts=(--sender-faketime +7s)
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    *)
+        echo "unknown scenario $name"
+        return 2
+        ;;
+    esac || { echo "topology setup failed"; return 1; }
+    if lab_transfer p2p-s p2p-r "$wd" "${opts[@]}" 2>&1 | sed 's/^/    /'; then
+        return 0
+    fi
+    echo "    ---- sender stdout/stderr (tail)"
+    tail -n 40 "$wd/sender.out" "$wd/sender.err" 2>&1 | sed 's/^/    | /'
+    echo "    ---- receiver stdout/stderr (tail)"
+    tail -n 40 "$wd/receiver.out" "$wd/receiver.err" 2>&1 | sed 's/^/    | /'
+    lab_dump_ns_state | sed 's/^/    /'
+    echo "    (full logs in $wd)"
+    return 1
+}
+
+cmd_test() {
+    local scenarios=("$@") name passed=0 failed=0 t0 rc results=()
+    ((${#scenarios[@]})) || scenarios=("${ALL_SCENARIOS[@]}")
+    need_root
+    resolve_bin
+    trap on_exit EXIT
+    trap 'exit 130' INT TERM
+    lab_cleanup
+    mkdir -p "$LAB_DIR"
+    echo "== lab: core (STUN $LAB_STUN1 $LAB_STUN2, NTP $LAB_NTP)"
+    lab_core_up
+    echo "== lab: self-check"
+    if ! lab_selfcheck; then
+        echo "lab self-check failed; not running scenarios"
+        echo "0 passed, ${#scenarios[@]} failed"
+        return 1
+    fi
+    local tall=$SECONDS
+    for name in "${scenarios[@]}"; do
+        echo "== scenario $name"
+        t0=$SECONDS
+        set +e
+        scenario_run "$name"
+        rc=$?
+        set -e
+        if ((rc == 0)); then
+            passed=$((passed + 1))
+            results+=("PASS  $name ($((SECONDS - t0))s)")
+        else
+            failed=$((failed + 1))
+            results+=("FAIL  $name ($((SECONDS - t0))s)")
+        fi
+        echo "${results[-1]}"
+    done
+    echo "== summary ($((SECONDS - tall))s)"
+    printf '%s\n' "${results[@]}"
+    echo "$passed passed, $failed failed"
+    ((failed == 0))
+}
+
+cmd_check() {
+    need_root
+    trap on_exit EXIT
+    trap 'exit 130' INT TERM
+    lab_cleanup
+    mkdir -p "$LAB_DIR"
+    lab_core_up
+    if lab_selfcheck; then
+        echo "self-check OK"
+    else
+        echo "self-check FAILED"
+        return 1
+    fi
+}
+
+cmd_up() {
+    need_root
+    trap on_exit EXIT
+    lab_up_demo
+    trap - EXIT
+    echo "lab is up; run p2pcopy with: ip netns exec p2p-alice ... / ip netns exec p2p-bob ..."
+    echo "network flags: ${LAB_NET_ARGS[*]}"
+}
+
+cmd_transfer() {
+    need_root
+    lab_namespaces | grep -qx p2p-alice || { echo "lab is not up (scripts/lab.sh up)" >&2; exit 2; }
+    resolve_bin
+    local opts=(--show)
+    [[ -n ${1:-} ]] && opts+=(--file "$1")
+    if lab_transfer p2p-alice p2p-bob "$LAB_DIR/demo" "${opts[@]}"; then
+        echo "transfer OK: $(ls "$LAB_DIR/demo/out")"
+    else
+        echo "transfer FAILED (logs in $LAB_DIR/demo)"
+        return 1
+    fi
+}
+
+main() {
+    local cmd=${1:-test}
+    (($#)) && shift
+    case $cmd in
+    test) cmd_test "$@" ;;
+    check) cmd_check ;;
+    up) cmd_up ;;
+    down) need_root; lab_cleanup ;;
+    transfer) cmd_transfer "$@" ;;
+    list) printf '%s\n' "${ALL_SCENARIOS[@]}" ;;
+    -h | --help | help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) echo "usage: $0 test [SCENARIO...] | check | up | transfer [FILE] | down | list" >&2; exit 2 ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,548 @@
+//! The async shell around the puncher: one UDP socket shared by hole punching and QUIC.
+//!
+//! quinn owns the socket through [`DemuxSocket`], which hands every probe datagram to the
+//! puncher task and everything else to QUIC, so probes keep flowing while the handshake runs
+//! and the NAT mapping that STUN measured is the one QUIC uses.
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use quinn::udp::{RecvMeta, Transmit as QuinnTransmit};
+use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::Error;
+use crate::punch::{PathKind, PunchConfig, PunchEvent, Puncher, Target, Transmit};
+use crate::ticket::{CandidateKind, FullTicket, Ticket};
+use crate::wire::is_probe;
+
+/// Socket buffer size asked for; fast paths drop packets in the receive buffer otherwise.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Binds the one UDP socket of a run.
+pub fn bind(ip: IpAddr, port: u16) -> Result<std::net::UdpSocket, Error> {
+    let err = |source| Error::Bind { port, source };
+    let addr = SocketAddr::new(ip, port);
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(err)?;
+    // Best effort: the kernel caps these at net.core.[rw]mem_max.
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    sock.bind(&addr.into()).map_err(err)?;
+    sock.set_nonblocking(true).map_err(err)?;
+    Ok(sock.into())
+}
+
+/// The host's own addresses that a peer on the same network could reach us at.
+pub fn host_ips(bound: IpAddr) -> Vec<IpAddr> {
+    if !bound.is_unspecified() {
+        return vec![bound];
+    }
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+            // IPv6 candidates come with dual-stack sockets; this socket is IPv4.
+            IpAddr::V6(_) => false,
+        })
+        .collect();
+    ips.dedup();
+    ips
+}
+
+/// The peer's addresses from its ticket, classified for the puncher.
+pub fn targets(ticket: &Ticket) -> Vec<Target> {
+    match ticket {
+        Ticket::Bare(addr) => vec![Target {
+            addr: *addr,
+            kind: PathKind::Typed,
+        }],
+        Ticket::Full(t) => full_targets(t),
+    }
+}
+
+fn full_targets(t: &FullTicket) -> Vec<Target> {
+    let mapped: Vec<SocketAddr> = t
+        .candidates
+        .iter()
+        .filter(|c| c.kind == CandidateKind::Mapped)
+        .map(|c| c.addr)
+        .collect();
+    let mut out = Vec::new();
+    for c in &t.candidates {
+        let kind = match c.kind {
+            // A host address that STUN also saw is a public address: no NAT to poison.
+            CandidateKind::Host
+                if mapped.contains(&c.addr) || t.nat == crate::ticket::NatKind::None =>
+            {
+                PathKind::Public
+            }
+            CandidateKind::Host => PathKind::Lan,
+            CandidateKind::Mapped
+                if t.candidates
+                    .iter()
+                    .any(|h| h.kind == CandidateKind::Host && h.addr == c.addr) =>
+            {
+                continue
+            }
+            CandidateKind::Mapped => PathKind::Mapped,
+        };
+        out.push(Target { addr: c.addr, kind });
+    }
+    out
+}
+
+/// quinn's socket with probes filtered out and forwarded to the puncher.
+pub struct DemuxSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    probes: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+}
+
+impl fmt::Debug for DemuxSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DemuxSocket").finish_non_exhaustive()
+    }
+}
+
+impl DemuxSocket {
+    /// Removes probes from a batch of received buffers, compacting what is left.
+    ///
+    /// With GRO one buffer holds several datagrams of `stride` bytes (the last may be
+    /// shorter); removing any of them keeps that shape, so compaction is safe.
+    fn filter(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
+        let mut kept = 0;
+        for i in 0..n {
+            let m = meta[i];
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            let buf = &mut bufs[i][..m.len];
+            let (mut read, mut write) = (0, 0);
+            while read < m.len {
+                let seg = read..(read + stride).min(m.len);
+                let len = seg.len();
+                if is_probe(&buf[seg.clone()]) {
+                    // A full channel means a flood; dropping probes then is fine.
+                    let _ = self.probes.try_send((m.addr, buf[seg].to_vec()));
+                } else {
+                    if write != read {
+                        buf.copy_within(seg, write);
+                    }
+                    write += len;
+                }
+                read += len;
+            }
+            if write > 0 {
+                meta[i].len = write;
+                meta.swap(kept, i);
+                bufs.swap(kept, i);
+                kept += 1;
+            }
+        }
+        kept
+    }
+}
+
+impl AsyncUdpSocket for DemuxSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &QuinnTransmit) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
+            let kept = self.filter(bufs, meta, n);
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+/// Sends one probe, with a custom TTL where asked (per packet, so QUIC packets sharing the
+/// socket are never affected).
+fn send_probe(sock: &tokio::net::UdpSocket, tx: &Transmit) -> io::Result<()> {
+    match tx.ttl {
+        None => sock.try_send_to(&tx.contents, tx.destination).map(drop),
+        Some(ttl) => sock.try_io(tokio::io::Interest::WRITABLE, || {
+            send_with_ttl(sock, tx.destination, &tx.contents, ttl)
+        }),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn send_with_ttl(
+    sock: &tokio::net::UdpSocket,
+    dst: SocketAddr,
+    data: &[u8],
+    ttl: u32,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let addr = socket2::SockAddr::from(dst);
+    let (level, kind) = match dst {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_TTL),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT),
+    };
+    let value = ttl as libc::c_int;
+    // u64 words keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: every pointer in msghdr refers to a live local buffer of the stated length, and
+    // the control buffer is larger than CMSG_SPACE(sizeof(int)).
+    let rc = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+        msg.msg_namelen = addr.len();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::c_int, value);
+        libc::sendmsg(sock.as_raw_fd(), &msg, 0)
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_with_ttl(
+    sock: &tokio::net::UdpSocket,
+    dst: SocketAddr,
+    data: &[u8],
+    _ttl: u32,
+) -> io::Result<()> {
+    // Without per-packet TTL the opener is a plain probe; rounds still work, minus the
+    // protection against the other side's first probe arriving first.
+    sock.try_send_to(data, dst).map(drop)
+}
+
+/// Runs the puncher until told to stop or it finishes, forwarding its events.
+async fn drive(
+    mut puncher: Puncher,
+    sock: tokio::net::UdpSocket,
+    mut probes: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    events: mpsc::Sender<PunchEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        while let Some(tx) = puncher.poll_transmit() {
+            if let Err(e) = send_probe(&sock, &tx) {
+                // A full socket buffer or an unreachable LAN address: the next probe retries.
+                tracing::trace!(to = %tx.destination, error = %e, "probe not sent");
+            }
+        }
+        while let Some(ev) = puncher.poll_event() {
+            if events.send(ev).await.is_err() {
+                return;
+            }
+        }
+        let Some(deadline) = puncher.poll_timeout() else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => puncher.handle_timeout(Instant::now()),
+            got = probes.recv() => match got {
+                Some((from, data)) => { puncher.handle_datagram(Instant::now(), from, &data); }
+                None => return,
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// What a session needs to connect.
+pub struct Session {
+    /// The bound socket (STUN already done on it).
+    pub socket: std::net::UdpSocket,
+    /// True for the sender (QUIC client).
+    pub is_client: bool,
+    /// This run's certificate.
+    pub identity: crate::tls::Identity,
+    /// The peer's ticket.
+    pub peer: Ticket,
+    /// First round, as an `Instant`.
+    pub first_round: Instant,
+    /// Give up at this time.
+    pub deadline: Instant,
+    /// TTL for openers.
+    pub opener_ttl: Option<u32>,
+}
+
+/// Progress notes for the user while connecting.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Progress {
+    /// A synchronised round started.
+    Round(u32),
+    /// A path works both ways.
+    PathFound {
+        /// Peer address.
+        remote: SocketAddr,
+        /// Its kind.
+        kind: PathKind,
+    },
+}
+
+/// An established, authenticated (or, for bare tickets, encrypted-only) QUIC connection.
+pub struct Link {
+    /// The endpoint; keep it alive as long as the connection.
+    pub endpoint: quinn::Endpoint,
+    /// The connection.
+    pub connection: quinn::Connection,
+    /// How the peer's address was learned.
+    pub kind: PathKind,
+    /// Whether we checked the peer's certificate against its ticket.
+    pub authenticated: bool,
+    /// The code both users compare when either side used a bare `ip:port`.
+    pub verification_code: String,
+}
+
+/// Why connecting failed.
+#[derive(Debug)]
+pub enum ConnectFailure {
+    /// No path before the deadline.
+    TimedOut {
+        /// Rounds fired.
+        rounds: u32,
+        /// Whether any probe of the peer arrived.
+        heard_peer: bool,
+    },
+    /// Setup error.
+    Fatal(Error),
+}
+
+/// Punches a path to the peer and establishes QUIC over it.
+pub async fn connect(
+    session: Session,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<Link, ConnectFailure> {
+    let Session {
+        socket,
+        is_client,
+        identity,
+        peer,
+        first_round,
+        deadline,
+        opener_ttl,
+    } = session;
+    let fatal = ConnectFailure::Fatal;
+    let peer_fp = match &peer {
+        Ticket::Full(t) => Some(t.fingerprint),
+        Ticket::Bare(_) => None,
+    };
+    let probe_socket = socket
+        .try_clone()
+        .map_err(|e| fatal(Error::Internal(format!("cannot clone socket: {e}"))))?;
+    let probe_socket = tokio::net::UdpSocket::from_std(probe_socket)
+        .map_err(|e| fatal(Error::Internal(e.to_string())))?;
+
+    let (probe_tx, probe_rx) = mpsc::channel(1024);
+    let runtime = Arc::new(TokioRuntime);
+    let inner = runtime
+        .wrap_udp_socket(socket)
+        .map_err(|e| fatal(Error::Internal(format!("socket: {e}"))))?;
+    let demux = Arc::new(DemuxSocket {
+        inner,
+        probes: probe_tx,
+    });
+    let mut endpoint_cfg = quinn::EndpointConfig::default();
+    // Greased QUIC packets could start with our probe magic's first byte.
+    endpoint_cfg.grease_quic_bit(false);
+    let server_cfg = if is_client {
+        None
+    } else {
+        Some(crate::tls::server_config(&identity, peer_fp).map_err(fatal)?)
+    };
+    let endpoint =
+        quinn::Endpoint::new_with_abstract_socket(endpoint_cfg, server_cfg, demux, runtime)
+            .map_err(|e| fatal(Error::Internal(format!("QUIC endpoint: {e}"))))?;
+
+    let targets = targets(&peer);
+    let now = Instant::now();
+    let cfg = PunchConfig {
+        local_id: identity.short_id(),
+        peer_id: peer_fp.as_ref().map(crate::tls::short_id),
+        targets: targets.clone(),
+        first_round,
+        deadline,
+        opener_ttl,
+    };
+    let puncher = Puncher::new(cfg, now);
+    let (ev_tx, mut ev_rx) = mpsc::channel(64);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let driver = tokio::spawn(drive(puncher, probe_socket, probe_rx, ev_tx, stop_rx));
+
+    let mut known: Vec<(SocketAddr, PathKind)> = targets.iter().map(|t| (t.addr, t.kind)).collect();
+    let client_cfg = if is_client {
+        Some(crate::tls::client_config(&identity, peer_fp).map_err(fatal)?)
+    } else {
+        None
+    };
+    let mut pending: Vec<SocketAddr> = Vec::new();
+    let result = loop {
+        // The client dials each confirmed path in turn; the server waits for the dial.
+        if let (Some(cfg), Some(remote)) = (client_cfg.as_ref(), pending.first().copied()) {
+            pending.remove(0);
+            let connecting =
+                match endpoint.connect_with(cfg.clone(), remote, crate::tls::SERVER_NAME) {
+                    Ok(c) => c,
+                    Err(e) => break Err(fatal(Error::Internal(format!("connect: {e}")))),
+                };
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(10));
+            match tokio::time::timeout(budget, connecting).await {
+                Ok(Ok(conn)) => break Ok(conn),
+                Ok(Err(e)) => {
+                    if let quinn::ConnectionError::TransportError(_)
+                    | quinn::ConnectionError::ConnectionClosed(_) = e
+                    {
+                        // Certificate mismatch shows up here: it will not get better by retrying.
+                        break Err(fatal(Error::Protocol(format!(
+                            "the peer at {remote} failed the handshake: {e}"
+                        ))));
+                    }
+                    tracing::info!(%remote, error = %e, "handshake failed; trying other paths");
+                }
+                Err(_) => tracing::info!(%remote, "handshake timed out; trying other paths"),
+            }
+            continue;
+        }
+        tokio::select! {
+            ev = ev_rx.recv() => match ev {
+                Some(PunchEvent::RoundStarted { round }) => on_progress(Progress::Round(round)),
+                Some(PunchEvent::Confirmed { remote, kind, rtt, observed }) => {
+                    tracing::info!(%remote, ?kind, ?rtt, ?observed, "path confirmed");
+                    if !known.iter().any(|(a, _)| *a == remote) {
+                        known.push((remote, kind));
+                    }
+                    on_progress(Progress::PathFound { remote, kind });
+                    pending.push(remote);
+                }
+                Some(PunchEvent::TimedOut { rounds, heard_peer }) => break Err(ConnectFailure::TimedOut { rounds, heard_peer }),
+                None => break Err(ConnectFailure::TimedOut { rounds: 0, heard_peer: false }),
+            },
+            incoming = endpoint.accept(), if !is_client => {
+                let Some(incoming) = incoming else { break Err(fatal(Error::Internal("endpoint closed".into()))) };
+                let from = incoming.remote_address();
+                match incoming.await {
+                    Ok(conn) => break Ok(conn),
+                    // Someone who is not the ticket's owner, or a broken handshake: keep waiting.
+                    Err(e) => tracing::warn!(%from, error = %e, "rejected a connection attempt"),
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = driver.await;
+    let connection = result?;
+    let remote = connection.remote_address();
+    let kind = known
+        .iter()
+        .find(|(a, _)| *a == remote)
+        .map(|(_, k)| *k)
+        .unwrap_or(PathKind::PeerReflexive);
+    let theirs = crate::tls::peer_fingerprint(&connection).unwrap_or_default();
+    let verification_code = crate::tls::verification_code(identity.fingerprint(), &theirs);
+    Ok(Link {
+        endpoint,
+        connection,
+        kind,
+        authenticated: peer_fp.is_some(),
+        verification_code,
+    })
+}
+
+/// The loopback address, for tests and `--bind`.
+pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ticket::{Candidate, NatKind, Role};
+
+    #[test]
+    fn ticket_addresses_become_targets() {
+        let t = FullTicket {
+            role: Role::Sender,
+            nat: NatKind::EndpointIndependent,
+            fingerprint: [0; 32],
+            candidates: vec![
+                Candidate {
+                    kind: CandidateKind::Mapped,
+                    addr: "198.18.1.2:4300".parse().unwrap(),
+                },
+                Candidate {
+                    kind: CandidateKind::Host,
+                    addr: "10.1.0.2:4300".parse().unwrap(),
+                },
+            ],
+        };
+        let kinds: Vec<PathKind> = full_targets(&t).iter().map(|t| t.kind).collect();
+        assert_eq!(kinds, [PathKind::Mapped, PathKind::Lan]);
+        let public = FullTicket {
+            nat: NatKind::None,
+            candidates: vec![
+                Candidate {
+                    kind: CandidateKind::Mapped,
+                    addr: "198.18.5.2:4300".parse().unwrap(),
+                },
+                Candidate {
+                    kind: CandidateKind::Host,
+                    addr: "198.18.5.2:4300".parse().unwrap(),
+                },
+            ],
+            ..t
+        };
+        let targets = full_targets(&public);
+        assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].kind, PathKind::Public);
+        assert_eq!(
+            super::targets(&Ticket::Bare("1.2.3.4:5".parse().unwrap()))[0].kind,
+            PathKind::Typed
+        );
+    }
+}

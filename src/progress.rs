@@ -1,0 +1,125 @@
+//! Progress display: an indicatif bar on a terminal, a plain line every few seconds otherwise.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// How often plain progress lines are printed when stderr is not a terminal.
+const LINE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Byte progress of one transfer.
+pub struct Progress {
+    mode: Mode,
+    total: u64,
+    done: u64,
+    start: Instant,
+}
+
+enum Mode {
+    Bar(ProgressBar),
+    Lines { label: String, last: Instant },
+    Off,
+}
+
+impl Progress {
+    /// A progress display for `total` bytes; `quiet` shows nothing.
+    pub fn new(total: u64, label: &str, quiet: bool) -> Progress {
+        let mode = if quiet {
+            Mode::Off
+        } else if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .expect("static template")
+                .progress_chars("#>-"),
+            );
+            bar.set_message(label.to_owned());
+            Mode::Bar(bar)
+        } else {
+            Mode::Lines {
+                label: label.to_owned(),
+                last: Instant::now(),
+            }
+        };
+        Progress {
+            mode,
+            total,
+            done: 0,
+            start: Instant::now(),
+        }
+    }
+
+    /// Records `n` more bytes.
+    pub fn inc(&mut self, n: u64) {
+        self.done += n;
+        match &mut self.mode {
+            Mode::Bar(bar) => bar.inc(n),
+            Mode::Lines { label, last } if last.elapsed() >= LINE_INTERVAL => {
+                *last = Instant::now();
+                eprintln!(
+                    "{label}: {}",
+                    progress_line(self.done, self.total, self.start.elapsed())
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&mut self) {
+        if let Mode::Bar(bar) = &self.mode {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Time since the display was created.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// `45% (12.0 MiB of 27.0 MiB, 5.1 MiB/s)`.
+pub fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
+    let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
+    format!(
+        "{pct}% ({} of {}, {}/s)",
+        HumanBytes(done),
+        HumanBytes(total),
+        HumanBytes(rate(done, elapsed))
+    )
+}
+
+/// Bytes per second.
+pub fn rate(bytes: u64, elapsed: Duration) -> u64 {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        return 0;
+    }
+    (bytes as f64 / secs) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines() {
+        assert_eq!(
+            progress_line(50, 200, Duration::from_secs(1)),
+            "25% (50 B of 200 B, 50 B/s)"
+        );
+        assert_eq!(
+            progress_line(0, 0, Duration::ZERO),
+            "100% (0 B of 0 B, 0 B/s)"
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! This run's certificate, certificate pinning, and the QUIC configurations built on them.
+//!
+//! Each run makes a fresh self-signed certificate; its SHA-256 fingerprint travels in the
+//! ticket, and each side accepts exactly the certificate whose fingerprint it was given. The
+//! handshake signature is still verified against that certificate: certificates are public,
+//! so checking the fingerprint alone would let anyone who saw a ticket impersonate its owner.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+
+/// ALPN protocol id; bumped together with the transfer framing version.
+pub const ALPN: &[u8] = b"p2pcopy/1";
+/// Name the client asks for; only the pinned fingerprint matters.
+pub const SERVER_NAME: &str = "p2pcopy";
+
+/// SHA-256 of a DER certificate.
+pub type Fingerprint = [u8; 32];
+
+/// Computes a certificate's fingerprint.
+pub fn fingerprint(cert: &[u8]) -> Fingerprint {
+    Sha256::digest(cert).into()
+}
+
+/// The certificate and key of this run.
+#[derive(Debug)]
+pub struct Identity {
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+    fingerprint: Fingerprint,
+}
+
+impl Identity {
+    /// Generates a fresh self-signed certificate (ECDSA P-256).
+    pub fn generate() -> Result<Identity, Error> {
+        let ck = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])
+            .map_err(|e| Error::Internal(format!("cannot generate a certificate: {e}")))?;
+        let cert = ck.cert.der().clone();
+        let key = PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+        let fingerprint = fingerprint(&cert);
+        Ok(Identity {
+            cert,
+            key,
+            fingerprint,
+        })
+    }
+
+    /// SHA-256 of our certificate.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+
+    /// Short id used to bind probes to this session.
+    pub fn short_id(&self) -> [u8; 8] {
+        short_id(&self.fingerprint)
+    }
+
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+}
+
+/// Short id of a fingerprint, as carried by probes.
+pub fn short_id(fp: &Fingerprint) -> [u8; 8] {
+    fp[..8].try_into().expect("8 bytes")
+}
+
+/// A code both users can compare to detect a man in the middle when a bare `ip:port` was
+/// used instead of a ticket: the same on both sides only if each sees the other's real
+/// certificate.
+pub fn verification_code(a: &Fingerprint, b: &Fingerprint) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut h = blake3::Hasher::new_derive_key("p2pcopy 2026-11 verification code");
+    h.update(lo);
+    h.update(hi);
+    let n =
+        u32::from_be_bytes(h.finalize().as_bytes()[..4].try_into().expect("4 bytes")) % 100_000_000;
+    format!("{:04}-{:04}", n / 10_000, n % 10_000)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    // One explicit provider: rustls panics when two are compiled in and none is chosen.
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts exactly one certificate (or, with `None`, any certificate: bare tickets).
+#[derive(Debug)]
+struct Pinned {
+    expected: Option<Fingerprint>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl Pinned {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        match self.expected {
+            Some(fp) if fingerprint(end_entity) != fp => Err(rustls::Error::General(
+                "peer certificate does not match the ticket".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|_| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+impl ClientCertVerifier for Pinned {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity)
+            .map(|_| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+/// QUIC transport settings shared by both roles.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    // Keep NAT mappings alive (most expire after 30 s of silence) and notice a dead peer.
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("in range")));
+    // Windows sized for ~400 Mbit/s at 100 ms round trip; the defaults cap far lower.
+    t.stream_receive_window((16u32 << 20).into());
+    t.receive_window((32u32 << 20).into());
+    t.send_window(32 << 20);
+    t
+}
+
+/// Client (sender side) configuration that accepts only `peer` (or anyone, for `None`).
+pub fn client_config(
+    id: &Identity,
+    peer: Option<Fingerprint>,
+) -> Result<quinn::ClientConfig, Error> {
+    let provider = provider();
+    let verifier = Arc::new(Pinned {
+        expected: peer,
+        provider: provider.clone(),
+    });
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(internal)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![id.cert.clone()], id.key())
+        .map_err(internal)?;
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(internal)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport_config()));
+    Ok(cfg)
+}
+
+/// Server (receiver side) configuration that requires a client certificate matching `peer`.
+pub fn server_config(
+    id: &Identity,
+    peer: Option<Fingerprint>,
+) -> Result<quinn::ServerConfig, Error> {
+    let provider = provider();
+    let verifier = Arc::new(Pinned {
+        expected: peer,
+        provider: provider.clone(),
+    });
+    let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(internal)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![id.cert.clone()], id.key())
+        .map_err(internal)?;
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(internal)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport_config()));
+    // Stray handshakes cost nothing here: one transfer, one peer.
+    cfg.max_incoming(16);
+    Ok(cfg)
+}
+
+/// Fingerprint of the certificate the peer presented on an established connection.
+pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    certs.first().map(|c| fingerprint(c))
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("TLS setup: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verification_code_is_symmetric_and_sensitive() {
+        let a = [1u8; 32];
+        let b = [2u8; 32];
+        let c = [3u8; 32];
+        assert_eq!(verification_code(&a, &b), verification_code(&b, &a));
+        assert_ne!(verification_code(&a, &b), verification_code(&a, &c));
+        let code = verification_code(&a, &b);
+        assert_eq!(code.len(), 9);
+        assert_eq!(&code[4..5], "-");
+    }
+
+    #[test]
+    fn identities_differ_and_build_configs() {
+        let a = Identity::generate().unwrap();
+        let b = Identity::generate().unwrap();
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        client_config(&a, Some(*b.fingerprint())).unwrap();
+        server_config(&b, Some(*a.fingerprint())).unwrap();
+        server_config(&b, None).unwrap();
+    }
+}

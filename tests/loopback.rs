@@ -1,0 +1,340 @@
+//! End-to-end runs of the real binary: two processes on loopback, tickets exchanged through
+//! their stdin/stdout exactly as two users would paste them.
+//!
+//! Only 127.0.0.1 is used: `--bind 127.0.0.1 --no-stun --no-ntp` keeps every packet on this
+//! machine. NAT traversal itself is tested in the namespace lab (`scripts/lab.sh`).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2pcopy");
+
+/// Distinct ports per test so tests can run in parallel.
+fn port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 30_000 + (std::process::id() % 2000) as u16 * 10;
+    base + NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    ticket: String,
+    rest: mpsc::Receiver<String>,
+}
+
+fn start(role: &str, extra: &[&str], dir: &Path) -> Peer {
+    let p = port().to_string();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        role,
+        "--bind",
+        "127.0.0.1",
+        "--localport",
+        &p,
+        "--no-stun",
+        "--no-ntp",
+        "-q",
+    ])
+    .args(extra);
+    if !extra.contains(&"--timeout") {
+        cmd.args(["--timeout", "20"]);
+    }
+    cmd.current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn p2pcopy");
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("ticket line");
+    let ticket = first
+        .strip_prefix("Tell this to your peer: ")
+        .expect("ticket prefix")
+        .to_owned();
+    Peer {
+        child,
+        stdin,
+        ticket,
+        rest: rx,
+    }
+}
+
+impl Peer {
+    fn paste(&mut self, ticket: &str) {
+        writeln!(self.stdin, "{ticket}").unwrap();
+    }
+    fn finish(self) -> Output {
+        drop(self.stdin);
+        drop(self.rest);
+        wait_bounded(self.child)
+    }
+}
+
+fn wait_bounded(mut child: Child) -> Output {
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("p2pcopy did not exit within 60 s");
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs a whole transfer of `data` named `name` into `out`; returns both outputs.
+fn transfer(name: &str, data: &[u8], out: &Path) -> (Output, Output) {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join(name), data).unwrap();
+    let file = src.path().join(name);
+    let mut receiver = start("receiver", &["--output", out.to_str().unwrap()], src.path());
+    let mut sender = start("sender", &["--file", file.to_str().unwrap()], src.path());
+    let (st, rt) = (sender.ticket.clone(), receiver.ticket.clone());
+    sender.paste(&rt);
+    receiver.paste(&st);
+    (sender.finish(), receiver.finish())
+}
+
+fn pseudo_random(n: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn copies_a_file_and_verifies_it() {
+    let out = tempfile::tempdir().unwrap();
+    let data = pseudo_random(5 << 20);
+    let (s, r) = transfer("image.tif", &data, out.path());
+    assert!(s.status.success(), "sender: {}", stderr(&s));
+    assert!(r.status.success(), "receiver: {}", stderr(&r));
+    assert_eq!(fs::read(out.path().join("image.tif")).unwrap(), data);
+    // Nothing else (no temporary files) is left in the output directory.
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn empty_file() {
+    let out = tempfile::tempdir().unwrap();
+    let (s, r) = transfer("empty", b"", out.path());
+    assert!(
+        s.status.success() && r.status.success(),
+        "{} / {}",
+        stderr(&s),
+        stderr(&r)
+    );
+    assert_eq!(fs::read(out.path().join("empty")).unwrap(), b"");
+}
+
+#[test]
+fn never_overwrites_an_existing_file() {
+    let out = tempfile::tempdir().unwrap();
+    fs::write(out.path().join("notes.txt"), b"precious").unwrap();
+    let (s, r) = transfer("notes.txt", b"incoming", out.path());
+    assert!(
+        s.status.success() && r.status.success(),
+        "{} / {}",
+        stderr(&s),
+        stderr(&r)
+    );
+    assert_eq!(fs::read(out.path().join("notes.txt")).unwrap(), b"precious");
+    assert_eq!(
+        fs::read(out.path().join("notes (1).txt")).unwrap(),
+        b"incoming"
+    );
+}
+
+#[test]
+fn bare_ip_port_works_and_shows_a_verification_code() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("f"), b"hello").unwrap();
+    let file = src.path().join("f");
+    let mut receiver = start(
+        "receiver",
+        &["--output", out.path().to_str().unwrap()],
+        src.path(),
+    );
+    // The receiver is given only the sender's ip:port, as with the original p2pcopy.
+    let sender_port = port();
+    let sp = sender_port.to_string();
+    let mut sender = Command::new(BIN)
+        .args([
+            "sender",
+            "--bind",
+            "127.0.0.1",
+            "--localport",
+            &sp,
+            "--no-stun",
+            "--no-ntp",
+            "--timeout",
+            "60",
+        ])
+        .args(["--file", file.to_str().unwrap(), "--peer", &receiver.ticket])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = sender.stdout.take();
+    receiver.paste(&format!("127.0.0.1:{sender_port}"));
+    // The receiver must wait for a synchronised round (an ip:port may be behind a NAT).
+    let s = wait_bounded(sender);
+    let r = receiver.finish();
+    assert!(
+        s.status.success() && r.status.success(),
+        "{} / {}",
+        stderr(&s),
+        stderr(&r)
+    );
+    assert_eq!(fs::read(out.path().join("f")).unwrap(), b"hello");
+    assert!(stderr(&s).contains("Verification code:"), "{}", stderr(&s));
+}
+
+#[test]
+fn exit_codes_for_user_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| -> Output {
+        let child = Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_bounded(child)
+    };
+    let base = ["--bind", "127.0.0.1", "--no-stun", "--no-ntp"];
+    let check = |o: &Output, code: i32, needle: &str| {
+        let err = stderr(o);
+        assert_eq!(o.status.code(), Some(code), "{err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("p2pcopy: ") && last.contains(needle),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    };
+    // Missing file: 4.
+    let o = run(&[&["sender", "--file", "nope.bin"][..], &base].concat());
+    check(&o, 4, "nope.bin");
+    // Unusable output directory: 4.
+    let o = run(&[&["receiver", "--output", "missing-dir"][..], &base].concat());
+    check(&o, 4, "missing-dir");
+    // A damaged ticket: 3.
+    let o = run(&[&["receiver", "--peer", "p2pcXXXXgarbage"][..], &base].concat());
+    check(&o, 3, "invalid ticket");
+    // Not a ticket at all: 3.
+    let o = run(&[&["receiver", "--peer", "hello"][..], &base].concat());
+    check(&o, 3, "invalid ticket");
+    // No ticket on stdin: 2.
+    let o = run(&[&["receiver"][..], &base].concat());
+    check(&o, 2, "no ticket");
+    // Port out of range: clap's usage error, 2.
+    let o = run(&["receiver", "--localport", "99999"]);
+    assert_eq!(o.status.code(), Some(2));
+    // Nobody there: 6 within the timeout.
+    let o = run(&[
+        &["receiver", "--peer", "127.0.0.1:9", "--timeout", "2"][..],
+        &base,
+    ]
+    .concat());
+    check(&o, 6, "could not connect");
+}
+
+#[test]
+fn port_in_use_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let p = holder.local_addr().unwrap().port().to_string();
+    let child = Command::new(BIN)
+        .args([
+            "receiver",
+            "--bind",
+            "127.0.0.1",
+            "--localport",
+            &p,
+            "--no-stun",
+            "--no-ntp",
+        ])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = wait_bounded(child);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("cannot use UDP port {p}")));
+}
+
+#[test]
+fn same_role_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start("receiver", &[], dir.path());
+    let mut b = start("receiver", &[], dir.path());
+    b.paste(&a.ticket);
+    let o = b.finish();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("p2pcopy sender"));
+    let _ = a.finish();
+}
+
+#[test]
+fn a_stranger_with_the_ticket_cannot_connect() {
+    // Mallory learned the receiver's ticket but has her own certificate; the receiver expects
+    // the sender whose ticket it was given, so it must refuse Mallory and still accept Alice.
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("secret"), b"for the receiver only").unwrap();
+    fs::write(src.path().join("evil"), b"injected").unwrap();
+    let mut receiver = start(
+        "receiver",
+        &["--output", out.path().to_str().unwrap()],
+        src.path(),
+    );
+    let mut alice = start("sender", &["--file", "secret"], src.path());
+    let mut mallory = start("sender", &["--file", "evil", "--timeout", "5"], src.path());
+    mallory.paste(&receiver.ticket);
+    receiver.paste(&alice.ticket);
+    let m = mallory.finish();
+    assert!(!m.status.success(), "mallory got through: {}", stderr(&m));
+    alice.paste(&receiver.ticket);
+    let (a, r) = (alice.finish(), receiver.finish());
+    assert!(
+        a.status.success() && r.status.success(),
+        "{} / {}",
+        stderr(&a),
+        stderr(&r)
+    );
+    let names: Vec<_> = fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["secret"]);
+}
