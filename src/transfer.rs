@@ -125,11 +125,12 @@ pub async fn send(
     send.write_all(hash.as_bytes()).await.map_err(lost)?;
     send.finish().map_err(lost)?;
     progress.finish();
-    let elapsed = progress.elapsed();
     let mut verdict = [0u8; 1];
     recv.read_exact(&mut verdict)
         .await
         .map_err(read_exact_err)?;
+    // Measured to the verdict: the last bytes may sit in QUIC's send buffer until then.
+    let elapsed = progress.elapsed();
     match Verdict::decode(verdict[0]).map_err(wire)? {
         Verdict::Ok => {}
         Verdict::HashMismatch => return Err(Error::Verify(
