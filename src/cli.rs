@@ -50,6 +50,7 @@ pub struct SenderArgs {
     /// The file to send.
     #[arg(short, long, value_name = "PATH")]
     pub file: PathBuf,
+    /// Network flags.
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -60,6 +61,7 @@ pub struct ReceiverArgs {
     /// Directory the file is written into; an existing file is never replaced.
     #[arg(short, long, value_name = "DIR", default_value = ".")]
     pub output: PathBuf,
+    /// Network flags.
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -70,7 +72,7 @@ pub struct NetArgs {
     /// Local UDP port to use (0 picks a free one). A port forwarded on your router helps.
     #[arg(short = 'p', long, value_name = "PORT", default_value_t = 0)]
     pub localport: u16,
-    /// Local address to bind (default: all IPv4 interfaces).
+    /// Local IPv4 address to bind (0.0.0.0: all interfaces).
     #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub bind: IpAddr,
     /// Your peer's ticket (or ip:port); skips the prompt.
@@ -105,14 +107,27 @@ macro_rules! say {
 /// Runs one p2pcopy command to completion.
 pub async fn run(cli: Cli) -> Result<(), Error> {
     let quiet = cli.quiet;
-    tokio::select! {
-        r = run_inner(cli) => r,
-        _ = tokio::signal::ctrl_c() => {
-            // Dropping the run's futures removes any partial file.
-            say!(quiet, "");
-            Err(Error::Interrupted("interrupted".into()))
-        }
+    let interrupted = || Error::Interrupted("interrupted".into());
+    let (link, job) = tokio::select! {
+        r = connect_phase(cli) => r?,
+        _ = tokio::signal::ctrl_c() => return Err(interrupted()),
+    };
+    let result = tokio::select! {
+        // Dropping the transfer future removes any partial file.
+        r = transfer_phase(&link, job, quiet) => r,
+        _ = tokio::signal::ctrl_c() => Err(interrupted()),
+    };
+    if let Err(e) = &result {
+        // Tell the peer at once instead of letting it wait for the idle timeout.
+        let reason = e.to_string();
+        link.connection.close(
+            u32::from(e.exit_code()).into(),
+            &reason.as_bytes()[..reason.len().min(200)],
+        );
     }
+    link.endpoint.close(0u32.into(), b"bye");
+    let _ = tokio::time::timeout(Duration::from_secs(2), link.endpoint.wait_idle()).await;
+    result
 }
 
 enum Job {
@@ -127,7 +142,7 @@ enum Job {
     },
 }
 
-async fn run_inner(cli: Cli) -> Result<(), Error> {
+async fn connect_phase(cli: Cli) -> Result<(net::Link, Job), Error> {
     let quiet = cli.quiet;
     let (role, net_args, job) = match cli.command {
         Command::Sender(a) => {
@@ -300,6 +315,10 @@ async fn run_inner(cli: Cli) -> Result<(), Error> {
         link.connection.rtt().as_millis()
     );
 
+    Ok((link, job))
+}
+
+async fn transfer_phase(link: &net::Link, job: Job, quiet: bool) -> Result<(), Error> {
     let opts = transfer::Options {
         authenticated: link.authenticated,
         quiet,
@@ -313,7 +332,7 @@ async fn run_inner(cli: Cli) -> Result<(), Error> {
         } => {
             let r = transfer::send(&link.connection, &path, file, size, &name, opts).await;
             if let Ok(s) = &r {
-                show_code(quiet, &link, s.peer_authenticated);
+                show_code(quiet, link, s.peer_authenticated);
                 say!(
                     quiet,
                     "Sent {name} ({}) in {:.1} s, {}/s",
@@ -329,7 +348,7 @@ async fn run_inner(cli: Cli) -> Result<(), Error> {
         Job::Receive { dir } => {
             let r = transfer::receive(&link.connection, &dir, opts).await;
             if let Ok(s) = &r {
-                show_code(quiet, &link, s.peer_authenticated);
+                show_code(quiet, link, s.peer_authenticated);
                 let saved = s.saved_as.as_deref().unwrap_or(&dir);
                 say!(
                     quiet,
@@ -358,8 +377,6 @@ async fn run_inner(cli: Cli) -> Result<(), Error> {
             r.map(drop)
         }
     };
-    link.endpoint.close(0u32.into(), b"bye");
-    let _ = tokio::time::timeout(Duration::from_secs(2), link.endpoint.wait_idle()).await;
     result
 }
 

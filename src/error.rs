@@ -22,16 +22,34 @@ pub enum Error {
     Roles(String),
     /// The file to send cannot be read.
     #[error("cannot read {}: {source}", path.display())]
-    Input { path: PathBuf, source: io::Error },
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// The output directory cannot be used.
     #[error("cannot write into {}: {source}", path.display())]
-    Output { path: PathBuf, source: io::Error },
+    Output {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// The UDP socket could not be bound.
     #[error("cannot use UDP port {port}: {source}")]
-    Bind { port: u16, source: io::Error },
+    Bind {
+        /// The port asked for.
+        port: u16,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// No STUN server answered, so this machine's public address is unknown.
     #[error("no STUN server answered (tried {tried}); check the internet connection, or use --no-stun on a LAN")]
-    Stun { tried: String },
+    Stun {
+        /// The servers that were asked.
+        tried: String,
+    },
     /// Hole punching (or the QUIC handshake after it) did not succeed before the deadline.
     #[error("could not connect to your peer: {0}")]
     Connect(String),
@@ -43,10 +61,18 @@ pub enum Error {
     Verify(String),
     /// The receiver ran out of disk space.
     #[error("disk full while writing into {}", path.display())]
-    DiskFull { path: PathBuf },
+    DiskFull {
+        /// The file being written.
+        path: PathBuf,
+    },
     /// Any other failure to write the received file.
     #[error("cannot write {}: {source}", path.display())]
-    Write { path: PathBuf, source: io::Error },
+    Write {
+        /// The file being written.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// The peer spoke something we do not understand, or refused the transfer.
     #[error("protocol error: {0}")]
     Protocol(String),

@@ -1,4 +1,20 @@
-//! p2pcopy: copy a file straight from one computer to another across NATs.
+//! p2pcopy: copy a file straight from one computer to another across NATs, with no server
+//! in between.
+//!
+//! The crate is the `p2pcopy` binary's engine and can be used on its own:
+//! - [`ticket`]: the line two users paste to each other (codec);
+//! - [`punch`]: hole punching as a sans-IO state machine, with the round schedule;
+//! - [`wire`]: probe and transfer framing (pure encode/decode);
+//! - [`stun`], [`ntp`], [`nat`]: learning the public address, the shared clock, and what the
+//!   NAT kinds of two peers allow;
+//! - [`tls`]: per-run certificates and fingerprint pinning for QUIC;
+//! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint;
+//! - [`transfer`]: one file over an established connection;
+//! - [`cli`]: the command line, in the order a run happens.
+//!
+//! Errors are one enum, [`Error`], whose [`Error::exit_code`] is the binary's exit code.
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod error;
 pub mod nat;

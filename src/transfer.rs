@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use quinn::{Connection, ReadExactError, RecvStream};
+use quinn::{Connection, ConnectionError, ReadError, ReadExactError, RecvStream, WriteError};
 use tokio::sync::mpsc;
 
 use crate::error::Error;
@@ -55,12 +55,44 @@ fn lost(e: impl std::fmt::Display) -> Error {
     Error::ConnectionLost(e.to_string())
 }
 
+/// Words for why the connection ended, with the peer's own reason when it gave one.
+pub fn describe_close(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ApplicationClosed(c) if !c.reason.is_empty() => {
+            format!("your peer stopped: {}", String::from_utf8_lossy(&c.reason))
+        }
+        ConnectionError::ApplicationClosed(_) => "your peer closed the connection".into(),
+        ConnectionError::TimedOut => {
+            "no answer from your peer for 30 s (network gone, or the peer's computer asleep?)"
+                .into()
+        }
+        ConnectionError::Reset => {
+            "the peer no longer knows this connection (it was restarted?)".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn lost_read(e: ReadError) -> Error {
+    match e {
+        ReadError::ConnectionLost(c) => Error::ConnectionLost(describe_close(&c)),
+        other => lost(other),
+    }
+}
+
+fn lost_write(e: WriteError) -> Error {
+    match e {
+        WriteError::ConnectionLost(c) => Error::ConnectionLost(describe_close(&c)),
+        other => lost(other),
+    }
+}
+
 fn read_exact_err(e: ReadExactError) -> Error {
     match e {
         ReadExactError::FinishedEarly(_) => {
             Error::Protocol("the peer ended the stream early".into())
         }
-        ReadExactError::ReadError(e) => lost(e),
+        ReadExactError::ReadError(e) => lost_read(e),
     }
 }
 
@@ -77,7 +109,10 @@ pub async fn send(
     name: &str,
     opts: Options,
 ) -> Result<Summary, Error> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Error::ConnectionLost(describe_close(&e)))?;
     let flags = if opts.authenticated {
         FLAG_AUTHENTICATED
     } else {
@@ -88,7 +123,7 @@ pub async fn send(
         size,
         name: name.to_owned(),
     };
-    send.write_all(&header.encode()).await.map_err(lost)?;
+    send.write_all(&header.encode()).await.map_err(lost_write)?;
     let mut accept = [0u8; ACCEPT_LEN];
     recv.read_exact(&mut accept).await.map_err(read_exact_err)?;
     let accept = Accept::decode(&accept).map_err(wire)?;
@@ -107,7 +142,7 @@ pub async fn send(
             break;
         }
         let n = chunk.len() as u64;
-        send.write_chunk(chunk).await.map_err(lost)?;
+        send.write_chunk(chunk).await.map_err(lost_write)?;
         progress.inc(n);
     }
     drop(rx);
@@ -122,7 +157,7 @@ pub async fn send(
             )),
         });
     }
-    send.write_all(hash.as_bytes()).await.map_err(lost)?;
+    send.write_all(hash.as_bytes()).await.map_err(lost_write)?;
     send.finish().map_err(lost)?;
     progress.finish();
     let mut verdict = [0u8; 1];
@@ -189,7 +224,10 @@ fn read_and_hash(mut file: File, tx: mpsc::Sender<io::Result<Bytes>>) -> blake3:
 
 /// Receives one file into `dir`.
 pub async fn receive(conn: &Connection, dir: &Path, opts: Options) -> Result<Summary, Error> {
-    let (mut send, mut recv) = conn.accept_bi().await.map_err(lost)?;
+    let (mut send, mut recv) = conn
+        .accept_bi()
+        .await
+        .map_err(|e| Error::ConnectionLost(describe_close(&e)))?;
     let mut fixed = [0u8; HEADER_FIXED_LEN];
     recv.read_exact(&mut fixed).await.map_err(read_exact_err)?;
     let (flags, size, name_len) = Header::decode_fixed(&fixed).map_err(wire)?;
@@ -205,7 +243,7 @@ pub async fn receive(conn: &Connection, dir: &Path, opts: Options) -> Result<Sum
     };
     send.write_all(&Accept { flags }.encode())
         .await
-        .map_err(lost)?;
+        .map_err(lost_write)?;
 
     let mut progress = Progress::new(size, &format!("Receiving {safe}"), opts.quiet);
     let file = part
@@ -236,7 +274,7 @@ pub async fn receive(conn: &Connection, dir: &Path, opts: Options) -> Result<Sum
                 "the sender sent more than the {size} bytes it announced"
             )))
         }
-        Err(e) => return Err(lost(e)),
+        Err(e) => return Err(lost_read(e)),
     }
     progress.finish();
     if hash != blake3::Hash::from_bytes(theirs) {
@@ -257,7 +295,7 @@ pub async fn receive(conn: &Connection, dir: &Path, opts: Options) -> Result<Sum
     };
     send.write_all(&[Verdict::Ok.encode()])
         .await
-        .map_err(lost)?;
+        .map_err(lost_write)?;
     let _ = send.finish();
     Ok(Summary {
         bytes: size,
@@ -279,7 +317,7 @@ async fn pump(
     let mut remaining = size;
     while remaining > 0 {
         let want = remaining.min(CHUNK as u64) as usize;
-        match recv.read_chunk(want, true).await.map_err(lost)? {
+        match recv.read_chunk(want, true).await.map_err(lost_read)? {
             Some(chunk) => {
                 let n = chunk.bytes.len() as u64;
                 remaining -= n;
