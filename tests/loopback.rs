@@ -258,6 +258,16 @@ fn exit_codes_for_user_errors() {
     // Port out of range: clap's usage error, 2.
     let o = run(&["receiver", "--localport", "99999"]);
     assert_eq!(o.status.code(), Some(2));
+    // No STUN server answers (nothing listens on 127.0.0.1:9): 5.
+    let o = run(&[
+        "receiver",
+        "--bind",
+        "127.0.0.1",
+        "--no-ntp",
+        "--stun-server",
+        "127.0.0.1:9",
+    ]);
+    check(&o, 5, "no STUN server answered");
     // Nobody there: 6 within the timeout.
     let o = run(&[
         &["receiver", "--peer", "127.0.0.1:9", "--timeout", "2"][..],
