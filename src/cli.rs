@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use indicatif::HumanBytes;
 
 use crate::error::Error;
 use crate::net::{self, ConnectFailure, Progress as NetProgress, Session};
@@ -333,13 +332,7 @@ async fn transfer_phase(link: &net::Link, job: Job, quiet: bool) -> Result<(), E
             let r = transfer::send(&link.connection, &path, file, size, &name, opts).await;
             if let Ok(s) = &r {
                 show_code(quiet, link, s.peer_authenticated);
-                say!(
-                    quiet,
-                    "Sent {name} ({}) in {:.1} s, {}/s",
-                    HumanBytes(s.bytes),
-                    s.elapsed.as_secs_f64(),
-                    HumanBytes(crate::progress::rate(s.bytes, s.elapsed))
-                );
+                say!(quiet, "Sent {name} {}", s.amount_and_rate());
                 say!(quiet, "The receiver verified it: BLAKE3 {}", s.hash);
                 link.connection.close(0u32.into(), b"done");
             }
@@ -350,13 +343,7 @@ async fn transfer_phase(link: &net::Link, job: Job, quiet: bool) -> Result<(), E
             if let Ok(s) = &r {
                 show_code(quiet, link, s.peer_authenticated);
                 let saved = s.saved_as.as_deref().unwrap_or(&dir);
-                say!(
-                    quiet,
-                    "Received {} in {:.1} s, {}/s",
-                    HumanBytes(s.bytes),
-                    s.elapsed.as_secs_f64(),
-                    HumanBytes(crate::progress::rate(s.bytes, s.elapsed))
-                );
+                say!(quiet, "Received {}", s.amount_and_rate());
                 if saved
                     .file_name()
                     .map(|n| n.to_string_lossy() != s.announced_name)

@@ -42,6 +42,19 @@ pub struct Summary {
     pub peer_authenticated: bool,
 }
 
+impl Summary {
+    /// `(181.64 MiB) in 16.3 s, 11.14 MiB/s` for the closing line.
+    pub fn amount_and_rate(&self) -> String {
+        let rate = crate::progress::rate(self.bytes, self.elapsed);
+        format!(
+            "({}) in {:.1} s, {}/s",
+            indicatif::HumanBytes(self.bytes),
+            self.elapsed.as_secs_f64(),
+            indicatif::HumanBytes(rate)
+        )
+    }
+}
+
 /// Options for one side of a transfer.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {

@@ -96,6 +96,11 @@ fn wait_bounded(mut child: Child) -> Output {
     panic!("p2pcopy did not exit within 60 s");
 }
 
+fn assert_both_ok(a: &Output, b: &Output) {
+    assert!(a.status.success(), "{}", stderr(a));
+    assert!(b.status.success(), "{}", stderr(b));
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -130,8 +135,7 @@ fn copies_a_file_and_verifies_it() {
     let out = tempfile::tempdir().unwrap();
     let data = pseudo_random(5 << 20);
     let (s, r) = transfer("image.tif", &data, out.path());
-    assert!(s.status.success(), "sender: {}", stderr(&s));
-    assert!(r.status.success(), "receiver: {}", stderr(&r));
+    assert_both_ok(&s, &r);
     assert_eq!(fs::read(out.path().join("image.tif")).unwrap(), data);
     // Nothing else (no temporary files) is left in the output directory.
     assert_eq!(fs::read_dir(out.path()).unwrap().count(), 1);
@@ -141,12 +145,7 @@ fn copies_a_file_and_verifies_it() {
 fn empty_file() {
     let out = tempfile::tempdir().unwrap();
     let (s, r) = transfer("empty", b"", out.path());
-    assert!(
-        s.status.success() && r.status.success(),
-        "{} / {}",
-        stderr(&s),
-        stderr(&r)
-    );
+    assert_both_ok(&s, &r);
     assert_eq!(fs::read(out.path().join("empty")).unwrap(), b"");
 }
 
@@ -155,12 +154,7 @@ fn never_overwrites_an_existing_file() {
     let out = tempfile::tempdir().unwrap();
     fs::write(out.path().join("notes.txt"), b"precious").unwrap();
     let (s, r) = transfer("notes.txt", b"incoming", out.path());
-    assert!(
-        s.status.success() && r.status.success(),
-        "{} / {}",
-        stderr(&s),
-        stderr(&r)
-    );
+    assert_both_ok(&s, &r);
     assert_eq!(fs::read(out.path().join("notes.txt")).unwrap(), b"precious");
     assert_eq!(
         fs::read(out.path().join("notes (1).txt")).unwrap(),
@@ -205,12 +199,7 @@ fn bare_ip_port_works_and_shows_a_verification_code() {
     // The receiver must wait for a synchronised round (an ip:port may be behind a NAT).
     let s = wait_bounded(sender);
     let r = receiver.finish();
-    assert!(
-        s.status.success() && r.status.success(),
-        "{} / {}",
-        stderr(&s),
-        stderr(&r)
-    );
+    assert_both_ok(&s, &r);
     assert_eq!(fs::read(out.path().join("f")).unwrap(), b"hello");
     assert!(stderr(&s).contains("Verification code:"), "{}", stderr(&s));
 }
@@ -336,12 +325,7 @@ fn a_stranger_with_the_ticket_cannot_connect() {
     assert!(!m.status.success(), "mallory got through: {}", stderr(&m));
     alice.paste(&receiver.ticket);
     let (a, r) = (alice.finish(), receiver.finish());
-    assert!(
-        a.status.success() && r.status.success(),
-        "{} / {}",
-        stderr(&a),
-        stderr(&r)
-    );
+    assert_both_ok(&a, &r);
     let names: Vec<_> = fs::read_dir(out.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
