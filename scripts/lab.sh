@@ -28,17 +28,41 @@ cd "$REPO_ROOT"
 # shellcheck source=scripts/lab/lib.sh
 source "$REPO_ROOT/scripts/lab/lib.sh"
 
+# Scenarios are "<sender>-<receiver>" kinds unless noted.  Each gets fresh
+# routers and hosts (fresh conntrack); the core and its servers stay up.
+#   public/cone/symmetric/full pairs   must transfer (full = cone + a dnat'd port)
+#   same-nat            both hosts behind one cone router, one LAN
+#   cone-cone-late      second paste 7 s after the first
+#   cone-cone-verylate  second paste 50 s after the first (a lone round first)
+#   cone-symmetric, symmetric-cone, symmetric-symmetric
+#                       must fail: exit 6 on both sides within --timeout 50 +15 s,
+#                       error line mentions "symmetric", nothing written
+#   clock-skew          cone-cone, sender's wall clock 7 s ahead (faketime)
+#   name-clash          a file of that name exists: kept, copy saved as "... (1)"
+#   bad-ticket          garbage pasted: exit 3 on both sides
+#   interrupt           SIGINT while waiting for the round: exit 130
+#   disk-full           receiver's output dir is a 1 MiB tmpfs: receiver exit 9
+#   link-loss           core throttled, then cut 1 s into the transfer: exit 7
 ALL_SCENARIOS=(
     public-public
     public-cone
+    cone-public
+    symmetric-public
     cone-cone
     full-symmetric
     symmetric-full
     same-nat
     cone-cone-late
+    cone-cone-verylate
     cone-symmetric
+    symmetric-cone
     symmetric-symmetric
     clock-skew
+    name-clash
+    bad-ticket
+    interrupt
+    disk-full
+    link-loss
 )
 FAIL_TIMEOUT=50
 
@@ -86,6 +110,13 @@ scenario_run() {
     full-symmetric) lab_side p2p-s 1 full "$LAB_SENDER_PORT" && lab_side p2p-r 2 symmetric ;;
     symmetric-full) lab_side p2p-s 1 symmetric && lab_side p2p-r 2 full "$LAB_RECEIVER_PORT" ;;
     same-nat) lab_router_up 1 cone && lab_lan_host p2p-s 1 2 && lab_lan_host p2p-r 1 3 ;;
+    symmetric-public) lab_side p2p-s 1 symmetric && lab_side p2p-r 2 public ;;
+    cone-cone-verylate)
+        # second paste after a whole round: the first peer's probes hit the
+        # second NAT before it ever sent anything
+        opts=(--delay 50)
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
     cone-cone-late)
         opts=(--delay 7)
         lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
@@ -104,6 +135,28 @@ scenario_run() {
         ;;
     clock-skew)
         opts=(--sender-faketime +7s)
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    name-clash)
+        opts=(--clash)
+        lab_side p2p-s 1 public && lab_side p2p-r 2 public
+        ;;
+    bad-ticket)
+        opts=(--expect badticket)
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    interrupt)
+        opts=(--expect interrupt)
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    disk-full)
+        # receiver's output dir is a 1 MiB tmpfs: receiver must exit 9
+        opts=(--expect diskfull --out-tmpfs 1m)
+        lab_side p2p-s 1 public && lab_side p2p-r 2 public
+        ;;
+    link-loss)
+        # throttled core, then all forwarding dropped mid-transfer: exit 7
+        opts=(--expect lost --size-mb 24 --throttle "2 mbytes" --cut-after 1)
         lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
         ;;
     *)
@@ -201,9 +254,20 @@ cmd_transfer() {
     fi
 }
 
+# Namespace names are machine-global: serialise lab runs (bounded wait).
+take_lock() {
+    command -v flock >/dev/null || return 0
+    exec 9>"${LAB_LOCK:-/tmp/p2p-lab.lock}"
+    if ! flock -n 9; then
+        echo "lab.sh: another lab run holds ${LAB_LOCK:-/tmp/p2p-lab.lock}; waiting (max 20 min)" >&2
+        flock -w 1200 9 || { echo "lab.sh: lock wait timed out" >&2; exit 2; }
+    fi
+}
+
 main() {
     local cmd=${1:-test}
     (($#)) && shift
+    case $cmd in test | check | up | down | transfer) take_lock ;; esac
     case $cmd in
     test) cmd_test "$@" ;;
     check) cmd_check ;;

@@ -19,7 +19,7 @@
 
 LAB_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LAB_DIR=${LAB_DIR:-/tmp/p2p-lab}
-LAB_PROBE="python3 $LAB_LIB_DIR/probe.py"
+LAB_PROBE=(python3 "$LAB_LIB_DIR/probe.py")
 LAB_STUN1=198.19.0.1:3478
 LAB_STUN2=198.19.0.2:3478
 LAB_NTP=198.19.0.3:123
@@ -35,18 +35,18 @@ lab_namespaces() { ip netns list 2>/dev/null | awk '{print $1}' | grep '^p2p-' |
 
 # Kill the processes running inside one of our namespaces (by pid), then delete it.
 lab_ns_del() {
-    local ns=$1 pids i
+    local ns=$1 pids
     pids=$(ip netns pids "$ns" 2>/dev/null || true)
     if [[ -n $pids ]]; then
         # shellcheck disable=SC2086
         kill $pids 2>/dev/null || true
-        for i in 1 2 3 4 5 6 7 8 9 10; do
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
             pids=$(ip netns pids "$ns" 2>/dev/null || true)
             [[ -z $pids ]] && break
             sleep 0.2
         done
         # shellcheck disable=SC2086
-        [[ -n $pids ]] && kill -9 $pids 2>/dev/null || true
+        if [[ -n $pids ]]; then kill -9 $pids 2>/dev/null || true; fi
     fi
     ip netns del "$ns" 2>/dev/null || true
 }
@@ -67,7 +67,7 @@ lab_cleanup() {
 # The core's ends of the veths are deleted explicitly first: namespace
 # teardown is asynchronous and a stale wanN would clash with the next build.
 lab_reset_edges() {
-    local ns l i
+    local ns l
     if lab_namespaces | grep -qx p2p-core; then
         for l in $(ip -n p2p-core -o link show type veth 2>/dev/null | awk -F'[:@ ]+' '{print $2}'); do
             ip -n p2p-core link del "$l" 2>/dev/null || true
@@ -76,7 +76,7 @@ lab_reset_edges() {
     for ns in $(lab_namespaces); do
         [[ $ns == p2p-core ]] || lab_ns_del "$ns"
     done
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
         [[ -z $(ip -n p2p-core -o link show type veth 2>/dev/null) ]] && break
         sleep 0.1
     done
@@ -84,12 +84,15 @@ lab_reset_edges() {
 }
 
 # Helper processes started in the root namespace (log followers) are tracked
-# by pid in $LAB_DIR/helpers.pids.
+# by pid in $LAB_DIR/helpers.pids.  A pid is only killed if it still is one
+# of our `tail ... $LAB_DIR/...` followers (the file may be stale after a crash).
 lab_kill_helpers() {
-    local f=$LAB_DIR/helpers.pids p
+    local f=$LAB_DIR/helpers.pids p cmd
     [[ -f $f ]] || return 0
     while read -r p; do
-        [[ -n $p ]] && kill "$p" 2>/dev/null
+        [[ $p =~ ^[0-9]+$ ]] || continue
+        cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)
+        [[ $cmd == tail\ * && $cmd == *"$LAB_DIR/"* ]] && kill "$p" 2>/dev/null
     done <"$f"
     rm -f "$f"
     return 0
@@ -103,8 +106,8 @@ lab_ns_new() {
 }
 
 lab_wait_udp_listen() { # NS IP PORT  (bounded: 5 s)
-    local ns=$1 ip=$2 port=$3 i
-    for i in $(seq 1 50); do
+    local ns=$1 ip=$2 port=$3
+    for _ in $(seq 1 50); do
         lab_nsx "$ns" ss -Hlnu "src $ip:$port" 2>/dev/null | grep -q . && return 0
         sleep 0.1
     done
@@ -128,7 +131,7 @@ lab_core_up() {
         -L 198.19.0.1 -L 198.19.0.2 -p 3478 \
         --log-file "$d/turnserver.log" --simple-log --no-stdout-log \
         --pidfile "$d/turnserver.pid" --userdb "$d/turndb" \
-        </dev/null >"$d/turnserver.stdout" 2>&1 &
+        </dev/null >"$d/turnserver.stdout" 2>&1 9>&- &
 
     # NTP: chronyd serving its own (= the machine's) clock, never setting it.
     cat >"$d/chrony.conf" <<EOF
@@ -141,7 +144,7 @@ pidfile $d/chronyd.pid
 driftfile $d/chrony.drift
 EOF
     lab_nsx p2p-core chronyd -x -d -u root -f "$d/chrony.conf" \
-        </dev/null >"$d/chronyd.log" 2>&1 &
+        </dev/null >"$d/chronyd.log" 2>&1 9>&- &
 
     lab_wait_udp_listen p2p-core 198.19.0.1 3478 || { lab_log "coturn did not start"; cat "$d"/turnserver.* >&2; return 1; }
     lab_wait_udp_listen p2p-core 198.19.0.2 3478 || { lab_log "coturn not on 198.19.0.2"; return 1; }
@@ -249,9 +252,9 @@ lab_up_demo() {
     mkdir -p "$LAB_DIR"
     lab_core_up || return 1
     lab_side p2p-alice 1 cone && lab_side p2p-bob 2 cone || return 1
-    lab_log "up: p2p-alice (10.1.0.2 behind p2p-nat1 198.18.1.2, cone)"
-    lab_log "up: p2p-bob   (10.2.0.2 behind p2p-nat2 198.18.2.2, cone)"
-    lab_log "STUN $LAB_STUN1 $LAB_STUN2, NTP $LAB_NTP (in p2p-core)"
+    echo "up: p2p-alice (10.1.0.2 behind p2p-nat1 198.18.1.2, cone)"
+    echo "up: p2p-bob   (10.2.0.2 behind p2p-nat2 198.18.2.2, cone)"
+    echo "STUN $LAB_STUN1 $LAB_STUN2, NTP $LAB_NTP (in p2p-core)"
 }
 
 # ---------------------------------------------------------------- diagnostics
@@ -268,19 +271,34 @@ lab_dump_ns_state() {
 
 # ---------------------------------------------------------------- transfer
 # lab_transfer SENDER_NS RECEIVER_NS WORKDIR [options]
-#   --expect ok|fail       ok: both exit 0 and file identical;
+#   --expect MODE          ok: both exit 0 and file identical;
 #                          fail: both exit 6 within timeout+15 s, stderr
-#                          mentions "symmetric", nothing in the output dir
+#                          mentions "symmetric", nothing in the output dir;
+#                          badticket: a garbage ticket is pasted to both,
+#                          both exit 3 within 15 s, nothing in the output dir;
+#                          interrupt: SIGINT to both 3 s after the pastes,
+#                          both exit 130 within 15 s, nothing in the output dir
+#   --clash                put a different file with the same name in the
+#                          output dir first: it must stay untouched and the
+#                          received copy land under a " (1)"-style name
 #   --timeout N            pass --timeout N to both peers
 #   --delay S              seconds between the first and the second paste
 #   --sender-faketime SPEC / --receiver-faketime SPEC  (e.g. +7s)
 #   --file PATH            file to send (default: random 3-8 MB)
+#   --size-mb N            size of the random file instead
 #   --show                 follow both peers' output on the terminal
+#   --out-tmpfs SIZE       receiver's output dir is a SIZE tmpfs (private mount
+#                          namespace); with --expect diskfull: receiver exits 9
+#   --throttle RATE        core forwards at most RATE (nft limit, e.g. 2 mbytes)
+#   --cut-after S          S seconds after both print "Connected", the core
+#                          drops all forwarded traffic; with --expect lost:
+#                          both exit 7 within 120 s
 # Result details are printed on stdout; returns 0 when expectations are met.
 lab_transfer() {
     local sns=$1 rns=$2 wd=$3
     shift 3
-    local expect=ok ptimeout="" delay=0 sfake="" rfake="" file="" show=0
+    local expect=ok ptimeout="" delay=0 sfake="" rfake="" file="" show=0 clash=0
+    local tmpfs="" throttle="" cutafter="" sizemb=""
     while (($#)); do
         case $1 in
         --expect) expect=$2; shift 2 ;;
@@ -290,6 +308,11 @@ lab_transfer() {
         --receiver-faketime) rfake=$2; shift 2 ;;
         --file) file=$2; shift 2 ;;
         --show) show=1; shift ;;
+        --clash) clash=1; shift ;;
+        --out-tmpfs) tmpfs=$2; shift 2 ;;
+        --size-mb) sizemb=$2; shift 2 ;;
+        --throttle) throttle=$2; shift 2 ;;
+        --cut-after) cutafter=$2; shift 2 ;;
         *) echo "lab_transfer: unknown option $1"; return 2 ;;
         esac
     done
@@ -298,12 +321,17 @@ lab_transfer() {
     mkdir -p "$wd/out" "$wd/in"
     if [[ -z $file ]]; then
         local size=$(((3 + RANDOM % 6) * 1024 * 1024 + RANDOM))
+        [[ -n $sizemb ]] && size=$((sizemb * 1024 * 1024 + RANDOM))
         file="$wd/in/testfile-$RANDOM.bin"
         head -c "$size" /dev/urandom >"$file"
     fi
     file=$(realpath "$file")
     local name
     name=$(basename "$file")
+    if ((clash)); then
+        echo "pre-existing file, not to be overwritten" >"$wd/out/$name"
+        cp "$wd/out/$name" "$wd/clash.orig"
+    fi
 
     local common=("${LAB_NET_ARGS[@]}" -v)
     [[ -n $ptimeout ]] && common+=(--timeout "$ptimeout")
@@ -312,6 +340,18 @@ lab_transfer() {
     local spre=() rpre=()
     [[ -n $sfake ]] && spre=(env FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f "$sfake")
     [[ -n $rfake ]] && rpre=(env FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f "$rfake")
+    [[ -n $tmpfs ]] && rpre=("$LAB_LIB_DIR/with-tmpfs.sh" "$tmpfs" "$wd/out" "$wd/out.listing" "${rpre[@]}")
+    lab_nsx p2p-core nft delete table inet p2pcut 2>/dev/null || true
+    if [[ -n $throttle ]]; then
+        lab_nsx p2p-core nft -f - <<EOF || { echo "throttle rule failed"; return 1; }
+table inet p2pcut {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        meta l4proto udp limit rate over $throttle/second burst 256 kbytes drop
+    }
+}
+EOF
+    fi
 
     mkfifo "$wd/sender.in" "$wd/receiver.in"
     local sfd rfd
@@ -328,15 +368,15 @@ lab_transfer() {
         <"$wd/sender.in" >"$wd/sender.out" 2>"$wd/sender.err" &
     local spid=$!
     if ((show)); then
-        tail -q -n +1 -F "$wd/sender.out" "$wd/sender.err" 2>/dev/null > >(sed -u 's/^/  [sender]   /') &
+        tail -q -n +1 -F "$wd/sender.out" "$wd/sender.err" 2>/dev/null 9>&- > >(sed -u 's/^/  [sender]   /') &
         echo $! >>"$LAB_DIR/helpers.pids"
-        tail -q -n +1 -F "$wd/receiver.out" "$wd/receiver.err" 2>/dev/null > >(sed -u 's/^/  [receiver] /') &
+        tail -q -n +1 -F "$wd/receiver.out" "$wd/receiver.err" 2>/dev/null 9>&- > >(sed -u 's/^/  [receiver] /') &
         echo $! >>"$LAB_DIR/helpers.pids"
     fi
 
     # Wait (bounded) for both ticket lines.
-    local i st="" rt=""
-    for i in $(seq 1 150); do
+    local st="" rt=""
+    for _ in $(seq 1 150); do
         st=$(sed -n 's/^Tell this to your peer: //p' "$wd/sender.out" | head -n 1)
         rt=$(sed -n 's/^Tell this to your peer: //p' "$wd/receiver.out" | head -n 1)
         [[ -n $st && -n $rt ]] && break
@@ -349,12 +389,44 @@ lab_transfer() {
     else
         echo "sender ticket:   $st"
         echo "receiver ticket: $rt"
+        if [[ $expect == badticket ]]; then
+            st=p2pcGarbageTicket-${RANDOM}xyz rt=not-a-ticket
+            echo "pasting garbage instead: '$st' / '$rt'"
+        fi
         # "The users paste": each ticket into the other's stdin.
         printf '%s\n' "$st" >&"$rfd"
         sleep "$delay"
         printf '%s\n' "$rt" >&"$sfd"
     fi
     local tpaste=$SECONDS src=0 rrc=0
+    if [[ -n $cutafter ]]; then
+        local connected=0
+        for _ in $(seq 1 500); do
+            if grep -q '^Connected' "$wd/sender.err" && grep -q '^Connected' "$wd/receiver.err"; then
+                connected=1
+                break
+            fi
+            sleep 0.2
+        done
+        if ((connected)); then
+            sleep "$cutafter"
+            lab_nsx p2p-core nft add table inet p2pcut
+            lab_nsx p2p-core nft add chain inet p2pcut cut '{ type filter hook forward priority -20; policy drop; }'
+            tpaste=$SECONDS
+            echo "cut the core's forwarding ${cutafter}s after both connected"
+        else
+            problems+=("peers never printed 'Connected', could not cut mid-transfer")
+        fi
+    fi
+    if [[ $expect == interrupt ]]; then
+        sleep 3
+        local p
+        for p in $(ip netns pids "$sns") $(ip netns pids "$rns"); do
+            kill -INT "$p" 2>/dev/null || true
+        done
+        tpaste=$SECONDS
+        echo "sent SIGINT to both peers"
+    fi
     wait "$spid" || src=$?
     local tsend=$SECONDS
     wait "$rpid" || rrc=$?
@@ -369,31 +441,63 @@ lab_transfer() {
         nout=$(grep -c . "$wd/$side.out" || true)
         [[ $nout == 1 ]] || problems+=("$side printed $nout stdout lines, expected exactly 1")
     done
-    if [[ $expect == ok ]]; then
+    local errl want_rc want_s=15
+    case $expect in
+    ok)
         [[ $src == 0 ]] || problems+=("sender exit code $src, expected 0")
         [[ $rrc == 0 ]] || problems+=("receiver exit code $rrc, expected 0")
-        if [[ -f $wd/out/$name ]]; then
-            cmp -s "$file" "$wd/out/$name" || problems+=("received file differs from sent file")
+        local got=$wd/out/$name
+        if ((clash)); then
+            cmp -s "$wd/clash.orig" "$wd/out/$name" || problems+=("pre-existing $name was modified")
+            got=$(find "$wd/out" -mindepth 1 -maxdepth 1 -type f ! -name "$name" -print -quit)
+            echo "received as: '$(basename "${got:-<nothing>}")'"
+            [[ $(basename "$got") == *"(1)"* ]] || problems+=("received file not saved under a ' (1)' name: '$(basename "$got")'")
+        fi
+        if [[ -n $got && -f $got ]]; then
+            cmp -s "$file" "$got" || problems+=("received file differs from sent file")
         else
-            problems+=("no $name in output dir (has: $(ls -A "$wd/out" | tr '\n' ' '))")
+            problems+=("no $name in output dir (has: $(find "$wd/out" -mindepth 1 -printf '%f '))")
         fi
-    else
-        [[ $src == 6 ]] || problems+=("sender exit code $src, expected 6")
-        [[ $rrc == 6 ]] || problems+=("receiver exit code $rrc, expected 6")
-        if [[ -n $ptimeout ]]; then
-            (((tsend - tpaste) <= ptimeout + 15)) || problems+=("sender took $((tsend - tpaste))s > timeout+15")
-            (((trecv - tpaste) <= ptimeout + 15)) || problems+=("receiver took $((trecv - tpaste))s > timeout+15")
+        want_rc=""
+        ;;
+    fail) want_rc=6 want_s=$((${ptimeout:-120} + 15)) ;;
+    badticket) want_rc=3 ;;
+    diskfull) want_rc=9 ;;
+    lost) want_rc=7 want_s=120 ;;
+    interrupt) want_rc=130 ;;
+    *) problems+=("unknown expectation $expect") want_rc="" ;;
+    esac
+    if [[ -n $want_rc ]]; then
+        # (what the sender reports for the receiver's full disk is not in the
+        # contract: only the receiver is checked then)
+        local sides=(sender receiver)
+        [[ $expect == diskfull ]] && sides=(receiver)
+        if [[ $expect != diskfull ]]; then
+            [[ $src == "$want_rc" ]] || problems+=("sender exit code $src, expected $want_rc")
+            (((tsend - tpaste) <= want_s)) || problems+=("sender took $((tsend - tpaste))s > ${want_s}s")
         fi
-        for side in sender receiver; do
-            # (the prompt has no newline, so the error may follow it on its line)
-            local errl
+        [[ $rrc == "$want_rc" ]] || problems+=("receiver exit code $rrc, expected $want_rc")
+        (((trecv - tpaste) <= want_s)) || problems+=("receiver took $((trecv - tpaste))s > ${want_s}s")
+        for side in "${sides[@]}"; do
+            # (the prompt may lack a newline, so the error may follow it on its line)
             errl=$(sed "s/^Enter your peer's ticket (or ip:port): //" "$wd/$side.err" | grep '^p2pcopy: ' || true)
-            [[ -n $errl ]] || problems+=("$side stderr has no 'p2pcopy: ' line")
-            grep -qi symmetric <<<"$errl" || problems+=("$side error line does not mention 'symmetric'")
+            [[ -n $errl || $expect == interrupt ]] || problems+=("$side stderr has no 'p2pcopy: ' line")
+            [[ $expect != fail ]] || grep -qi symmetric <<<"$errl" ||
+                problems+=("$side error line does not mention 'symmetric'")
+            [[ -z $errl ]] || echo "$side: $errl"
         done
-        [[ -z $(find "$wd/out" -mindepth 1 -print -quit) ]] ||
-            problems+=("output dir not empty: $(ls -A "$wd/out" | tr '\n' ' ')")
+        if [[ -n $tmpfs ]]; then
+            echo "receiver's tmpfs output dir at exit:"
+            sed 's/^/  /' "$wd/out.listing" 2>/dev/null
+            if grep -vq '^total' "$wd/out.listing" 2>/dev/null; then
+                problems+=("output dir not empty at receiver exit")
+            fi
+        else
+            [[ -z $(find "$wd/out" -mindepth 1 -print -quit) ]] ||
+                problems+=("output dir not empty: $(find "$wd/out" -mindepth 1 -printf '%f ')")
+        fi
     fi
+    lab_nsx p2p-core nft delete table inet p2pcut 2>/dev/null || true
     if ((${#problems[@]})); then
         printf 'problem: %s\n' "${problems[@]}"
         return 1
@@ -406,6 +510,7 @@ lab_transfer() {
 # NAT behaviours with probe.py.  Leaves the core up, removes the rest.
 lab_selfcheck() {
     local fails=0 out a1 a2 p1 p2
+    local -A map
     lab_reset_edges
     lab_side p2p-ck-cone 1 cone && lab_side p2p-ck-sym 2 symmetric &&
         lab_side p2p-ck-full 3 full 21300 && lab_side p2p-ck-pub 4 public &&
@@ -415,78 +520,79 @@ lab_selfcheck() {
     # STUN through each kind, one socket to both servers.
     local ns
     for ns in p2p-ck-cone p2p-ck-sym p2p-ck-full p2p-ck-pub; do
-        out=$(lab_nsx "$ns" $LAB_PROBE stun --bind 0.0.0.0:4300 "$LAB_STUN1" "$LAB_STUN2" 2>&1) || true
+        out=$(lab_nsx "$ns" "${LAB_PROBE[@]}" stun --bind 0.0.0.0:4300 "$LAB_STUN1" "$LAB_STUN2" 2>&1) || true
         echo "  $ns (local port 4300): $(echo "$out" | tr '\n' ';')"
-        eval "MAP_${ns//-/_}=\"\$out\""
+        map[$ns]=$out
     done
-    a1=$(echo "$MAP_p2p_ck_cone" | awk 'NR==1{print $3}'); a2=$(echo "$MAP_p2p_ck_cone" | awk 'NR==2{print $3}')
+    a1=$(echo "${map[p2p-ck-cone]}" | awk 'NR==1{print $3}'); a2=$(echo "${map[p2p-ck-cone]}" | awk 'NR==2{print $3}')
     CK="cone: same mapping for both STUN servers, port preserved ($a1 / $a2)"
     _ck test "$a1" = 198.18.1.2:4300 -a "$a2" = 198.18.1.2:4300
-    a1=$(echo "$MAP_p2p_ck_full" | awk 'NR==1{print $3}'); a2=$(echo "$MAP_p2p_ck_full" | awk 'NR==2{print $3}')
+    a1=$(echo "${map[p2p-ck-full]}" | awk 'NR==1{print $3}'); a2=$(echo "${map[p2p-ck-full]}" | awk 'NR==2{print $3}')
     CK="full: same mapping for both STUN servers ($a1 / $a2)"
     _ck test "$a1" = 198.18.3.2:4300 -a "$a2" = 198.18.3.2:4300
-    a1=$(echo "$MAP_p2p_ck_pub" | awk 'NR==1{print $3}')
+    a1=$(echo "${map[p2p-ck-pub]}" | awk 'NR==1{print $3}')
     CK="public: mapped address is its own ($a1)"
     _ck test "$a1" = 198.18.4.2:4300
-    a1=$(echo "$MAP_p2p_ck_sym" | awk 'NR==1{print $3}'); a2=$(echo "$MAP_p2p_ck_sym" | awk 'NR==2{print $3}')
+    a1=$(echo "${map[p2p-ck-sym]}" | awk 'NR==1{print $3}'); a2=$(echo "${map[p2p-ck-sym]}" | awk 'NR==2{print $3}')
     p1=${a1##*:} p2=${a2##*:}
     CK="symmetric: different mapped port per STUN server ($a1 / $a2)"
     _ck test -n "$p1" -a -n "$p2" -a "$p1" != "$p2" -a "${a1%%:*}" = 198.18.2.2
 
     # NTP.
-    out=$(lab_nsx p2p-ck-cone $LAB_PROBE ntp "$LAB_NTP" 2>&1) || true
+    out=$(lab_nsx p2p-ck-cone "${LAB_PROBE[@]}" ntp "$LAB_NTP" 2>&1) || true
     CK="NTP from behind a NAT: $out"
     _ck grep -q ' mode 4 ' <<<"$out"
 
     # Core is a router: TTL=2 from behind NAT 1 dies at the core (198.18.1.1).
-    out=$(lab_nsx p2p-ck-cone $LAB_PROBE ttl --bind 0.0.0.0:4301 --ttl 2 198.18.3.2:21300 2>&1) || true
+    out=$(lab_nsx p2p-ck-cone "${LAB_PROBE[@]}" ttl --bind 0.0.0.0:4301 --ttl 2 198.18.3.2:21300 2>&1) || true
     CK="TTL=2 opener dies at the core: $out"
     _ck grep -q 'icmp type 11 .* from 198.18.1.1' <<<"$out"
 
     # Full cone: unsolicited inbound from the symmetric side reaches the host.
-    lab_nsx p2p-ck-full $LAB_PROBE recv --bind 0.0.0.0:21300 --wait 3 >"$LAB_DIR/ck-full.out" 2>&1 &
+    lab_nsx p2p-ck-full "${LAB_PROBE[@]}" recv --bind 0.0.0.0:21300 --wait 3 >"$LAB_DIR/ck-full.out" 2>&1 &
     local rp=$!
     lab_wait_udp_listen p2p-ck-full 0.0.0.0 21300
-    lab_nsx p2p-ck-sym $LAB_PROBE send --bind 0.0.0.0:4302 198.18.3.2:21300 >/dev/null
+    lab_nsx p2p-ck-sym "${LAB_PROBE[@]}" send --bind 0.0.0.0:4302 198.18.3.2:21300 >/dev/null
     wait "$rp" || true
     CK="full: unsolicited inbound reaches host ($(head -n 1 "$LAB_DIR/ck-full.out"))"
     _ck grep -q '^from 198.18.2.2:' "$LAB_DIR/ck-full.out"
 
     # Cone: unsolicited inbound is filtered.
-    lab_nsx p2p-ck-cone $LAB_PROBE recv --bind 0.0.0.0:4303 --wait 2 >"$LAB_DIR/ck-cone.out" 2>&1 &
+    lab_nsx p2p-ck-cone "${LAB_PROBE[@]}" recv --bind 0.0.0.0:4303 --wait 2 >"$LAB_DIR/ck-cone.out" 2>&1 &
     rp=$!
     lab_wait_udp_listen p2p-ck-cone 0.0.0.0 4303
-    lab_nsx p2p-ck-pub $LAB_PROBE send --bind 0.0.0.0:7000 198.18.1.2:4303 >/dev/null
+    lab_nsx p2p-ck-pub "${LAB_PROBE[@]}" send --bind 0.0.0.0:7000 198.18.1.2:4303 >/dev/null
     wait "$rp" || true
     CK="cone: unsolicited inbound is dropped ($(head -n 1 "$LAB_DIR/ck-cone.out"))"
     _ck grep -q 'nothing received' "$LAB_DIR/ck-cone.out"
 
     # Domain fact: that unsolicited packet left an unreplied conntrack entry,
     # so the host's own packet to that peer now gets a different port.
-    lab_nsx p2p-ck-pub $LAB_PROBE recv --bind 0.0.0.0:7000 --wait 2 >"$LAB_DIR/ck-pub.out" 2>&1 &
+    lab_nsx p2p-ck-pub "${LAB_PROBE[@]}" recv --bind 0.0.0.0:7000 --wait 2 >"$LAB_DIR/ck-pub.out" 2>&1 &
     rp=$!
     lab_wait_udp_listen p2p-ck-pub 0.0.0.0 7000
-    lab_nsx p2p-ck-cone $LAB_PROBE send --bind 0.0.0.0:4303 --count 1 198.18.4.2:7000 >/dev/null
+    lab_nsx p2p-ck-cone "${LAB_PROBE[@]}" send --bind 0.0.0.0:4303 --count 1 198.18.4.2:7000 >/dev/null
     wait "$rp" || true
     out=$(head -n 1 "$LAB_DIR/ck-pub.out")
     CK="cone: after unsolicited inbound, outbound to that peer is re-mapped ($out)"
+    # shellcheck disable=SC2016 # $1 is expanded by the inner bash
     _ck bash -c '[[ $1 == "from 198.18.1.2:"* && $1 != "from 198.18.1.2:4303 "* ]]' _ "$out"
 
     # Cone hole punch: the host sends first, the contacted peer's answer passes.
-    lab_nsx p2p-ck-cone $LAB_PROBE recv --bind 0.0.0.0:4305 --wait 3 --hello 198.18.4.2:7002 \
+    lab_nsx p2p-ck-cone "${LAB_PROBE[@]}" recv --bind 0.0.0.0:4305 --wait 3 --hello 198.18.4.2:7002 \
         >"$LAB_DIR/ck-hp.out" 2>&1 &
     rp=$!
     sleep 0.5
-    lab_nsx p2p-ck-pub $LAB_PROBE send --bind 0.0.0.0:7002 --count 1 198.18.1.2:4305 >/dev/null
+    lab_nsx p2p-ck-pub "${LAB_PROBE[@]}" send --bind 0.0.0.0:7002 --count 1 198.18.1.2:4305 >/dev/null
     wait "$rp" || true
     CK="cone: reply from the contacted peer passes ($(head -n 1 "$LAB_DIR/ck-hp.out"))"
     _ck grep -q '^from 198.18.4.2:7002' "$LAB_DIR/ck-hp.out"
 
     # Two hosts on one LAN reach each other directly (L2, no NAT).
-    lab_nsx p2p-ck-lan $LAB_PROBE recv --bind 0.0.0.0:21300 --wait 2 >"$LAB_DIR/ck-lan.out" 2>&1 &
+    lab_nsx p2p-ck-lan "${LAB_PROBE[@]}" recv --bind 0.0.0.0:21300 --wait 2 >"$LAB_DIR/ck-lan.out" 2>&1 &
     rp=$!
     lab_wait_udp_listen p2p-ck-lan 0.0.0.0 21300
-    lab_nsx p2p-ck-cone $LAB_PROBE send --bind 0.0.0.0:4306 --count 1 10.1.0.3:21300 >/dev/null
+    lab_nsx p2p-ck-cone "${LAB_PROBE[@]}" send --bind 0.0.0.0:4306 --count 1 10.1.0.3:21300 >/dev/null
     wait "$rp" || true
     CK="same LAN: direct delivery ($(head -n 1 "$LAB_DIR/ck-lan.out"))"
     _ck grep -q '^from 10.1.0.2:4306' "$LAB_DIR/ck-lan.out"
