@@ -41,7 +41,7 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #   name-clash          a file of that name exists: kept, copy saved as "... (1)"
 #   bad-ticket          garbage pasted: exit 3 on both sides
 #   interrupt           SIGINT while waiting for the round: exit 130
-#   disk-full           receiver's output dir is a 1 MiB tmpfs: receiver exit 9
+#   disk-full           receiver's output dir is a 1 MiB tmpfs: exit 9 on both sides
 #   link-loss           core throttled, then cut 1 s into the transfer: exit 7
 ALL_SCENARIOS=(
     public-public
@@ -150,7 +150,7 @@ scenario_run() {
         lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
         ;;
     disk-full)
-        # receiver's output dir is a 1 MiB tmpfs: receiver must exit 9
+        # receiver's output dir is a 1 MiB tmpfs: both sides must exit 9
         opts=(--expect diskfull --out-tmpfs 1m)
         lab_side p2p-s 1 public && lab_side p2p-r 2 public
         ;;

@@ -244,6 +244,13 @@ async fn connect_phase(cli: Cli) -> Result<(net::Link, Job), Error> {
         None => prompt_for_peer(&ours).await?,
     };
     let pasted = Instant::now();
+    let peer_nat = match &peer {
+        Ticket::Full(t) => Some(t.nat),
+        Ticket::Bare(_) => None,
+    };
+    if let Some(warning) = nat::warn_before(nat_kind, peer_nat) {
+        say!(quiet, "p2pcopy: warning: {warning}");
+    }
     let deadline = pasted + Duration::from_secs(net_args.timeout);
 
     let clock = match ntp_task {
@@ -272,10 +279,7 @@ async fn connect_phase(cli: Cli) -> Result<(net::Link, Job), Error> {
     } else {
         say!(quiet, "Connecting...");
     }
-    let peer_nat = match &peer {
-        Ticket::Full(t) => Some(t.nat),
-        Ticket::Bare(_) => None,
-    };
+
     let session = Session {
         socket,
         is_client: role == Role::Sender,

@@ -73,6 +73,9 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
+    /// The receiver could not store the file (reported to the sender).
+    #[error("the receiver could not store the file: {0}")]
+    PeerStore(String),
     /// The peer spoke something we do not understand, or refused the transfer.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -96,7 +99,7 @@ impl Error {
             Error::Connect(_) => 6,
             Error::ConnectionLost(_) => 7,
             Error::Verify(_) => 8,
-            Error::DiskFull { .. } | Error::Write { .. } => 9,
+            Error::DiskFull { .. } | Error::Write { .. } | Error::PeerStore(_) => 9,
             Error::Protocol(_) => 10,
             Error::Interrupted(_) => 130,
         }

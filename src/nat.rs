@@ -40,9 +40,19 @@ pub fn describe(kind: NatKind) -> &'static str {
     }
 }
 
-/// Whether hole punching can work between two NAT kinds, as far as mapping alone tells.
-pub fn punchable(a: NatKind, b: NatKind) -> bool {
-    !(a == NatKind::EndpointDependent && b == NatKind::EndpointDependent)
+/// A warning shown right after the paste when the two NAT kinds make a direct path unlikely;
+/// p2pcopy still tries, since a forwarded port or a full-cone NAT can make it work.
+pub fn warn_before(ours: NatKind, theirs: Option<NatKind>) -> Option<&'static str> {
+    use NatKind::*;
+    match (ours, theirs?) {
+        (EndpointDependent, EndpointDependent) => Some(
+            "both of you are behind symmetric NATs, which hole punching cannot cross; trying anyway until --timeout (a UDP port forwarded on one router fixes this)",
+        ),
+        (EndpointDependent, EndpointIndependent) | (EndpointIndependent, EndpointDependent) => Some(
+            "one of you is behind a symmetric NAT; this works only if the other NAT accepts packets from anywhere (full cone) or has a forwarded port",
+        ),
+        _ => Option::None,
+    }
 }
 
 /// The reason shown when no path was found before the deadline.
@@ -136,7 +146,17 @@ mod tests {
                 .contains("one direction")
         );
         assert!(explain_failure(None, Some(None), false, 0, 5).contains("--timeout"));
-        assert!(!punchable(EndpointDependent, EndpointDependent));
-        assert!(punchable(EndpointDependent, None));
+        assert!(warn_before(EndpointDependent, Some(EndpointDependent))
+            .unwrap()
+            .contains("both"));
+        assert!(warn_before(EndpointIndependent, Some(EndpointDependent))
+            .unwrap()
+            .contains("full cone"));
+        assert_eq!(
+            warn_before(EndpointIndependent, Some(EndpointIndependent)),
+            Option::None
+        );
+        assert_eq!(warn_before(EndpointDependent, Some(None)), Option::None);
+        assert_eq!(warn_before(EndpointDependent, Option::None), Option::None);
     }
 }

@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::progress::Progress;
 use crate::wire::{
     Accept, Header, Verdict, WireError, ACCEPT_LEN, FLAG_AUTHENTICATED, HEADER_FIXED_LEN,
+    STOP_STORE_FAILED,
 };
 
 /// Size of one chunk read from disk and handed to QUIC.
@@ -68,34 +69,58 @@ fn lost(e: impl std::fmt::Display) -> Error {
     Error::ConnectionLost(e.to_string())
 }
 
-/// Words for why the connection ended, with the peer's own reason when it gave one.
-pub fn describe_close(e: &ConnectionError) -> String {
+/// The error for a connection that ended under us.
+///
+/// A p2pcopy peer that fails closes the connection with its own exit code and its error
+/// message as reason, so a full disk or a failed verification on the other side is reported
+/// as such here, not as a lost connection.
+pub fn closed(e: &ConnectionError) -> Error {
     match e {
-        ConnectionError::ApplicationClosed(c) if !c.reason.is_empty() => {
-            format!("your peer stopped: {}", String::from_utf8_lossy(&c.reason))
+        ConnectionError::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason).into_owned();
+            let code = u64::from(c.error_code);
+            let store_failed = Error::DiskFull {
+                path: PathBuf::new(),
+            }
+            .exit_code();
+            let verify_failed = Error::Verify(String::new()).exit_code();
+            match code {
+                _ if code == u64::from(store_failed) => Error::PeerStore(reason),
+                _ if code == u64::from(verify_failed) => {
+                    Error::Verify(format!("on the receiver: {reason}"))
+                }
+                _ if reason.is_empty() => {
+                    Error::ConnectionLost("your peer closed the connection".into())
+                }
+                _ => Error::ConnectionLost(format!("your peer stopped: {reason}")),
+            }
         }
-        ConnectionError::ApplicationClosed(_) => "your peer closed the connection".into(),
-        ConnectionError::TimedOut => {
+        ConnectionError::TimedOut => Error::ConnectionLost(
             "no answer from your peer for 30 s (network gone, or the peer's computer asleep?)"
-                .into()
-        }
-        ConnectionError::Reset => {
-            "the peer no longer knows this connection (it was restarted?)".into()
-        }
-        other => other.to_string(),
+                .into(),
+        ),
+        ConnectionError::Reset => Error::ConnectionLost(
+            "the peer no longer knows this connection (it was restarted?)".into(),
+        ),
+        other => Error::ConnectionLost(other.to_string()),
     }
 }
 
 fn lost_read(e: ReadError) -> Error {
     match e {
-        ReadError::ConnectionLost(c) => Error::ConnectionLost(describe_close(&c)),
+        ReadError::ConnectionLost(c) => closed(&c),
         other => lost(other),
     }
 }
 
+fn peer_cannot_store() -> Error {
+    Error::PeerStore("its disk is full or its output folder is not writable".into())
+}
+
 fn lost_write(e: WriteError) -> Error {
     match e {
-        WriteError::ConnectionLost(c) => Error::ConnectionLost(describe_close(&c)),
+        WriteError::Stopped(code) if code == STOP_STORE_FAILED.into() => peer_cannot_store(),
+        WriteError::ConnectionLost(c) => closed(&c),
         other => lost(other),
     }
 }
@@ -122,10 +147,7 @@ pub async fn send(
     name: &str,
     opts: Options,
 ) -> Result<Summary, Error> {
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| Error::ConnectionLost(describe_close(&e)))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
     let flags = if opts.authenticated {
         FLAG_AUTHENTICATED
     } else {
@@ -185,11 +207,7 @@ pub async fn send(
             "the receiver's copy does not match; was the file modified while it was being sent?"
                 .into(),
         )),
-        Verdict::StoreFailed => {
-            return Err(Error::Protocol(
-                "the receiver could not store the file (disk full or not writable)".into(),
-            ))
-        }
+        Verdict::StoreFailed => return Err(peer_cannot_store()),
     }
     Ok(Summary {
         bytes: size,
@@ -237,10 +255,7 @@ fn read_and_hash(mut file: File, tx: mpsc::Sender<io::Result<Bytes>>) -> blake3:
 
 /// Receives one file into `dir`.
 pub async fn receive(conn: &Connection, dir: &Path, opts: Options) -> Result<Summary, Error> {
-    let (mut send, mut recv) = conn
-        .accept_bi()
-        .await
-        .map_err(|e| Error::ConnectionLost(describe_close(&e)))?;
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| closed(&e))?;
     let mut fixed = [0u8; HEADER_FIXED_LEN];
     recv.read_exact(&mut fixed).await.map_err(read_exact_err)?;
     let (flags, size, name_len) = Header::decode_fixed(&fixed).map_err(wire)?;
@@ -272,8 +287,7 @@ pub async fn receive(conn: &Connection, dir: &Path, opts: Options) -> Result<Sum
     let hash = match written {
         Ok(h) => h,
         Err(e) => {
-            let _ = send.write_all(&[Verdict::StoreFailed.encode()]).await;
-            let _ = send.finish();
+            refuse_to_store(&mut send, &mut recv).await;
             return Err(Error::write(part.path.clone(), e));
         }
     };
@@ -301,8 +315,7 @@ pub async fn receive(conn: &Connection, dir: &Path, opts: Options) -> Result<Sum
     let saved_as = match part.persist(dir, &safe) {
         Ok(p) => p,
         Err(e) => {
-            let _ = send.write_all(&[Verdict::StoreFailed.encode()]).await;
-            let _ = send.finish();
+            refuse_to_store(&mut send, &mut recv).await;
             return Err(e);
         }
     };
@@ -318,6 +331,13 @@ pub async fn receive(conn: &Connection, dir: &Path, opts: Options) -> Result<Sum
         announced_name: header.name,
         peer_authenticated: header.flags & FLAG_AUTHENTICATED != 0,
     })
+}
+
+/// Tells the sender we cannot store the file: stop its data at once, and say so in the verdict.
+async fn refuse_to_store(send: &mut quinn::SendStream, recv: &mut RecvStream) {
+    let _ = recv.stop(STOP_STORE_FAILED.into());
+    let _ = send.write_all(&[Verdict::StoreFailed.encode()]).await;
+    let _ = send.finish();
 }
 
 /// Moves exactly `size` bytes from the stream to the writer.

@@ -214,6 +214,10 @@ impl Accept {
     }
 }
 
+/// Code with which the receiver stops the data stream when it cannot store the file, so the
+/// sender stops sending at once and can say why.
+pub const STOP_STORE_FAILED: u32 = 2;
+
 /// The receiver's last word: did the file arrive intact?
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
