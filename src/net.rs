@@ -422,6 +422,7 @@ pub async fn connect(
         None
     };
     let mut pending: Vec<SocketAddr> = Vec::new();
+    let mut handshakes = tokio::task::JoinSet::new();
     let result = loop {
         // The client dials each confirmed path in turn; the server waits for the dial.
         if let (Some(cfg), Some(remote)) = (client_cfg.as_ref(), pending.first().copied()) {
@@ -468,12 +469,16 @@ pub async fn connect(
             incoming = endpoint.accept(), if !is_client => {
                 let Some(incoming) = incoming else { break Err(fatal(Error::Internal("endpoint closed".into()))) };
                 let from = incoming.remote_address();
-                match incoming.await {
-                    Ok(conn) => break Ok(conn),
-                    // Someone who is not the ticket's owner, or a broken handshake: keep waiting.
-                    Err(e) => tracing::warn!(%from, error = %e, "rejected a connection attempt"),
-                }
+                // Handshakes run side by side: one that stalls (a stranger's, or a first
+                // attempt whose packets were lost) must not hold up the real one.
+                handshakes.spawn(async move { (from, incoming.await) });
             }
+            Some(done) = handshakes.join_next(), if !handshakes.is_empty() => match done {
+                Ok((_, Ok(conn))) => break Ok(conn),
+                // Someone who is not the ticket's owner, or a broken handshake: keep waiting.
+                Ok((from, Err(e))) => tracing::warn!(%from, error = %e, "rejected a connection attempt"),
+                Err(e) => tracing::warn!(error = %e, "handshake task failed"),
+            },
         }
     };
     let _ = stop_tx.send(true);
