@@ -17,6 +17,9 @@
 #   P2PCOPY_BIN   binary to test; if unset, `cargo build --release` is run and
 #                 target/release/p2pcopy is used
 #   LAB_DIR       scratch/log directory (default /tmp/p2p-lab)
+#   LAB_DELAY_MS  one-way delay of every link to the core (default 0); home NATs are
+#                 then 2 x LAB_DELAY_MS apart, through p2pcopy-lab-netem (needs ethtool)
+#   LAB_NETEM_BIN the delay line; built from lab/netem if unset
 #
 # Nothing here touches an address outside the namespaces it creates:
 # 198.18.0.0/15 is the lab "internet" and 10.N.0.0/24 its LANs, all inside
@@ -78,6 +81,15 @@ need_root() {
 }
 
 resolve_bin() {
+    if [[ -n ${LAB_DELAY_MS:-} && ${LAB_DELAY_MS} != 0 ]]; then
+        if [[ -z ${LAB_NETEM_BIN:-} ]]; then
+            cargo build --release -p p2pcopy-lab-netem
+            LAB_NETEM_BIN=$REPO_ROOT/target/release/p2pcopy-lab-netem
+        fi
+        LAB_NETEM_BIN=$(realpath "$LAB_NETEM_BIN")
+        export LAB_NETEM_BIN
+        command -v ethtool >/dev/null || { echo "lab.sh: LAB_DELAY_MS needs ethtool" >&2; exit 2; }
+    fi
     if [[ -n ${P2PCOPY_BIN:-} ]]; then
         P2PCOPY_BIN_ABS=$(realpath "$P2PCOPY_BIN")
     else

@@ -159,12 +159,41 @@ EOF
 #   symmetric  masquerade fully-random (new port per destination)
 #   full       cone + inbound UDP to FULLPORT dnat'd to 10.N.0.2:FULLPORT
 #              (endpoint-independent filtering for that port)
+# lab_wan_link N NS IF: connects NS (a NAT router or public host) to the core as
+# interface IF, facing core interface wanN.  With LAB_DELAY_MS set (and non-zero), the
+# link runs through p2p-dlyN, where p2pcopy-lab-netem holds every frame for that many
+# milliseconds each way (a layer-2 bridge: TTLs and addresses are untouched).  Two home
+# NATs then sit 2 x LAB_DELAY_MS apart, as on the internet; the kernel has no netem.
+lab_wan_link() {
+    local n=$1 ns=$2 ifname=$3
+    if [[ -z ${LAB_DELAY_MS:-} || ${LAB_DELAY_MS} == 0 ]]; then
+        ip -n p2p-core link add "wan$n" type veth peer name "$ifname" netns "$ns"
+        return
+    fi
+    local dns=p2p-dly$n x
+    lab_ns_new "$dns"
+    ip -n p2p-core link add "wan$n" type veth peer name dlyc netns "$dns"
+    ip -n "$ns" link add "$ifname" type veth peer name dlyp netns "$dns"
+    # The bridge reads frames as they are: no offloads, so no oversized frames and no
+    # checksums left for hardware that is not there.
+    for x in "p2p-core wan$n" "$ns $ifname" "$dns dlyc" "$dns dlyp"; do
+        # shellcheck disable=SC2086
+        set -- $x
+        lab_nsx "$1" ethtool -K "$2" gso off tso off gro off tx off rx off >/dev/null 2>&1 ||
+            { lab_log "ethtool failed on $2 in $1"; return 1; }
+    done
+    ip -n "$dns" link set dev dlyc up
+    ip -n "$dns" link set dev dlyp up
+    lab_nsx "$dns" "$LAB_NETEM_BIN" dlyc dlyp --delay-ms "$LAB_DELAY_MS" \
+        </dev/null >"$LAB_DIR/netem$n.log" 2>&1 9>&- &
+}
+
 lab_router_up() {
     local n=$1 kind=$2 fullport=${3:-}
     local ns=p2p-nat$n masq fullpre="" fullfwd=""
     lab_ns_new "$ns"
     lab_nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
-    ip -n p2p-core link add "wan$n" type veth peer name wan netns "$ns"
+    lab_wan_link "$n" "$ns" wan || return 1
     ip -n p2p-core addr add "198.18.$n.1/24" dev "wan$n"
     ip -n p2p-core link set "wan$n" up
     ip -n "$ns" addr add "198.18.$n.2/24" dev wan
@@ -227,7 +256,7 @@ lab_lan_host() {
 lab_public_host() {
     local name=$1 n=$2
     lab_ns_new "$name"
-    ip -n p2p-core link add "wan$n" type veth peer name eth0 netns "$name"
+    lab_wan_link "$n" "$name" eth0 || return 1
     ip -n p2p-core addr add "198.18.$n.1/24" dev "wan$n"
     ip -n p2p-core link set "wan$n" up
     ip -n "$name" addr add "198.18.$n.2/24" dev eth0
