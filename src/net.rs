@@ -265,7 +265,7 @@ async fn drive(
     mut puncher: Puncher,
     sock: tokio::net::UdpSocket,
     mut probes: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
-    events: mpsc::Sender<PunchEvent>,
+    events: mpsc::UnboundedSender<PunchEvent>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -276,7 +276,7 @@ async fn drive(
             }
         }
         while let Some(ev) = puncher.poll_event() {
-            if events.send(ev).await.is_err() {
+            if events.send(ev).is_err() {
                 return;
             }
         }
@@ -411,7 +411,8 @@ pub async fn connect(
         opener_ttl,
     };
     let puncher = Puncher::new(cfg, now);
-    let (ev_tx, mut ev_rx) = mpsc::channel(64);
+    // Unbounded: events are a handful per run, and a full queue must never stop probing.
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = watch::channel(false);
     let driver = tokio::spawn(drive(puncher, probe_socket, probe_rx, ev_tx, stop_rx));
 
