@@ -41,6 +41,9 @@ pub enum Command {
     Sender(SenderArgs),
     /// Receive a file into the current directory (or --output).
     Receiver(ReceiverArgs),
+    /// Run a STUN server (RFC 5389; RFC 5780 NAT behaviour discovery with --alternate-ip),
+    /// for networks that cannot reach public ones: give its address to --stun-server.
+    StunServer(StunServerArgs),
 }
 
 /// Flags of `p2pcopy sender`.
@@ -63,6 +66,18 @@ pub struct ReceiverArgs {
     /// Network flags.
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+/// Flags of `p2pcopy stun-server`.
+#[derive(Debug, Args)]
+pub struct StunServerArgs {
+    /// Address and port to answer on.
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:3478")]
+    pub listen: SocketAddr,
+    /// A second IP address of this host: the server then also answers on it and on the next
+    /// port, as RFC 5780 needs to tell NAT filtering behaviour.
+    #[arg(long, value_name = "IP")]
+    pub alternate_ip: Option<IpAddr>,
 }
 
 /// Flags both roles share.
@@ -106,6 +121,12 @@ macro_rules! say {
 /// Runs one p2pcopy command to completion.
 pub async fn run(cli: Cli) -> Result<(), Error> {
     let quiet = cli.quiet;
+    if let Command::StunServer(args) = &cli.command {
+        return tokio::select! {
+            r = serve_stun(args) => r,
+            _ = tokio::signal::ctrl_c() => Err(Error::Interrupted("stopped".into())),
+        };
+    }
     let interrupted = || Error::Interrupted("interrupted".into());
     let (link, job) = tokio::select! {
         r = connect_phase(cli) => r?,
@@ -174,6 +195,7 @@ async fn connect_phase(cli: Cli) -> Result<(net::Link, Job), Error> {
             transfer::check_output_dir(&a.output)?;
             (Role::Receiver, a.net, Job::Receive { dir: a.output })
         }
+        Command::StunServer(_) => return Err(Error::Internal("not a transfer command".into())),
     };
 
     let identity = Identity::generate()?;
@@ -369,6 +391,23 @@ async fn transfer_phase(link: &net::Link, job: Job, quiet: bool) -> Result<(), E
         }
     };
     result
+}
+
+async fn serve_stun(args: &StunServerArgs) -> Result<(), Error> {
+    if args.alternate_ip.is_some() && args.listen.ip().is_unspecified() {
+        return Err(Error::Usage(
+            "--alternate-ip needs a specific --listen address (RFC 5780 answers name both)".into(),
+        ));
+    }
+    let server = stun::server::Server::bind(args.listen, args.alternate_ip).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        for a in server.local_addrs() {
+            let _ = writeln!(out, "STUN server listening on {a}");
+        }
+        let _ = out.flush();
+    }
+    server.run().await
 }
 
 fn show_code(quiet: bool, link: &net::Link, peer_authenticated: bool) {

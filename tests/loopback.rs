@@ -332,3 +332,46 @@ fn a_stranger_with_the_ticket_cannot_connect() {
         .collect();
     assert_eq!(names, ["secret"]);
 }
+
+#[test]
+fn own_stun_server_answers_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Command::new(BIN)
+        .args(["stun-server", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("STUN server listening on ")
+        .expect("address line")
+        .to_owned();
+    // A receiver asks it; on loopback the mapped address is its own, so "no NAT".
+    let child = Command::new(BIN)
+        .args([
+            "receiver",
+            "--bind",
+            "127.0.0.1",
+            "--no-ntp",
+            "--stun-server",
+            &addr,
+        ])
+        .args(["--peer", "127.0.0.1:9", "--timeout", "1"])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let o = wait_bounded(child);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(stderr(&o).contains("Your NAT: none"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+}

@@ -1,4 +1,8 @@
-//! Asking STUN servers which public address our socket maps to.
+//! STUN: asking servers which public address our socket maps to, the message codec, and a
+//! small server of our own.
+
+pub mod message;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::time::Duration;
