@@ -230,6 +230,7 @@ cmd_test() {
 
 cmd_check() {
     need_root
+    resolve_bin
     trap on_exit EXIT
     trap 'exit 130' INT TERM
     lab_cleanup

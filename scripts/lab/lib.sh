@@ -126,12 +126,16 @@ lab_core_up() {
     ip -n p2p-core addr add 198.19.0.2/32 dev lo
     ip -n p2p-core addr add 198.19.0.3/32 dev lo
 
-    # STUN: coturn, STUN only, one process on both addresses.
+    # STUN 1: coturn, STUN only.  STUN 2: p2pcopy's own server, so the client is tested
+    # against both (and the NAT classification needs two servers).
     lab_nsx p2p-core turnserver -n --stun-only --no-cli --no-tls --no-dtls --no-tcp \
-        -L 198.19.0.1 -L 198.19.0.2 -p 3478 \
+        -L 198.19.0.1 -p 3478 \
         --log-file "$d/turnserver.log" --simple-log --no-stdout-log \
         --pidfile "$d/turnserver.pid" --userdb "$d/turndb" \
         </dev/null >"$d/turnserver.stdout" 2>&1 9>&- &
+
+    lab_nsx p2p-core "$P2PCOPY_BIN_ABS" stun-server --listen 198.19.0.2:3478 \
+        </dev/null >"$d/p2pcopy-stun.log" 2>&1 9>&- &
 
     # NTP: chronyd serving its own (= the machine's) clock, never setting it.
     cat >"$d/chrony.conf" <<EOF
@@ -147,7 +151,7 @@ EOF
         </dev/null >"$d/chronyd.log" 2>&1 9>&- &
 
     lab_wait_udp_listen p2p-core 198.19.0.1 3478 || { lab_log "coturn did not start"; cat "$d"/turnserver.* >&2; return 1; }
-    lab_wait_udp_listen p2p-core 198.19.0.2 3478 || { lab_log "coturn not on 198.19.0.2"; return 1; }
+    lab_wait_udp_listen p2p-core 198.19.0.2 3478 || { lab_log "p2pcopy stun-server did not start"; cat "$d/p2pcopy-stun.log" >&2; return 1; }
     lab_wait_udp_listen p2p-core 198.19.0.3 123 || { lab_log "chronyd did not start"; cat "$d/chronyd.log" >&2; return 1; }
     return 0
 }
