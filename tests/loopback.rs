@@ -96,6 +96,19 @@ fn wait_bounded(mut child: Child) -> Output {
     panic!("p2pcopy did not exit within 60 s");
 }
 
+/// Runs p2pcopy to completion with no stdin, in `dir`.
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_bounded(child)
+}
+
 fn assert_both_ok(a: &Output, b: &Output) {
     assert!(a.status.success(), "{}", stderr(a));
     assert!(b.status.success(), "{}", stderr(b));
@@ -207,17 +220,7 @@ fn bare_ip_port_works_and_shows_a_verification_code() {
 #[test]
 fn exit_codes_for_user_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| -> Output {
-        let child = Command::new(BIN)
-            .args(args)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_bounded(child)
-    };
+    let run = |args: &[&str]| run_in(dir.path(), args);
     let base = ["--bind", "127.0.0.1", "--no-stun", "--no-ntp"];
     let check = |o: &Output, code: i32, needle: &str| {
         let err = stderr(o);
@@ -271,23 +274,16 @@ fn port_in_use_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let p = holder.local_addr().unwrap().port().to_string();
-    let child = Command::new(BIN)
-        .args([
-            "receiver",
-            "--bind",
-            "127.0.0.1",
-            "--localport",
-            &p,
-            "--no-stun",
-            "--no-ntp",
-        ])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let o = wait_bounded(child);
+    let args = [
+        "receiver",
+        "--bind",
+        "127.0.0.1",
+        "--localport",
+        &p,
+        "--no-stun",
+        "--no-ntp",
+    ];
+    let o = run_in(dir.path(), &args);
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains(&format!("cannot use UDP port {p}")));
 }
@@ -353,23 +349,18 @@ fn own_stun_server_answers_the_client() {
         .expect("address line")
         .to_owned();
     // A receiver asks it; on loopback the mapped address is its own, so "no NAT".
-    let child = Command::new(BIN)
-        .args([
-            "receiver",
-            "--bind",
-            "127.0.0.1",
-            "--no-ntp",
-            "--stun-server",
-            &addr,
-        ])
-        .args(["--peer", "127.0.0.1:9", "--timeout", "1"])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let o = wait_bounded(child);
+    let args = [
+        "receiver",
+        "--bind",
+        "127.0.0.1",
+        "--no-ntp",
+        "--stun-server",
+        &addr,
+    ];
+    let o = run_in(
+        dir.path(),
+        &[&args[..], &["--peer", "127.0.0.1:9", "--timeout", "1"]].concat(),
+    );
     let _ = server.kill();
     let _ = server.wait();
     assert!(stderr(&o).contains("Your NAT: none"), "{}", stderr(&o));
