@@ -266,10 +266,7 @@ async fn connect_phase(cli: Cli) -> Result<(net::Link, Job), Error> {
         None => prompt_for_peer(&ours).await?,
     };
     let pasted = Instant::now();
-    let peer_nat = match &peer {
-        Ticket::Full(t) => Some(t.nat),
-        Ticket::Bare(_) => None,
-    };
+    let peer_nat = peer.nat();
     if let Some(warning) = nat::warn_before(nat_kind, peer_nat) {
         say!(quiet, "p2pcopy: warning: {warning}");
     }
@@ -316,7 +313,6 @@ async fn connect_phase(cli: Cli) -> Result<(net::Link, Job), Error> {
             say!(quiet, "Round {}: probing your peer...", n + 1)
         }
         NetProgress::Round(_) => {}
-        NetProgress::PathFound { remote, kind } => tracing::info!(%remote, ?kind, "path found"),
     })
     .await
     {
@@ -348,7 +344,7 @@ async fn transfer_phase(link: &net::Link, job: Job, quiet: bool) -> Result<(), E
         authenticated: link.authenticated,
         quiet,
     };
-    let result = match job {
+    match job {
         Job::Send {
             path,
             file,
@@ -389,8 +385,7 @@ async fn transfer_phase(link: &net::Link, job: Job, quiet: bool) -> Result<(), E
             }
             r.map(drop)
         }
-    };
-    result
+    }
 }
 
 async fn serve_stun(args: &StunServerArgs) -> Result<(), Error> {

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -317,13 +317,6 @@ pub struct Session {
 pub enum Progress {
     /// A synchronised round started.
     Round(u32),
-    /// A path works both ways.
-    PathFound {
-        /// Peer address.
-        remote: SocketAddr,
-        /// Its kind.
-        kind: PathKind,
-    },
 }
 
 /// An established, authenticated (or, for bare tickets, encrypted-only) QUIC connection.
@@ -369,10 +362,7 @@ pub async fn connect(
         opener_ttl,
     } = session;
     let fatal = ConnectFailure::Fatal;
-    let peer_fp = match &peer {
-        Ticket::Full(t) => Some(t.fingerprint),
-        Ticket::Bare(_) => None,
-    };
+    let peer_fp = peer.fingerprint();
     let probe_socket = socket
         .try_clone()
         .map_err(|e| fatal(Error::Internal(format!("cannot clone socket: {e}"))))?;
@@ -461,7 +451,6 @@ pub async fn connect(
                     if !known.iter().any(|(a, _)| *a == remote) {
                         known.push((remote, kind));
                     }
-                    on_progress(Progress::PathFound { remote, kind });
                     pending.push(remote);
                 }
                 Some(PunchEvent::TimedOut { rounds, heard_peer }) => break Err(ConnectFailure::TimedOut { rounds, heard_peer }),
@@ -501,9 +490,6 @@ pub async fn connect(
         verification_code,
     })
 }
-
-/// The loopback address, for tests and `--bind`.
-pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 #[cfg(test)]
 mod tests {

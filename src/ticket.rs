@@ -280,6 +280,24 @@ impl fmt::Display for FullTicket {
     }
 }
 
+impl Ticket {
+    /// The certificate fingerprint to pin; `None` for a bare `ip:port`.
+    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+        match self {
+            Ticket::Full(t) => Some(t.fingerprint),
+            Ticket::Bare(_) => None,
+        }
+    }
+
+    /// The peer's NAT kind; `None` for a bare `ip:port`.
+    pub fn nat(&self) -> Option<NatKind> {
+        match self {
+            Ticket::Full(t) => Some(t.nat),
+            Ticket::Bare(_) => None,
+        }
+    }
+}
+
 impl fmt::Display for Ticket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -43,6 +43,17 @@ pub struct Summary {
     pub peer_authenticated: bool,
 }
 
+impl Options {
+    /// The `FLAG_*` bits this side announces.
+    fn flags(&self) -> u8 {
+        if self.authenticated {
+            FLAG_AUTHENTICATED
+        } else {
+            0
+        }
+    }
+}
+
 impl Summary {
     /// `(181.64 MiB) in 16.3 s, 11.14 MiB/s` for the closing line.
     pub fn amount_and_rate(&self) -> String {
@@ -148,11 +159,7 @@ pub async fn send(
     opts: Options,
 ) -> Result<Summary, Error> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
-    let flags = if opts.authenticated {
-        FLAG_AUTHENTICATED
-    } else {
-        0
-    };
+    let flags = opts.flags();
     let header = Header {
         flags,
         size,
@@ -264,11 +271,7 @@ pub async fn receive(conn: &Connection, dir: &Path, opts: Options) -> Result<Sum
     let header = Header::from_parts(flags, size, &name).map_err(wire)?;
     let safe = safe_file_name(&header.name);
     let part = PartFile::create(dir, &safe)?;
-    let flags = if opts.authenticated {
-        FLAG_AUTHENTICATED
-    } else {
-        0
-    };
+    let flags = opts.flags();
     send.write_all(&Accept { flags }.encode())
         .await
         .map_err(lost_write)?;
