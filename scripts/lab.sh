@@ -188,9 +188,8 @@ scenario_run() {
     return 1
 }
 
-cmd_test() {
-    local scenarios=("$@") name passed=0 failed=0 t0 rc results=()
-    ((${#scenarios[@]})) || scenarios=("${ALL_SCENARIOS[@]}")
+# start_core: fresh lab with only the core (servers) up; torn down on exit.
+start_core() {
     need_root
     resolve_bin
     trap on_exit EXIT
@@ -199,6 +198,12 @@ cmd_test() {
     mkdir -p "$LAB_DIR"
     echo "== lab: core (STUN $LAB_STUN1 $LAB_STUN2, NTP $LAB_NTP)"
     lab_core_up
+}
+
+cmd_test() {
+    local scenarios=("$@") name passed=0 failed=0 t0 rc results=()
+    ((${#scenarios[@]})) || scenarios=("${ALL_SCENARIOS[@]}")
+    start_core
     echo "== lab: self-check"
     if ! lab_selfcheck; then
         echo "lab self-check failed; not running scenarios"
@@ -229,13 +234,7 @@ cmd_test() {
 }
 
 cmd_check() {
-    need_root
-    resolve_bin
-    trap on_exit EXIT
-    trap 'exit 130' INT TERM
-    lab_cleanup
-    mkdir -p "$LAB_DIR"
-    lab_core_up
+    start_core
     if lab_selfcheck; then
         echo "self-check OK"
     else
