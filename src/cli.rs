@@ -1,6 +1,5 @@
 //! Command-line interface: flags, the user's screen, and the order of a run.
 
-use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -9,17 +8,19 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
-use crate::net::{self, ConnectFailure, Progress as NetProgress, Session};
+use crate::net::{self, ConnectFailure, Dialer, Link, Progress as NetProgress};
 use crate::punch::{self, PathKind, DEFAULT_OPENER_TTL};
 use crate::ticket::{Candidate, CandidateKind, FullTicket, NatKind, Role, Ticket};
 use crate::tls::Identity;
 use crate::{nat, ntp, stun, transfer};
 
-/// Copy a file straight from one computer to another, across NATs, with no server in between.
+/// Copy files and folders straight from one computer to another, across NATs, with no server
+/// in between.
 ///
 /// Both users run p2pcopy (one `sender`, one `receiver`), paste each other the line it
-/// prints, and the file flows directly between the two machines over an encrypted,
-/// authenticated QUIC connection, verified with BLAKE3.
+/// prints, and the files flow directly between the two machines over an encrypted,
+/// authenticated QUIC connection, verified with BLAKE3. An interrupted transfer continues
+/// where it stopped when both run the same commands again.
 #[derive(Debug, Parser)]
 #[command(name = "p2pcopy", version, about, long_about)]
 pub struct Cli {
@@ -37,9 +38,9 @@ pub struct Cli {
 /// The two roles.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Send a file.
+    /// Send files or folders.
     Sender(SenderArgs),
-    /// Receive a file into the current directory (or --output).
+    /// Receive into the current directory (or --output).
     Receiver(ReceiverArgs),
     /// Run a STUN server (RFC 5389; RFC 5780 NAT behaviour discovery with --alternate-ip),
     /// for networks that cannot reach public ones: give its address to --stun-server.
@@ -49,9 +50,12 @@ pub enum Command {
 /// Flags of `p2pcopy sender`.
 #[derive(Debug, Args)]
 pub struct SenderArgs {
-    /// The file to send.
-    #[arg(short, long, value_name = "PATH")]
-    pub file: PathBuf,
+    /// A file or folder to send (repeatable; folders are sent with everything in them).
+    #[arg(short, long, value_name = "PATH", required = true)]
+    pub file: Vec<PathBuf>,
+    /// Also write each file's BLAKE3 to this file, in `b3sum` format.
+    #[arg(long, value_name = "FILE")]
+    pub checksums: Option<PathBuf>,
     /// Network flags.
     #[command(flatten)]
     pub net: NetArgs,
@@ -60,9 +64,17 @@ pub struct SenderArgs {
 /// Flags of `p2pcopy receiver`.
 #[derive(Debug, Args)]
 pub struct ReceiverArgs {
-    /// Directory the file is written into; an existing file is never replaced.
+    /// Directory to write into. Existing files are never replaced (a different file with
+    /// the same name arrives as `name (1).ext`), unless --overwrite.
     #[arg(short, long, value_name = "DIR", default_value = ".")]
     pub output: PathBuf,
+    /// Replace existing files of the same name instead of numbering the new ones.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Also write each received file's BLAKE3 to this file, in `b3sum` format (paths
+    /// relative to --output), so `b3sum --check` can verify them later.
+    #[arg(long, value_name = "FILE")]
+    pub checksums: Option<PathBuf>,
     /// Network flags.
     #[command(flatten)]
     pub net: NetArgs,
@@ -104,7 +116,8 @@ pub struct NetArgs {
     /// Skip NTP and trust this computer's clock.
     #[arg(long, conflicts_with = "ntp_servers")]
     pub no_ntp: bool,
-    /// Give up connecting after this many seconds from the moment the ticket is entered.
+    /// Give up connecting after this many seconds from the moment the ticket is entered,
+    /// and reconnecting after this many seconds from the moment a path is lost.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
 }
@@ -120,7 +133,6 @@ macro_rules! say {
 
 /// Runs one p2pcopy command to completion.
 pub async fn run(cli: Cli) -> Result<(), Error> {
-    let quiet = cli.quiet;
     if let Command::StunServer(args) = &cli.command {
         return tokio::select! {
             r = serve_stun(args) => r,
@@ -128,76 +140,128 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         };
     }
     let interrupted = || Error::Interrupted("interrupted".into());
-    let (link, job) = tokio::select! {
+    let (mut dialer, link, mut job, ctx) = tokio::select! {
         r = connect_phase(cli) => r?,
         _ = tokio::signal::ctrl_c() => return Err(interrupted()),
     };
     let result = tokio::select! {
-        // Dropping the transfer future removes any partial file.
-        r = transfer_phase(&link, job, quiet) => r,
+        // Dropping the transfer leaves part files in place for a later run to resume.
+        r = transfer_phase(&mut dialer, link, &mut job, &ctx) => r,
         _ = tokio::signal::ctrl_c() => Err(interrupted()),
     };
-    if let Err(e) = &result {
-        // Tell the peer at once instead of letting it wait for the idle timeout.
-        let reason = e.to_string();
-        link.connection.close(
-            u32::from(e.exit_code()).into(),
-            &reason.as_bytes()[..reason.len().min(200)],
-        );
-    }
-    link.endpoint.close(0u32.into(), b"bye");
-    let _ = tokio::time::timeout(Duration::from_secs(2), link.endpoint.wait_idle()).await;
+    let (code, reason) = match &result {
+        Ok(()) => (0, "done".to_owned()),
+        Err(e) => (e.exit_code(), e.to_string()),
+    };
+    // Tell the peer at once, with our exit code and message, instead of letting it wait
+    // for the idle timeout.
+    dialer.endpoint().close(
+        u32::from(code).into(),
+        &reason.as_bytes()[..reason.len().min(200)],
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), dialer.endpoint().wait_idle()).await;
     result
 }
 
+/// The work of a run, kept across reconnects.
 enum Job {
-    Send {
-        path: PathBuf,
-        file: File,
-        size: u64,
-        name: String,
-    },
-    Receive {
-        dir: PathBuf,
-    },
+    Send(Box<transfer::Outgoing>, Option<PathBuf>),
+    Receive(Box<transfer::Incoming>, Option<PathBuf>),
 }
 
-async fn connect_phase(cli: Cli) -> Result<(net::Link, Job), Error> {
+/// What reconnecting needs besides the dialer.
+struct Ctx {
+    quiet: bool,
+    clock: ntp::Clock,
+    timeout: u64,
+    needs_rounds: bool,
+    nat: NatKind,
+    peer_nat: Option<NatKind>,
+}
+
+impl Ctx {
+    /// The next synchronised round as an `Instant`, and how far away it is.
+    fn next_round(&self) -> (Instant, Duration) {
+        let now_unix = self.clock.now_unix();
+        let wait = punch::first_round_unix(now_unix).saturating_sub(now_unix);
+        (Instant::now() + wait, wait)
+    }
+
+    /// Punches and connects, telling the user about rounds.
+    async fn connect(&self, dialer: &mut Dialer, deadline: Instant) -> Result<Link, Error> {
+        let (first_round, wait) = self.next_round();
+        let quiet = self.quiet;
+        if self.needs_rounds {
+            say!(
+                quiet,
+                "Connecting: synchronised rounds start every {} s; next in {} s",
+                punch::ROUND_PERIOD.as_secs(),
+                wait.as_secs()
+            );
+        } else {
+            say!(quiet, "Connecting...");
+        }
+        let needs_rounds = self.needs_rounds;
+        let link = dialer
+            .connect(first_round, deadline, |p| match p {
+                NetProgress::Round(n) if needs_rounds => {
+                    say!(quiet, "Round {}: probing your peer...", n + 1)
+                }
+                NetProgress::Round(_) => {}
+            })
+            .await;
+        let link = match link {
+            Ok(link) => link,
+            Err(ConnectFailure::Fatal(e)) => return Err(e),
+            Err(ConnectFailure::TimedOut { rounds, heard_peer }) => {
+                return Err(Error::Connect(nat::explain_failure(
+                    self.nat,
+                    self.peer_nat,
+                    heard_peer,
+                    rounds,
+                    self.timeout,
+                )))
+            }
+        };
+        say!(
+            quiet,
+            "Connected directly to {} ({}), round trip {} ms",
+            link.connection.remote_address(),
+            link.kind.describe(),
+            link.connection.rtt().as_millis()
+        );
+        Ok(link)
+    }
+}
+
+async fn connect_phase(cli: Cli) -> Result<(Dialer, Link, Job, Ctx), Error> {
     let quiet = cli.quiet;
     let (role, net_args, job) = match cli.command {
         Command::Sender(a) => {
-            let path = a.file;
-            let err = |source| Error::Input {
-                path: path.clone(),
-                source,
-            };
-            let file = File::open(&path).map_err(err)?;
-            let meta = file.metadata().map_err(err)?;
-            if !meta.is_file() {
-                return Err(err(std::io::Error::other("not a regular file")));
+            let scan = crate::manifest::scan(&a.file)?;
+            for (path, why) in &scan.skipped {
+                say!(quiet, "p2pcopy: not sending {}: {why}", path.display());
             }
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "file".into());
+            if scan.entries.is_empty() {
+                return Err(Error::Usage("nothing to send".into()));
+            }
             (
                 Role::Sender,
                 a.net,
-                Job::Send {
-                    path,
-                    file,
-                    size: meta.len(),
-                    name,
-                },
+                Job::Send(Box::new(transfer::Outgoing::new(scan)), a.checksums),
             )
         }
         Command::Receiver(a) => {
             transfer::check_output_dir(&a.output)?;
-            (Role::Receiver, a.net, Job::Receive { dir: a.output })
+            let store = transfer::Store::new(a.output, a.overwrite);
+            (
+                Role::Receiver,
+                a.net,
+                Job::Receive(Box::new(transfer::Incoming::new(store)), a.checksums),
+            )
         }
         Command::StunServer(_) => return Err(Error::Internal("not a transfer command".into())),
     };
-
     let identity = Identity::generate()?;
     let socket = net::bind(net_args.bind, net_args.localport)?;
     let local = socket
@@ -282,110 +346,158 @@ async fn connect_phase(cli: Cli) -> Result<(net::Link, Job), Error> {
             }
         },
     };
-    let now_unix = clock.now_unix();
-    let first_unix = punch::first_round_unix(now_unix);
-    let wait = first_unix.saturating_sub(now_unix);
     let needs_rounds = net::targets(&peer)
         .iter()
         .any(|t| matches!(t.kind, PathKind::Mapped | PathKind::Typed));
-    if needs_rounds {
-        say!(
-            quiet,
-            "Connecting: synchronised rounds start every {} s; next in {} s",
-            punch::ROUND_PERIOD.as_secs(),
-            wait.as_secs()
-        );
-    } else {
-        say!(quiet, "Connecting...");
-    }
-
-    let session = Session {
+    let ctx = Ctx {
+        quiet,
+        clock,
+        timeout: net_args.timeout,
+        needs_rounds,
+        nat: nat_kind,
+        peer_nat,
+    };
+    let mut dialer = Dialer::new(
         socket,
-        is_client: role == Role::Sender,
+        role == Role::Sender,
         identity,
         peer,
-        first_round: Instant::now() + wait,
-        deadline,
-        opener_ttl: Some(DEFAULT_OPENER_TTL),
-    };
-    let link = match net::connect(session, |p| match p {
-        NetProgress::Round(n) if needs_rounds => {
-            say!(quiet, "Round {}: probing your peer...", n + 1)
-        }
-        NetProgress::Round(_) => {}
-    })
-    .await
-    {
-        Ok(link) => link,
-        Err(ConnectFailure::Fatal(e)) => return Err(e),
-        Err(ConnectFailure::TimedOut { rounds, heard_peer }) => {
-            return Err(Error::Connect(nat::explain_failure(
-                nat_kind,
-                peer_nat,
-                heard_peer,
-                rounds,
-                net_args.timeout,
-            )))
-        }
-    };
-    let remote = link.connection.remote_address();
-    say!(
-        quiet,
-        "Connected directly to {remote} ({}), round trip {} ms",
-        link.kind.describe(),
-        link.connection.rtt().as_millis()
-    );
-
-    Ok((link, job))
+        Some(DEFAULT_OPENER_TTL),
+    )?;
+    let link = ctx.connect(&mut dialer, deadline).await?;
+    Ok((dialer, link, job, ctx))
 }
 
-async fn transfer_phase(link: &net::Link, job: Job, quiet: bool) -> Result<(), Error> {
-    let opts = transfer::Options {
-        authenticated: link.authenticated,
-        quiet,
-    };
-    match job {
-        Job::Send {
-            path,
-            file,
-            size,
-            name,
-        } => {
-            let r = transfer::send(&link.connection, &path, file, size, &name, opts).await;
-            if let Ok(s) = &r {
-                show_code(quiet, link, s.peer_authenticated);
-                say!(quiet, "Sent {name} {}", s.amount_and_rate());
-                say!(quiet, "The receiver verified it: BLAKE3 {}", s.hash);
-                link.connection.close(0u32.into(), b"done");
+/// Moves the job, reconnecting whenever the path dies, until it is done or cannot go on.
+async fn transfer_phase(
+    dialer: &mut Dialer,
+    mut link: Link,
+    job: &mut Job,
+    ctx: &Ctx,
+) -> Result<(), Error> {
+    let quiet = ctx.quiet;
+    loop {
+        let opts = transfer::Options {
+            authenticated: link.authenticated,
+            quiet,
+        };
+        let result = match job {
+            Job::Send(out, _) => out.run(&link.connection, opts).await,
+            Job::Receive(inc, _) => inc.run(&link.connection, opts).await,
+        };
+        match result {
+            Ok(()) => break,
+            Err(Error::ConnectionLost(why)) => {
+                say!(
+                    quiet,
+                    "Connection lost ({why}); reconnecting for up to {} s. Received data is kept.",
+                    ctx.timeout
+                );
+                link.connection.close(0u32.into(), b"lost");
+                let deadline = Instant::now() + Duration::from_secs(ctx.timeout);
+                link = ctx.connect(dialer, deadline).await.map_err(|e| match e {
+                    Error::Connect(_) => Error::ConnectionLost(format!(
+                        "{why}, and no new path was found within {} s; run both commands again to resume",
+                        ctx.timeout
+                    )),
+                    other => other,
+                })?;
             }
-            r.map(drop)
-        }
-        Job::Receive { dir } => {
-            let r = transfer::receive(&link.connection, &dir, opts).await;
-            if let Ok(s) = &r {
-                show_code(quiet, link, s.peer_authenticated);
-                let saved = s.saved_as.as_deref().unwrap_or(&dir);
-                say!(quiet, "Received {}", s.amount_and_rate());
-                if saved
-                    .file_name()
-                    .map(|n| n.to_string_lossy() != s.announced_name)
-                    .unwrap_or(false)
-                {
-                    say!(
-                        quiet,
-                        "Saved as {} (the name {:?} was taken or unsafe)",
-                        saved.display(),
-                        s.announced_name
-                    );
-                } else {
-                    say!(quiet, "Saved as {}", saved.display());
+            Err(e) => {
+                if let (Job::Receive(inc, _), true) = (&*job, e.exit_code() != 8) {
+                    let r = inc.report();
+                    if r.moved + r.resumed > 0 && !quiet {
+                        eprintln!(
+                            "p2pcopy: what arrived is kept; run both commands again to resume"
+                        );
+                    }
                 }
-                say!(quiet, "BLAKE3 {} verified", s.hash);
-                transfer::linger(&link.connection).await;
+                return Err(e);
             }
-            r.map(drop)
         }
     }
+    match job {
+        Job::Send(out, checksums) => {
+            let r = out.report();
+            show_code(quiet, &link, r.peer_authenticated);
+            say!(quiet, "Sent {}{}", single_name(r), r.amount_and_rate());
+            if let Some(note) = r.reuse_note() {
+                say!(quiet, "({note})");
+            }
+            match r.hashes.as_slice() {
+                [(_, h)] => say!(quiet, "The receiver verified it: BLAKE3 {h}"),
+                many => say!(
+                    quiet,
+                    "The receiver verified all {} files (BLAKE3)",
+                    many.len()
+                ),
+            }
+            if let Some(path) = checksums {
+                write_checksums(path, r.hashes.iter().map(|(p, h)| (p.clone(), *h)))?;
+            }
+            link.connection.close(0u32.into(), b"done");
+        }
+        Job::Receive(inc, checksums) => {
+            let r = inc.report();
+            show_code(quiet, &link, r.peer_authenticated);
+            say!(quiet, "Received {}{}", single_name(r), r.amount_and_rate());
+            if let Some(note) = r.reuse_note() {
+                say!(quiet, "({note})");
+            }
+            let root = inc.store().root().to_owned();
+            if let (1, Some(saved)) = (r.files + r.dirs + r.links, inc.saved_as()) {
+                say!(quiet, "Saved as {}", saved.display());
+            } else {
+                say!(quiet, "Saved into {}", root.display());
+            }
+            for (name, at) in r.renamed.iter().take(5) {
+                say!(
+                    quiet,
+                    "  {name} was saved as {} (the name was taken)",
+                    at.display()
+                );
+            }
+            if r.renamed.len() > 5 {
+                say!(
+                    quiet,
+                    "  ... and {} more under new names",
+                    r.renamed.len() - 5
+                );
+            }
+            match r.hashes.as_slice() {
+                [(_, h)] => say!(quiet, "BLAKE3 {h} verified"),
+                many => say!(quiet, "All {} files verified (BLAKE3)", many.len()),
+            }
+            if let Some(path) = checksums {
+                write_checksums(path, inc.saved_hashes())?;
+            }
+            transfer::linger(&link.connection).await;
+        }
+    }
+    Ok(())
+}
+
+/// `x.tif ` for a one-file job, else nothing (the amount names the count).
+fn single_name(r: &transfer::Report) -> String {
+    match (r.files + r.dirs + r.links, r.hashes.first()) {
+        (1, Some((p, _))) => format!("{p} "),
+        _ => String::new(),
+    }
+}
+
+/// Writes `hash  path` lines, the format `b3sum --check` reads.
+fn write_checksums(
+    path: &std::path::Path,
+    hashes: impl Iterator<Item = (String, blake3::Hash)>,
+) -> Result<(), Error> {
+    let mut text = String::new();
+    for (p, h) in hashes {
+        text.push_str(&format!("{h}  {p}\n"));
+    }
+    std::fs::write(path, text).map_err(|e| Error::Output {
+        path: path.to_owned(),
+        source: e,
+    })
 }
 
 async fn serve_stun(args: &StunServerArgs) -> Result<(), Error> {
@@ -405,7 +517,7 @@ async fn serve_stun(args: &StunServerArgs) -> Result<(), Error> {
     server.run().await
 }
 
-fn show_code(quiet: bool, link: &net::Link, peer_authenticated: bool) {
+fn show_code(quiet: bool, link: &Link, peer_authenticated: bool) {
     if !link.authenticated || !peer_authenticated {
         say!(quiet, "Verification code: {} (an ip:port was used instead of a ticket, so compare this code with your peer; if it differs, someone is in the middle)", link.verification_code);
     }
@@ -499,7 +611,7 @@ mod tests {
         match cli.command {
             Command::Sender(a) => {
                 assert_eq!(a.net.localport, 4300);
-                assert_eq!(a.file, PathBuf::from("x.tif"));
+                assert_eq!(a.file, [PathBuf::from("x.tif")]);
                 assert_eq!(a.net.timeout, 120);
             }
             _ => panic!(),

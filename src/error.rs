@@ -56,6 +56,10 @@ pub enum Error {
     /// The connection broke after it was established.
     #[error("connection to your peer was lost: {0}")]
     ConnectionLost(String),
+    /// The peer ended the run on purpose (Ctrl-C, an error of its own) or was restarted;
+    /// unlike a lost path, reconnecting cannot help.
+    #[error("your peer stopped: {0}")]
+    PeerStopped(String),
     /// The received data does not match the sender's BLAKE3 hash.
     #[error("verification failed: {0}")]
     Verify(String),
@@ -64,6 +68,16 @@ pub enum Error {
     DiskFull {
         /// The file being written.
         path: PathBuf,
+    },
+    /// The output folder has less free space than the job still needs.
+    #[error("not enough space in {}: {} more needed, {} free", path.display(), indicatif::HumanBytes(*need), indicatif::HumanBytes(*free))]
+    NoSpace {
+        /// The output folder.
+        path: PathBuf,
+        /// Bytes still to receive.
+        need: u64,
+        /// Bytes free.
+        free: u64,
     },
     /// Any other failure to write the received file.
     #[error("cannot write {}: {source}", path.display())]
@@ -97,9 +111,12 @@ impl Error {
             Error::Input { .. } | Error::Output { .. } => 4,
             Error::Bind { .. } | Error::Stun { .. } => 5,
             Error::Connect(_) => 6,
-            Error::ConnectionLost(_) => 7,
+            Error::ConnectionLost(_) | Error::PeerStopped(_) => 7,
             Error::Verify(_) => 8,
-            Error::DiskFull { .. } | Error::Write { .. } | Error::PeerStore(_) => 9,
+            Error::DiskFull { .. }
+            | Error::NoSpace { .. }
+            | Error::Write { .. }
+            | Error::PeerStore(_) => 9,
             Error::Protocol(_) => 10,
             Error::Interrupted(_) => 130,
         }

@@ -1,4 +1,4 @@
-//! p2pcopy: copy a file straight from one computer to another across NATs, with no server
+//! p2pcopy: copy files and folders straight from one computer to another across NATs, with no server
 //! in between.
 //!
 //! The crate is the `p2pcopy` binary's engine and can be used on its own:
@@ -9,7 +9,8 @@
 //!   NAT kinds of two peers allow;
 //! - [`tls`]: per-run certificates and fingerprint pinning for QUIC;
 //! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint;
-//! - [`transfer`]: one file over an established connection;
+//! - [`manifest`]: what a job contains, and confinement of the peer's paths;
+//! - [`transfer`]: a job (files, folders, links) over a connection, resumable;
 //! - [`cli`]: the command line, in the order a run happens.
 //!
 //! Errors are one enum, [`Error`], whose [`Error::exit_code`] is the binary's exit code.
@@ -17,6 +18,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod manifest;
 pub mod nat;
 pub mod net;
 pub mod ntp;

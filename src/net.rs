@@ -260,56 +260,44 @@ fn send_with_ttl(
     sock.try_send_to(data, dst).map(drop)
 }
 
-/// Runs the puncher until told to stop or it finishes, forwarding its events.
+/// The probe side of the socket, handed to each punching run and back.
+struct ProbeIo {
+    socket: tokio::net::UdpSocket,
+    incoming: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+}
+
+/// Runs the puncher until told to stop or it finishes, forwarding its events; gives the
+/// probe I/O back for the next run.
 async fn drive(
     mut puncher: Puncher,
-    sock: tokio::net::UdpSocket,
-    mut probes: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    mut io: ProbeIo,
     events: mpsc::UnboundedSender<PunchEvent>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> ProbeIo {
     loop {
         while let Some(tx) = puncher.poll_transmit() {
-            if let Err(e) = send_probe(&sock, &tx) {
+            if let Err(e) = send_probe(&io.socket, &tx) {
                 // A full socket buffer or an unreachable LAN address: the next probe retries.
                 tracing::trace!(to = %tx.destination, error = %e, "probe not sent");
             }
         }
         while let Some(ev) = puncher.poll_event() {
             if events.send(ev).is_err() {
-                return;
+                return io;
             }
         }
         let Some(deadline) = puncher.poll_timeout() else {
-            return;
+            return io;
         };
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => puncher.handle_timeout(Instant::now()),
-            got = probes.recv() => match got {
+            got = io.incoming.recv() => match got {
                 Some((from, data)) => { puncher.handle_datagram(Instant::now(), from, &data); }
-                None => return,
+                None => return io,
             },
-            _ = stop.changed() => return,
+            _ = stop.changed() => return io,
         }
     }
-}
-
-/// What a session needs to connect.
-pub struct Session {
-    /// The bound socket (STUN already done on it).
-    pub socket: std::net::UdpSocket,
-    /// True for the sender (QUIC client).
-    pub is_client: bool,
-    /// This run's certificate.
-    pub identity: crate::tls::Identity,
-    /// The peer's ticket.
-    pub peer: Ticket,
-    /// First round, as an `Instant`.
-    pub first_round: Instant,
-    /// Give up at this time.
-    pub deadline: Instant,
-    /// TTL for openers.
-    pub opener_ttl: Option<u32>,
 }
 
 /// Progress notes for the user while connecting.
@@ -321,8 +309,6 @@ pub enum Progress {
 
 /// An established, authenticated (or, for bare tickets, encrypted-only) QUIC connection.
 pub struct Link {
-    /// The endpoint; keep it alive as long as the connection.
-    pub endpoint: quinn::Endpoint,
     /// The connection.
     pub connection: quinn::Connection,
     /// How the peer's address was learned.
@@ -347,148 +333,225 @@ pub enum ConnectFailure {
     Fatal(Error),
 }
 
-/// Punches a path to the peer and establishes QUIC over it.
-pub async fn connect(
-    session: Session,
-    mut on_progress: impl FnMut(Progress),
-) -> Result<Link, ConnectFailure> {
-    let Session {
-        socket,
-        is_client,
-        identity,
-        peer,
-        first_round,
-        deadline,
-        opener_ttl,
-    } = session;
-    let fatal = ConnectFailure::Fatal;
-    let peer_fp = peer.fingerprint();
-    let probe_socket = socket
-        .try_clone()
-        .map_err(|e| fatal(Error::Internal(format!("cannot clone socket: {e}"))))?;
-    let probe_socket = tokio::net::UdpSocket::from_std(probe_socket)
-        .map_err(|e| fatal(Error::Internal(e.to_string())))?;
+/// One run's socket as a QUIC endpoint, able to punch and connect to the peer as often as
+/// needed: first after the tickets are exchanged, again whenever a path dies mid-transfer.
+pub struct Dialer {
+    endpoint: quinn::Endpoint,
+    probes: Option<ProbeIo>,
+    is_client: bool,
+    identity: crate::tls::Identity,
+    peer: Ticket,
+    peer_fp: Option<[u8; 32]>,
+    client_cfg: Option<quinn::ClientConfig>,
+    opener_ttl: Option<u32>,
+    /// Where the last connection ran; probed at once on a reconnect.
+    last_remote: Option<SocketAddr>,
+}
 
-    let (probe_tx, probe_rx) = mpsc::channel(1024);
-    let runtime = Arc::new(TokioRuntime);
-    let inner = runtime
-        .wrap_udp_socket(socket)
-        .map_err(|e| fatal(Error::Internal(format!("socket: {e}"))))?;
-    let demux = Arc::new(DemuxSocket {
-        inner,
-        probes: probe_tx,
-    });
-    let mut endpoint_cfg = quinn::EndpointConfig::default();
-    // Greased QUIC packets could start with our probe magic's first byte.
-    endpoint_cfg.grease_quic_bit(false);
-    let server_cfg = if is_client {
-        None
-    } else {
-        Some(crate::tls::server_config(&identity, peer_fp).map_err(fatal)?)
-    };
-    let endpoint =
-        quinn::Endpoint::new_with_abstract_socket(endpoint_cfg, server_cfg, demux, runtime)
-            .map_err(|e| fatal(Error::Internal(format!("QUIC endpoint: {e}"))))?;
+impl Dialer {
+    /// Makes the bound socket (STUN already done on it) a QUIC endpoint for talking to
+    /// `peer`: a client for the sender (`is_client`), a server for the receiver.
+    pub fn new(
+        socket: std::net::UdpSocket,
+        is_client: bool,
+        identity: crate::tls::Identity,
+        peer: Ticket,
+        opener_ttl: Option<u32>,
+    ) -> Result<Dialer, Error> {
+        let peer_fp = peer.fingerprint();
+        let probe_socket = socket
+            .try_clone()
+            .map_err(|e| Error::Internal(format!("cannot clone socket: {e}")))?;
+        let probe_socket = tokio::net::UdpSocket::from_std(probe_socket)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let (probe_tx, probe_rx) = mpsc::channel(1024);
+        let runtime = Arc::new(TokioRuntime);
+        let inner = runtime
+            .wrap_udp_socket(socket)
+            .map_err(|e| Error::Internal(format!("socket: {e}")))?;
+        let demux = Arc::new(DemuxSocket {
+            inner,
+            probes: probe_tx,
+        });
+        let mut endpoint_cfg = quinn::EndpointConfig::default();
+        // Greased QUIC packets could start with our probe magic's first byte.
+        endpoint_cfg.grease_quic_bit(false);
+        let server_cfg = if is_client {
+            None
+        } else {
+            Some(crate::tls::server_config(&identity, peer_fp)?)
+        };
+        let client_cfg = if is_client {
+            Some(crate::tls::client_config(&identity, peer_fp)?)
+        } else {
+            None
+        };
+        let endpoint =
+            quinn::Endpoint::new_with_abstract_socket(endpoint_cfg, server_cfg, demux, runtime)
+                .map_err(|e| Error::Internal(format!("QUIC endpoint: {e}")))?;
+        Ok(Dialer {
+            endpoint,
+            probes: Some(ProbeIo {
+                socket: probe_socket,
+                incoming: probe_rx,
+            }),
+            is_client,
+            identity,
+            peer,
+            peer_fp,
+            client_cfg,
+            opener_ttl,
+            last_remote: None,
+        })
+    }
 
-    let targets = targets(&peer);
-    let now = Instant::now();
-    let cfg = PunchConfig {
-        local_id: identity.short_id(),
-        peer_id: peer_fp.as_ref().map(crate::tls::short_id),
-        targets: targets.clone(),
-        first_round,
-        deadline,
-        opener_ttl,
-    };
-    let puncher = Puncher::new(cfg, now);
-    // Unbounded: events are a handful per run, and a full queue must never stop probing.
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let driver = tokio::spawn(drive(puncher, probe_socket, probe_rx, ev_tx, stop_rx));
+    /// The QUIC endpoint (close it when the run ends).
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
 
-    let mut known: Vec<(SocketAddr, PathKind)> = targets.iter().map(|t| (t.addr, t.kind)).collect();
-    let client_cfg = if is_client {
-        Some(crate::tls::client_config(&identity, peer_fp).map_err(fatal)?)
-    } else {
-        None
-    };
-    let mut pending: Vec<SocketAddr> = Vec::new();
-    let mut handshakes = tokio::task::JoinSet::new();
-    let result = loop {
-        // The client dials each confirmed path in turn; the server waits for the dial.
-        if let (Some(cfg), Some(remote)) = (client_cfg.as_ref(), pending.first().copied()) {
-            pending.remove(0);
-            let connecting =
-                match endpoint.connect_with(cfg.clone(), remote, crate::tls::SERVER_NAME) {
-                    Ok(c) => c,
-                    Err(e) => break Err(fatal(Error::Internal(format!("connect: {e}")))),
-                };
-            let budget = deadline
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(10));
-            match tokio::time::timeout(budget, connecting).await {
-                Ok(Ok(conn)) => break Ok(conn),
-                Ok(Err(e)) => {
-                    if let quinn::ConnectionError::TransportError(_)
-                    | quinn::ConnectionError::ConnectionClosed(_) = e
-                    {
-                        // Certificate mismatch shows up here: it will not get better by retrying.
-                        break Err(fatal(Error::Protocol(format!(
-                            "the peer at {remote} failed the handshake: {e}"
-                        ))));
-                    }
-                    tracing::info!(%remote, error = %e, "handshake failed; trying other paths");
-                }
-                Err(_) => tracing::info!(%remote, "handshake timed out; trying other paths"),
-            }
-            continue;
+    /// Punches a path to the peer and establishes QUIC over it. Rounds start at
+    /// `first_round`; after a lost connection the last working address is probed at once
+    /// as well, which reconnects within a round trip when the NATs kept their mappings.
+    pub async fn connect(
+        &mut self,
+        first_round: Instant,
+        deadline: Instant,
+        mut on_progress: impl FnMut(Progress),
+    ) -> Result<Link, ConnectFailure> {
+        let fatal = ConnectFailure::Fatal;
+        let mut targets = targets(&self.peer);
+        if let Some(last) = self.last_remote {
+            targets.retain(|t| t.addr != last);
+            targets.insert(
+                0,
+                Target {
+                    addr: last,
+                    kind: PathKind::PeerReflexive,
+                },
+            );
         }
-        tokio::select! {
-            ev = ev_rx.recv() => match ev {
-                Some(PunchEvent::RoundStarted { round }) => on_progress(Progress::Round(round)),
-                Some(PunchEvent::Confirmed { remote, kind, rtt, observed }) => {
-                    tracing::info!(%remote, ?kind, ?rtt, ?observed, "path confirmed");
-                    if !known.iter().any(|(a, _)| *a == remote) {
-                        known.push((remote, kind));
-                    }
-                    pending.push(remote);
+        let cfg = PunchConfig {
+            local_id: self.identity.short_id(),
+            peer_id: self.peer_fp.as_ref().map(crate::tls::short_id),
+            targets: targets.clone(),
+            first_round,
+            deadline,
+            opener_ttl: self.opener_ttl,
+        };
+        let puncher = Puncher::new(cfg, Instant::now());
+        let io = self.probes.take().ok_or_else(|| {
+            fatal(Error::Internal(
+                "a connect attempt is already running".into(),
+            ))
+        })?;
+        // Unbounded: events are a handful per run, and a full queue must never stop probing.
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let driver = tokio::spawn(drive(puncher, io, ev_tx, stop_rx));
+
+        let mut known: Vec<(SocketAddr, PathKind)> =
+            targets.iter().map(|t| (t.addr, t.kind)).collect();
+        let mut pending: Vec<SocketAddr> = Vec::new();
+        let mut handshakes = tokio::task::JoinSet::new();
+        let endpoint = &self.endpoint;
+        let result = loop {
+            // The client dials each confirmed path in turn; the server waits for the dial.
+            if let (Some(cfg), Some(remote)) = (self.client_cfg.as_ref(), pending.first().copied())
+            {
+                pending.remove(0);
+                match dial(endpoint, cfg, remote, deadline).await {
+                    Ok(Some(conn)) => break Ok(conn),
+                    Ok(None) => continue,
+                    Err(e) => break Err(fatal(e)),
                 }
-                Some(PunchEvent::TimedOut { rounds, heard_peer }) => break Err(ConnectFailure::TimedOut { rounds, heard_peer }),
-                None => break Err(ConnectFailure::TimedOut { rounds: 0, heard_peer: false }),
-            },
-            incoming = endpoint.accept(), if !is_client => {
-                let Some(incoming) = incoming else { break Err(fatal(Error::Internal("endpoint closed".into()))) };
-                let from = incoming.remote_address();
-                // Handshakes run side by side: one that stalls (a stranger's, or a first
-                // attempt whose packets were lost) must not hold up the real one.
-                handshakes.spawn(async move { (from, incoming.await) });
             }
-            Some(done) = handshakes.join_next(), if !handshakes.is_empty() => match done {
-                Ok((_, Ok(conn))) => break Ok(conn),
-                // Someone who is not the ticket's owner, or a broken handshake: keep waiting.
-                Ok((from, Err(e))) => tracing::warn!(%from, error = %e, "rejected a connection attempt"),
-                Err(e) => tracing::warn!(error = %e, "handshake task failed"),
-            },
+            tokio::select! {
+                ev = ev_rx.recv() => match ev {
+                    Some(PunchEvent::RoundStarted { round }) => on_progress(Progress::Round(round)),
+                    Some(PunchEvent::Confirmed { remote, kind, rtt, observed }) => {
+                        tracing::info!(%remote, ?kind, ?rtt, ?observed, "path confirmed");
+                        if !known.iter().any(|(a, _)| *a == remote) {
+                            known.push((remote, kind));
+                        }
+                        pending.push(remote);
+                    }
+                    Some(PunchEvent::TimedOut { rounds, heard_peer }) => break Err(ConnectFailure::TimedOut { rounds, heard_peer }),
+                    None => break Err(ConnectFailure::TimedOut { rounds: 0, heard_peer: false }),
+                },
+                incoming = endpoint.accept(), if !self.is_client => {
+                    let Some(incoming) = incoming else { break Err(fatal(Error::Internal("endpoint closed".into()))) };
+                    let from = incoming.remote_address();
+                    // Handshakes run side by side: one that stalls (a stranger's, or a first
+                    // attempt whose packets were lost) must not hold up the real one.
+                    handshakes.spawn(async move { (from, incoming.await) });
+                }
+                Some(done) = handshakes.join_next(), if !handshakes.is_empty() => match done {
+                    Ok((_, Ok(conn))) => break Ok(conn),
+                    // Someone who is not the ticket's owner, or a broken handshake: keep waiting.
+                    Ok((from, Err(e))) => tracing::warn!(%from, error = %e, "rejected a connection attempt"),
+                    Err(e) => tracing::warn!(error = %e, "handshake task failed"),
+                },
+            }
+        };
+        let _ = stop_tx.send(true);
+        match driver.await {
+            Ok(io) => self.probes = Some(io),
+            Err(e) => return Err(fatal(Error::Internal(format!("puncher task: {e}")))),
         }
-    };
-    let _ = stop_tx.send(true);
-    let _ = driver.await;
-    let connection = result?;
-    let remote = connection.remote_address();
-    let kind = known
-        .iter()
-        .find(|(a, _)| *a == remote)
-        .map(|(_, k)| *k)
-        .unwrap_or(PathKind::PeerReflexive);
-    let theirs = crate::tls::peer_fingerprint(&connection).unwrap_or_default();
-    let verification_code = crate::tls::verification_code(identity.fingerprint(), &theirs);
-    Ok(Link {
-        endpoint,
-        connection,
-        kind,
-        authenticated: peer_fp.is_some(),
-        verification_code,
-    })
+        let connection = result?;
+        let remote = connection.remote_address();
+        self.last_remote = Some(remote);
+        let kind = known
+            .iter()
+            .find(|(a, _)| *a == remote)
+            .map(|(_, k)| *k)
+            .unwrap_or(PathKind::PeerReflexive);
+        let theirs = crate::tls::peer_fingerprint(&connection).unwrap_or_default();
+        let verification_code = crate::tls::verification_code(self.identity.fingerprint(), &theirs);
+        Ok(Link {
+            connection,
+            kind,
+            authenticated: self.peer_fp.is_some(),
+            verification_code,
+        })
+    }
+}
+
+/// One QUIC handshake to a confirmed path: `Ok(None)` to try the next path, an error when
+/// retrying cannot help.
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    cfg: &quinn::ClientConfig,
+    remote: SocketAddr,
+    deadline: Instant,
+) -> Result<Option<quinn::Connection>, Error> {
+    let connecting = endpoint
+        .connect_with(cfg.clone(), remote, crate::tls::SERVER_NAME)
+        .map_err(|e| Error::Internal(format!("connect: {e}")))?;
+    let budget = deadline
+        .saturating_duration_since(Instant::now())
+        .min(Duration::from_secs(10));
+    match tokio::time::timeout(budget, connecting).await {
+        Ok(Ok(conn)) => Ok(Some(conn)),
+        Ok(Err(
+            e @ (quinn::ConnectionError::TransportError(_)
+            | quinn::ConnectionError::ConnectionClosed(_)),
+        )) => {
+            // Certificate mismatch shows up here: it will not get better by retrying.
+            Err(Error::Protocol(format!(
+                "the peer at {remote} failed the handshake: {e}"
+            )))
+        }
+        Ok(Err(e)) => {
+            tracing::info!(%remote, error = %e, "handshake failed; trying other paths");
+            Ok(None)
+        }
+        Err(_) => {
+            tracing::info!(%remote, "handshake timed out; trying other paths");
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(test)]

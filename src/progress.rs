@@ -1,4 +1,5 @@
-//! Progress display: an indicatif bar on a terminal, a plain line every few seconds otherwise.
+//! Progress display: one indicatif bar for the whole job on a terminal (with the current
+//! file's name), a plain line every few seconds otherwise.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// How often plain progress lines are printed when stderr is not a terminal.
 const LINE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Byte progress of one transfer.
+/// Byte progress of one job.
 pub struct Progress {
     mode: Mode,
     total: u64,
@@ -31,12 +32,12 @@ impl Progress {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                    "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}",
                 )
                 .expect("static template")
                 .progress_chars("#>-"),
             );
-            bar.set_message(label.to_owned());
+            bar.set_prefix(label.to_owned());
             Mode::Bar(bar)
         } else {
             Mode::Lines {
@@ -65,6 +66,27 @@ impl Progress {
                 );
             }
             _ => {}
+        }
+    }
+
+    /// Sets the byte count outright (a resumed job starts past zero; a refused resume
+    /// claim moves it back).
+    pub fn set(&mut self, done: u64) {
+        self.done = done;
+        if let Mode::Bar(bar) = &self.mode {
+            bar.set_position(done);
+        }
+    }
+
+    /// Bytes counted so far.
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+
+    /// Names what is being moved now (the current file).
+    pub fn set_message(&mut self, msg: &str) {
+        if let Mode::Bar(bar) = &self.mode {
+            bar.set_message(msg.to_owned());
         }
     }
 

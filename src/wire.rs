@@ -1,4 +1,5 @@
-//! Byte layouts that cross the network: hole-punch probes and the transfer framing.
+//! Byte layouts that cross the network: hole-punch probes and the transfer framing
+//! (control frames, and the head and trailer of each file's data stream).
 //!
 //! Pure encode/decode functions, no I/O, so every layout is unit-tested and fuzzable.
 
@@ -104,149 +105,459 @@ impl Probe {
     }
 }
 
-/// Magic at the start of the transfer stream.
+/// Magic at the start of the control stream.
 pub const STREAM_MAGIC: [u8; 8] = *b"p2pcopy\0";
-/// Transfer framing version.
-pub const STREAM_VERSION: u8 = 1;
-/// Longest file name accepted from the peer, in bytes.
-pub const MAX_NAME_LEN: usize = 4096;
-/// Size of the fixed part of [`Header`] before the name.
-pub const HEADER_FIXED_LEN: usize = 8 + 1 + 1 + 8 + 2;
+/// Transfer protocol version. Version 2 carries whole trees and resumes; version 1 (one
+/// file, no resume) is no longer spoken.
+pub const STREAM_VERSION: u8 = 2;
+/// Longest relative path (and symlink target) accepted from the peer, in bytes.
+pub const MAX_PATH_LEN: usize = 4096;
+/// Most entries (files, folders, links) one job may announce. Bounds the receiver's memory
+/// for the manifest (a few hundred bytes per entry) whatever the peer claims.
+pub const MAX_ENTRIES: u32 = 1_000_000;
+/// Bytes before a frame's payload: type (1) and payload length (4, big-endian).
+pub const FRAME_HEADER_LEN: usize = 5;
+/// Largest payload of any control frame: an entry with the longest path and target.
+pub const MAX_FRAME_PAYLOAD: usize = 32 + 2 * (2 + MAX_PATH_LEN);
+/// Size of a [`DataHead`].
+pub const DATA_HEAD_LEN: usize = 12;
+/// Size of a [`Trailer`].
+pub const TRAILER_LEN: usize = 33;
 
 /// Flag: the side that sent this message checked the peer's certificate against a ticket.
 pub const FLAG_AUTHENTICATED: u8 = 1;
 
-/// What the sender announces before the data: sent once at the start of the stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Header {
-    /// `FLAG_*` bits.
-    pub flags: u8,
-    /// Exact number of data bytes that follow the receiver's [`Accept`].
-    pub size: u64,
-    /// The file's name as the sender knows it; the receiver never trusts it as a path.
-    pub name: String,
-}
+/// Code with which the receiver stops a data stream when it cannot store the file, so the
+/// sender stops sending at once and can say why.
+pub const STOP_STORE_FAILED: u32 = 2;
+/// Code with which the sender resets a data stream whose source file cannot be sent as
+/// announced (it shrank or became unreadable while being read).
+pub const RESET_SOURCE_CHANGED: u32 = 3;
 
 /// Why bytes from the peer are not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    /// The stream does not start with our magic.
+    /// Not our protocol at all.
     #[error("the peer is not speaking the p2pcopy transfer protocol")]
     Magic,
-    /// A framing version we do not know.
+    /// Our protocol, another version.
     #[error("the peer uses transfer protocol version {0}, this p2pcopy speaks version {STREAM_VERSION}; use the same p2pcopy version on both sides")]
     Version(u8),
-    /// The announced name is longer than [`MAX_NAME_LEN`].
-    #[error("the announced file name is {0} bytes long (limit {MAX_NAME_LEN})")]
-    NameTooLong(usize),
-    /// The name is not UTF-8.
-    #[error("the announced file name is not valid UTF-8")]
-    NameEncoding,
-    /// An unknown status byte.
+    /// A frame type this version does not know.
+    #[error("unknown message type {0}")]
+    FrameType(u8),
+    /// A frame longer than any valid one; refused before reading it.
+    #[error("message of {0} bytes is longer than any valid one")]
+    FrameTooLong(u32),
+    /// A frame whose payload does not match its type's layout.
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    /// A path or link target longer than [`MAX_PATH_LEN`].
+    #[error("announced path is {0} bytes long (limit {MAX_PATH_LEN})")]
+    PathTooLong(usize),
+    /// A path or link target that is not UTF-8.
+    #[error("announced path is not valid UTF-8")]
+    PathEncoding,
+    /// More entries than [`MAX_ENTRIES`].
+    #[error("the sender announced {0} entries (limit {MAX_ENTRIES})")]
+    TooManyEntries(u32),
+    /// A status byte this version does not know.
     #[error("unknown status {0}")]
     Status(u8),
 }
 
-impl Header {
-    /// Encodes the header.
-    pub fn encode(&self) -> Vec<u8> {
-        let name = self.name.as_bytes();
-        let name = &name[..name.len().min(MAX_NAME_LEN)];
-        let mut b = Vec::with_capacity(HEADER_FIXED_LEN + name.len());
-        b.extend_from_slice(&STREAM_MAGIC);
-        b.push(STREAM_VERSION);
-        b.push(self.flags);
-        b.extend_from_slice(&self.size.to_be_bytes());
-        b.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        b.extend_from_slice(name);
+/// What one manifest entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A regular file; its data follows on a data stream.
+    File,
+    /// A folder (sent so that empty folders and folder times arrive too).
+    Dir,
+    /// A symbolic link with a relative target inside the job.
+    Symlink,
+}
+
+/// One file, folder or link of a job, as announced by the sender.
+///
+/// `path` is relative and `/`-separated, exactly as the peer sent it: the receiver must
+/// confine it (see `manifest::confine`) before touching the disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// File, folder or link.
+    pub kind: EntryKind,
+    /// Relative path, `/`-separated.
+    pub path: String,
+    /// File size in bytes (0 for folders and links).
+    pub size: u64,
+    /// Unix permission bits (`0o777` at most).
+    pub mode: u32,
+    /// Modification time: seconds since the Unix epoch.
+    pub mtime_secs: i64,
+    /// Modification time: nanoseconds within the second.
+    pub mtime_nanos: u32,
+    /// Target of a link (empty otherwise).
+    pub target: String,
+}
+
+/// The job's first message, from the sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offer {
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Number of [`Entry`] frames that follow.
+    pub entries: u32,
+    /// Sum of all file sizes.
+    pub total: u64,
+}
+
+/// The receiver's statement that it already holds the first `offset` bytes of a file, with
+/// their BLAKE3 hash as proof. The sender continues from `offset` only if its own prefix
+/// hashes the same; otherwise it starts that file over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// Entry index.
+    pub index: u32,
+    /// Bytes held.
+    pub offset: u64,
+    /// BLAKE3 of those bytes.
+    pub hash: [u8; 32],
+}
+
+/// How a file ended on the receiver, reported back to the sender.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileStatus {
+    /// Verified and stored under its final name.
+    Stored,
+    /// The receiver already had it, identical: nothing was written.
+    AlreadyThere,
+    /// The data arrived but its BLAKE3 differs from the sender's: discarded.
+    HashMismatch,
+    /// The sender reported that the file changed while being read: discarded.
+    SourceChanged,
+}
+
+impl FileStatus {
+    fn encode(self) -> u8 {
+        match self {
+            FileStatus::Stored => 0,
+            FileStatus::AlreadyThere => 1,
+            FileStatus::HashMismatch => 2,
+            FileStatus::SourceChanged => 3,
+        }
+    }
+
+    fn decode(b: u8) -> Result<Self, WireError> {
+        Ok(match b {
+            0 => FileStatus::Stored,
+            1 => FileStatus::AlreadyThere,
+            2 => FileStatus::HashMismatch,
+            3 => FileStatus::SourceChanged,
+            other => return Err(WireError::Status(other)),
+        })
+    }
+}
+
+/// A message on the job's control stream (one bidirectional QUIC stream the sender opens).
+///
+/// Order: sender `Offer`, `Entry` × n; receiver `Accept`, `Claim` × k, `PlanEnd`; then, while
+/// file data flows on unidirectional streams, receiver `FileDone` per file and `JobDone`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Sender: what follows.
+    Offer(Offer),
+    /// Sender: one entry.
+    Entry(Entry),
+    /// Receiver: the offer is acceptable (its `FLAG_*` bits).
+    Accept {
+        /// `FLAG_*` bits.
+        flags: u8,
+    },
+    /// Receiver: a resume claim.
+    Claim(Claim),
+    /// Receiver: no more claims; send the data.
+    PlanEnd,
+    /// Receiver: one file is finished.
+    FileDone {
+        /// Entry index.
+        index: u32,
+        /// How it ended.
+        status: FileStatus,
+    },
+    /// Receiver: every entry is in place (folders' times and links included).
+    JobDone,
+}
+
+const T_OFFER: u8 = 1;
+const T_ENTRY: u8 = 2;
+const T_ACCEPT: u8 = 3;
+const T_CLAIM: u8 = 4;
+const T_PLAN_END: u8 = 5;
+const T_FILE_DONE: u8 = 6;
+const T_JOB_DONE: u8 = 7;
+
+impl Frame {
+    /// Appends the encoded frame to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+        let ty = match self {
+            Frame::Offer(o) => {
+                out.extend_from_slice(&STREAM_MAGIC);
+                out.push(STREAM_VERSION);
+                out.push(o.flags);
+                out.extend_from_slice(&o.entries.to_be_bytes());
+                out.extend_from_slice(&o.total.to_be_bytes());
+                T_OFFER
+            }
+            Frame::Entry(e) => {
+                out.push(match e.kind {
+                    EntryKind::File => 1,
+                    EntryKind::Dir => 2,
+                    EntryKind::Symlink => 3,
+                });
+                out.extend_from_slice(&e.size.to_be_bytes());
+                out.extend_from_slice(&e.mode.to_be_bytes());
+                out.extend_from_slice(&e.mtime_secs.to_be_bytes());
+                out.extend_from_slice(&e.mtime_nanos.to_be_bytes());
+                put_str(out, &e.path);
+                put_str(out, &e.target);
+                T_ENTRY
+            }
+            Frame::Accept { flags } => {
+                out.push(STREAM_VERSION);
+                out.push(*flags);
+                T_ACCEPT
+            }
+            Frame::Claim(c) => {
+                out.extend_from_slice(&c.index.to_be_bytes());
+                out.extend_from_slice(&c.offset.to_be_bytes());
+                out.extend_from_slice(&c.hash);
+                T_CLAIM
+            }
+            Frame::PlanEnd => T_PLAN_END,
+            Frame::FileDone { index, status } => {
+                out.extend_from_slice(&index.to_be_bytes());
+                out.push(status.encode());
+                T_FILE_DONE
+            }
+            Frame::JobDone => T_JOB_DONE,
+        };
+        let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
+        out[start] = ty;
+        out[start + 1..start + FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Checks a frame header; returns the type and payload length to read next.
+    pub fn decode_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<(u8, usize), WireError> {
+        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+        if !(T_OFFER..=T_JOB_DONE).contains(&h[0]) {
+            return Err(WireError::FrameType(h[0]));
+        }
+        if len as usize > MAX_FRAME_PAYLOAD {
+            return Err(WireError::FrameTooLong(len));
+        }
+        Ok((h[0], len as usize))
+    }
+
+    /// Decodes the payload of a frame of type `ty`.
+    pub fn decode_payload(ty: u8, p: &[u8]) -> Result<Frame, WireError> {
+        let mut r = Reader(p);
+        let frame = match ty {
+            T_OFFER => {
+                let magic = r.take(8).ok_or(WireError::Magic)?;
+                if magic != STREAM_MAGIC {
+                    return Err(WireError::Magic);
+                }
+                let version = r.u8().ok_or(WireError::Malformed("offer"))?;
+                if version != STREAM_VERSION {
+                    return Err(WireError::Version(version));
+                }
+                let flags = r.u8().ok_or(WireError::Malformed("offer"))?;
+                let entries = r.u32().ok_or(WireError::Malformed("offer"))?;
+                let total = r.u64().ok_or(WireError::Malformed("offer"))?;
+                if entries > MAX_ENTRIES {
+                    return Err(WireError::TooManyEntries(entries));
+                }
+                Frame::Offer(Offer {
+                    flags,
+                    entries,
+                    total,
+                })
+            }
+            T_ENTRY => {
+                let bad = WireError::Malformed("entry");
+                let kind = match r.u8().ok_or(bad.clone())? {
+                    1 => EntryKind::File,
+                    2 => EntryKind::Dir,
+                    3 => EntryKind::Symlink,
+                    _ => return Err(bad),
+                };
+                let size = r.u64().ok_or(bad.clone())?;
+                let mode = r.u32().ok_or(bad.clone())?;
+                let mtime_secs = r.u64().ok_or(bad.clone())? as i64;
+                let mtime_nanos = r.u32().ok_or(bad.clone())?;
+                let path = r.string()?;
+                let target = r.string()?;
+                if mode > 0o7777 || mtime_nanos >= 1_000_000_000 {
+                    return Err(bad);
+                }
+                Frame::Entry(Entry {
+                    kind,
+                    path,
+                    size,
+                    mode,
+                    mtime_secs,
+                    mtime_nanos,
+                    target,
+                })
+            }
+            T_ACCEPT => {
+                let version = r.u8().ok_or(WireError::Malformed("accept"))?;
+                if version != STREAM_VERSION {
+                    return Err(WireError::Version(version));
+                }
+                let flags = r.u8().ok_or(WireError::Malformed("accept"))?;
+                Frame::Accept { flags }
+            }
+            T_CLAIM => {
+                let bad = || WireError::Malformed("claim");
+                let index = r.u32().ok_or_else(bad)?;
+                let offset = r.u64().ok_or_else(bad)?;
+                let hash = r.take(32).ok_or_else(bad)?.try_into().expect("32 bytes");
+                Frame::Claim(Claim {
+                    index,
+                    offset,
+                    hash,
+                })
+            }
+            T_PLAN_END => Frame::PlanEnd,
+            T_FILE_DONE => {
+                let index = r.u32().ok_or(WireError::Malformed("file-done"))?;
+                let status = FileStatus::decode(r.u8().ok_or(WireError::Malformed("file-done"))?)?;
+                Frame::FileDone { index, status }
+            }
+            T_JOB_DONE => Frame::JobDone,
+            other => return Err(WireError::FrameType(other)),
+        };
+        if !r.0.is_empty() {
+            return Err(WireError::Malformed("trailing bytes in a"));
+        }
+        Ok(frame)
+    }
+
+    /// Decodes one frame from the front of `buf`: `Ok(None)` if more bytes are needed,
+    /// else the frame and the bytes it used.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
+        let Some(h) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let (ty, len) = Frame::decode_header(h)?;
+        let Some(p) = buf[FRAME_HEADER_LEN..].get(..len) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            Frame::decode_payload(ty, p)?,
+            FRAME_HEADER_LEN + len,
+        )))
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let b = &s.as_bytes()[..s.len().min(MAX_PATH_LEN)];
+    out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// A cursor over a payload; `None` when it runs out.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8")))
+    }
+    fn string(&mut self) -> Result<String, WireError> {
+        let bad = WireError::Malformed("entry");
+        let len = u16::from_be_bytes(self.take(2).ok_or(bad.clone())?.try_into().expect("2"));
+        if len as usize > MAX_PATH_LEN {
+            return Err(WireError::PathTooLong(len as usize));
+        }
+        let b = self.take(len as usize).ok_or(bad)?;
+        String::from_utf8(b.to_vec()).map_err(|_| WireError::PathEncoding)
+    }
+}
+
+/// First bytes of every data stream: which file, and from which byte on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataHead {
+    /// Entry index.
+    pub index: u32,
+    /// Offset of the first data byte: 0, or the offset of a claim the sender accepted.
+    pub start: u64,
+}
+
+impl DataHead {
+    /// The 12-byte layout.
+    pub fn encode(&self) -> [u8; DATA_HEAD_LEN] {
+        let mut b = [0; DATA_HEAD_LEN];
+        b[..4].copy_from_slice(&self.index.to_be_bytes());
+        b[4..].copy_from_slice(&self.start.to_be_bytes());
         b
     }
 
-    /// Checks the fixed part and returns `(flags, size, name length)`; the caller then reads
-    /// exactly that many name bytes, so a lying peer cannot make us allocate more than
-    /// [`MAX_NAME_LEN`].
-    pub fn decode_fixed(b: &[u8; HEADER_FIXED_LEN]) -> Result<(u8, u64, usize), WireError> {
-        if b[..8] != STREAM_MAGIC {
-            return Err(WireError::Magic);
+    /// Reads the 12-byte layout (every value is syntactically valid; the receiver checks
+    /// index and offset against the manifest).
+    pub fn decode(b: &[u8; DATA_HEAD_LEN]) -> DataHead {
+        DataHead {
+            index: u32::from_be_bytes(b[..4].try_into().expect("4")),
+            start: u64::from_be_bytes(b[4..].try_into().expect("8")),
         }
-        if b[8] != STREAM_VERSION {
-            return Err(WireError::Version(b[8]));
-        }
-        let size = u64::from_be_bytes(b[10..18].try_into().expect("8 bytes"));
-        let name_len = u16::from_be_bytes([b[18], b[19]]) as usize;
-        if name_len > MAX_NAME_LEN {
-            return Err(WireError::NameTooLong(name_len));
-        }
-        Ok((b[9], size, name_len))
-    }
-
-    /// Builds the header from the decoded fixed part and the name bytes.
-    pub fn from_parts(flags: u8, size: u64, name: &[u8]) -> Result<Header, WireError> {
-        let name = std::str::from_utf8(name)
-            .map_err(|_| WireError::NameEncoding)?
-            .to_owned();
-        Ok(Header { flags, size, name })
     }
 }
 
-/// The receiver's answer to a [`Header`].
+/// Last bytes of every data stream: the sender's verdict on its own read, and the BLAKE3
+/// of the whole file (prefix included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Accept {
-    /// `FLAG_*` bits.
-    pub flags: u8,
+pub enum Trailer {
+    /// The file was read as announced; its hash.
+    Complete([u8; 32]),
+    /// The file changed while being read; the data must be discarded.
+    SourceChanged,
 }
 
-/// Length of an encoded [`Accept`].
-pub const ACCEPT_LEN: usize = 2;
-
-impl Accept {
-    /// Encodes the answer.
-    pub fn encode(&self) -> [u8; ACCEPT_LEN] {
-        [STREAM_VERSION, self.flags]
-    }
-
-    /// Decodes the answer.
-    pub fn decode(b: &[u8; ACCEPT_LEN]) -> Result<Accept, WireError> {
-        if b[0] != STREAM_VERSION {
-            return Err(WireError::Version(b[0]));
-        }
-        Ok(Accept { flags: b[1] })
-    }
-}
-
-/// Code with which the receiver stops the data stream when it cannot store the file, so the
-/// sender stops sending at once and can say why.
-pub const STOP_STORE_FAILED: u32 = 2;
-
-/// The receiver's last word: did the file arrive intact?
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Hash matched; the file has its final name.
-    Ok,
-    /// Hash mismatch.
-    HashMismatch,
-    /// The receiver could not store the file (disk full, I/O error).
-    StoreFailed,
-}
-
-impl Verdict {
-    /// One byte on the wire.
-    pub fn encode(self) -> u8 {
+impl Trailer {
+    /// The 33-byte layout.
+    pub fn encode(&self) -> [u8; TRAILER_LEN] {
+        let mut b = [0; TRAILER_LEN];
         match self {
-            Verdict::Ok => 0,
-            Verdict::HashMismatch => 1,
-            Verdict::StoreFailed => 2,
+            Trailer::Complete(h) => b[1..].copy_from_slice(h),
+            Trailer::SourceChanged => b[0] = 1,
         }
+        b
     }
 
-    /// Decodes the byte.
-    pub fn decode(b: u8) -> Result<Verdict, WireError> {
-        Ok(match b {
-            0 => Verdict::Ok,
-            1 => Verdict::HashMismatch,
-            2 => Verdict::StoreFailed,
-            other => return Err(WireError::Status(other)),
-        })
+    /// Reads the 33-byte layout.
+    pub fn decode(b: &[u8; TRAILER_LEN]) -> Result<Trailer, WireError> {
+        match b[0] {
+            0 => Ok(Trailer::Complete(b[1..].try_into().expect("32"))),
+            1 => Ok(Trailer::SourceChanged),
+            other => Err(WireError::Status(other)),
+        }
     }
 }
 
@@ -298,57 +609,137 @@ mod tests {
         assert!(!is_probe(&[0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42]));
     }
 
-    #[test]
-    fn header_round_trip() {
-        let h = Header {
-            flags: FLAG_AUTHENTICATED,
-            size: 181_640_000,
-            name: "03183u.tif".into(),
-        };
-        let b = h.encode();
-        let fixed: [u8; HEADER_FIXED_LEN] = b[..HEADER_FIXED_LEN].try_into().unwrap();
-        let (flags, size, n) = Header::decode_fixed(&fixed).unwrap();
-        assert_eq!(
-            Header::from_parts(flags, size, &b[HEADER_FIXED_LEN..HEADER_FIXED_LEN + n]).unwrap(),
-            h
-        );
+    fn all_frames() -> Vec<Frame> {
+        vec![
+            Frame::Offer(Offer {
+                flags: FLAG_AUTHENTICATED,
+                entries: 3,
+                total: 181_640_000,
+            }),
+            Frame::Entry(Entry {
+                kind: EntryKind::File,
+                path: "photos/2024/03183u.tif".into(),
+                size: 181_640_000,
+                mode: 0o644,
+                mtime_secs: 1_700_000_000,
+                mtime_nanos: 999_999_999,
+                target: String::new(),
+            }),
+            Frame::Entry(Entry {
+                kind: EntryKind::Symlink,
+                path: "photos/latest".into(),
+                size: 0,
+                mode: 0o777,
+                mtime_secs: -5,
+                mtime_nanos: 0,
+                target: "2024/03183u.tif".into(),
+            }),
+            Frame::Accept { flags: 0 },
+            Frame::Claim(Claim {
+                index: 7,
+                offset: 1 << 33,
+                hash: [9; 32],
+            }),
+            Frame::PlanEnd,
+            Frame::FileDone {
+                index: 2,
+                status: FileStatus::AlreadyThere,
+            },
+            Frame::JobDone,
+        ]
     }
 
     #[test]
-    fn header_rejects_lies() {
-        let mut b = Header {
+    fn frames_round_trip_and_split_anywhere() {
+        let mut stream = Vec::new();
+        for f in all_frames() {
+            let mut one = Vec::new();
+            f.encode(&mut one);
+            assert_eq!(Frame::decode(&one), Ok(Some((f.clone(), one.len()))));
+            // Any strict prefix asks for more bytes instead of failing or guessing.
+            for cut in 0..one.len() {
+                assert_eq!(Frame::decode(&one[..cut]), Ok(None), "{f:?} cut at {cut}");
+            }
+            stream.extend_from_slice(&one);
+        }
+        let mut at = 0;
+        let mut got = Vec::new();
+        while let Some((f, n)) = Frame::decode(&stream[at..]).unwrap() {
+            got.push(f);
+            at += n;
+        }
+        assert_eq!(got, all_frames());
+    }
+
+    #[test]
+    fn frames_reject_lies() {
+        let enc = |f: Frame| {
+            let mut b = Vec::new();
+            f.encode(&mut b);
+            b
+        };
+        let offer = enc(Frame::Offer(Offer {
             flags: 0,
-            size: 1,
-            name: "a".into(),
-        }
-        .encode();
-        b[18] = 0xff; // name length 65281
-        let fixed: [u8; HEADER_FIXED_LEN] = b[..HEADER_FIXED_LEN].try_into().unwrap();
-        assert!(matches!(
-            Header::decode_fixed(&fixed),
-            Err(WireError::NameTooLong(_))
-        ));
-        b[8] = 7;
-        let fixed: [u8; HEADER_FIXED_LEN] = b[..HEADER_FIXED_LEN].try_into().unwrap();
-        assert_eq!(Header::decode_fixed(&fixed), Err(WireError::Version(7)));
-        b[0] = b'x';
-        let fixed: [u8; HEADER_FIXED_LEN] = b[..HEADER_FIXED_LEN].try_into().unwrap();
-        assert_eq!(Header::decode_fixed(&fixed), Err(WireError::Magic));
+            entries: MAX_ENTRIES + 1,
+            total: 0,
+        }));
         assert_eq!(
-            Header::from_parts(0, 0, &[0xff, 0xfe]),
-            Err(WireError::NameEncoding)
+            Frame::decode(&offer),
+            Err(WireError::TooManyEntries(MAX_ENTRIES + 1))
         );
+        let mut old = enc(Frame::Offer(Offer {
+            flags: 0,
+            entries: 1,
+            total: 0,
+        }));
+        old[FRAME_HEADER_LEN + 8] = 1;
+        assert_eq!(Frame::decode(&old), Err(WireError::Version(1)));
+        old[FRAME_HEADER_LEN] = b'X';
+        assert_eq!(Frame::decode(&old), Err(WireError::Magic));
+        // A length beyond any valid frame is refused before waiting for its bytes.
+        assert_eq!(
+            Frame::decode(&[T_ENTRY, 0xff, 0xff, 0xff, 0xff]),
+            Err(WireError::FrameTooLong(u32::MAX))
+        );
+        assert_eq!(
+            Frame::decode(&[0x42, 0, 0, 0, 0]),
+            Err(WireError::FrameType(0x42))
+        );
+        // Trailing bytes, bad UTF-8, bad enums.
+        let mut done = enc(Frame::JobDone);
+        done[4] = 1;
+        done.push(0);
+        assert!(matches!(Frame::decode(&done), Err(WireError::Malformed(_))));
+        let mut entry = enc(Frame::Entry(Entry {
+            kind: EntryKind::File,
+            path: "ab".into(),
+            size: 1,
+            mode: 0o644,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            target: String::new(),
+        }));
+        let path_at = FRAME_HEADER_LEN + 1 + 8 + 4 + 8 + 4 + 2;
+        entry[path_at] = 0xff;
+        assert_eq!(Frame::decode(&entry), Err(WireError::PathEncoding));
+        entry[FRAME_HEADER_LEN] = 9;
+        assert_eq!(Frame::decode(&entry), Err(WireError::Malformed("entry")));
+        let done = [T_FILE_DONE, 0, 0, 0, 5, 0, 0, 0, 1, 9];
+        assert_eq!(Frame::decode(&done), Err(WireError::Status(9)));
     }
 
     #[test]
-    fn accept_and_verdict() {
-        let a = Accept {
-            flags: FLAG_AUTHENTICATED,
+    fn data_head_and_trailer() {
+        let h = DataHead {
+            index: 12,
+            start: 99 << 20,
         };
-        assert_eq!(Accept::decode(&a.encode()), Ok(a));
-        for v in [Verdict::Ok, Verdict::HashMismatch, Verdict::StoreFailed] {
-            assert_eq!(Verdict::decode(v.encode()), Ok(v));
+        assert_eq!(DataHead::decode(&h.encode()), h);
+        for t in [Trailer::Complete([7; 32]), Trailer::SourceChanged] {
+            assert_eq!(Trailer::decode(&t.encode()), Ok(t));
         }
-        assert_eq!(Verdict::decode(77), Err(WireError::Status(77)));
+        let mut bad = Trailer::SourceChanged.encode();
+        bad[0] = 2;
+        assert_eq!(Trailer::decode(&bad), Err(WireError::Status(2)));
     }
 }

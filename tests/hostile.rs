@@ -1,22 +1,16 @@
-//! A receiver facing a sender that lies: built on the library's public API, speaking the wire
-//! format by hand over a real QUIC connection on loopback. Whatever the sender does, the
-//! receiver must end with a clear error and leave no file behind.
+//! A receiver facing a sender that lies: a test-only peer built on the library, speaking the
+//! wire protocol by hand over a real QUIC connection on loopback, with evil manifests and
+//! evil data. Whatever it does, the receiver must end with a clear error and exit code, and
+//! create nothing outside its output folder and nothing under a final name that is wrong.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use p2pcopy::tls::{client_config, server_config, Identity, SERVER_NAME};
-use p2pcopy::transfer::{receive, Options};
-use p2pcopy::wire::{Header, ACCEPT_LEN};
+use p2pcopy::transfer::{Incoming, Options, Store};
+use p2pcopy::wire::{DataHead, Entry, EntryKind, Frame, Offer, Trailer, MAX_ENTRIES};
 use p2pcopy::Error;
-
-/// What the evil sender writes after the receiver accepted the header.
-enum Evil {
-    WrongHash,
-    Truncated,
-    TooMuch,
-}
 
 async fn connected_pair() -> (
     quinn::Endpoint,
@@ -47,175 +41,333 @@ async fn connected_pair() -> (
     (server, s, client, c)
 }
 
-async fn run_evil(header: Header, evil: Option<Evil>, out: &Path) -> Result<(), Error> {
+/// One data stream the evil sender writes: head, bytes, trailer (if any), then extra bytes.
+struct Data {
+    head: DataHead,
+    bytes: Vec<u8>,
+    trailer: Option<Trailer>,
+    extra: Vec<u8>,
+}
+
+fn file(path: &str, size: u64) -> Entry {
+    Entry {
+        kind: EntryKind::File,
+        path: path.into(),
+        size,
+        mode: 0o644,
+        mtime_secs: 1_700_000_000,
+        mtime_nanos: 0,
+        target: String::new(),
+    }
+}
+
+fn offer_for(entries: &[Entry]) -> Frame {
+    Frame::Offer(Offer {
+        flags: 1,
+        entries: entries.len() as u32,
+        total: entries.iter().map(|e| e.size).sum(),
+    })
+}
+
+/// Plays the evil sender against a real receiver writing into `out`.
+async fn run_evil(frames: Vec<Frame>, data: Vec<Data>, out: &Path) -> Result<(), Error> {
     let (_se, server_conn, _ce, client_conn) = connected_pair().await;
-    let size = header.size;
     let sender = tokio::spawn(async move {
         let (mut send, mut recv) = client_conn.open_bi().await.unwrap();
-        send.write_all(&header.encode()).await.unwrap();
-        let mut accept = [0u8; ACCEPT_LEN];
-        if recv.read_exact(&mut accept).await.is_err() {
+        let mut buf = Vec::new();
+        for f in &frames {
+            f.encode(&mut buf);
+        }
+        if send.write_all(&buf).await.is_err() {
             return;
         }
-        let data = vec![0x5a; size as usize];
-        let hash = blake3::hash(&data);
-        let _ = match evil {
-            Some(Evil::WrongHash) => {
-                let _ = send.write_all(&data).await;
-                send.write_all(&[0u8; 32]).await
-            }
-            Some(Evil::Truncated) => send.write_all(&data[..data.len() / 2]).await,
-            Some(Evil::TooMuch) => {
-                let _ = send.write_all(&data).await;
-                let _ = send.write_all(hash.as_bytes()).await;
-                send.write_all(b"and some more").await
-            }
-            None => Ok(()),
-        };
+        // Nothing more on the control stream: a short manifest ends here, not in a hang.
         let _ = send.finish();
+        // Wait for the plan, whatever it says.
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match recv.read(&mut chunk).await {
+                Ok(Some(n)) => got.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+            let mut at = 0;
+            let mut end = false;
+            while let Ok(Some((f, n))) = Frame::decode(&got[at..]) {
+                at += n;
+                end |= f == Frame::PlanEnd;
+            }
+            if end {
+                break;
+            }
+        }
+        for d in data {
+            let Ok(mut s) = client_conn.open_uni().await else {
+                return;
+            };
+            let _ = s.write_all(&d.head.encode()).await;
+            let _ = s.write_all(&d.bytes).await;
+            if let Some(t) = d.trailer {
+                let _ = s.write_all(&t.encode()).await;
+            }
+            let _ = s.write_all(&d.extra).await;
+            let _ = s.finish();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(3), client_conn.closed()).await;
     });
     let opts = Options {
         authenticated: true,
         quiet: true,
     };
-    let r = tokio::time::timeout(Duration::from_secs(10), receive(&server_conn, out, opts))
+    let mut incoming = Incoming::new(Store::new(out.to_owned(), false));
+    let r = tokio::time::timeout(Duration::from_secs(10), incoming.run(&server_conn, opts))
         .await
         .expect("receiver hung");
     server_conn.close(0u32.into(), b"");
     let _ = sender.await;
-    r.map(drop)
+    r
 }
 
-fn assert_empty(dir: &Path) {
-    let left: Vec<_> = std::fs::read_dir(dir)
+/// Names in `dir`, ignoring part files (kept on purpose, for resume).
+fn visible(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".p2pcopy-part"))
         .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    names.sort();
+    names
 }
 
-#[tokio::test]
-async fn wrong_hash_is_a_verification_failure() {
-    let out = tempfile::tempdir().unwrap();
-    let header = Header {
-        flags: 1,
-        size: 100_000,
-        name: "x.bin".into(),
-    };
-    let e = run_evil(header, Some(Evil::WrongHash), out.path())
-        .await
-        .unwrap_err();
-    assert_eq!(e.exit_code(), 8, "{e}");
-    assert_empty(out.path());
-}
-
-#[tokio::test]
-async fn truncated_stream_is_refused() {
-    let out = tempfile::tempdir().unwrap();
-    let header = Header {
-        flags: 1,
-        size: 100_000,
-        name: "x.bin".into(),
-    };
-    let e = run_evil(header, Some(Evil::Truncated), out.path())
-        .await
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("stopped after 50000 of 100000 bytes"),
-        "{e}"
-    );
-    assert_empty(out.path());
-}
-
-#[tokio::test]
-async fn more_bytes_than_announced_is_refused() {
-    let out = tempfile::tempdir().unwrap();
-    let header = Header {
-        flags: 1,
-        size: 1000,
-        name: "x.bin".into(),
-    };
-    let e = run_evil(header, Some(Evil::TooMuch), out.path())
-        .await
-        .unwrap_err();
-    assert_eq!(e.exit_code(), 10, "{e}");
-    assert!(e.to_string().contains("more than"), "{e}");
-    assert_empty(out.path());
-}
-
-#[tokio::test]
-async fn path_in_name_stays_inside_the_output_directory() {
-    let root = tempfile::tempdir().unwrap();
-    let out = root.path().join("out");
-    std::fs::create_dir(&out).unwrap();
-    let header = Header {
-        flags: 1,
-        size: 0,
-        name: "../../escaped".into(),
-    };
-    // A zero-byte file needs only the hash: send it honestly.
-    let (_se, server_conn, _ce, client_conn) = connected_pair().await;
-    let sender = tokio::spawn(async move {
-        let (mut send, mut recv) = client_conn.open_bi().await.unwrap();
-        send.write_all(&header.encode()).await.unwrap();
-        let mut accept = [0u8; ACCEPT_LEN];
-        recv.read_exact(&mut accept).await.unwrap();
-        send.write_all(blake3::hash(b"").as_bytes()).await.unwrap();
-        send.finish().unwrap();
-        let mut verdict = [0u8; 1];
-        recv.read_exact(&mut verdict).await.unwrap();
-        verdict[0]
-    });
-    let s = receive(
-        &server_conn,
-        &out,
-        Options {
-            authenticated: true,
-            quiet: true,
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(sender.await.unwrap(), 0);
-    assert_eq!(s.saved_as.unwrap(), out.join("escaped"));
-    let names: Vec<_> = std::fs::read_dir(root.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names, ["out"]);
-}
-
-#[tokio::test]
-async fn oversized_name_is_refused_before_allocation() {
-    let out = tempfile::tempdir().unwrap();
-    let (_se, server_conn, _ce, client_conn) = connected_pair().await;
-    let mut bytes = Header {
-        flags: 1,
-        size: 1,
-        name: "a".into(),
+fn honest(entry: &Entry, bytes: Vec<u8>) -> Data {
+    let hash = *blake3::hash(&bytes).as_bytes();
+    Data {
+        head: DataHead { index: 0, start: 0 },
+        bytes,
+        trailer: Some(Trailer::Complete(hash)),
+        extra: Vec::new(),
     }
-    .encode();
-    bytes[18] = 0xff;
-    bytes[19] = 0xff;
-    let sender = tokio::spawn(async move {
-        let (mut send, _recv) = client_conn.open_bi().await.unwrap();
-        send.write_all(&bytes).await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(3), client_conn.closed()).await;
-    });
-    let e = receive(
-        &server_conn,
+    .with_len(entry.size)
+}
+
+impl Data {
+    fn with_len(self, size: u64) -> Data {
+        assert_eq!(self.bytes.len() as u64, size);
+        self
+    }
+}
+
+#[tokio::test]
+async fn paths_out_of_the_output_folder_are_refused() {
+    for evil in [
+        "../../escaped",
+        "/tmp/escaped",
+        "ok/../../escaped",
+        "a\\..\\..\\escaped",
+        "./x",
+        "",
+        "a//b",
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let e = file(evil, 5);
+        let r = run_evil(
+            vec![offer_for(std::slice::from_ref(&e)), Frame::Entry(e.clone())],
+            vec![honest(&e, b"pwned".to_vec())],
+            &out,
+        )
+        .await;
+        let err = r.unwrap_err();
+        assert_eq!(err.exit_code(), 10, "{evil:?}: {err}");
+        assert!(err.to_string().contains("unsafe"), "{err}");
+        assert_eq!(visible(root.path()), ["out"], "{evil:?}");
+        assert!(visible(&out).is_empty(), "{evil:?}");
+    }
+}
+
+#[tokio::test]
+async fn links_pointing_outside_are_refused() {
+    for target in ["/etc/passwd", "../../etc", "sub/../../x", ".."] {
+        let out = tempfile::tempdir().unwrap();
+        let link = Entry {
+            kind: EntryKind::Symlink,
+            path: "l".into(),
+            size: 0,
+            target: target.into(),
+            ..file("", 0)
+        };
+        let err = run_evil(
+            vec![offer_for(std::slice::from_ref(&link)), Frame::Entry(link)],
+            vec![],
+            out.path(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 10, "{target}: {err}");
+        assert!(visible(out.path()).is_empty());
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_planted_symlink_is_never_written_through() {
+    let out = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), out.path().join("docs")).unwrap();
+    let e = file("docs/x.txt", 5);
+    let err = run_evil(
+        vec![offer_for(std::slice::from_ref(&e)), Frame::Entry(e.clone())],
+        vec![honest(&e, b"pwned".to_vec())],
         out.path(),
-        Options {
-            authenticated: true,
-            quiet: true,
-        },
     )
     .await
     .unwrap_err();
-    assert_eq!(e.exit_code(), 10, "{e}");
-    server_conn.close(0u32.into(), b"");
-    let _ = sender.await;
-    assert_empty(out.path());
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.to_string().contains("not a folder"), "{err}");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn lying_counts_and_sizes_are_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let e = file("x.bin", 10);
+    // A huge entry count is refused before anything is allocated for it.
+    let huge = Frame::Offer(Offer {
+        flags: 1,
+        entries: MAX_ENTRIES + 1,
+        total: 10,
+    });
+    let err = run_evil(vec![huge], vec![], out.path()).await.unwrap_err();
+    assert_eq!(err.exit_code(), 10, "{err}");
+    assert!(err.to_string().contains("entries"), "{err}");
+    // Fewer entries than announced.
+    let short = Frame::Offer(Offer {
+        flags: 1,
+        entries: 3,
+        total: 10,
+    });
+    let err = run_evil(vec![short, Frame::Entry(e.clone())], vec![], out.path())
+        .await
+        .unwrap_err();
+    assert!(matches!(err.exit_code(), 7 | 10), "{err}");
+    // Sizes that do not add up to the total.
+    let lie = Frame::Offer(Offer {
+        flags: 1,
+        entries: 1,
+        total: 3,
+    });
+    let err = run_evil(vec![lie, Frame::Entry(e.clone())], vec![], out.path())
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 10, "{err}");
+    // The same path twice.
+    let twice = vec![
+        offer_for(&[e.clone(), e.clone()]),
+        Frame::Entry(e.clone()),
+        Frame::Entry(e),
+    ];
+    let err = run_evil(twice, vec![], out.path()).await.unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
+    // More than the disk can hold: refused before anything is written.
+    let big = file("big.bin", 1 << 60);
+    let err = run_evil(
+        vec![offer_for(std::slice::from_ref(&big)), Frame::Entry(big)],
+        vec![],
+        out.path(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), 9, "{err}");
+    assert!(err.to_string().contains("not enough space"), "{err}");
+    assert!(visible(out.path()).is_empty());
+}
+
+#[tokio::test]
+async fn lying_data_streams_never_produce_a_final_file() {
+    let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    let e = file("x.bin", data.len() as u64);
+    let frames = || vec![offer_for(std::slice::from_ref(&e)), Frame::Entry(e.clone())];
+    let good = blake3::hash(&data);
+    let cases: Vec<(&str, Data, u8)> = vec![
+        (
+            "wrong hash",
+            Data {
+                head: DataHead { index: 0, start: 0 },
+                bytes: data.clone(),
+                trailer: Some(Trailer::Complete([0; 32])),
+                extra: vec![],
+            },
+            8,
+        ),
+        (
+            "truncated",
+            Data {
+                head: DataHead { index: 0, start: 0 },
+                bytes: data[..50_000].to_vec(),
+                trailer: None,
+                extra: vec![],
+            },
+            10,
+        ),
+        (
+            "too much",
+            Data {
+                head: DataHead { index: 0, start: 0 },
+                bytes: data.clone(),
+                trailer: Some(Trailer::Complete(*good.as_bytes())),
+                extra: b"and some more".to_vec(),
+            },
+            10,
+        ),
+        (
+            "unannounced index",
+            Data {
+                head: DataHead { index: 7, start: 0 },
+                bytes: data.clone(),
+                trailer: Some(Trailer::Complete(*good.as_bytes())),
+                extra: vec![],
+            },
+            10,
+        ),
+        (
+            "resume without a claim",
+            Data {
+                head: DataHead {
+                    index: 0,
+                    start: 500,
+                },
+                bytes: data[500..].to_vec(),
+                trailer: Some(Trailer::Complete(*good.as_bytes())),
+                extra: vec![],
+            },
+            10,
+        ),
+        (
+            "changed at the source",
+            Data {
+                head: DataHead { index: 0, start: 0 },
+                bytes: data.clone(),
+                trailer: Some(Trailer::SourceChanged),
+                extra: vec![],
+            },
+            8,
+        ),
+    ];
+    for (what, d, code) in cases {
+        let out = tempfile::tempdir().unwrap();
+        let err = run_evil(frames(), vec![d], out.path()).await.unwrap_err();
+        assert_eq!(err.exit_code(), code, "{what}: {err}");
+        assert!(
+            visible(out.path()).is_empty(),
+            "{what}: {:?}",
+            visible(out.path())
+        );
+    }
+    // The honest stream, for contrast, is stored.
+    let out = tempfile::tempdir().unwrap();
+    run_evil(frames(), vec![honest(&e, data.clone())], out.path())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(out.path().join("x.bin")).unwrap(), data);
 }

@@ -40,7 +40,6 @@ fn start(role: &str, extra: &[&str], dir: &Path) -> Peer {
         &p,
         "--no-stun",
         "--no-ntp",
-        "-q",
     ])
     .args(extra);
     if !extra.contains(&"--timeout") {

@@ -134,7 +134,7 @@ fn split(b: &[u8]) -> Option<(u16, [u8; 12], &[u8])> {
     let kind = u16::from_be_bytes([b[0], b[1]]);
     let len = u16::from_be_bytes([b[2], b[3]]) as usize;
     if u32::from_be_bytes(b[4..8].try_into().ok()?) != MAGIC_COOKIE
-        || len % 4 != 0
+        || !len.is_multiple_of(4)
         || b.len() != 20 + len
     {
         return None;

@@ -1,0 +1,221 @@
+//! Moving a job (files, folders, links) over an established QUIC connection, resumably.
+//!
+//! One bidirectional control stream carries the manifest and the receiver's resume claims
+//! (see [`crate::wire::Frame`] for the order); each file's bytes then travel on a
+//! unidirectional stream of their own, framed by a [`crate::wire::DataHead`] and a
+//! [`crate::wire::Trailer`] with the file's BLAKE3.
+//!
+//! [`Outgoing`] and [`Incoming`] keep a job's state across connections: when a path dies and
+//! the CLI reconnects, calling `run` again with the new connection resumes from what the
+//! receiver holds, exactly as a new run of both commands would. File I/O and hashing run on
+//! blocking threads behind small bounded channels, so memory stays at a few chunks and the
+//! network task never waits for the disk.
+
+mod receive;
+mod send;
+mod store;
+
+pub use receive::Incoming;
+pub use send::Outgoing;
+pub use store::{check_output_dir, numbered, part_name, Store};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use quinn::{Connection, ConnectionError, ReadError, ReadExactError, RecvStream, WriteError};
+
+use crate::error::Error;
+use crate::wire::{Frame, WireError, FLAG_AUTHENTICATED, FRAME_HEADER_LEN, STOP_STORE_FAILED};
+
+/// Size of one chunk read from disk and handed to QUIC.
+pub const CHUNK: usize = 1 << 20;
+/// Chunks in flight between a disk thread and the network task.
+const PIPELINE: usize = 4;
+
+/// Options for one side of a transfer.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// We checked the peer's certificate against its ticket.
+    pub authenticated: bool,
+    /// Show no progress.
+    pub quiet: bool,
+}
+
+impl Options {
+    /// The `FLAG_*` bits this side announces.
+    fn flags(&self) -> u8 {
+        if self.authenticated {
+            FLAG_AUTHENTICATED
+        } else {
+            0
+        }
+    }
+}
+
+/// What a job did, summed over all connections of one run.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Regular files in the job.
+    pub files: u64,
+    /// Folders in the job.
+    pub dirs: u64,
+    /// Links in the job.
+    pub links: u64,
+    /// Sum of all file sizes.
+    pub total: u64,
+    /// File bytes that crossed the network in this run.
+    pub moved: u64,
+    /// Bytes the receiver already held from an earlier run (proven by hash) when this run
+    /// started, so they were not sent again.
+    pub resumed: u64,
+    /// Files the receiver already had, identical, so nothing was written.
+    pub already_there: u64,
+    /// Connections after the first (path lost and found again).
+    pub reconnects: u32,
+    /// Time from the first connection to the end.
+    pub elapsed: Duration,
+    /// Each file's path (relative, as announced) and BLAKE3, in job order.
+    pub hashes: Vec<(String, blake3::Hash)>,
+    /// Files stored under another name than announced, and that name (receiver only).
+    pub renamed: Vec<(String, PathBuf)>,
+    /// Files that did not arrive, and why.
+    pub failed: Vec<(String, String)>,
+    /// Whether the peer checked our certificate against our ticket.
+    pub peer_authenticated: bool,
+}
+
+impl Report {
+    /// `3 files (181.64 MiB) in 16.3 s, 11.14 MiB/s` for the closing line.
+    pub fn amount_and_rate(&self) -> String {
+        let rate = crate::progress::rate(self.moved, self.elapsed);
+        let what = match (self.files, self.dirs) {
+            (1, 0) => String::new(),
+            (f, 0) => format!("{f} files "),
+            (f, d) => format!(
+                "{f} file{} in {d} folder{} ",
+                if f == 1 { "" } else { "s" },
+                if d == 1 { "" } else { "s" }
+            ),
+        };
+        format!(
+            "{what}({}) in {:.1} s, {}/s",
+            indicatif::HumanBytes(self.total),
+            self.elapsed.as_secs_f64(),
+            indicatif::HumanBytes(rate)
+        )
+    }
+
+    /// What was not sent because the receiver had it, or `None` when everything was sent.
+    pub fn reuse_note(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.resumed > 0 {
+            parts.push(format!(
+                "{} resumed from an earlier run",
+                indicatif::HumanBytes(self.resumed)
+            ));
+        }
+        if self.already_there > 0 {
+            parts.push(format!(
+                "{} file{} already there",
+                self.already_there,
+                if self.already_there == 1 { "" } else { "s" }
+            ));
+        }
+        if self.reconnects > 0 {
+            parts.push(format!(
+                "reconnected {} time{}",
+                self.reconnects,
+                if self.reconnects == 1 { "" } else { "s" }
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
+fn lost(e: impl std::fmt::Display) -> Error {
+    Error::ConnectionLost(e.to_string())
+}
+
+/// The error for a connection that ended under us.
+///
+/// A p2pcopy peer that fails closes the connection with its own exit code and its error
+/// message as reason, so a full disk or a failed verification on the other side is reported
+/// as such here, not as a lost connection.
+pub fn closed(e: &ConnectionError) -> Error {
+    match e {
+        ConnectionError::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason).into_owned();
+            let code = u64::from(c.error_code);
+            let store_failed = u64::from(
+                Error::DiskFull {
+                    path: PathBuf::new(),
+                }
+                .exit_code(),
+            );
+            let verify_failed = u64::from(Error::Verify(String::new()).exit_code());
+            let protocol = u64::from(Error::Protocol(String::new()).exit_code());
+            match code {
+                _ if code == store_failed => Error::PeerStore(reason),
+                _ if code == verify_failed => Error::Verify(format!("on the receiver: {reason}")),
+                _ if code == protocol => Error::Protocol(format!("your peer refused: {reason}")),
+                _ if reason.is_empty() => {
+                    Error::ConnectionLost("your peer closed the connection".into())
+                }
+                _ => Error::PeerStopped(reason),
+            }
+        }
+        ConnectionError::TimedOut => Error::ConnectionLost(format!(
+            "no answer from your peer for {} s (network gone, or the peer's computer asleep?)",
+            crate::tls::IDLE_TIMEOUT.as_secs()
+        )),
+        ConnectionError::Reset => Error::PeerStopped(
+            "the peer no longer knows this connection (it was restarted?)".into(),
+        ),
+        other => Error::ConnectionLost(other.to_string()),
+    }
+}
+
+fn lost_read(e: ReadError) -> Error {
+    match e {
+        ReadError::ConnectionLost(c) => closed(&c),
+        other => lost(other),
+    }
+}
+
+fn peer_cannot_store() -> Error {
+    Error::PeerStore("its disk is full or its output folder is not writable".into())
+}
+
+fn lost_write(e: WriteError) -> Error {
+    match e {
+        WriteError::Stopped(code) if code == STOP_STORE_FAILED.into() => peer_cannot_store(),
+        WriteError::ConnectionLost(c) => closed(&c),
+        other => lost(other),
+    }
+}
+
+fn read_exact_err(e: ReadExactError) -> Error {
+    match e {
+        ReadExactError::FinishedEarly(_) => Error::Protocol("the peer ended a stream early".into()),
+        ReadExactError::ReadError(e) => lost_read(e),
+    }
+}
+
+fn wire(e: WireError) -> Error {
+    Error::Protocol(e.to_string())
+}
+
+/// Reads one control frame, refusing oversized ones before reading their payload.
+async fn read_frame(recv: &mut RecvStream) -> Result<Frame, Error> {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    recv.read_exact(&mut h).await.map_err(read_exact_err)?;
+    let (ty, len) = Frame::decode_header(&h).map_err(wire)?;
+    let mut p = vec![0u8; len];
+    recv.read_exact(&mut p).await.map_err(read_exact_err)?;
+    Frame::decode_payload(ty, &p).map_err(wire)
+}
+
+/// Keeps the connection open until the peer has read our last frame and closed it.
+pub async fn linger(conn: &Connection) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+}

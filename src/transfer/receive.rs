@@ -1,0 +1,552 @@
+//! The receiver's half of a job.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bytes::Bytes;
+use quinn::{Connection, ReadError, RecvStream};
+use tokio::sync::mpsc;
+
+use super::store::{Held, Store};
+use super::{
+    closed, lost_read, lost_write, read_exact_err, read_frame, wire, Options, Report, CHUNK,
+    PIPELINE,
+};
+use crate::error::Error;
+use crate::manifest::{confine, link_stays_inside};
+use crate::progress::Progress;
+use crate::wire::{
+    Claim, DataHead, Entry, EntryKind, FileStatus, Frame, Trailer, DATA_HEAD_LEN,
+    FLAG_AUTHENTICATED, RESET_SOURCE_CHANGED, STOP_STORE_FAILED, TRAILER_LEN,
+};
+
+/// A job being received, kept across reconnects.
+pub struct Incoming {
+    store: Store,
+    /// Files verified in this run: (path, size) → hash. A reconnect claims them without
+    /// hashing them again.
+    verified: HashMap<(PathBuf, u64), blake3::Hash>,
+    progress: Option<Progress>,
+    report: Report,
+    started: Option<Instant>,
+    renamed: HashMap<String, PathBuf>,
+    /// Entries stored in this run (on any connection).
+    stored_now: HashSet<u32>,
+}
+
+/// One announced entry, checked.
+struct Checked {
+    entry: Entry,
+    rel: PathBuf,
+}
+
+impl Incoming {
+    /// A receiver writing into `store`.
+    pub fn new(store: Store) -> Incoming {
+        Incoming {
+            store,
+            verified: HashMap::new(),
+            progress: None,
+            report: Report::default(),
+            started: None,
+            renamed: HashMap::new(),
+            stored_now: HashSet::new(),
+        }
+    }
+
+    /// What the job did so far.
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// Where the output goes.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Where the file announced as `name` was stored.
+    fn saved_path(&self, name: &str) -> Option<PathBuf> {
+        match self.renamed.get(name) {
+            Some(p) => Some(p.clone()),
+            None => Some(self.store.root().join(confine(name).ok()?)),
+        }
+    }
+
+    /// Where the single file of a one-file job was stored, if it was.
+    pub fn saved_as(&self) -> Option<PathBuf> {
+        self.saved_path(&self.report.hashes.first()?.0)
+    }
+
+    /// Each stored file's path relative to the output folder, with its BLAKE3.
+    pub fn saved_hashes(&self) -> impl Iterator<Item = (String, blake3::Hash)> + '_ {
+        self.report.hashes.iter().filter_map(|(name, h)| {
+            let at = self.saved_path(name)?;
+            let rel = at.strip_prefix(self.store.root()).unwrap_or(&at);
+            Some((rel.to_string_lossy().into_owned(), *h))
+        })
+    }
+
+    /// Receives the job the peer offers on `conn`; called again after a reconnect.
+    pub async fn run(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
+        let first = self.started.is_none();
+        if first {
+            self.started = Some(Instant::now());
+        } else {
+            self.report.reconnects += 1;
+        }
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| closed(&e))?;
+        let offer = match read_frame(&mut recv).await? {
+            Frame::Offer(o) => o,
+            other => return Err(unexpected(&other)),
+        };
+        self.report.peer_authenticated = offer.flags & FLAG_AUTHENTICATED != 0;
+        let entries = read_manifest(&mut recv, offer.entries, offer.total).await?;
+        self.report.total = offer.total;
+        self.report.files = count(&entries, EntryKind::File);
+        self.report.dirs = count(&entries, EntryKind::Dir);
+        self.report.links = count(&entries, EntryKind::Symlink);
+
+        // Folders first, then what is already here: both touch the disk, off the runtime.
+        let store = self.store.clone();
+        let verified = self.verified.clone();
+        let (entries, held) =
+            tokio::task::spawn_blocking(move || prepare(&store, &entries, &verified))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+
+        let have: u64 = held.values().map(|h| h.offset).sum();
+        let need = offer.total.saturating_sub(have);
+        if let Some(free) = self.store.free_space() {
+            if need > free {
+                return Err(Error::NoSpace {
+                    path: self.store.root().to_owned(),
+                    need,
+                    free,
+                });
+            }
+        }
+
+        let mut buf = Vec::new();
+        Frame::Accept {
+            flags: opts.flags(),
+        }
+        .encode(&mut buf);
+        let mut claims: Vec<_> = held.iter().collect();
+        claims.sort_by_key(|(i, _)| **i);
+        for (&index, h) in claims {
+            Frame::Claim(Claim {
+                index,
+                offset: h.offset,
+                hash: *h.hash.as_bytes(),
+            })
+            .encode(&mut buf);
+        }
+        Frame::PlanEnd.encode(&mut buf);
+        send.write_all(&buf).await.map_err(lost_write)?;
+
+        let progress = self
+            .progress
+            .get_or_insert_with(|| Progress::new(offer.total, "Receiving", opts.quiet));
+        progress.set(have);
+        let mut held = held;
+        let mut pending: HashSet<u32> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.entry.kind == EntryKind::File)
+            .map(|(i, _)| i as u32)
+            .collect();
+        let mut statuses: Vec<(u32, FileStatus, blake3::Hash)> = Vec::new();
+        while !pending.is_empty() {
+            let mut stream = conn.accept_uni().await.map_err(|e| closed(&e))?;
+            let mut h = [0u8; DATA_HEAD_LEN];
+            stream.read_exact(&mut h).await.map_err(read_exact_err)?;
+            let head = DataHead::decode(&h);
+            if !pending.remove(&head.index) {
+                return Err(Error::Protocol(format!(
+                    "the sender sent data for entry {} which is not an awaited file",
+                    head.index
+                )));
+            }
+            let c = &entries[head.index as usize];
+            let claim = held.remove(&head.index);
+            let claimed = claim.as_ref().map_or(0, |h| h.offset);
+            if head.start != 0 && head.start != claimed {
+                return Err(Error::Protocol(format!(
+                    "the sender continues {} at byte {} but {} were claimed",
+                    c.entry.path, head.start, claimed
+                )));
+            }
+            if head.start < claimed {
+                progress.set(progress.done() - (claimed - head.start));
+            }
+            if first {
+                self.report.resumed += head.start;
+            }
+            progress.set_message(&c.entry.path);
+            let got = receive_file(
+                &self.store,
+                &mut stream,
+                c,
+                head.start,
+                claim,
+                progress,
+                &mut self.report.moved,
+            )
+            .await;
+            let (outcome, hash) = match got {
+                Ok(x) => x,
+                Err(e) => {
+                    if matches!(
+                        e,
+                        Error::DiskFull { .. } | Error::Write { .. } | Error::Output { .. }
+                    ) {
+                        let _ = stream.stop(STOP_STORE_FAILED.into());
+                    }
+                    return Err(e);
+                }
+            };
+            let status = match outcome {
+                Outcome::Stored(p) => {
+                    if p != self.store.root().join(&c.rel) {
+                        self.renamed.insert(c.entry.path.clone(), p);
+                    }
+                    self.stored_now.insert(head.index);
+                    FileStatus::Stored
+                }
+                Outcome::Status(s) => s,
+            };
+            if matches!(status, FileStatus::Stored | FileStatus::AlreadyThere) {
+                self.verified.insert((c.rel.clone(), c.entry.size), hash);
+            }
+            statuses.push((head.index, status, hash));
+            let mut b = Vec::new();
+            Frame::FileDone {
+                index: head.index,
+                status,
+            }
+            .encode(&mut b);
+            send.write_all(&b).await.map_err(lost_write)?;
+        }
+
+        let store = self.store.clone();
+        let (entries, link_renames) = tokio::task::spawn_blocking(move || {
+            finish_tree(&store, &entries).map(|renamed| (entries, renamed))
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+        for (path, at) in link_renames {
+            self.renamed.insert(path, at);
+        }
+        let mut b = Vec::new();
+        Frame::JobDone.encode(&mut b);
+        send.write_all(&b).await.map_err(lost_write)?;
+        let _ = send.finish();
+        progress.finish();
+        self.report.elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        self.summarise(&entries, &statuses)
+    }
+
+    fn summarise(
+        &mut self,
+        entries: &[Checked],
+        statuses: &[(u32, FileStatus, blake3::Hash)],
+    ) -> Result<(), Error> {
+        let r = &mut self.report;
+        r.hashes.clear();
+        r.failed.clear();
+        r.already_there = 0;
+        for &(index, status, hash) in statuses {
+            let path = entries[index as usize].entry.path.clone();
+            match status {
+                FileStatus::Stored => r.hashes.push((path, hash)),
+                FileStatus::AlreadyThere => {
+                    r.hashes.push((path, hash));
+                    // Stored on an earlier connection of this run is not "already there".
+                    if !self.stored_now.contains(&index) {
+                        r.already_there += 1;
+                    }
+                }
+                FileStatus::HashMismatch => r
+                    .failed
+                    .push((path, "its BLAKE3 did not match the sender's".into())),
+                FileStatus::SourceChanged => r
+                    .failed
+                    .push((path, "it changed on the sender while being sent".into())),
+            }
+        }
+        r.renamed = self
+            .renamed
+            .iter()
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect();
+        r.renamed.sort();
+        if r.failed.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = r
+            .failed
+            .iter()
+            .map(|(p, why)| format!("{p}: {why}"))
+            .collect();
+        Err(Error::Verify(format!(
+            "{} file{} did not arrive ({}); nothing was stored under {} name, run both commands again",
+            list.len(),
+            if list.len() == 1 { "" } else { "s" },
+            list.join("; "),
+            if list.len() == 1 { "its" } else { "their" },
+        )))
+    }
+}
+
+fn count(entries: &[Entry], kind: EntryKind) -> u64 {
+    entries.iter().filter(|e| e.kind == kind).count() as u64
+}
+
+fn unexpected(f: &Frame) -> Error {
+    Error::Protocol(format!("unexpected message from the sender: {f:?}"))
+}
+
+/// Reads and checks the sender's entries; nothing touches the disk yet.
+async fn read_manifest(recv: &mut RecvStream, n: u32, total: u64) -> Result<Vec<Entry>, Error> {
+    let mut entries = Vec::with_capacity(n.min(4096) as usize);
+    let mut sum: u64 = 0;
+    for _ in 0..n {
+        match read_frame(recv).await? {
+            Frame::Entry(e) => {
+                sum = sum
+                    .checked_add(e.size)
+                    .ok_or_else(|| Error::Protocol("the announced file sizes overflow".into()))?;
+                entries.push(e);
+            }
+            other => return Err(unexpected(&other)),
+        }
+    }
+    if sum != total {
+        return Err(Error::Protocol(format!(
+            "the announced file sizes add up to {sum} bytes, not the {total} announced"
+        )));
+    }
+    Ok(entries)
+}
+
+/// Confines every path, creates the folders, and finds what is already here. Runs on a
+/// blocking thread.
+fn prepare(
+    store: &Store,
+    entries: &[Entry],
+    verified: &HashMap<(PathBuf, u64), blake3::Hash>,
+) -> Result<(Vec<Checked>, HashMap<u32, Held>), Error> {
+    let mut checked = Vec::with_capacity(entries.len());
+    let mut seen = HashSet::with_capacity(entries.len());
+    for e in entries {
+        let refuse = |why: String| Error::Protocol(format!("refused an unsafe entry: {why}"));
+        let rel = confine(&e.path).map_err(|err| refuse(err.to_string()))?;
+        if e.kind == EntryKind::Symlink && !link_stays_inside(&e.path, &e.target) {
+            return Err(refuse(format!(
+                "link {:?} points outside the output folder ({:?})",
+                e.path, e.target
+            )));
+        }
+        if e.kind != EntryKind::File && e.size != 0 {
+            return Err(refuse(format!("{:?} is not a file but has a size", e.path)));
+        }
+        if !seen.insert(rel.clone()) {
+            return Err(refuse(format!("{:?} is announced twice", e.path)));
+        }
+        checked.push(Checked {
+            entry: e.clone(),
+            rel,
+        });
+    }
+    let mut held = HashMap::new();
+    for (i, c) in checked.iter().enumerate() {
+        match c.entry.kind {
+            EntryKind::Dir => {
+                store.make_dir(&c.rel)?;
+            }
+            EntryKind::File => {
+                store.make_parent(&c.rel)?;
+                let h = match verified.get(&(c.rel.clone(), c.entry.size)) {
+                    Some(hash) => Some(Held {
+                        offset: c.entry.size,
+                        hash: *hash,
+                        hasher: None,
+                        complete: true,
+                    }),
+                    None => store.held(&c.rel, &c.entry)?,
+                };
+                if let Some(h) = h {
+                    held.insert(i as u32, h);
+                }
+            }
+            EntryKind::Symlink => {}
+        }
+    }
+    Ok((checked, held))
+}
+
+/// How one file ended.
+enum Outcome {
+    /// Verified and stored under this path.
+    Stored(PathBuf),
+    /// Anything else the sender is told.
+    Status(FileStatus),
+}
+
+/// Receives one file's data stream after its head; an error ends the job.
+async fn receive_file(
+    store: &Store,
+    stream: &mut RecvStream,
+    c: &Checked,
+    start: u64,
+    claim: Option<Held>,
+    progress: &mut Progress,
+    moved: &mut u64,
+) -> Result<(Outcome, blake3::Hash), Error> {
+    let size = c.entry.size;
+    // "Already there": the sender proved our complete copy; nothing is written.
+    if let Some(h) = claim.as_ref().filter(|h| h.complete && start == size) {
+        let status = match read_trailer(stream).await? {
+            Trailer::Complete(theirs) if theirs == *h.hash.as_bytes() => FileStatus::AlreadyThere,
+            Trailer::Complete(_) => {
+                return Err(Error::Protocol(format!(
+                    "the sender skipped {} but its hash differs from ours",
+                    c.entry.path
+                )))
+            }
+            Trailer::SourceChanged => FileStatus::SourceChanged,
+        };
+        return Ok((Outcome::Status(status), h.hash));
+    }
+    let hasher = match claim {
+        Some(Held {
+            hasher: Some(h), ..
+        }) if start > 0 => h,
+        _ => blake3::Hasher::new(),
+    };
+    let part = store.open_part(&c.rel, start)?;
+    let file = part
+        .file
+        .try_clone()
+        .map_err(|e| Error::write(part.path.clone(), e))?;
+    let (tx, rx) = mpsc::channel::<Bytes>(PIPELINE);
+    let writer = tokio::task::spawn_blocking(move || write_and_hash(file, hasher, rx));
+    let got = pump(stream, &tx, size - start, progress, moved).await;
+    drop(tx);
+    let written = writer.await.map_err(|e| Error::Internal(e.to_string()))?;
+    // On a write error the part data stays for the next run: the disk is the problem.
+    let ours = written.map_err(|e| Error::write(part.path.clone(), e))?;
+    let trailer = match got {
+        Ok(()) => read_trailer(stream).await?,
+        Err(Pumped::SourceChanged) => Trailer::SourceChanged,
+        Err(Pumped::Failed(e)) => return Err(e),
+    };
+    let status = match trailer {
+        Trailer::SourceChanged => FileStatus::SourceChanged,
+        Trailer::Complete(theirs) if theirs != *ours.as_bytes() => {
+            tracing::warn!(path = %c.entry.path, "BLAKE3 mismatch; discarding");
+            FileStatus::HashMismatch
+        }
+        Trailer::Complete(_) => {
+            let at = store.persist(part, &c.rel, &c.entry)?;
+            return Ok((Outcome::Stored(at), ours));
+        }
+    };
+    store.discard(part);
+    Ok((Outcome::Status(status), ours))
+}
+
+/// Reads the trailer and checks the stream ends right after it.
+async fn read_trailer(stream: &mut RecvStream) -> Result<Trailer, Error> {
+    let mut t = [0u8; TRAILER_LEN];
+    stream.read_exact(&mut t).await.map_err(read_exact_err)?;
+    let trailer = Trailer::decode(&t).map_err(wire)?;
+    // Anything after the trailer is a lie about the size.
+    match stream.read_chunk(1, true).await {
+        Ok(None) => Ok(trailer),
+        Ok(Some(_)) => Err(Error::Protocol(
+            "the sender sent more bytes than it announced".into(),
+        )),
+        Err(e) => Err(lost_read(e)),
+    }
+}
+
+enum Pumped {
+    SourceChanged,
+    Failed(Error),
+}
+
+/// Moves exactly `len` bytes from the stream to the writer.
+async fn pump(
+    stream: &mut RecvStream,
+    tx: &mpsc::Sender<Bytes>,
+    len: u64,
+    progress: &mut Progress,
+    moved: &mut u64,
+) -> Result<(), Pumped> {
+    let mut remaining = len;
+    while remaining > 0 {
+        let want = remaining.min(CHUNK as u64) as usize;
+        match stream.read_chunk(want, true).await {
+            Ok(Some(chunk)) => {
+                let n = chunk.bytes.len() as u64;
+                remaining -= n;
+                *moved += n;
+                progress.inc(n);
+                if tx.send(chunk.bytes).await.is_err() {
+                    // The writer failed; its error is reported by the caller.
+                    return Ok(());
+                }
+            }
+            Ok(None) => {
+                return Err(Pumped::Failed(Error::Protocol(format!(
+                    "the sender ended a file after {} of {len} bytes",
+                    len - remaining
+                ))))
+            }
+            Err(ReadError::Reset(code)) if code == RESET_SOURCE_CHANGED.into() => {
+                return Err(Pumped::SourceChanged)
+            }
+            Err(e) => return Err(Pumped::Failed(lost_read(e))),
+        }
+    }
+    Ok(())
+}
+
+fn write_and_hash(
+    mut file: std::fs::File,
+    mut hasher: blake3::Hasher,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> io::Result<blake3::Hash> {
+    while let Some(chunk) = rx.blocking_recv() {
+        hasher.update(&chunk);
+        file.write_all(&chunk)?;
+    }
+    Ok(hasher.finalize())
+}
+
+/// After all files: links (last, so nothing is ever written through one) and folder
+/// times, deepest first. Returns the links that got another name.
+fn finish_tree(store: &Store, entries: &[Checked]) -> Result<Vec<(String, PathBuf)>, Error> {
+    let mut renamed = Vec::new();
+    for c in entries
+        .iter()
+        .filter(|c| c.entry.kind == EntryKind::Symlink)
+    {
+        store.make_parent(&c.rel)?;
+        let at = store.make_link(&c.rel, &c.entry.target)?;
+        if at != store.root().join(&c.rel) {
+            renamed.push((c.entry.path.clone(), at));
+        }
+    }
+    for c in entries
+        .iter()
+        .rev()
+        .filter(|c| c.entry.kind == EntryKind::Dir)
+    {
+        store.finish_dir(&c.rel, &c.entry)?;
+    }
+    Ok(renamed)
+}

@@ -1,0 +1,496 @@
+//! The sender's half of a job.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use quinn::Connection;
+use tokio::sync::mpsc;
+
+use super::{closed, lost, lost_write, read_frame, Options, Report, CHUNK, PIPELINE};
+use crate::error::Error;
+use crate::manifest::{split_time, Scan};
+use crate::progress::Progress;
+use crate::wire::{
+    Claim, DataHead, EntryKind, FileStatus, Frame, Offer, Trailer, FLAG_AUTHENTICATED,
+    RESET_SOURCE_CHANGED,
+};
+
+/// A job being sent: the scan, plus what this run learned, kept across reconnects.
+pub struct Outgoing {
+    scan: Scan,
+    /// Full-file hashes computed in this run, to check "already there" claims without
+    /// reading the file again.
+    known: HashMap<u32, blake3::Hash>,
+    /// How each file ended on the receiver, as far as it told us.
+    status: HashMap<u32, FileStatus>,
+    progress: Option<Progress>,
+    report: Report,
+    started: Option<Instant>,
+}
+
+/// What the disk thread tells the network task.
+enum DiskEvent {
+    Start(DataHead),
+    Data(Bytes),
+    End(Trailer),
+    Failed(PathBuf, io::Error),
+}
+
+/// One file for the disk thread.
+struct Job {
+    index: u32,
+    path: PathBuf,
+    size: u64,
+    mtime: (i64, u32),
+    claim: Option<Claim>,
+    known: Option<blake3::Hash>,
+}
+
+impl Outgoing {
+    /// A job for the entries of `scan`.
+    pub fn new(scan: Scan) -> Outgoing {
+        let mut report = Report {
+            total: scan.total_bytes(),
+            ..Report::default()
+        };
+        for e in &scan.entries {
+            match e.kind {
+                EntryKind::File => report.files += 1,
+                EntryKind::Dir => report.dirs += 1,
+                EntryKind::Symlink => report.links += 1,
+            }
+        }
+        Outgoing {
+            scan,
+            known: HashMap::new(),
+            status: HashMap::new(),
+            progress: None,
+            report,
+            started: None,
+        }
+    }
+
+    /// What the job did so far.
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// Sends the job over `conn` until the receiver confirms every entry. Called again with
+    /// a new connection after a lost one, it continues where the receiver stands.
+    pub async fn run(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
+        let first = self.started.is_none();
+        if first {
+            self.started = Some(Instant::now());
+        } else {
+            self.report.reconnects += 1;
+        }
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
+        let mut buf = Vec::with_capacity(64 << 10);
+        Frame::Offer(Offer {
+            flags: opts.flags(),
+            entries: self.scan.entries.len() as u32,
+            total: self.report.total,
+        })
+        .encode(&mut buf);
+        for e in &self.scan.entries {
+            Frame::Entry(e.clone()).encode(&mut buf);
+            if buf.len() >= 60 << 10 {
+                send.write_all(&buf).await.map_err(lost_write)?;
+                buf.clear();
+            }
+        }
+        send.write_all(&buf).await.map_err(lost_write)?;
+
+        let flags = match read_frame(&mut recv).await? {
+            Frame::Accept { flags } => flags,
+            other => return Err(unexpected(&other)),
+        };
+        self.report.peer_authenticated = flags & FLAG_AUTHENTICATED != 0;
+        let mut claims: HashMap<u32, Claim> = HashMap::new();
+        loop {
+            match read_frame(&mut recv).await? {
+                Frame::Claim(c) => {
+                    let ok = self
+                        .scan
+                        .entries
+                        .get(c.index as usize)
+                        .is_some_and(|e| e.kind == EntryKind::File);
+                    if !ok {
+                        return Err(Error::Protocol(format!(
+                            "the receiver claims entry {} which is not a file",
+                            c.index
+                        )));
+                    }
+                    claims.insert(c.index, c);
+                }
+                Frame::PlanEnd => break,
+                other => return Err(unexpected(&other)),
+            }
+        }
+
+        let jobs: Vec<Job> = self
+            .scan
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind == EntryKind::File)
+            .map(|(i, e)| Job {
+                index: i as u32,
+                path: self.scan.sources[i].clone(),
+                size: e.size,
+                mtime: (e.mtime_secs, e.mtime_nanos),
+                claim: claims.get(&(i as u32)).copied(),
+                known: self.known.get(&(i as u32)).copied(),
+            })
+            .collect();
+        let pending = jobs.len();
+        // The bar starts at what the receiver says it holds; a claim that fails its proof
+        // moves it back when that file starts.
+        let held: u64 = jobs
+            .iter()
+            .filter_map(|j| j.claim.map(|c| c.offset.min(j.size)))
+            .sum();
+        let progress = self
+            .progress
+            .get_or_insert_with(|| Progress::new(self.report.total, "Sending", opts.quiet));
+        progress.set(held);
+
+        let (tx, mut rx) = mpsc::channel::<DiskEvent>(PIPELINE);
+        let reader = tokio::task::spawn_blocking(move || read_all(jobs, tx));
+        let mut results = std::pin::pin!(collect(&mut recv, pending));
+        let mut stream: Option<quinn::SendStream> = None;
+        let mut current: Option<(u32, u64)> = None;
+        let mut sending_done = false;
+        let outcome: Result<Vec<(u32, FileStatus)>, Error> = loop {
+            tokio::select! {
+                r = &mut results => break r,
+                ev = rx.recv(), if !sending_done => match ev {
+                    None => sending_done = true,
+                    Some(DiskEvent::Start(head)) => {
+                        let entry = &self.scan.entries[head.index as usize];
+                        if let Some(c) = claims.get(&head.index) {
+                            let claimed = c.offset.min(entry.size);
+                            if head.start < claimed {
+                                progress.set(progress.done() - (claimed - head.start));
+                            }
+                        }
+                        if first {
+                            self.report.resumed += head.start;
+                        }
+                        progress.set_message(&entry.path);
+                        let mut s = conn.open_uni().await.map_err(|e| closed(&e))?;
+                        s.write_all(&head.encode()).await.map_err(lost_write)?;
+                        stream = Some(s);
+                        current = Some((head.index, head.start));
+                    }
+                    Some(DiskEvent::Data(chunk)) => {
+                        let n = chunk.len() as u64;
+                        let s = stream.as_mut().ok_or_else(|| Error::Internal("data before start".into()))?;
+                        s.write_chunk(chunk).await.map_err(lost_write)?;
+                        self.report.moved += n;
+                        progress.inc(n);
+                    }
+                    Some(DiskEvent::End(trailer)) => {
+                        let mut s = stream.take().ok_or_else(|| Error::Internal("end before start".into()))?;
+                        let (index, _) = current.take().unwrap_or_default();
+                        match trailer {
+                            Trailer::Complete(h) => {
+                                self.known.insert(index, blake3::Hash::from_bytes(h));
+                                s.write_all(&trailer.encode()).await.map_err(lost_write)?;
+                                s.finish().map_err(lost)?;
+                            }
+                            Trailer::SourceChanged => {
+                                // Resetting drops whatever is still queued: the receiver
+                                // discards the file either way.
+                                let _ = s.reset(RESET_SOURCE_CHANGED.into());
+                            }
+                        }
+                    }
+                    Some(DiskEvent::Failed(path, source)) => break Err(Error::Input { path, source }),
+                },
+            }
+        };
+        drop(rx);
+        let _ = reader.await;
+        let done = outcome?;
+        for (index, status) in done {
+            // A file stored on an earlier connection is reported "already there" now.
+            let keep = matches!(self.status.get(&index), Some(FileStatus::Stored))
+                && status == FileStatus::AlreadyThere;
+            if !keep {
+                self.status.insert(index, status);
+            }
+        }
+        progress.finish();
+        self.finish_report();
+        self.report.elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        if self.report.failed.is_empty() {
+            Ok(())
+        } else {
+            let names: Vec<&str> = self.report.failed.iter().map(|(p, _)| p.as_str()).collect();
+            Err(Error::Verify(format!(
+                "{} file{} changed while being sent and did not arrive ({}); run both commands again to send {}",
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", "),
+                if names.len() == 1 { "it" } else { "them" },
+            )))
+        }
+    }
+
+    fn finish_report(&mut self) {
+        let r = &mut self.report;
+        r.already_there = 0;
+        r.failed.clear();
+        r.hashes.clear();
+        for (i, e) in self.scan.entries.iter().enumerate() {
+            if e.kind != EntryKind::File {
+                continue;
+            }
+            let i = i as u32;
+            match self.status.get(&i) {
+                Some(FileStatus::AlreadyThere) => r.already_there += 1,
+                Some(FileStatus::HashMismatch) => r
+                    .failed
+                    .push((e.path.clone(), "the receiver's copy did not match".into())),
+                Some(FileStatus::SourceChanged) => r
+                    .failed
+                    .push((e.path.clone(), "changed while being sent".into())),
+                _ => {}
+            }
+            if let Some(h) = self.known.get(&i) {
+                r.hashes.push((e.path.clone(), *h));
+            }
+        }
+    }
+}
+
+fn unexpected(f: &Frame) -> Error {
+    Error::Protocol(format!("unexpected message from the receiver: {f:?}"))
+}
+
+/// Reads the receiver's per-file results until it says the job is done.
+async fn collect(
+    recv: &mut quinn::RecvStream,
+    files: usize,
+) -> Result<Vec<(u32, FileStatus)>, Error> {
+    let mut done = Vec::with_capacity(files);
+    loop {
+        match read_frame(recv).await? {
+            Frame::FileDone { index, status } => done.push((index, status)),
+            Frame::JobDone if done.len() == files => return Ok(done),
+            other => return Err(unexpected(&other)),
+        }
+    }
+}
+
+/// The disk thread: every file in turn, proving or refusing the receiver's claim, then
+/// streaming the rest with its hash.
+fn read_all(jobs: Vec<Job>, tx: mpsc::Sender<DiskEvent>) {
+    for job in jobs {
+        let path = job.path.clone();
+        match read_one(job, &tx) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                let _ = tx.blocking_send(DiskEvent::Failed(path, e));
+                return;
+            }
+        }
+    }
+}
+
+/// Sends one file's events; `Ok(false)` when the network side has gone.
+fn read_one(job: Job, tx: &mpsc::Sender<DiskEvent>) -> io::Result<bool> {
+    let send = |r| tx.blocking_send(r).is_ok();
+    // Already there and already hashed in this run: nothing to read.
+    if let (Some(c), Some(h)) = (job.claim, job.known) {
+        if c.offset == job.size && c.hash == *h.as_bytes() {
+            return Ok(send(DiskEvent::Start(DataHead {
+                index: job.index,
+                start: job.size,
+            })) && send(DiskEvent::End(Trailer::Complete(c.hash))));
+        }
+    }
+    let mut file = File::open(&job.path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut start = 0;
+    if let Some(c) = job.claim.filter(|c| c.offset <= job.size) {
+        // The receiver's prefix must hash like ours; otherwise start the file over.
+        let n = copy_hashing(&mut (&mut file).take(c.offset), &mut hasher, |_| true)?;
+        if n == c.offset && *hasher.finalize().as_bytes() == c.hash {
+            start = c.offset;
+        } else {
+            tracing::info!(path = %job.path.display(), "resume claim does not match; sending the whole file");
+            hasher.reset();
+            file.seek(SeekFrom::Start(0))?;
+        }
+    }
+    if !send(DiskEvent::Start(DataHead {
+        index: job.index,
+        start,
+    })) {
+        return Ok(false);
+    }
+    let want = job.size - start;
+    let mut alive = true;
+    let n = copy_hashing(&mut (&mut file).take(want), &mut hasher, |chunk| {
+        alive = send(DiskEvent::Data(chunk));
+        alive
+    })?;
+    if !alive {
+        return Ok(false);
+    }
+    // Same length and time as scanned, else the bytes we sent may mix two versions.
+    let meta = file.metadata()?;
+    let unchanged = n == want
+        && meta.len() == job.size
+        && meta.modified().map(split_time).ok() == Some(job.mtime);
+    let trailer = if unchanged {
+        Trailer::Complete(*hasher.finalize().as_bytes())
+    } else {
+        tracing::info!(path = %job.path.display(), "changed while being read");
+        Trailer::SourceChanged
+    };
+    Ok(send(DiskEvent::End(trailer)))
+}
+
+/// Reads `r` to its end in chunks, hashing each and handing it to `sink` (which returns
+/// false to stop); returns the bytes read.
+fn copy_hashing(
+    r: &mut impl Read,
+    hasher: &mut blake3::Hasher,
+    mut sink: impl FnMut(Bytes) -> bool,
+) -> io::Result<u64> {
+    let mut total = 0;
+    loop {
+        let mut buf = BytesMut::zeroed(CHUNK);
+        let mut filled = 0;
+        while filled < CHUNK {
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok(total);
+        }
+        buf.truncate(filled);
+        hasher.update(&buf);
+        total += filled as u64;
+        if !sink(buf.freeze()) {
+            return Ok(total);
+        }
+        if filled < CHUNK {
+            return Ok(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn job_for(path: &std::path::Path, claim: Option<Claim>) -> Job {
+        let meta = std::fs::metadata(path).unwrap();
+        Job {
+            index: 3,
+            path: path.to_owned(),
+            size: meta.len(),
+            mtime: split_time(meta.modified().unwrap()),
+            claim,
+            known: None,
+        }
+    }
+
+    fn events(job: Job) -> (DataHead, Vec<u8>, Trailer) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        std::thread::spawn(move || read_all(vec![job], tx))
+            .join()
+            .unwrap();
+        let mut head = None;
+        let mut data = Vec::new();
+        let mut trailer = None;
+        while let Ok(ev) = rx.try_recv() {
+            match ev {
+                DiskEvent::Start(h) => head = Some(h),
+                DiskEvent::Data(d) => data.extend_from_slice(&d),
+                DiskEvent::End(t) => trailer = Some(t),
+                DiskEvent::Failed(_, e) => panic!("{e}"),
+            }
+        }
+        (head.unwrap(), data, trailer.unwrap())
+    }
+
+    #[test]
+    fn claims_are_proven_before_skipping() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let content: Vec<u8> = (0..3 * CHUNK as u32 + 17)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&path, &content).unwrap();
+        let whole = blake3::hash(&content);
+
+        let (h, data, t) = events(job_for(&path, None));
+        assert_eq!((h.index, h.start), (3, 0));
+        assert_eq!(data, content);
+        assert_eq!(t, Trailer::Complete(*whole.as_bytes()));
+
+        let at = CHUNK as u64 + 5;
+        let good = Claim {
+            index: 3,
+            offset: at,
+            hash: *blake3::hash(&content[..at as usize]).as_bytes(),
+        };
+        let (h, data, t) = events(job_for(&path, Some(good)));
+        assert_eq!(h.start, at);
+        assert_eq!(data, &content[at as usize..]);
+        assert_eq!(t, Trailer::Complete(*whole.as_bytes()));
+
+        // A prefix that differs, or claims past the end, restarts the file.
+        for bad in [
+            Claim {
+                hash: [0; 32],
+                ..good
+            },
+            Claim {
+                offset: content.len() as u64 + 1,
+                ..good
+            },
+        ] {
+            let (h, data, t) = events(job_for(&path, Some(bad)));
+            assert_eq!(h.start, 0);
+            assert_eq!(data, content);
+            assert_eq!(t, Trailer::Complete(*whole.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn a_file_changed_after_the_scan_is_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"version one").unwrap();
+        let job = job_for(&path, None);
+        // Same length, new content and time: only the time tells.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all(b"version two").unwrap();
+        drop(f);
+        let (_, _, t) = events(job);
+        assert_eq!(t, Trailer::SourceChanged);
+        // Shrunk.
+        let job = job_for(&path, None);
+        std::fs::write(&path, b"short").unwrap();
+        let (_, data, t) = events(job);
+        assert_eq!(t, Trailer::SourceChanged);
+        assert_eq!(data, b"short");
+    }
+}
