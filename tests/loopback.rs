@@ -365,3 +365,162 @@ fn own_stun_server_answers_the_client() {
     assert!(stderr(&o).contains("Your NAT: none"), "{}", stderr(&o));
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
 }
+
+/// Runs a whole job: the sender sends `paths` (relative to `src`), the receiver writes into
+/// `out` with `recv_extra` flags.
+fn job(src: &Path, paths: &[&str], out: &Path, recv_extra: &[&str]) -> (Output, Output) {
+    let mut recv_args = vec!["--output", out.to_str().unwrap()];
+    recv_args.extend_from_slice(recv_extra);
+    let mut receiver = start("receiver", &recv_args, src);
+    let send_args: Vec<&str> = paths.iter().flat_map(|p| ["--file", *p]).collect();
+    let mut sender = start("sender", &send_args, src);
+    let (st, rt) = (sender.ticket.clone(), receiver.ticket.clone());
+    sender.paste(&rt);
+    receiver.paste(&st);
+    (sender.finish(), receiver.finish())
+}
+
+/// Everything under `root`, sorted: path, kind, permission bits, size, mtime, and content
+/// hash (files) or target (links).
+#[cfg(unix)]
+fn listing(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let mode = m.permissions().mode() & 0o777;
+            let mtime = m
+                .modified()
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let what = if m.file_type().is_symlink() {
+                format!("link -> {}", fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                format!("dir {mode:o} {mtime}")
+            } else {
+                let hash = blake3::hash(&fs::read(&p).unwrap());
+                format!("file {mode:o} {} {mtime} {hash}", m.len())
+            };
+            out.push(format!("{rel}: {what}"));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(unix)]
+fn make_tree(src: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let proj = src.join("proj");
+    fs::create_dir_all(proj.join("sub/deep")).unwrap();
+    fs::create_dir_all(proj.join("empty-dir/nested-empty")).unwrap();
+    fs::write(proj.join("a.txt"), b"alpha").unwrap();
+    fs::write(proj.join("empty.bin"), b"").unwrap();
+    fs::write(proj.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(proj.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(proj.join("a.txt"), fs::Permissions::from_mode(0o444)).unwrap();
+    fs::write(proj.join("sub/deep/b.bin"), pseudo_random(3 << 20)).unwrap();
+    for i in 0..40 {
+        fs::write(
+            proj.join(format!("sub/small-{i:02}.txt")),
+            format!("file {i}"),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("sub/deep/b.bin", proj.join("latest")).unwrap();
+    fs::write(src.join("notes.txt"), b"lone file").unwrap();
+    // An old time, to see times travel; folders last, since writing into them changes theirs.
+    let old = std::time::UNIX_EPOCH + Duration::new(1_000_000_000, 123_456_789);
+    let set = |p: &Path| fs::File::open(p).unwrap().set_modified(old).unwrap();
+    set(&proj.join("sub/deep/b.bin"));
+    set(&proj.join("empty-dir/nested-empty"));
+    set(&proj.join("sub"));
+}
+
+#[cfg(unix)]
+#[test]
+fn copies_a_folder_tree_with_modes_times_and_links() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    make_tree(src.path());
+    let (s, r) = job(src.path(), &["proj", "notes.txt"], out.path(), &[]);
+    assert_both_ok(&s, &r);
+    // Links are compared by target only: their own time is not carried (no lutimes).
+    let want = listing(src.path());
+    assert_eq!(listing(out.path()), want);
+    assert!(
+        stderr(&s).contains("45 files in 5 folders"),
+        "{}",
+        stderr(&s)
+    );
+    assert!(
+        stderr(&r).contains("All 45 files verified"),
+        "{}",
+        stderr(&r)
+    );
+
+    // The same job again: everything is already there, nothing is duplicated.
+    let (s, r) = job(src.path(), &["proj", "notes.txt"], out.path(), &[]);
+    assert_both_ok(&s, &r);
+    assert!(
+        stderr(&s).contains("45 files already there"),
+        "{}",
+        stderr(&s)
+    );
+    assert_eq!(listing(out.path()), want);
+}
+
+#[test]
+fn resumes_from_a_partial_file_and_restarts_a_wrong_one() {
+    let src = tempfile::tempdir().unwrap();
+    let data = pseudo_random(8 << 20);
+    fs::write(src.path().join("big.bin"), &data).unwrap();
+    for (prefix, resumed) in [
+        (data[..3 << 20].to_vec(), true),
+        (vec![7u8; 3 << 20], false),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        // What an interrupted earlier run leaves behind.
+        fs::write(out.path().join(".big.bin.p2pcopy-part"), &prefix).unwrap();
+        let (s, r) = job(
+            src.path(),
+            &["big.bin"],
+            out.path(),
+            &["--checksums", "sums.b3"],
+        );
+        assert_both_ok(&s, &r);
+        assert_eq!(fs::read(out.path().join("big.bin")).unwrap(), data);
+        assert_eq!(
+            stderr(&s).contains("3.00 MiB resumed from an earlier run"),
+            resumed,
+            "{}",
+            stderr(&s)
+        );
+        let sums = fs::read_to_string(src.path().join("sums.b3")).unwrap();
+        assert_eq!(sums, format!("{}  big.bin\n", blake3::hash(&data)));
+        let names: Vec<_> = fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["big.bin"]);
+    }
+}
+
+#[test]
+fn overwrite_replaces_only_when_asked() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("notes.txt"), b"incoming").unwrap();
+    fs::write(out.path().join("notes.txt"), b"precious").unwrap();
+    let (s, r) = job(src.path(), &["notes.txt"], out.path(), &["--overwrite"]);
+    assert_both_ok(&s, &r);
+    assert_eq!(fs::read(out.path().join("notes.txt")).unwrap(), b"incoming");
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 1);
+}
