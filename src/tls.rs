@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::error::Error;
 
 /// ALPN protocol id; bumped together with the transfer framing version.
-pub const ALPN: &[u8] = b"p2pcopy/1";
+pub const ALPN: &[u8] = b"p2pcopy/2";
 /// Name the client asks for; only the pinned fingerprint matters.
 pub const SERVER_NAME: &str = "p2pcopy";
 
@@ -247,6 +247,10 @@ pub fn server_config(
     cfg.transport_config(Arc::new(transport_config()));
     // Stray handshakes cost nothing here: one transfer, one peer.
     cfg.max_incoming(16);
+    // When the sender's NAT gives it a new public port mid-transfer (a rebinding), QUIC
+    // follows it to the new address on the same connection; only a dead path needs the
+    // CLI's reconnect.
+    cfg.migration(true);
     Ok(cfg)
 }
 

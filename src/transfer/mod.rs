@@ -171,6 +171,11 @@ pub fn closed(e: &ConnectionError) -> Error {
         ConnectionError::Reset => Error::PeerStopped(
             "the peer no longer knows this connection (it was restarted?)".into(),
         ),
+        ConnectionError::ConnectionClosed(c) => Error::PeerStopped(c.to_string()),
+        ConnectionError::VersionMismatch | ConnectionError::TransportError(_) => {
+            Error::Protocol(e.to_string())
+        }
+        // Only a lost path is worth reconnecting for; see the CLI's transfer loop.
         other => Error::ConnectionLost(other.to_string()),
     }
 }
