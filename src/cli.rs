@@ -425,6 +425,7 @@ async fn transfer_phase(
                 say!(quiet, "({note})");
             }
             match r.hashes.as_slice() {
+                [] => {}
                 [(_, h)] => say!(quiet, "The receiver verified it: BLAKE3 {h}"),
                 many => say!(
                     quiet,
@@ -465,6 +466,7 @@ async fn transfer_phase(
                 );
             }
             match r.hashes.as_slice() {
+                [] => {}
                 [(_, h)] => say!(quiet, "BLAKE3 {h} verified"),
                 many => say!(quiet, "All {} files verified (BLAKE3)", many.len()),
             }
