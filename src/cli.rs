@@ -149,6 +149,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         r = transfer_phase(&mut dialer, link, &mut job, &ctx) => r,
         _ = tokio::signal::ctrl_c() => Err(interrupted()),
     };
+    if let (Err(e), Job::Receive(inc, _)) = (&result, &job) {
+        let r = inc.report();
+        if r.moved > 0 && e.exit_code() != 8 && !ctx.quiet {
+            eprintln!("p2pcopy: what arrived is kept; run both commands again to resume");
+        }
+    }
     let (code, reason) = match &result {
         Ok(()) => (0, "done".to_owned()),
         Err(e) => (e.exit_code(), e.to_string()),
@@ -403,17 +409,7 @@ async fn transfer_phase(
                     other => other,
                 })?;
             }
-            Err(e) => {
-                if let (Job::Receive(inc, _), true) = (&*job, e.exit_code() != 8) {
-                    let r = inc.report();
-                    if r.moved + r.resumed > 0 && !quiet {
-                        eprintln!(
-                            "p2pcopy: what arrived is kept; run both commands again to resume"
-                        );
-                    }
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         }
     }
     match job {
