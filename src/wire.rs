@@ -729,6 +729,25 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_seeds_are_valid_frames() {
+        // The fuzzer starts from these; if the layout changes they must be remade, or it
+        // would fuzz nothing but the error paths.
+        for (seed, frames) in [
+            (&include_bytes!("../fuzz/seeds/frame/sender-manifest")[..], 4),
+            (&include_bytes!("../fuzz/seeds/frame/receiver-plan")[..], 5),
+        ] {
+            let mut at = 0;
+            let mut n = 0;
+            while at < seed.len() {
+                let (_, used) = Frame::decode(&seed[at..]).unwrap().unwrap();
+                at += used;
+                n += 1;
+            }
+            assert_eq!(n, frames);
+        }
+    }
+
+    #[test]
     fn data_head_and_trailer() {
         let h = DataHead {
             index: 12,
