@@ -440,11 +440,14 @@ impl Dialer {
             opener_ttl: self.opener_ttl,
         };
         let puncher = Puncher::new(cfg, Instant::now());
-        let io = self.probes.take().ok_or_else(|| {
+        let mut io = self.probes.take().ok_or_else(|| {
             fatal(Error::Internal(
                 "a connect attempt is already running".into(),
             ))
         })?;
+        // Probes queued during the transfer are stale; a new puncher counts its sequence
+        // numbers from zero again, so an old pong could otherwise confirm a dead path.
+        while io.incoming.try_recv().is_ok() {}
         // Unbounded: events are a handful per run, and a full queue must never stop probing.
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -733,7 +733,10 @@ mod tests {
         // The fuzzer starts from these; if the layout changes they must be remade, or it
         // would fuzz nothing but the error paths.
         for (seed, frames) in [
-            (&include_bytes!("../fuzz/seeds/frame/sender-manifest")[..], 4),
+            (
+                &include_bytes!("../fuzz/seeds/frame/sender-manifest")[..],
+                4,
+            ),
             (&include_bytes!("../fuzz/seeds/frame/receiver-plan")[..], 5),
         ] {
             let mut at = 0;
