@@ -140,13 +140,13 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         };
     }
     let interrupted = || Error::Interrupted("interrupted".into());
-    let (mut dialer, link, mut job, ctx) = tokio::select! {
+    let (mut dialer, mut link, mut job, ctx) = tokio::select! {
         r = connect_phase(cli) => r?,
         _ = tokio::signal::ctrl_c() => return Err(interrupted()),
     };
     let result = tokio::select! {
         // Dropping the transfer leaves part files in place for a later run to resume.
-        r = transfer_phase(&mut dialer, link, &mut job, &ctx) => r,
+        r = transfer_phase(&mut dialer, &mut link, &mut job, &ctx) => r,
         _ = tokio::signal::ctrl_c() => Err(interrupted()),
     };
     if let (Err(e), Job::Receive(inc, _)) = (&result, &job) {
@@ -160,11 +160,11 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Err(e) => (e.exit_code(), e.to_string()),
     };
     // Tell the peer at once, with our exit code and message, instead of letting it wait
-    // for the idle timeout.
-    dialer.endpoint().close(
-        u32::from(code).into(),
-        &reason.as_bytes()[..reason.len().min(200)],
-    );
+    // for the idle timeout. The link lives out here, not in the transfer future, because
+    // dropping the last handle would close the connection first, silently, with code 0.
+    let reason = &reason.as_bytes()[..reason.len().min(200)];
+    link.connection.close(u32::from(code).into(), reason);
+    dialer.endpoint().close(u32::from(code).into(), reason);
     let _ = tokio::time::timeout(Duration::from_secs(2), dialer.endpoint().wait_idle()).await;
     result
 }
@@ -377,7 +377,7 @@ async fn connect_phase(cli: Cli) -> Result<(Dialer, Link, Job, Ctx), Error> {
 /// Moves the job, reconnecting whenever the path dies, until it is done or cannot go on.
 async fn transfer_phase(
     dialer: &mut Dialer,
-    mut link: Link,
+    link: &mut Link,
     job: &mut Job,
     ctx: &Ctx,
 ) -> Result<(), Error> {
@@ -401,7 +401,7 @@ async fn transfer_phase(
                 );
                 link.connection.close(0u32.into(), b"lost");
                 let deadline = Instant::now() + Duration::from_secs(ctx.timeout);
-                link = ctx.connect(dialer, deadline).await.map_err(|e| match e {
+                *link = ctx.connect(dialer, deadline).await.map_err(|e| match e {
                     Error::Connect(_) => Error::ConnectionLost(format!(
                         "{why}, and no new path was found within {} s; run both commands again to resume",
                         ctx.timeout
@@ -415,7 +415,7 @@ async fn transfer_phase(
     match job {
         Job::Send(out, checksums) => {
             let r = out.report();
-            show_code(quiet, &link, r.peer_authenticated);
+            show_code(quiet, link, r.peer_authenticated);
             say!(quiet, "Sent {}{}", single_name(r), r.amount_and_rate());
             if let Some(note) = r.reuse_note() {
                 say!(quiet, "({note})");
@@ -436,7 +436,7 @@ async fn transfer_phase(
         }
         Job::Receive(inc, checksums) => {
             let r = inc.report();
-            show_code(quiet, &link, r.peer_authenticated);
+            show_code(quiet, link, r.peer_authenticated);
             say!(quiet, "Received {}{}", single_name(r), r.amount_and_rate());
             if let Some(note) = r.reuse_note() {
                 say!(quiet, "({note})");

@@ -371,3 +371,34 @@ async fn lying_data_streams_never_produce_a_final_file() {
         .unwrap();
     assert_eq!(std::fs::read(out.path().join("x.bin")).unwrap(), data);
 }
+
+#[tokio::test]
+async fn a_receiver_that_gives_up_is_reported_with_its_reason() {
+    // The peer ends its streams and closes right behind with its exit code (9) and message;
+    // the sender must report that, not "a stream ended early" or a lost connection.
+    let (_se, server_conn, _ce, client_conn) = connected_pair().await;
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("f.bin");
+    std::fs::write(&path, vec![1u8; 100_000]).unwrap();
+    let mut job = p2pcopy::transfer::Outgoing::new(p2pcopy::manifest::scan(&[path]).unwrap());
+    let receiver = tokio::spawn(async move {
+        let (send, mut recv) = server_conn.accept_bi().await.unwrap();
+        let mut b = [0u8; 64];
+        let _ = recv.read(&mut b).await;
+        drop((send, recv));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        server_conn.close(9u32.into(), b"not enough space in /out");
+        server_conn
+    });
+    let opts = Options {
+        authenticated: true,
+        quiet: true,
+    };
+    let err = tokio::time::timeout(Duration::from_secs(10), job.run(&client_conn, opts))
+        .await
+        .expect("sender hung")
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 9, "{err}");
+    assert!(err.to_string().contains("not enough space"), "{err}");
+    let _ = receiver.await;
+}

@@ -220,6 +220,24 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Frame, Error> {
     Frame::decode_payload(ty, &p).map_err(wire)
 }
 
+/// Replaces a protocol error with the peer's own reason when the peer is closing.
+///
+/// A peer that stops (Ctrl-C, a full disk, any error) drops its streams, which ends them
+/// cleanly, and closes the connection with its exit code right behind; we may read the
+/// early end first. Waiting a moment for the close turns "a stream ended early" into
+/// what really happened.
+async fn explain(conn: &Connection, e: Error) -> Error {
+    if !matches!(e, Error::Protocol(_)) {
+        return e;
+    }
+    match tokio::time::timeout(Duration::from_millis(500), conn.closed()).await {
+        Ok(ConnectionError::ApplicationClosed(c)) if c.error_code != 0u32.into() => {
+            closed(&ConnectionError::ApplicationClosed(c))
+        }
+        _ => e,
+    }
+}
+
 /// Keeps the connection open until the peer has read our last frame and closed it.
 pub async fn linger(conn: &Connection) {
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 
 use super::store::{Held, Store};
 use super::{
-    closed, lost_read, lost_write, read_exact_err, read_frame, wire, Options, Report, CHUNK,
-    PIPELINE,
+    closed, explain, lost_read, lost_write, read_exact_err, read_frame, wire, Options, Report,
+    CHUNK, PIPELINE,
 };
 use crate::error::Error;
 use crate::manifest::{confine, link_stays_inside};
@@ -90,6 +90,13 @@ impl Incoming {
 
     /// Receives the job the peer offers on `conn`; called again after a reconnect.
     pub async fn run(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
+        match self.run_once(conn, opts).await {
+            Err(e) => Err(explain(conn, e).await),
+            ok => ok,
+        }
+    }
+
+    async fn run_once(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
         let first = self.started.is_none();
         if first {
             self.started = Some(Instant::now());

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use quinn::Connection;
 use tokio::sync::mpsc;
 
-use super::{closed, lost, lost_write, read_frame, Options, Report, CHUNK, PIPELINE};
+use super::{closed, explain, lost, lost_write, read_frame, Options, Report, CHUNK, PIPELINE};
 use crate::error::Error;
 use crate::manifest::{split_time, Scan};
 use crate::progress::Progress;
@@ -82,6 +82,13 @@ impl Outgoing {
     /// Sends the job over `conn` until the receiver confirms every entry. Called again with
     /// a new connection after a lost one, it continues where the receiver stands.
     pub async fn run(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
+        match self.run_once(conn, opts).await {
+            Err(e) => Err(explain(conn, e).await),
+            ok => ok,
+        }
+    }
+
+    async fn run_once(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
         let first = self.started.is_none();
         if first {
             self.started = Some(Instant::now());
