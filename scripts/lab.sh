@@ -44,8 +44,20 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #   name-clash          a file of that name exists: kept, copy saved as "... (1)"
 #   bad-ticket          garbage pasted: exit 3 on both sides
 #   interrupt           SIGINT while waiting for the round: exit 130
-#   disk-full           receiver's output dir is a 1 MiB tmpfs: exit 9 on both sides
-#   link-loss           core throttled, then cut 1 s into the transfer: exit 7
+#   disk-full           receiver's output dir is a 1 MiB tmpfs: refused up front,
+#                       exit 9 on both sides, nothing written
+#   link-loss           public-cone, core throttled, then cut for good 1 s into
+#                       the transfer, --timeout 30: exit 7 on both sides after the
+#                       10 s idle timeout + 30 s of reconnecting; only the part
+#                       file is left
+#   folder              public-cone: a generated tree (tree.py make: ~300 files,
+#                       empty ones, 1-5 MB ones, nested and empty folders, modes,
+#                       ns mtimes, symlinks) plus a lone file; listings must match
+#   resume              public-cone, 200 MB throttled: sender SIGKILLed at 50 %,
+#                       receiver SIGINTed (part file kept), then both run again:
+#                       only the missing part may cross (< 5 % of the file extra)
+#   path-cut            cone-cone, 200 MB throttled, core forwarding dropped for
+#                       20 s 3 s into the transfer: both reconnect, exit 0
 ALL_SCENARIOS=(
     public-public
     public-cone
@@ -66,8 +78,13 @@ ALL_SCENARIOS=(
     interrupt
     disk-full
     link-loss
+    folder
+    resume
+    path-cut
 )
 FAIL_TIMEOUT=50
+# Core throttle for the 200 MB scenarios (resume, path-cut): ~15 s for the file.
+BULK_RATE=${LAB_BULK_RATE:-"12 mbytes"}
 
 need_root() {
     if [[ $(id -u) != 0 ]]; then
@@ -111,7 +128,7 @@ on_exit() {
 # scenario_run NAME: fresh routers/hosts (the core stays), one transfer.
 # Sender always p2p-s, receiver p2p-r.  NAME is "<sender kind>-<receiver kind>".
 scenario_run() {
-    local name=$1 opts=()
+    local name=$1 opts=() custom=""
     local wd=$LAB_DIR/scenarios/$name
     lab_reset_edges
     case $name in
@@ -167,8 +184,21 @@ scenario_run() {
         lab_side p2p-s 1 public && lab_side p2p-r 2 public
         ;;
     link-loss)
-        # throttled core, then all forwarding dropped mid-transfer: exit 7
-        opts=(--expect lost --size-mb 24 --throttle "2 mbytes" --cut-after 1)
+        # throttled core, then all forwarding dropped mid-transfer for good: exit 7
+        # after the idle timeout (10 s) and --timeout of reconnecting
+        opts=(--expect lost --timeout 30 --size-mb 24 --throttle "2 mbytes" --cut-after 1)
+        lab_side p2p-s 1 public && lab_side p2p-r 2 cone
+        ;;
+    folder)
+        opts=(--tree)
+        lab_side p2p-s 1 public && lab_side p2p-r 2 cone
+        ;;
+    resume)
+        custom=scenario_resume
+        lab_side p2p-s 1 public && lab_side p2p-r 2 cone
+        ;;
+    path-cut)
+        opts=(--size-mb 200 --throttle "$BULK_RATE" --cut-after 3 --cut-for 20)
         lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
         ;;
     *)
@@ -176,16 +206,76 @@ scenario_run() {
         return 2
         ;;
     esac || { echo "topology setup failed"; return 1; }
-    if lab_transfer p2p-s p2p-r "$wd" "${opts[@]}" 2>&1 | sed 's/^/    /'; then
-        return 0
+    if [[ -n $custom ]]; then
+        "$custom" "$wd" 2>&1 | sed 's/^/    /'
+    else
+        lab_transfer p2p-s p2p-r "$wd" "${opts[@]}" 2>&1 | sed 's/^/    /'
     fi
-    echo "    ---- sender stdout/stderr (tail)"
-    tail -n 40 "$wd/sender.out" "$wd/sender.err" 2>&1 | sed 's/^/    | /'
-    echo "    ---- receiver stdout/stderr (tail)"
-    tail -n 40 "$wd/receiver.out" "$wd/receiver.err" 2>&1 | sed 's/^/    | /'
+    ((PIPESTATUS[0] == 0)) && return 0
+    local d
+    for d in "$wd" "$wd"/run*; do
+        [[ -f $d/sender.err ]] || continue
+        echo "    ---- $d: sender stdout/stderr (tail)"
+        tail -n 40 "$d/sender.out" "$d/sender.err" 2>&1 | sed 's/^/    | /'
+        echo "    ---- $d: receiver stdout/stderr (tail)"
+        tail -n 40 "$d/receiver.out" "$d/receiver.err" 2>&1 | sed 's/^/    | /'
+    done
     lab_dump_ns_state | sed 's/^/    /'
     echo "    (full logs in $wd)"
     return 1
+}
+
+# human_bytes_to_int "95.37 MiB": bytes (indicatif's HumanBytes, binary units).
+human_bytes_to_int() {
+    awk '{ m = 1; u = $2
+           if (u == "KiB") m = 1024; else if (u == "MiB") m = 1024^2
+           else if (u == "GiB") m = 1024^3; else if (u == "TiB") m = 1024^4
+           printf "%d\n", $1 * m }' <<<"$1"
+}
+
+# scenario_resume WD: 200 MB, sender killed halfway, then both run again.
+scenario_resume() {
+    local wd=$1 size=$((200 * 1024 * 1024 + RANDOM))
+    rm -rf "$wd"
+    mkdir -p "$wd/out"
+    head -c "$size" /dev/urandom >"$wd/big.bin"
+    echo "run 1: core throttled to $BULK_RATE/s; sender killed when half the file arrived"
+    lab_transfer p2p-s p2p-r "$wd/run1" --file "$wd/big.bin" --out "$wd/out" \
+        --throttle "$BULK_RATE" --kill-at 50 --expect killed || return 1
+    local part
+    part=$(cat "$wd/run1/part.size")
+    echo "run 2: both commands again (new tickets), no throttle"
+    lab_transfer p2p-s p2p-r "$wd/run2" --file "$wd/big.bin" --out "$wd/out" --count-bytes || return 1
+    local note resumed_h resumed wire
+    note=$(grep -o '[0-9.]* [KMGT]*i*B resumed from an earlier run' "$wd/run2/sender.err" | head -n 1)
+    if ! grep -q 'resumed from an earlier run' "$wd/run2/receiver.err"; then
+        echo "problem: receiver's summary does not mention what was resumed"
+        return 1
+    fi
+    if [[ -z $note ]]; then
+        echo "problem: sender's summary does not mention what was resumed"
+        return 1
+    fi
+    resumed_h=${note% resumed*}
+    resumed=$(human_bytes_to_int "$resumed_h")
+    wire=$(cat "$wd/run2/bytes.wan1")
+    # resent: what had arrived but crossed again; excess: all bytes on the wire in
+    # run 2 beyond what was missing (QUIC/UDP/IP overhead included).
+    awk -v size="$size" -v part="$part" -v resumed="$resumed" -v wire="$wire" -v rh="$resumed_h" 'BEGIN {
+        missing = size - part
+        printf "file %d bytes; part file after run 1 P = %d (%.1f%%)\n", size, part, 100 * part / size
+        printf "run 2: resumed %s (= %d bytes, to the rounding of the summary)\n", rh, resumed
+        printf "re-sent = P - resumed = %d bytes (%.3f%% of the file)\n", part - resumed, 100 * (part - resumed) / size
+        printf "run 2 on the wire (sender -> core, UDP, headers included): %d bytes; size - resumed = %d, size - P = %d missing: %+.2f%% of the file over what was missing\n",
+            wire, size - resumed, missing, 100 * (wire - missing) / size
+        bad = 0
+        # 2 decimals of a MiB in the summary: allow 0.01 MiB of rounding
+        if (part - resumed > 0.05 * size) { print "problem: more than 5 % of the file was sent again"; bad = 1 }
+        if (resumed - part > 10486) { print "problem: resumed more than the part file held"; bad = 1 }
+        if (wire - missing > 0.05 * size) { print "problem: run 2 moved more than 5 % of the file over what was missing"; bad = 1 }
+        if (wire < missing) { print "problem: run 2 moved less than what was missing"; bad = 1 }
+        exit bad
+    }'
 }
 
 # start_core: fresh lab with only the core (servers) up; torn down on exit.

@@ -85,14 +85,16 @@ lab_reset_edges() {
 
 # Helper processes started in the root namespace (log followers) are tracked
 # by pid in $LAB_DIR/helpers.pids.  A pid is only killed if it still is one
-# of our `tail ... $LAB_DIR/...` followers (the file may be stale after a crash).
+# of our `tail ... $LAB_DIR/...` or `python3 .../stamp.py $LAB_DIR/...` followers
+# (the file may be stale after a crash).
 lab_kill_helpers() {
     local f=$LAB_DIR/helpers.pids p cmd
     [[ -f $f ]] || return 0
     while read -r p; do
         [[ $p =~ ^[0-9]+$ ]] || continue
-        cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)
-        [[ $cmd == tail\ * && $cmd == *"$LAB_DIR/"* ]] && kill "$p" 2>/dev/null
+        cmd=$(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" || true)
+        [[ ($cmd == tail\ * || $cmd == python3\ *stamp.py\ *) && $cmd == *"$LAB_DIR/"* ]] &&
+            kill "$p" 2>/dev/null
     done <"$f"
     rm -f "$f"
     return 0
@@ -303,35 +305,71 @@ lab_dump_ns_state() {
 }
 
 # ---------------------------------------------------------------- transfer
+# The p2pcopy processes (not their timeout/ip wrappers) inside namespace NS.
+lab_ns_p2pcopy_pids() {
+    local p exe
+    for p in $(ip netns pids "$1" 2>/dev/null); do
+        exe=$(readlink "/proc/$p/exe" 2>/dev/null) || continue
+        [[ ${exe% (deleted)} == "$P2PCOPY_BIN_ABS" ]] && echo "$p"
+    done
+    return 0
+}
+
+# lab_event FILE WORDS: a timestamped "lab:" line in an events file (see stamp.py).
+lab_event() { local f=$1; shift; printf '%s lab: %s\n' "$(date +%s.%N)" "$*" >>"$f"; }
+
 # lab_transfer SENDER_NS RECEIVER_NS WORKDIR [options]
-#   --expect MODE          ok: both exit 0 and file identical;
+#   --expect MODE          ok: both exit 0, content identical, no part file left;
 #                          fail: both exit 6 within timeout+15 s, stderr
 #                          mentions "symmetric", nothing in the output dir;
 #                          badticket: a garbage ticket is pasted to both,
 #                          both exit 3 within 15 s, nothing in the output dir;
 #                          interrupt: SIGINT to both 3 s after the pastes,
-#                          both exit 130 within 15 s, nothing in the output dir
+#                          both exit 130 within 15 s, nothing in the output dir;
+#                          diskfull: both exit 9, output dir empty (--out-tmpfs);
+#                          lost: both exit 7 within timeout+25 s (idle timeout
+#                          10 s + reconnect time), no file under the final name,
+#                          only its .NAME.p2pcopy-part kept;
+#                          killed: with --kill-at; sender exits 137, receiver
+#                          130 within 15 s, the part file is kept (its size is
+#                          written to WORKDIR/part.size), no final name
 #   --clash                put a different file with the same name in the
 #                          output dir first: it must stay untouched and the
 #                          received copy land under a " (1)"-style name
 #   --timeout N            pass --timeout N to both peers
 #   --delay S              seconds between the first and the second paste
 #   --sender-faketime SPEC / --receiver-faketime SPEC  (e.g. +7s)
-#   --file PATH            file to send (default: random 3-8 MB)
+#   --file PATH            file or folder to send (repeatable; default: random
+#                          3-8 MB file).  With a folder or several: they must be
+#                          everything in one folder, compared with the output
+#                          dir by `tree.py listing` (types, modes, sizes, times,
+#                          content, link targets)
+#   --tree                 send a generated folder (tree.py make) and a lone file
 #   --size-mb N            size of the random file instead
+#   --out DIR              receiver's output dir (default WORKDIR/out; kept as it
+#                          is, for a second run that resumes)
 #   --show                 follow both peers' output on the terminal
 #   --out-tmpfs SIZE       receiver's output dir is a SIZE tmpfs (private mount
 #                          namespace); with --expect diskfull: both sides exit 9
 #   --throttle RATE        core forwards at most RATE (nft limit, e.g. 2 mbytes)
 #   --cut-after S          S seconds after both print "Connected", the core
-#                          drops all forwarded traffic; with --expect lost:
-#                          both exit 7 within 120 s
+#                          drops all forwarded traffic (until the end, or:)
+#   --cut-for S            restore forwarding S seconds after the cut; with
+#                          --expect ok both must also report "Connection lost"
+#                          and "reconnected"; loss and recovery times are printed
+#   --kill-at PCT          when the receiver's part file reaches PCT % of the
+#                          file, SIGKILL the sender's p2pcopy, then SIGINT the
+#                          receiver's (use with --expect killed)
+#   --count-bytes          count the UDP bytes the core forwards from each of
+#                          its links; written to WORKDIR/bytes.wanN
+# With --cut-after or --kill-at, every stderr line of both peers is copied with
+# its arrival time into WORKDIR/events.log (stamp.py), with the lab's own actions.
 # Result details are printed on stdout; returns 0 when expectations are met.
 lab_transfer() {
     local sns=$1 rns=$2 wd=$3
     shift 3
-    local expect=ok ptimeout="" delay=0 sfake="" rfake="" file="" show=0 clash=0
-    local tmpfs="" throttle="" cutafter="" sizemb=""
+    local expect=ok ptimeout="" delay=0 sfake="" rfake="" files=() show=0 clash=0
+    local tmpfs="" throttle="" cutafter="" cutfor="" sizemb="" out="" tree=0 killat="" countbytes=0
     while (($#)); do
         case $1 in
         --expect) expect=$2; shift 2 ;;
@@ -339,32 +377,62 @@ lab_transfer() {
         --delay) delay=$2; shift 2 ;;
         --sender-faketime) sfake=$2; shift 2 ;;
         --receiver-faketime) rfake=$2; shift 2 ;;
-        --file) file=$2; shift 2 ;;
+        --file) files+=("$2"); shift 2 ;;
+        --tree) tree=1; shift ;;
+        --out) out=$2; shift 2 ;;
         --show) show=1; shift ;;
         --clash) clash=1; shift ;;
         --out-tmpfs) tmpfs=$2; shift 2 ;;
         --size-mb) sizemb=$2; shift 2 ;;
         --throttle) throttle=$2; shift 2 ;;
         --cut-after) cutafter=$2; shift 2 ;;
+        --cut-for) cutfor=$2; shift 2 ;;
+        --kill-at) killat=$2; shift 2 ;;
+        --count-bytes) countbytes=1; shift ;;
         *) echo "lab_transfer: unknown option $1"; return 2 ;;
         esac
     done
     local bin=${P2PCOPY_BIN_ABS:?P2PCOPY_BIN_ABS not set}
     rm -rf "$wd"
-    mkdir -p "$wd/out" "$wd/in"
-    if [[ -z $file ]]; then
+    mkdir -p "$wd/in"
+    [[ -n $out ]] || out=$wd/out
+    mkdir -p "$out"
+    out=$(realpath "$out")
+    if ((tree)); then
+        python3 "$LAB_LIB_DIR/tree.py" make "$wd/in/tree" || { echo "tree.py make failed"; return 1; }
+        local lone="$wd/in/lone file.bin"
+        head -c $((1024 * 1024 + RANDOM)) /dev/urandom >"$lone"
+        chmod 0640 "$lone"
+        touch -d '2019-02-03 04:05:06.123456789' "$lone"
+        files=("$wd/in/tree" "$lone")
+    elif ((${#files[@]} == 0)); then
         local size=$(((3 + RANDOM % 6) * 1024 * 1024 + RANDOM))
         [[ -n $sizemb ]] && size=$((sizemb * 1024 * 1024 + RANDOM))
-        file="$wd/in/testfile-$RANDOM.bin"
-        head -c "$size" /dev/urandom >"$file"
+        files=("$wd/in/testfile-$RANDOM.bin")
+        head -c "$size" /dev/urandom >"${files[0]}"
     fi
-    file=$(realpath "$file")
-    local name
-    name=$(basename "$file")
+    local f sendargs=()
+    for f in "${files[@]}"; do
+        sendargs+=(--file "$(realpath "$f")")
+    done
+    # One plain file: compared with cmp under its name.  Otherwise trees.
+    local file="" name="" single=0
+    if ((${#files[@]} == 1)) && [[ -f ${files[0]} ]]; then
+        single=1
+        file=$(realpath "${files[0]}")
+        name=$(basename "$file")
+    fi
     if ((clash)); then
-        echo "pre-existing file, not to be overwritten" >"$wd/out/$name"
-        cp "$wd/out/$name" "$wd/clash.orig"
+        ((single)) || { echo "lab_transfer: --clash needs one plain file"; return 2; }
+        echo "pre-existing file, not to be overwritten" >"$out/$name"
+        cp "$out/$name" "$wd/clash.orig"
     fi
+    if [[ -n $killat || $expect == lost || $expect == killed ]] && ((!single)); then
+        echo "lab_transfer: --kill-at and --expect lost/killed need one plain file"
+        return 2
+    fi
+    local part=""
+    ((single)) && part="$out/.$name.p2pcopy-part"
 
     local common=("${LAB_NET_ARGS[@]}" -v)
     [[ -n $ptimeout ]] && common+=(--timeout "$ptimeout")
@@ -373,17 +441,30 @@ lab_transfer() {
     local spre=() rpre=()
     [[ -n $sfake ]] && spre=(env FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f "$sfake")
     [[ -n $rfake ]] && rpre=(env FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f "$rfake")
-    [[ -n $tmpfs ]] && rpre=("$LAB_LIB_DIR/with-tmpfs.sh" "$tmpfs" "$wd/out" "$wd/out.listing" "${rpre[@]}")
+    [[ -n $tmpfs ]] && rpre=("$LAB_LIB_DIR/with-tmpfs.sh" "$tmpfs" "$out" "$wd/out.listing" "${rpre[@]}")
     lab_nsx p2p-core nft delete table inet p2pcut 2>/dev/null || true
+    lab_nsx p2p-core nft delete table inet p2pcount 2>/dev/null || true
     if [[ -n $throttle ]]; then
-        lab_nsx p2p-core nft -f - <<EOF || { echo "throttle rule failed"; return 1; }
+        lab_nsx p2p-core nft -f - <<EOT || { echo "throttle rule failed"; return 1; }
 table inet p2pcut {
     chain forward {
         type filter hook forward priority -10; policy accept;
         meta l4proto udp limit rate over $throttle/second burst 256 kbytes drop
     }
 }
-EOF
+EOT
+    fi
+    local wans=()
+    if ((countbytes)); then
+        mapfile -t wans < <(ip -n p2p-core -o link show type veth | awk -F'[:@ ]+' '$2 ~ /^wan/ {print $2}')
+        {
+            echo "table inet p2pcount {"
+            echo "  chain forward {"
+            echo "    type filter hook forward priority -30; policy accept;"
+            for f in "${wans[@]}"; do echo "    iifname \"$f\" meta l4proto udp counter comment \"$f\""; done
+            echo "  }"
+            echo "}"
+        } | lab_nsx p2p-core nft -f - || { echo "counter rules failed"; return 1; }
     fi
 
     mkfifo "$wd/sender.in" "$wd/receiver.in"
@@ -393,11 +474,11 @@ EOF
 
     local t0=$SECONDS
     timeout -k 5 "$limit" ip netns exec "$rns" "${rpre[@]}" "$bin" receiver \
-        --localport "$LAB_RECEIVER_PORT" --output "$wd/out" "${common[@]}" \
+        --localport "$LAB_RECEIVER_PORT" --output "$out" "${common[@]}" \
         <"$wd/receiver.in" >"$wd/receiver.out" 2>"$wd/receiver.err" &
     local rpid=$!
     timeout -k 5 "$limit" ip netns exec "$sns" "${spre[@]}" "$bin" sender \
-        --localport "$LAB_SENDER_PORT" --file "$file" "${common[@]}" \
+        --localport "$LAB_SENDER_PORT" "${sendargs[@]}" "${common[@]}" \
         <"$wd/sender.in" >"$wd/sender.out" 2>"$wd/sender.err" &
     local spid=$!
     if ((show)); then
@@ -405,6 +486,13 @@ EOF
         echo $! >>"$LAB_DIR/helpers.pids"
         tail -q -n +1 -F "$wd/receiver.out" "$wd/receiver.err" 2>/dev/null 9>&- > >(sed -u 's/^/  [receiver] /') &
         echo $! >>"$LAB_DIR/helpers.pids"
+    fi
+    local events=$wd/events.log stamppid=""
+    if [[ -n $cutafter || -n $killat ]]; then
+        python3 "$LAB_LIB_DIR/stamp.py" "$events" "$wd/stamp.stop" $((limit + 20)) \
+            sender="$wd/sender.err" receiver="$wd/receiver.err" </dev/null 9>&- &
+        stamppid=$!
+        echo "$stamppid" >>"$LAB_DIR/helpers.pids"
     fi
 
     # Wait (bounded) for both ticket lines.
@@ -442,14 +530,53 @@ EOF
             sleep 0.2
         done
         if ((connected)); then
+            lab_event "$events" "both connected"
             sleep "$cutafter"
             lab_nsx p2p-core nft add table inet p2pcut
             lab_nsx p2p-core nft add chain inet p2pcut cut '{ type filter hook forward priority -20; policy drop; }'
+            lab_event "$events" "cut"
             tpaste=$SECONDS
             echo "cut the core's forwarding ${cutafter}s after both connected"
+            if [[ -n $cutfor ]]; then
+                sleep "$cutfor"
+                lab_nsx p2p-core nft delete chain inet p2pcut cut
+                lab_event "$events" "restored"
+                echo "restored the core's forwarding after ${cutfor}s"
+            fi
         else
             problems+=("peers never printed 'Connected', could not cut mid-transfer")
         fi
+    fi
+    if [[ -n $killat ]]; then
+        local fsize psize=0 reached=0 p
+        fsize=$(stat -c %s "$file")
+        for _ in $(seq 1 $((limit * 10))); do
+            psize=$(stat -c %s "$part" 2>/dev/null || echo 0)
+            if ((psize * 100 >= killat * fsize)); then
+                reached=1
+                break
+            fi
+            kill -0 "$spid" 2>/dev/null || break
+            sleep 0.1
+        done
+        ((reached)) || problems+=("part file never reached ${killat}% (at $psize of $fsize bytes)")
+        p=$(lab_ns_p2pcopy_pids "$sns")
+        [[ -n $p ]] || problems+=("no p2pcopy process in $sns to kill")
+        # (stderr off: no "Killed" job notice from bash)
+        # shellcheck disable=SC2086
+        {
+            [[ -z $p ]] || kill -KILL $p
+            lab_event "$events" "SIGKILL sender"
+            echo "part file at $psize of $fsize bytes ($((psize * 100 / fsize))%): SIGKILL to the sender's p2pcopy (pid $p)"
+            sleep 0.3
+        } 2>/dev/null
+        p=$(lab_ns_p2pcopy_pids "$rns")
+        [[ -n $p ]] || problems+=("no p2pcopy process in $rns to interrupt")
+        # shellcheck disable=SC2086
+        [[ -z $p ]] || kill -INT $p
+        lab_event "$events" "SIGINT receiver"
+        echo "SIGINT to the receiver's p2pcopy (pid $p)"
+        tpaste=$SECONDS
     fi
     if [[ $expect == interrupt ]]; then
         sleep 3
@@ -460,12 +587,34 @@ EOF
         tpaste=$SECONDS
         echo "sent SIGINT to both peers"
     fi
-    wait "$spid" || src=$?
-    local tsend=$SECONDS
-    wait "$rpid" || rrc=$?
-    local trecv=$SECONDS
+    # Each side's own exit time (bash reaps its children as they end, so kill -0
+    # fails once one has exited; wait still returns its status).  stderr off: no
+    # "Killed" job notice for --kill-at.
+    local tsend="" trecv=""
+    {
+        while [[ -z $tsend || -z $trecv ]]; do
+            [[ -z $tsend ]] && ! kill -0 "$spid" && tsend=$SECONDS
+            [[ -z $trecv ]] && ! kill -0 "$rpid" && trecv=$SECONDS
+            sleep 0.2
+        done
+        wait "$spid" || src=$?
+        wait "$rpid" || rrc=$?
+    } 2>/dev/null
     exec {sfd}>&- {rfd}>&-
     ((show)) && { sleep 0.3; lab_kill_helpers; }
+    if [[ -n $stamppid ]]; then
+        touch "$wd/stamp.stop"
+        wait "$stamppid" 2>/dev/null || true
+    fi
+    if ((countbytes)); then
+        local line
+        for f in "${wans[@]}"; do
+            line=$(lab_nsx p2p-core nft list chain inet p2pcount forward | grep "comment \"$f\"")
+            sed -n 's/.* bytes \([0-9]*\).*/\1/p' <<<"$line" >"$wd/bytes.$f"
+            echo "core forwarded $(cat "$wd/bytes.$f") UDP bytes from $f"
+        done
+        lab_nsx p2p-core nft delete table inet p2pcount 2>/dev/null || true
+    fi
 
     echo "sender exit $src after $((tsend - tpaste))s, receiver exit $rrc after $((trecv - tpaste))s (since last paste; total $((trecv - t0))s)"
     local side
@@ -474,43 +623,68 @@ EOF
         nout=$(grep -c . "$wd/$side.out" || true)
         [[ $nout == 1 ]] || problems+=("$side printed $nout stdout lines, expected exactly 1")
     done
+    local leftover
+    leftover=$(find "$out" -name '*.p2pcopy-part' -printf '%P ' 2>/dev/null)
     local errl want_rc want_s=15
     case $expect in
     ok)
         [[ $src == 0 ]] || problems+=("sender exit code $src, expected 0")
         [[ $rrc == 0 ]] || problems+=("receiver exit code $rrc, expected 0")
-        local got=$wd/out/$name
-        if ((clash)); then
-            cmp -s "$wd/clash.orig" "$wd/out/$name" || problems+=("pre-existing $name was modified")
-            got=$(find "$wd/out" -mindepth 1 -maxdepth 1 -type f ! -name "$name" -print -quit)
-            echo "received as: '$(basename "${got:-<nothing>}")'"
-            [[ $(basename "$got") == *"(1)"* ]] || problems+=("received file not saved under a ' (1)' name: '$(basename "$got")'")
-        fi
-        if [[ -n $got && -f $got ]]; then
-            cmp -s "$file" "$got" || problems+=("received file differs from sent file")
+        [[ -z $leftover ]] || problems+=("part files left in the output dir: $leftover")
+        if ((single)); then
+            local got=$out/$name
+            if ((clash)); then
+                cmp -s "$wd/clash.orig" "$out/$name" || problems+=("pre-existing $name was modified")
+                got=$(find "$out" -mindepth 1 -maxdepth 1 -type f ! -name "$name" -print -quit)
+                echo "received as: '$(basename "${got:-<nothing>}")'"
+                [[ $(basename "$got") == *"(1)"* ]] || problems+=("received file not saved under a ' (1)' name: '$(basename "$got")'")
+            fi
+            if [[ -n $got && -f $got ]]; then
+                cmp -s "$file" "$got" || problems+=("received file differs from sent file")
+            else
+                problems+=("no $name in output dir (has: $(find "$out" -mindepth 1 -printf '%f '))")
+            fi
         else
-            problems+=("no $name in output dir (has: $(find "$wd/out" -mindepth 1 -printf '%f '))")
+            local src_dir
+            src_dir=$(dirname "$(realpath "${files[0]}")")
+            python3 "$LAB_LIB_DIR/tree.py" listing "$src_dir" >"$wd/listing.sent"
+            python3 "$LAB_LIB_DIR/tree.py" listing "$out" >"$wd/listing.received"
+            echo "sent: $(awk -F'\t' '{n[$2]++} END {for (t in n) printf "%d %s ", n[t], t}' "$wd/listing.sent")"
+            if ! diff -u "$wd/listing.sent" "$wd/listing.received" >"$wd/listing.diff"; then
+                problems+=("received tree differs from the sent one ($(grep -c '^[-+][^-+]' "$wd/listing.diff") lines in listing.diff):")
+                problems+=("$(head -n 20 "$wd/listing.diff")")
+            else
+                echo "received tree identical ($(wc -l <"$wd/listing.sent") entries: paths, types, modes, sizes, mtimes, SHA-256, link targets)"
+            fi
+        fi
+        if [[ -n $cutfor ]]; then
+            for side in sender receiver; do
+                grep -q 'Connection lost' "$wd/$side.err" || problems+=("$side stderr has no 'Connection lost'")
+                grep -q 'reconnected' "$wd/$side.err" || problems+=("$side stderr has no 'reconnected'")
+            done
+            lab_outage_report "$events"
         fi
         want_rc=""
         ;;
     fail) want_rc=6 want_s=$((${ptimeout:-120} + 15)) ;;
     badticket) want_rc=3 ;;
     diskfull) want_rc=9 ;;
-    lost) want_rc=7 want_s=120 ;;
+    lost) want_rc=7 want_s=$((${ptimeout:-120} + 25)) ;;
+    killed) want_rc=killed ;;
     interrupt) want_rc=130 ;;
     *) problems+=("unknown expectation $expect") want_rc="" ;;
     esac
     if [[ -n $want_rc ]]; then
-        # The receiver's full disk is reported to the sender too (exit 9 on both).
-        local sides=(sender receiver)
-        [[ $src == "$want_rc" ]] || problems+=("sender exit code $src, expected $want_rc")
+        local want_src=$want_rc want_rrc=$want_rc
+        [[ $want_rc == killed ]] && want_src=137 want_rrc=130
+        [[ $src == "$want_src" ]] || problems+=("sender exit code $src, expected $want_src")
         (((tsend - tpaste) <= want_s)) || problems+=("sender took $((tsend - tpaste))s > ${want_s}s")
-        [[ $rrc == "$want_rc" ]] || problems+=("receiver exit code $rrc, expected $want_rc")
+        [[ $rrc == "$want_rrc" ]] || problems+=("receiver exit code $rrc, expected $want_rrc")
         (((trecv - tpaste) <= want_s)) || problems+=("receiver took $((trecv - tpaste))s > ${want_s}s")
-        for side in "${sides[@]}"; do
+        for side in sender receiver; do
             # (the prompt may lack a newline, so the error may follow it on its line)
             errl=$(sed "s/^Enter your peer's ticket (or ip:port): //" "$wd/$side.err" | grep '^p2pcopy: ' || true)
-            [[ -n $errl || $expect == interrupt ]] || problems+=("$side stderr has no 'p2pcopy: ' line")
+            [[ -n $errl || $expect == interrupt || $expect == killed ]] || problems+=("$side stderr has no 'p2pcopy: ' line")
             [[ $expect != fail ]] || grep -qi symmetric <<<"$errl" ||
                 problems+=("$side error line does not mention 'symmetric'")
             [[ -z $errl ]] || echo "$side: $errl"
@@ -521,9 +695,23 @@ EOF
             if grep -vq '^total' "$wd/out.listing" 2>/dev/null; then
                 problems+=("output dir not empty at receiver exit")
             fi
+        elif [[ $expect == lost || $expect == killed ]]; then
+            # Resume data: the part file stays, nothing under the final name.
+            local psize
+            if [[ -f $part ]]; then
+                psize=$(stat -c %s "$part")
+                echo "kept $(basename "$part"): $psize bytes ($((psize * 100 / $(stat -c %s "$file")))% of the file)"
+                echo "$psize" >"$wd/part.size"
+            else
+                problems+=("no part file $(basename "$part") kept")
+            fi
+            [[ ! -e $out/$name ]] || problems+=("a file exists under the final name $name")
+            local others
+            others=$(find "$out" -mindepth 1 ! -path "$part" -printf '%P ')
+            [[ -z $others ]] || problems+=("output dir has more than the part file: $others")
         else
-            [[ -z $(find "$wd/out" -mindepth 1 -print -quit) ]] ||
-                problems+=("output dir not empty: $(find "$wd/out" -mindepth 1 -printf '%f ')")
+            [[ -z $(find "$out" -mindepth 1 -print -quit) ]] ||
+                problems+=("output dir not empty: $(find "$out" -mindepth 1 -printf '%f ')")
         fi
     fi
     lab_nsx p2p-core nft delete table inet p2pcut 2>/dev/null || true
@@ -532,6 +720,35 @@ EOF
         return 1
     fi
     return 0
+}
+
+# lab_outage_report EVENTS: from a --cut-for run's events.log, when each peer
+# noticed the loss and how long after the restore it was connected again.
+lab_outage_report() {
+    awk '
+        / lab: cut$/ { cut = $1 }
+        / lab: restored$/ { restored = $1 }
+        / lab: both connected$/ { both = $1 }
+        $2 ~ /^(sender|receiver):$/ {
+            side = substr($2, 1, length($2) - 1)
+            if ($3 == "Connected") {
+                n[side]++
+                if (n[side] == 2 && !(side in back)) back[side] = $1
+            }
+            if ($3 == "Connection" && $4 == "lost" && !(side in lost)) lost[side] = $1
+            if ($0 ~ /reconnected/) done[side] = $1
+        }
+        END {
+            if (!cut || !restored) { print "outage: no cut/restore in the events"; exit }
+            printf "outage: cut %.1f s after both connected, restored %.1f s later\n", cut - both, restored - cut
+            for (i = 1; i <= 2; i++) {
+                s = (i == 1) ? "sender" : "receiver"
+                printf "  %-8s: loss noticed %s s after the cut; connected again %s s after the restore; done %s s after the restore\n", s,
+                    (s in lost) ? sprintf("%.1f", lost[s] - cut) : "never",
+                    (s in back) ? sprintf("%.1f", back[s] - restored) : "never",
+                    (s in done) ? sprintf("%.1f", done[s] - restored) : "?"
+            }
+        }' "$1"
 }
 
 # ---------------------------------------------------------------- self-check
