@@ -45,6 +45,30 @@ pub enum Command {
     /// Run a STUN server (RFC 5389; RFC 5780 NAT behaviour discovery with --alternate-ip),
     /// for networks that cannot reach public ones: give its address to --stun-server.
     StunServer(StunServerArgs),
+    /// Check what this network allows: STUN reachability and latency, NAT mapping and
+    /// filtering (RFC 5780), hairpinning, NTP; ends with which peers you can reach.
+    Doctor(DoctorArgs),
+}
+
+/// Flags of `p2pcopy doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Local UDP port to test from (0 picks a free one); test the one you use with transfers.
+    #[arg(short = 'p', long, value_name = "PORT", default_value_t = 0)]
+    pub localport: u16,
+    /// Local IPv4 address to bind (0.0.0.0: all interfaces).
+    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub bind: IpAddr,
+    /// STUN server to ask (repeatable) [default: public servers]. One that offers RFC 5780
+    /// (such as `p2pcopy stun-server --alternate-ip`) also tells the NAT's filtering.
+    #[arg(long = "stun-server", value_name = "HOST:PORT")]
+    pub stun_servers: Vec<String>,
+    /// NTP server (repeatable) [default: public pools].
+    #[arg(long = "ntp-server", value_name = "HOST[:PORT]")]
+    pub ntp_servers: Vec<String>,
+    /// Skip the NTP check.
+    #[arg(long, conflicts_with = "ntp_servers")]
+    pub no_ntp: bool,
 }
 
 /// Flags of `p2pcopy sender`.
@@ -137,6 +161,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         return tokio::select! {
             r = serve_stun(args) => r,
             _ = tokio::signal::ctrl_c() => Err(Error::Interrupted("stopped".into())),
+        };
+    }
+    if let Command::Doctor(args) = &cli.command {
+        return tokio::select! {
+            r = doctor(args) => r,
+            _ = tokio::signal::ctrl_c() => Err(Error::Interrupted("interrupted".into())),
         };
     }
     let interrupted = || Error::Interrupted("interrupted".into());
@@ -266,7 +296,9 @@ async fn connect_phase(cli: Cli) -> Result<(Dialer, Link, Job, Ctx), Error> {
                 Job::Receive(Box::new(transfer::Incoming::new(store)), a.checksums),
             )
         }
-        Command::StunServer(_) => return Err(Error::Internal("not a transfer command".into())),
+        Command::StunServer(_) | Command::Doctor(_) => {
+            return Err(Error::Internal("not a transfer command".into()))
+        }
     };
     let identity = Identity::generate()?;
     let socket = net::bind(net_args.bind, net_args.localport)?;
@@ -496,6 +528,25 @@ fn write_checksums(
         path: path.to_owned(),
         source: e,
     })
+}
+
+async fn doctor(args: &DoctorArgs) -> Result<(), Error> {
+    let stun = or_defaults(&args.stun_servers, stun::DEFAULT_SERVERS);
+    let ntp = or_defaults(&args.ntp_servers, ntp::DEFAULT_SERVERS);
+    let findings = crate::doctor::run(
+        args.bind,
+        args.localport,
+        &stun,
+        (!args.no_ntp).then_some(&ntp[..]),
+    )
+    .await?;
+    print!("{}", crate::doctor::render(&findings));
+    if findings.servers.iter().all(|s| s.mapped.is_none()) {
+        return Err(Error::Stun {
+            tried: stun.join(", "),
+        });
+    }
+    Ok(())
 }
 
 async fn serve_stun(args: &StunServerArgs) -> Result<(), Error> {

@@ -11,12 +11,14 @@
 //! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint;
 //! - [`manifest`]: what a job contains, and confinement of the peer's paths;
 //! - [`transfer`]: a job (files, folders, links) over a connection, resumable;
+//! - [`doctor`]: the network check (`p2pcopy doctor`): mapping, filtering, hairpinning, NTP;
 //! - [`cli`]: the command line, in the order a run happens.
 //!
 //! Errors are one enum, [`Error`], whose [`Error::exit_code`] is the binary's exit code.
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod doctor;
 pub mod error;
 pub mod manifest;
 pub mod nat;

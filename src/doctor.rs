@@ -1,0 +1,393 @@
+//! `p2pcopy doctor`: what this machine's network allows, measured the way a transfer would
+//! use it, with a one-line verdict on which peers it can reach (like `tailscale netcheck`).
+//!
+//! The checks speak STUN with our own codec ([`crate::stun::message`]) over one socket, so
+//! answers are matched by transaction id and several kinds of request can be in flight:
+//! - mapping: the public address each server sees (RFC 5780 test I), also towards a
+//!   server's alternate address when it names one (test II's mapping half);
+//! - filtering: whether an answer sent from the server's other address and port, or only its
+//!   other port, gets through (RFC 5780 tests II and III, CHANGE-REQUEST);
+//! - hairpinning: whether a datagram to our own public address comes back;
+//! - NTP reachability and clock offset.
+//!
+//! [`verdict`] turns the findings into words; it is pure and unit-tested.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+
+use crate::error::Error;
+use crate::stun::message::{decode_response, encode_request, BindingResponse};
+use crate::ticket::NatKind;
+
+/// How long one STUN test waits for its answer (requests are repeated meanwhile).
+const TEST_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Gap between retransmissions of one request.
+const RETRY: Duration = Duration::from_millis(300);
+
+/// How the NAT treats inbound packets (RFC 4787 filtering).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filtering {
+    /// Anyone may send to the mapped port once it exists ("full cone").
+    EndpointIndependent,
+    /// Only hosts we sent to, from any port ("restricted cone").
+    AddressDependent,
+    /// Only the exact address and port we sent to ("port-restricted cone"; Linux's
+    /// conntrack and most home routers).
+    AddressAndPortDependent,
+}
+
+/// One STUN server's answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerCheck {
+    /// As given.
+    pub name: String,
+    /// Resolved address (IPv4), if it resolved.
+    pub addr: Option<SocketAddr>,
+    /// Round trip of the first answer.
+    pub rtt: Option<Duration>,
+    /// Our address as the server saw it.
+    pub mapped: Option<SocketAddr>,
+    /// The server's alternate address (RFC 5780 OTHER-ADDRESS), if it has one.
+    pub other: Option<SocketAddr>,
+}
+
+/// Everything `doctor` found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Findings {
+    /// The socket's local address.
+    pub local: SocketAddr,
+    /// This host's own addresses.
+    pub host_ips: Vec<IpAddr>,
+    /// Per STUN server.
+    pub servers: Vec<ServerCheck>,
+    /// Mapping behaviour.
+    pub nat: NatKind,
+    /// Filtering behaviour, when an RFC 5780 server allowed testing it.
+    pub filtering: Option<Filtering>,
+    /// Whether our own public address reached us back, when there is a NAT to ask.
+    pub hairpin: Option<bool>,
+    /// The NTP server that answered, its round trip and our clock's offset (seconds).
+    pub ntp: Option<(String, Duration, f64)>,
+}
+
+/// Runs every check from a socket bound like a transfer's.
+pub async fn run(
+    bind: IpAddr,
+    port: u16,
+    stun_servers: &[String],
+    ntp_servers: Option<&[String]>,
+) -> Result<Findings, Error> {
+    let std_sock = crate::net::bind(bind, port)?;
+    let sock = UdpSocket::from_std(std_sock).map_err(|e| Error::Internal(e.to_string()))?;
+    let local = sock
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let host_ips = crate::net::host_ips(local.ip());
+    let ntp_task = ntp_servers.map(|s| {
+        let servers = s.to_vec();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            crate::ntp::query(&servers)
+                .await
+                .map(|(server, clock)| (server, t0.elapsed(), clock.offset_secs))
+        })
+    });
+
+    let mut servers = Vec::new();
+    for name in stun_servers {
+        let addr = resolve(name).await;
+        let mut check = ServerCheck {
+            name: name.clone(),
+            addr,
+            rtt: None,
+            mapped: None,
+            other: None,
+        };
+        if let Some(addr) = addr {
+            if let Some((r, rtt)) = ask(&sock, addr, false, false).await {
+                check.rtt = Some(rtt);
+                check.mapped = Some(r.mapped);
+                check.other = r.other_address.filter(SocketAddr::is_ipv4);
+            }
+        }
+        servers.push(check);
+    }
+
+    let mut mapped: Vec<SocketAddr> = servers.iter().filter_map(|s| s.mapped).collect();
+    // An RFC 5780 server's alternate address is a second destination for the mapping test
+    // even when only one server was given.
+    let rfc5780 = servers
+        .iter()
+        .find_map(|s| Some((s.addr?, s.other?)))
+        .filter(|_| !mapped.is_empty());
+    if let Some((_, other)) = rfc5780 {
+        if let Some((r, _)) = ask(&sock, other, false, false).await {
+            mapped.push(r.mapped);
+        }
+    }
+    let nat = crate::nat::classify(local.port(), &host_ips, &mapped);
+
+    let filtering = match rfc5780 {
+        Some((primary, _)) if nat != NatKind::None => {
+            if ask(&sock, primary, true, true).await.is_some() {
+                Some(Filtering::EndpointIndependent)
+            } else if ask(&sock, primary, false, true).await.is_some() {
+                Some(Filtering::AddressDependent)
+            } else {
+                Some(Filtering::AddressAndPortDependent)
+            }
+        }
+        _ => None,
+    };
+
+    let hairpin = match mapped.first() {
+        Some(public) if nat != NatKind::None => Some(hairpins(&sock, *public).await),
+        _ => None,
+    };
+
+    let ntp = match ntp_task {
+        Some(t) => t.await.ok().flatten(),
+        None => None,
+    };
+    Ok(Findings {
+        local,
+        host_ips,
+        servers,
+        nat,
+        filtering,
+        hairpin,
+        ntp,
+    })
+}
+
+async fn resolve(name: &str) -> Option<SocketAddr> {
+    let found = tokio::time::timeout(TEST_TIMEOUT, tokio::net::lookup_host(name))
+        .await
+        .ok()?
+        .ok()?;
+    found.into_iter().find(SocketAddr::is_ipv4)
+}
+
+/// One Binding request (with CHANGE-REQUEST flags), repeated until answered or timed out.
+/// Answers are matched by transaction id, from whatever address they come.
+async fn ask(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    change_ip: bool,
+    change_port: bool,
+) -> Option<(BindingResponse, Duration)> {
+    let transaction: [u8; 12] = rand::random();
+    let request = encode_request(transaction, change_ip, change_port);
+    let start = Instant::now();
+    let deadline = start + TEST_TIMEOUT;
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        let _ = sock.send_to(&request, server).await;
+        let wait = (deadline - Instant::now()).min(RETRY);
+        let until = Instant::now() + wait;
+        while let Ok(Ok((n, from))) =
+            tokio::time::timeout_at(until.into(), sock.recv_from(&mut buf)).await
+        {
+            match decode_response(&buf[..n]) {
+                Some(r) if r.transaction == transaction => {
+                    tracing::debug!(%server, %from, change_ip, change_port, mapped = %r.mapped, "STUN answer");
+                    return Some((r, start.elapsed()));
+                }
+                _ => {}
+            }
+        }
+    }
+    tracing::debug!(%server, change_ip, change_port, "no STUN answer");
+    None
+}
+
+/// Sends a datagram to our own public address and waits for it to come back.
+async fn hairpins(sock: &UdpSocket, public: SocketAddr) -> bool {
+    let token: [u8; 16] = rand::random();
+    let mut datagram = b"\0p2pcopy-hairpin".to_vec();
+    datagram.extend_from_slice(&token);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 1500];
+    for _ in 0..3 {
+        let _ = sock.send_to(&datagram, public).await;
+        let until = (Instant::now() + Duration::from_millis(300)).min(deadline);
+        while let Ok(Ok((n, _))) =
+            tokio::time::timeout_at(until.into(), sock.recv_from(&mut buf)).await
+        {
+            if buf[..n] == datagram[..] {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// What kinds of peer this machine can reach directly, in one line.
+pub fn verdict(nat: NatKind, filtering: Option<Filtering>, udp_works: bool) -> String {
+    if !udp_works {
+        return "no STUN server answered: UDP to the internet looks blocked here, so p2pcopy cannot connect beyond this network (try another network, or check the firewall)".into();
+    }
+    match (nat, filtering) {
+        (NatKind::None, _) => {
+            "no NAT: any peer can reach you, whatever its NAT (unless a firewall blocks inbound UDP)".into()
+        }
+        (NatKind::EndpointIndependent, Some(Filtering::EndpointIndependent)) => {
+            "full-cone NAT: you can reach peers behind any NAT, even a symmetric one".into()
+        }
+        (NatKind::EndpointIndependent, _) => {
+            "cone NAT: you can reach peers with no NAT or a cone NAT; a peer behind a symmetric NAT needs a forwarded UDP port on one side".into()
+        }
+        (NatKind::EndpointDependent, _) => {
+            "symmetric NAT: you can reach only peers with no NAT or a full-cone NAT; forward a UDP port on your router and use it as --localport to reach everyone".into()
+        }
+        (NatKind::Unknown, _) => {
+            "only one STUN server answered, so the NAT's kind is unknown: give a second --stun-server to tell".into()
+        }
+    }
+}
+
+/// The report a user reads.
+pub fn render(f: &Findings) -> String {
+    let mut out = String::new();
+    let ips: Vec<String> = f.host_ips.iter().map(ToString::to_string).collect();
+    let _ = writeln!(
+        out,
+        "Local addresses: {} (UDP port {})",
+        if ips.is_empty() {
+            "none".into()
+        } else {
+            ips.join(", ")
+        },
+        f.local.port()
+    );
+    for s in &f.servers {
+        let _ = match (s.addr, s.mapped) {
+            (None, _) => writeln!(out, "STUN {}: does not resolve", s.name),
+            (Some(a), None) => writeln!(out, "STUN {} ({a}): no answer", s.name),
+            (Some(a), Some(m)) => writeln!(
+                out,
+                "STUN {} ({a}): {} ms, you appear as {m}{}",
+                s.name,
+                s.rtt.unwrap_or_default().as_millis(),
+                s.other
+                    .map(|o| format!(" (RFC 5780: other address {o})"))
+                    .unwrap_or_default()
+            ),
+        };
+    }
+    let mapping = match f.nat {
+        NatKind::None => "none (your address is public)",
+        NatKind::EndpointIndependent => {
+            "endpoint-independent: one public port for every destination"
+        }
+        NatKind::EndpointDependent => {
+            "endpoint-dependent (symmetric): a new public port for every destination"
+        }
+        NatKind::Unknown => "unknown (needs two STUN answers)",
+    };
+    let _ = writeln!(out, "Mapping: {mapping}");
+    let filtering = match f.filtering {
+        Some(Filtering::EndpointIndependent) => "endpoint-independent (full cone): anyone may answer",
+        Some(Filtering::AddressDependent) => "address-dependent (restricted cone): only hosts you sent to",
+        Some(Filtering::AddressAndPortDependent) => {
+            "address-and-port-dependent (port-restricted): only the exact address and port you sent to"
+        }
+        None if f.nat == NatKind::None => "none (no NAT)",
+        None => "not tested (needs a STUN server with RFC 5780, e.g. `p2pcopy stun-server --alternate-ip`)",
+    };
+    let _ = writeln!(out, "Filtering: {filtering}");
+    let hairpin = match f.hairpin {
+        Some(true) => "yes",
+        Some(false) => "no (two peers behind this router still connect, over their LAN addresses)",
+        None => "not applicable",
+    };
+    let _ = writeln!(out, "Hairpinning: {hairpin}");
+    let _ = match &f.ntp {
+        Some((server, rtt, offset)) => writeln!(
+            out,
+            "NTP: {server} answered in {} ms; this clock is {:.3} s {}",
+            rtt.as_millis(),
+            offset.abs(),
+            if *offset > 0.0 { "slow" } else { "fast" }
+        ),
+        None => writeln!(
+            out,
+            "NTP: no answer (p2pcopy then trusts this clock; rounds may miss if it is off by seconds)"
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "Port mapping (UPnP, NAT-PMP, PCP): not checked by this version"
+    );
+    let udp = f.servers.iter().any(|s| s.mapped.is_some());
+    let _ = writeln!(out, "Verdict: {}", verdict(f.nat, f.filtering, udp));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_name_what_can_be_reached() {
+        assert!(verdict(NatKind::None, None, true).contains("any peer"));
+        assert!(verdict(
+            NatKind::EndpointIndependent,
+            Some(Filtering::EndpointIndependent),
+            true
+        )
+        .contains("even a symmetric"));
+        for f in [
+            None,
+            Some(Filtering::AddressDependent),
+            Some(Filtering::AddressAndPortDependent),
+        ] {
+            assert!(verdict(NatKind::EndpointIndependent, f, true).starts_with("cone NAT"));
+        }
+        assert!(verdict(NatKind::EndpointDependent, None, true).starts_with("symmetric"));
+        assert!(verdict(NatKind::EndpointDependent, None, false).contains("blocked"));
+        assert!(verdict(NatKind::Unknown, None, true).contains("second --stun-server"));
+    }
+
+    #[tokio::test]
+    async fn against_our_own_rfc5780_server_on_loopback() {
+        // 127.0.0.1 and 127.0.0.2 are both loopback: a real RFC 5780 server with an
+        // alternate address, all on this machine.
+        let server = crate::stun::server::Server::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Some("127.0.0.2".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addrs()[0];
+        let task = tokio::spawn(server.run());
+        let f = run(
+            "127.0.0.1".parse().unwrap(),
+            0,
+            &[addr.to_string(), "no-such-host.invalid:3478".into()],
+            None,
+        )
+        .await
+        .unwrap();
+        task.abort();
+        assert_eq!(f.servers[0].mapped, Some(f.local));
+        assert_eq!(
+            f.servers[0].other.map(|o| o.ip()),
+            Some("127.0.0.2".parse().unwrap())
+        );
+        assert_eq!(f.servers[1].addr, None);
+        // Our own address came back: no NAT, so filtering and hairpinning are not asked.
+        assert_eq!(f.nat, NatKind::None);
+        assert_eq!(f.filtering, None);
+        let text = render(&f);
+        assert!(text.contains("Verdict: no NAT"), "{text}");
+        assert!(
+            text.contains("RFC 5780: other address 127.0.0.2:"),
+            "{text}"
+        );
+        assert!(text.contains("does not resolve"), "{text}");
+    }
+}
