@@ -46,6 +46,12 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #   interrupt           SIGINT while waiting for the round: exit 130
 #   disk-full           receiver's output dir is a 1 MiB tmpfs: refused up front,
 #                       exit 9 on both sides, nothing written
+#   disk-fills          public-public, core throttled, ~12 MiB into a 16 MiB tmpfs;
+#                       1.5 s after both connect the receiver's tmpfs is filled
+#                       up to 1 MiB (fallocate, from inside its mount namespace):
+#                       exit 9 on both sides ("disk full while writing into" /
+#                       "the receiver could not store the file"), the part file
+#                       (size > 0) kept next to the filler, no final name
 #   link-loss           public-cone, core throttled, then cut for good 1 s into
 #                       the transfer, --timeout 30: exit 7 on both sides after the
 #                       10 s idle timeout + 30 s of reconnecting; only the part
@@ -77,6 +83,7 @@ ALL_SCENARIOS=(
     bad-ticket
     interrupt
     disk-full
+    disk-fills
     link-loss
     folder
     resume
@@ -181,6 +188,11 @@ scenario_run() {
     disk-full)
         # receiver's output dir is a 1 MiB tmpfs: both sides must exit 9
         opts=(--expect diskfull --out-tmpfs 1m)
+        lab_side p2p-s 1 public && lab_side p2p-r 2 public
+        ;;
+    disk-fills)
+        # the disk fills up under a running transfer (after the up-front check)
+        opts=(--expect diskfills --out-tmpfs 16m --size-mb 12 --throttle "2 mbytes" --fill-after 1.5)
         lab_side p2p-s 1 public && lab_side p2p-r 2 public
         ;;
     link-loss)

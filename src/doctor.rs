@@ -71,6 +71,8 @@ pub struct Findings {
     pub hairpin: Option<bool>,
     /// The NTP server that answered, its round trip and our clock's offset (seconds).
     pub ntp: Option<(String, Duration, f64)>,
+    /// Whether NTP was asked at all.
+    pub ntp_checked: bool,
 }
 
 /// Runs every check from a socket bound like a transfer's.
@@ -160,6 +162,7 @@ pub async fn run(
         filtering,
         hairpin,
         ntp,
+        ntp_checked: ntp_servers.is_some(),
     })
 }
 
@@ -313,6 +316,7 @@ pub fn render(f: &Findings) -> String {
             offset.abs(),
             if *offset > 0.0 { "slow" } else { "fast" }
         ),
+        None if !f.ntp_checked => writeln!(out, "NTP: not checked"),
         None => writeln!(
             out,
             "NTP: no answer (p2pcopy then trusts this clock; rounds may miss if it is off by seconds)"

@@ -318,6 +318,45 @@ lab_ns_p2pcopy_pids() {
 # lab_event FILE WORDS: a timestamped "lab:" line in an events file (see stamp.py).
 lab_event() { local f=$1; shift; printf '%s lab: %s\n' "$(date +%s.%N)" "$*" >>"$f"; }
 
+# lab_wait_connected WORKDIR: wait (max 100 s) until both peers' stderr has a
+# line starting with "Connected".
+lab_wait_connected() {
+    local wd=$1
+    for _ in $(seq 1 500); do
+        if grep -q '^Connected' "$wd/sender.err" && grep -q '^Connected' "$wd/receiver.err"; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+
+# lab_fill_tmpfs NS DIR PART: from inside the mount namespace of the p2pcopy
+# process in NS (a receiver run under with-tmpfs.sh), fill the file system of
+# DIR with DIR/$LAB_FILLER so that only LAB_FILL_LEAVE_KB KiB (default 1024)
+# stay free.  Refuses anything but a tmpfs of at most 1 GiB.  Prints what it
+# did, or why it did not, on stdout.
+LAB_FILLER=lab-filler
+lab_fill_tmpfs() {
+    local ns=$1 dir=$2 part=$3 p st type avail total bs fill after psize mnt
+    local leave=$((${LAB_FILL_LEAVE_KB:-1024} * 1024))
+    p=$(lab_ns_p2pcopy_pids "$ns" | head -n 1)
+    [[ -n $p ]] || { echo "no p2pcopy process in $ns"; return 1; }
+    mnt=(nsenter -t "$p" -m --)
+    st=$("${mnt[@]}" stat -f -c '%T %a %b %S' "$dir") || { echo "stat -f $dir in pid $p's mount namespace failed"; return 1; }
+    read -r type avail total bs <<<"$st"
+    avail=$((avail * bs)) total=$((total * bs))
+    [[ $type == tmpfs ]] || { echo "$dir is $type, not a tmpfs, in pid $p's mount namespace"; return 1; }
+    ((total <= 1024 * 1024 * 1024)) || { echo "the tmpfs on $dir is $total bytes, more than 1 GiB"; return 1; }
+    ((avail > leave)) || { echo "only $avail bytes free already"; return 1; }
+    psize=$("${mnt[@]}" stat -c %s "$part" 2>/dev/null) || psize="(no part file)"
+    fill=$((avail - leave))
+    "${mnt[@]}" fallocate -l "$fill" "$dir/$LAB_FILLER" 2>&1 || { echo "fallocate -l $fill failed"; return 1; }
+    st=$("${mnt[@]}" stat -f -c '%a %S' "$dir")
+    after=$((${st% *} * ${st#* }))
+    echo "filled the receiver's tmpfs from inside pid $p's mount namespace: $LAB_FILLER of $fill bytes ($avail were free of $total, now $after; part file was at $psize bytes)"
+}
+
 # lab_transfer SENDER_NS RECEIVER_NS WORKDIR [options]
 #   --expect MODE          ok: both exit 0, content identical, no part file left;
 #                          fail: both exit 6 within timeout+15 s, stderr
@@ -327,6 +366,13 @@ lab_event() { local f=$1; shift; printf '%s lab: %s\n' "$(date +%s.%N)" "$*" >>"
 #                          interrupt: SIGINT to both 3 s after the pastes,
 #                          both exit 130 within 15 s, nothing in the output dir;
 #                          diskfull: both exit 9, output dir empty (--out-tmpfs);
+#                          diskfills: with --fill-after; both exit 9 within 15 s
+#                          of the fill, the receiver's error line says "disk
+#                          full while writing into", the sender's "the receiver
+#                          could not store the file"; the tmpfs listing at exit
+#                          holds only the filler and .NAME.p2pcopy-part with
+#                          0 < size < file size (size written to
+#                          WORKDIR/part.size), nothing under the final name;
 #                          lost: both exit 7 within timeout+25 s (idle timeout
 #                          10 s + reconnect time), no file under the final name,
 #                          only its .NAME.p2pcopy-part kept;
@@ -351,6 +397,10 @@ lab_event() { local f=$1; shift; printf '%s lab: %s\n' "$(date +%s.%N)" "$*" >>"
 #   --show                 follow both peers' output on the terminal
 #   --out-tmpfs SIZE       receiver's output dir is a SIZE tmpfs (private mount
 #                          namespace); with --expect diskfull: both sides exit 9
+#   --fill-after S         (with --out-tmpfs) S seconds after both print
+#                          "Connected", fill the receiver's tmpfs from inside its
+#                          mount namespace (fallocate FILLER_NAME) so that only
+#                          LAB_FILL_LEAVE_KB (default 1024) KiB stay free
 #   --throttle RATE        core forwards at most RATE (nft limit, e.g. 2 mbytes)
 #   --cut-after S          S seconds after both print "Connected", the core
 #                          drops all forwarded traffic (until the end, or:)
@@ -362,7 +412,7 @@ lab_event() { local f=$1; shift; printf '%s lab: %s\n' "$(date +%s.%N)" "$*" >>"
 #                          receiver's (use with --expect killed)
 #   --count-bytes          count the UDP bytes the core forwards from each of
 #                          its links; written to WORKDIR/bytes.wanN
-# With --cut-after or --kill-at, every stderr line of both peers is copied with
+# With --cut-after, --fill-after or --kill-at, every stderr line of both peers is copied with
 # its arrival time into WORKDIR/events.log (stamp.py), with the lab's own actions.
 # Result details are printed on stdout; returns 0 when expectations are met.
 lab_transfer() {
@@ -370,6 +420,7 @@ lab_transfer() {
     shift 3
     local expect=ok ptimeout="" delay=0 sfake="" rfake="" files=() show=0 clash=0
     local tmpfs="" throttle="" cutafter="" cutfor="" sizemb="" out="" tree=0 killat="" countbytes=0
+    local fillafter=""
     while (($#)); do
         case $1 in
         --expect) expect=$2; shift 2 ;;
@@ -387,6 +438,7 @@ lab_transfer() {
         --throttle) throttle=$2; shift 2 ;;
         --cut-after) cutafter=$2; shift 2 ;;
         --cut-for) cutfor=$2; shift 2 ;;
+        --fill-after) fillafter=$2; shift 2 ;;
         --kill-at) killat=$2; shift 2 ;;
         --count-bytes) countbytes=1; shift ;;
         *) echo "lab_transfer: unknown option $1"; return 2 ;;
@@ -427,8 +479,12 @@ lab_transfer() {
         echo "pre-existing file, not to be overwritten" >"$out/$name"
         cp "$out/$name" "$wd/clash.orig"
     fi
-    if [[ -n $killat || $expect == lost || $expect == killed ]] && ((!single)); then
-        echo "lab_transfer: --kill-at and --expect lost/killed need one plain file"
+    if [[ -n $killat || $expect == lost || $expect == killed || $expect == diskfills ]] && ((!single)); then
+        echo "lab_transfer: --kill-at and --expect lost/killed/diskfills need one plain file"
+        return 2
+    fi
+    if [[ -n $fillafter && -z $tmpfs ]]; then
+        echo "lab_transfer: --fill-after needs --out-tmpfs"
         return 2
     fi
     local part=""
@@ -488,7 +544,7 @@ EOT
         echo $! >>"$LAB_DIR/helpers.pids"
     fi
     local events=$wd/events.log stamppid=""
-    if [[ -n $cutafter || -n $killat ]]; then
+    if [[ -n $cutafter || -n $killat || -n $fillafter ]]; then
         python3 "$LAB_LIB_DIR/stamp.py" "$events" "$wd/stamp.stop" $((limit + 20)) \
             sender="$wd/sender.err" receiver="$wd/receiver.err" </dev/null 9>&- &
         stamppid=$!
@@ -521,15 +577,7 @@ EOT
     fi
     local tpaste=$SECONDS src=0 rrc=0
     if [[ -n $cutafter ]]; then
-        local connected=0
-        for _ in $(seq 1 500); do
-            if grep -q '^Connected' "$wd/sender.err" && grep -q '^Connected' "$wd/receiver.err"; then
-                connected=1
-                break
-            fi
-            sleep 0.2
-        done
-        if ((connected)); then
+        if lab_wait_connected "$wd"; then
             lab_event "$events" "both connected"
             sleep "$cutafter"
             lab_nsx p2p-core nft add table inet p2pcut
@@ -545,6 +593,22 @@ EOT
             fi
         else
             problems+=("peers never printed 'Connected', could not cut mid-transfer")
+        fi
+    fi
+    if [[ -n $fillafter ]]; then
+        if lab_wait_connected "$wd"; then
+            lab_event "$events" "both connected"
+            sleep "$fillafter"
+            local fillmsg
+            if fillmsg=$(lab_fill_tmpfs "$rns" "$out" "$part"); then
+                lab_event "$events" "filled"
+                echo "${fillafter}s after both connected: $fillmsg"
+            else
+                problems+=("could not fill the receiver's tmpfs: $fillmsg")
+            fi
+            tpaste=$SECONDS
+        else
+            problems+=("peers never printed 'Connected', could not fill the disk mid-transfer")
         fi
     fi
     if [[ -n $killat ]]; then
@@ -669,6 +733,7 @@ EOT
     fail) want_rc=6 want_s=$((${ptimeout:-120} + 15)) ;;
     badticket) want_rc=3 ;;
     diskfull) want_rc=9 ;;
+    diskfills) want_rc=9 ;;
     lost) want_rc=7 want_s=$((${ptimeout:-120} + 25)) ;;
     killed) want_rc=killed ;;
     interrupt) want_rc=130 ;;
@@ -687,12 +752,43 @@ EOT
             [[ -n $errl || $expect == interrupt || $expect == killed ]] || problems+=("$side stderr has no 'p2pcopy: ' line")
             [[ $expect != fail ]] || grep -qi symmetric <<<"$errl" ||
                 problems+=("$side error line does not mention 'symmetric'")
+            if [[ $expect == diskfills ]]; then
+                local want_err="the receiver could not store the file"
+                [[ $side == receiver ]] && want_err="disk full while writing into"
+                grep -qF "$want_err" <<<"$errl" || problems+=("$side error line does not say '$want_err'")
+            fi
             [[ -z $errl ]] || echo "$side: $errl"
         done
         if [[ -n $tmpfs ]]; then
             echo "receiver's tmpfs output dir at exit:"
             sed 's/^/  /' "$wd/out.listing" 2>/dev/null
-            if grep -vq '^total' "$wd/out.listing" 2>/dev/null; then
+            if [[ $expect == diskfills ]]; then
+                # Resume data kept next to the filler, nothing under the final name
+                # (ls -lA: size is field 5, the name the last; no blanks in these names)
+                local pname psize fsize others
+                pname=$(basename "$part")
+                fsize=$(stat -c %s "$file")
+                if [[ ! -s $wd/out.listing ]]; then
+                    problems+=("no listing of the receiver's tmpfs")
+                else
+                    psize=$(awk -v n="$pname" '$1 != "total" && $NF == n { print $5 }' "$wd/out.listing")
+                    if [[ -z $psize ]]; then
+                        problems+=("no part file $pname kept")
+                    else
+                        echo "kept $pname: $psize bytes ($((psize * 100 / fsize))% of the file)"
+                        echo "$psize" >"$wd/part.size"
+                        ((psize > 0)) || problems+=("part file $pname is empty")
+                        ((psize < fsize)) || problems+=("part file $pname holds $psize of $fsize bytes: the disk never filled")
+                    fi
+                    awk -v n="$LAB_FILLER" '$NF == n { f = 1 } END { exit !f }' "$wd/out.listing" ||
+                        problems+=("no $LAB_FILLER in the listing")
+                    awk -v n="$name" '$NF == n { f = 1 } END { exit !f }' "$wd/out.listing" &&
+                        problems+=("a file exists under the final name $name")
+                    others=$(awk -v a="$pname" -v b="$LAB_FILLER" \
+                        '$1 != "total" && $NF != a && $NF != b { printf "%s ", $NF }' "$wd/out.listing")
+                    [[ -z $others ]] || problems+=("output dir has more than the part file and the filler: $others")
+                fi
+            elif grep -vq '^total' "$wd/out.listing" 2>/dev/null; then
                 problems+=("output dir not empty at receiver exit")
             fi
         elif [[ $expect == lost || $expect == killed ]]; then
