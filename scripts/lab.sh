@@ -47,7 +47,7 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #   disk-full           receiver's output dir is a 1 MiB tmpfs: refused up front,
 #                       exit 9 on both sides, nothing written
 #   disk-fills          public-public, core throttled, ~12 MiB into a 16 MiB tmpfs;
-#                       1.5 s after both connect the receiver's tmpfs is filled
+#                       1 s after both connect the receiver's tmpfs is filled
 #                       up to 1 MiB (fallocate, from inside its mount namespace):
 #                       exit 9 on both sides ("disk full while writing into" /
 #                       "the receiver could not store the file"), the part file
@@ -192,7 +192,7 @@ scenario_run() {
         ;;
     disk-fills)
         # the disk fills up under a running transfer (after the up-front check)
-        opts=(--expect diskfills --out-tmpfs 16m --size-mb 12 --throttle "2 mbytes" --fill-after 1.5)
+        opts=(--expect diskfills --out-tmpfs 16m --size-mb 12 --throttle "2 mbytes" --fill-after 1)
         lab_side p2p-s 1 public && lab_side p2p-r 2 public
         ;;
     link-loss)

@@ -757,7 +757,7 @@ EOT
                 [[ $side == receiver ]] && want_err="disk full while writing into"
                 grep -qF "$want_err" <<<"$errl" || problems+=("$side error line does not say '$want_err'")
             fi
-            [[ -z $errl ]] || echo "$side: $errl"
+            [[ -z $errl ]] || echo "$side: ${errl//$'\n'/$'\n'$side: }"
         done
         if [[ -n $tmpfs ]]; then
             echo "receiver's tmpfs output dir at exit:"
