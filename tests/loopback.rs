@@ -121,13 +121,7 @@ fn stderr(o: &Output) -> String {
 fn transfer(name: &str, data: &[u8], out: &Path) -> (Output, Output) {
     let src = tempfile::tempdir().unwrap();
     fs::write(src.path().join(name), data).unwrap();
-    let file = src.path().join(name);
-    let mut receiver = start("receiver", &["--output", out.to_str().unwrap()], src.path());
-    let mut sender = start("sender", &["--file", file.to_str().unwrap()], src.path());
-    let (st, rt) = (sender.ticket.clone(), receiver.ticket.clone());
-    sender.paste(&rt);
-    receiver.paste(&st);
-    (sender.finish(), receiver.finish())
+    job(src.path(), &[name], out, &[])
 }
 
 fn pseudo_random(n: usize) -> Vec<u8> {

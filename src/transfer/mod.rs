@@ -20,12 +20,15 @@ pub use send::Outgoing;
 pub use store::{check_output_dir, numbered, part_name, Store};
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::{Connection, ConnectionError, ReadError, ReadExactError, RecvStream, WriteError};
 
 use crate::error::Error;
-use crate::wire::{Frame, WireError, FLAG_AUTHENTICATED, FRAME_HEADER_LEN, STOP_STORE_FAILED};
+use crate::progress::Progress;
+use crate::wire::{
+    Entry, EntryKind, Frame, WireError, FLAG_AUTHENTICATED, FRAME_HEADER_LEN, STOP_STORE_FAILED,
+};
 
 /// Size of one chunk read from disk and handed to QUIC.
 pub const CHUNK: usize = 1 << 20;
@@ -82,9 +85,48 @@ pub struct Report {
     pub failed: Vec<(String, String)>,
     /// Whether the peer checked our certificate against our ticket.
     pub peer_authenticated: bool,
+    /// When the run's first connection started.
+    started: Option<Instant>,
 }
 
 impl Report {
+    /// Counts a manifest's entries and bytes.
+    fn tally(&mut self, entries: &[Entry]) {
+        let count = |kind| entries.iter().filter(|e| e.kind == kind).count() as u64;
+        self.files = count(EntryKind::File);
+        self.dirs = count(EntryKind::Dir);
+        self.links = count(EntryKind::Symlink);
+        self.total = entries.iter().map(|e| e.size).sum();
+    }
+
+    /// Notes that a connection starts carrying the job; true for the run's first.
+    fn connection_started(&mut self) -> bool {
+        if self.started.is_none() {
+            self.started = Some(Instant::now());
+            true
+        } else {
+            self.reconnects += 1;
+            false
+        }
+    }
+
+    /// Notes that a file's data starts at `start` where `claimed` bytes were claimed: a
+    /// refused claim moves the progress back, and on the run's first connection the proven
+    /// bytes count as resumed from an earlier run.
+    fn file_started(&mut self, progress: &mut Progress, first: bool, claimed: u64, start: u64) {
+        if start < claimed {
+            progress.set(progress.done() - (claimed - start));
+        }
+        if first {
+            self.resumed += start;
+        }
+    }
+
+    /// Notes that the job is done, for `elapsed`.
+    fn finished(&mut self) {
+        self.elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
+    }
+
     /// `3 files (181.64 MiB) in 16.3 s, 11.14 MiB/s` for the closing line.
     pub fn amount_and_rate(&self) -> String {
         let rate = crate::progress::rate(self.moved, self.elapsed);

@@ -3,7 +3,6 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::time::Instant;
 
 use bytes::Bytes;
 use quinn::{Connection, ReadError, RecvStream};
@@ -30,7 +29,6 @@ pub struct Incoming {
     verified: HashMap<(PathBuf, u64), blake3::Hash>,
     progress: Option<Progress>,
     report: Report,
-    started: Option<Instant>,
     renamed: HashMap<String, PathBuf>,
     /// Entries stored in this run (on any connection).
     stored_now: HashSet<u32>,
@@ -50,7 +48,6 @@ impl Incoming {
             verified: HashMap::new(),
             progress: None,
             report: Report::default(),
-            started: None,
             renamed: HashMap::new(),
             stored_now: HashSet::new(),
         }
@@ -97,12 +94,7 @@ impl Incoming {
     }
 
     async fn run_once(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
-        let first = self.started.is_none();
-        if first {
-            self.started = Some(Instant::now());
-        } else {
-            self.report.reconnects += 1;
-        }
+        let first = self.report.connection_started();
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| closed(&e))?;
         let offer = match read_frame(&mut recv).await? {
             Frame::Offer(o) => o,
@@ -110,10 +102,7 @@ impl Incoming {
         };
         self.report.peer_authenticated = offer.flags & FLAG_AUTHENTICATED != 0;
         let entries = read_manifest(&mut recv, offer.entries, offer.total).await?;
-        self.report.total = offer.total;
-        self.report.files = count(&entries, EntryKind::File);
-        self.report.dirs = count(&entries, EntryKind::Dir);
-        self.report.links = count(&entries, EntryKind::Symlink);
+        self.report.tally(&entries);
 
         // Folders first, then what is already here: both touch the disk, off the runtime.
         let store = self.store.clone();
@@ -185,12 +174,8 @@ impl Incoming {
                     c.entry.path, head.start, claimed
                 )));
             }
-            if head.start < claimed {
-                progress.set(progress.done() - (claimed - head.start));
-            }
-            if first {
-                self.report.resumed += head.start;
-            }
+            self.report
+                .file_started(progress, first, claimed, head.start);
             progress.set_message(&c.entry.path);
             let got = receive_file(
                 &self.store,
@@ -251,7 +236,7 @@ impl Incoming {
         send.write_all(&b).await.map_err(lost_write)?;
         let _ = send.finish();
         progress.finish();
-        self.report.elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        self.report.finished();
         self.summarise(&entries, &statuses)
     }
 
@@ -305,10 +290,6 @@ impl Incoming {
             if list.len() == 1 { "its" } else { "their" },
         )))
     }
-}
-
-fn count(entries: &[Entry], kind: EntryKind) -> u64 {
-    entries.iter().filter(|e| e.kind == kind).count() as u64
 }
 
 fn unexpected(f: &Frame) -> Error {

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use quinn::Connection;
@@ -29,7 +28,6 @@ pub struct Outgoing {
     status: HashMap<u32, FileStatus>,
     progress: Option<Progress>,
     report: Report,
-    started: Option<Instant>,
 }
 
 /// What the disk thread tells the network task.
@@ -53,24 +51,14 @@ struct Job {
 impl Outgoing {
     /// A job for the entries of `scan`.
     pub fn new(scan: Scan) -> Outgoing {
-        let mut report = Report {
-            total: scan.total_bytes(),
-            ..Report::default()
-        };
-        for e in &scan.entries {
-            match e.kind {
-                EntryKind::File => report.files += 1,
-                EntryKind::Dir => report.dirs += 1,
-                EntryKind::Symlink => report.links += 1,
-            }
-        }
+        let mut report = Report::default();
+        report.tally(&scan.entries);
         Outgoing {
             scan,
             known: HashMap::new(),
             status: HashMap::new(),
             progress: None,
             report,
-            started: None,
         }
     }
 
@@ -89,12 +77,7 @@ impl Outgoing {
     }
 
     async fn run_once(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
-        let first = self.started.is_none();
-        if first {
-            self.started = Some(Instant::now());
-        } else {
-            self.report.reconnects += 1;
-        }
+        let first = self.report.connection_started();
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
         let mut buf = Vec::with_capacity(64 << 10);
         Frame::Offer(Offer {
@@ -179,15 +162,8 @@ impl Outgoing {
                     None => sending_done = true,
                     Some(DiskEvent::Start(head)) => {
                         let entry = &self.scan.entries[head.index as usize];
-                        if let Some(c) = claims.get(&head.index) {
-                            let claimed = c.offset.min(entry.size);
-                            if head.start < claimed {
-                                progress.set(progress.done() - (claimed - head.start));
-                            }
-                        }
-                        if first {
-                            self.report.resumed += head.start;
-                        }
+                        let claimed = claims.get(&head.index).map_or(0, |c| c.offset.min(entry.size));
+                        self.report.file_started(progress, first, claimed, head.start);
                         progress.set_message(&entry.path);
                         let mut s = conn.open_uni().await.map_err(|e| closed(&e))?;
                         s.write_all(&head.encode()).await.map_err(lost_write)?;
@@ -234,7 +210,7 @@ impl Outgoing {
         }
         progress.finish();
         self.finish_report();
-        self.report.elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
+        self.report.finished();
         if self.report.failed.is_empty() {
             Ok(())
         } else {

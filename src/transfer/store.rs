@@ -9,7 +9,7 @@
 //! rename. Part files are locked while written, so two receivers cannot interleave.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -291,19 +291,10 @@ fn hash_file(path: &Path) -> Result<(blake3::Hash, blake3::Hasher), Error> {
         path: path.to_owned(),
         source: e,
     };
-    let mut file = File::open(path).map_err(err)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; super::CHUNK];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(err(e)),
-        }
-    }
+    hasher
+        .update_reader(File::open(path).map_err(err)?)
+        .map_err(err)?;
     Ok((hasher.finalize(), hasher))
 }
 
