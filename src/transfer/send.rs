@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::manifest::{split_time, Scan};
 use crate::progress::Progress;
 use crate::wire::{
-    Claim, DataHead, EntryKind, FileStatus, Frame, Offer, Trailer, FLAG_AUTHENTICATED,
+    segment_end, Claim, DataHead, EntryKind, FileStatus, Frame, Offer, Trailer, FLAG_AUTHENTICATED,
     RESET_SOURCE_CHANGED,
 };
 
@@ -153,7 +153,7 @@ impl Outgoing {
         let reader = tokio::task::spawn_blocking(move || read_all(jobs, tx));
         let mut results = std::pin::pin!(collect(&mut recv, pending));
         let mut stream: Option<quinn::SendStream> = None;
-        let mut current: Option<(u32, u64)> = None;
+        let mut current: Option<Sending> = None;
         let mut sending_done = false;
         let outcome: Result<Vec<(u32, FileStatus)>, Error> = loop {
             tokio::select! {
@@ -165,21 +165,40 @@ impl Outgoing {
                         let claimed = claims.get(&head.index).map_or(0, |c| c.offset.min(entry.size));
                         self.report.file_started(progress, first, claimed, head.start);
                         progress.set_message(&entry.path);
-                        let mut s = conn.open_uni().await.map_err(|e| closed(&e))?;
-                        s.write_all(&head.encode()).await.map_err(lost_write)?;
-                        stream = Some(s);
-                        current = Some((head.index, head.start));
+                        stream = Some(open_segment(&conn, head).await?);
+                        current = Some(Sending {
+                            index: head.index,
+                            at: head.start,
+                            segment_end: segment_end(head.start, entry.size),
+                            size: entry.size,
+                        });
                     }
-                    Some(DiskEvent::Data(chunk)) => {
+                    Some(DiskEvent::Data(mut chunk)) => {
                         let n = chunk.len() as u64;
-                        let s = stream.as_mut().ok_or_else(|| Error::Internal("data before start".into()))?;
-                        s.write_chunk(chunk).await.map_err(lost_write)?;
+                        let cur = current.as_mut().ok_or_else(|| Error::Internal("data before start".into()))?;
+                        while !chunk.is_empty() {
+                            if cur.at == cur.segment_end {
+                                if cur.at >= cur.size {
+                                    return Err(Error::Internal("read past the announced size".into()));
+                                }
+                                if let Some(mut s) = stream.take() {
+                                    s.finish().map_err(lost)?;
+                                }
+                                let head = DataHead { index: cur.index, start: cur.at };
+                                stream = Some(open_segment(&conn, head).await?);
+                                cur.segment_end = segment_end(cur.at, cur.size);
+                            }
+                            let s = stream.as_mut().ok_or_else(|| Error::Internal("no data stream".into()))?;
+                            let take = (cur.segment_end - cur.at).min(chunk.len() as u64);
+                            s.write_chunk(chunk.split_to(take as usize)).await.map_err(lost_write)?;
+                            cur.at += take;
+                        }
                         self.report.moved += n;
                         progress.inc(n);
                     }
                     Some(DiskEvent::End(trailer)) => {
                         let mut s = stream.take().ok_or_else(|| Error::Internal("end before start".into()))?;
-                        let (index, _) = current.take().unwrap_or_default();
+                        let index = current.take().map_or(0, |c| c.index);
                         match trailer {
                             Trailer::Complete(h) => {
                                 self.known.insert(index, blake3::Hash::from_bytes(h));
@@ -250,6 +269,23 @@ impl Outgoing {
             }
         }
     }
+}
+
+/// Where the file being sent stands.
+struct Sending {
+    index: u32,
+    /// Offset of the next byte to send.
+    at: u64,
+    /// Where the current data stream's segment ends.
+    segment_end: u64,
+    size: u64,
+}
+
+/// Opens the data stream for the segment that `head` starts.
+async fn open_segment(conn: &Connection, head: DataHead) -> Result<quinn::SendStream, Error> {
+    let mut s = conn.open_uni().await.map_err(|e| closed(&e))?;
+    s.write_all(&head.encode()).await.map_err(lost_write)?;
+    Ok(s)
 }
 
 fn unexpected(f: &Frame) -> Error {
