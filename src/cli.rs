@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
+use crate::events::{millis, Event, Output};
 use crate::net::{self, ConnectFailure, Dialer, Link, Progress as NetProgress};
 use crate::punch::{self, PathKind, DEFAULT_OPENER_TTL};
 use crate::ticket::{Candidate, CandidateKind, FullTicket, NatKind, Role, Ticket};
@@ -33,6 +34,21 @@ pub struct Cli {
     /// No progress bar and no informational messages; errors are still printed.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Print newline-delimited JSON events on stdout instead of messages and a progress bar,
+    /// for scripts and GUIs (the README documents every event).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Cli {
+    /// Where this run reports, as its flags ask.
+    pub fn output(&self) -> Output {
+        if self.json {
+            Output::json()
+        } else {
+            Output::human(self.quiet)
+        }
+    }
 }
 
 /// The two roles.
@@ -146,32 +162,31 @@ pub struct NetArgs {
     pub timeout: u64,
 }
 
-/// Prints an informational line on stderr unless --quiet.
+/// Prints an informational line on stderr for a person (not with --quiet or --json).
 macro_rules! say {
-    ($quiet:expr, $($arg:tt)*) => {
-        if !$quiet {
-            eprintln!($($arg)*);
-        }
+    ($out:expr, $($arg:tt)*) => {
+        $out.say(format_args!($($arg)*))
     };
 }
 
-/// Runs one p2pcopy command to completion.
-pub async fn run(cli: Cli) -> Result<(), Error> {
+/// Runs one p2pcopy command to completion, reporting through `out`; the caller reports the
+/// error that ends it.
+pub async fn run(cli: Cli, out: Output) -> Result<(), Error> {
     if let Command::StunServer(args) = &cli.command {
         return tokio::select! {
-            r = serve_stun(args) => r,
+            r = serve_stun(args, out) => r,
             _ = tokio::signal::ctrl_c() => Err(Error::Interrupted("stopped".into())),
         };
     }
     if let Command::Doctor(args) = &cli.command {
         return tokio::select! {
-            r = doctor(args) => r,
+            r = doctor(args, out) => r,
             _ = tokio::signal::ctrl_c() => Err(Error::Interrupted("interrupted".into())),
         };
     }
     let interrupted = || Error::Interrupted("interrupted".into());
     let (mut dialer, mut link, mut job, ctx) = tokio::select! {
-        r = connect_phase(cli) => r?,
+        r = connect_phase(cli, out) => r?,
         _ = tokio::signal::ctrl_c() => return Err(interrupted()),
     };
     let result = tokio::select! {
@@ -181,8 +196,11 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     };
     if let (Err(e), Job::Receive(inc, _)) = (&result, &job) {
         let r = inc.report();
-        if r.moved > 0 && e.exit_code() != 8 && !ctx.quiet {
-            eprintln!("p2pcopy: what arrived is kept; run both commands again to resume");
+        if r.moved > 0 && e.exit_code() != 8 {
+            say!(
+                ctx.out,
+                "p2pcopy: what arrived is kept; run both commands again to resume"
+            );
         }
     }
     let (code, reason) = match &result {
@@ -207,7 +225,7 @@ enum Job {
 
 /// What reconnecting needs besides the dialer.
 struct Ctx {
-    quiet: bool,
+    out: Output,
     clock: ntp::Clock,
     timeout: u64,
     needs_rounds: bool,
@@ -223,25 +241,37 @@ impl Ctx {
         (Instant::now() + wait, wait)
     }
 
-    /// Punches and connects, telling the user about rounds.
-    async fn connect(&self, dialer: &mut Dialer, deadline: Instant) -> Result<Link, Error> {
+    /// Punches and connects, telling the user about rounds; `reconnects` counts the
+    /// connections this run had before.
+    async fn connect(
+        &self,
+        dialer: &mut Dialer,
+        deadline: Instant,
+        reconnects: u32,
+    ) -> Result<Link, Error> {
         let (first_round, wait) = self.next_round();
-        let quiet = self.quiet;
-        if self.needs_rounds {
+        let out = self.out;
+        let needs_rounds = self.needs_rounds;
+        if needs_rounds {
             say!(
-                quiet,
+                out,
                 "Connecting: synchronised rounds start every {} s; next in {} s",
                 punch::ROUND_PERIOD.as_secs(),
                 wait.as_secs()
             );
         } else {
-            say!(quiet, "Connecting...");
+            say!(out, "Connecting...");
         }
-        let needs_rounds = self.needs_rounds;
+        out.emit(|| Event::Connecting {
+            rounds: needs_rounds,
+            round_period_s: needs_rounds.then_some(punch::ROUND_PERIOD.as_secs()),
+            next_round_in_s: needs_rounds.then_some(wait.as_secs()),
+        });
         let link = dialer
             .connect(first_round, deadline, |p| match p {
                 NetProgress::Round(n) if needs_rounds => {
-                    say!(quiet, "Round {}: probing your peer...", n + 1)
+                    say!(out, "Round {}: probing your peer...", n + 1);
+                    out.emit(|| Event::PunchRound { round: n + 1 });
                 }
                 NetProgress::Round(_) => {}
             })
@@ -259,24 +289,35 @@ impl Ctx {
                 )))
             }
         };
+        let remote = link.connection.remote_address();
+        let rtt_ms = millis(link.connection.rtt());
         say!(
-            quiet,
+            out,
             "Connected directly to {} ({}), round trip {} ms",
-            link.connection.remote_address(),
+            remote,
             link.kind.describe(),
-            link.connection.rtt().as_millis()
+            rtt_ms
         );
+        out.emit(|| Event::Connected {
+            path_kind: link.kind,
+            remote,
+            rtt_ms,
+            authenticated: link.authenticated,
+            verification_code: (!link.authenticated).then(|| link.verification_code.clone()),
+            reconnects,
+        });
         Ok(link)
     }
 }
 
-async fn connect_phase(cli: Cli) -> Result<(Dialer, Link, Job, Ctx), Error> {
-    let quiet = cli.quiet;
+async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx), Error> {
     let (role, net_args, job) = match cli.command {
         Command::Sender(a) => {
             let scan = crate::manifest::scan(&a.file)?;
             for (path, why) in &scan.skipped {
-                say!(quiet, "p2pcopy: not sending {}: {why}", path.display());
+                let message = format!("not sending {}: {why}", path.display());
+                say!(out, "p2pcopy: {message}");
+                out.emit(|| Event::Warning { message });
             }
             if scan.entries.is_empty() {
                 return Err(Error::Usage("nothing to send".into()));
@@ -305,7 +346,7 @@ async fn connect_phase(cli: Cli) -> Result<(Dialer, Link, Job, Ctx), Error> {
     let local = socket
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    say!(quiet, "Using local port: {}", local.port());
+    say!(out, "Using local port: {}", local.port());
 
     // NTP runs while the users exchange tickets.
     let ntp_task = (!net_args.no_ntp).then(|| {
@@ -336,7 +377,7 @@ async fn connect_phase(cli: Cli) -> Result<(Dialer, Link, Job, Ctx), Error> {
                 candidates.push(c);
             }
         }
-        say!(quiet, "Your NAT: {}", nat::describe(kind));
+        say!(out, "Your NAT: {}", nat::describe(kind));
         (kind, socket)
     };
     for ip in &host_ips {
@@ -357,21 +398,30 @@ async fn connect_phase(cli: Cli) -> Result<(Dialer, Link, Job, Ctx), Error> {
         fingerprint: *identity.fingerprint(),
         candidates,
     };
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "Tell this to your peer: {ours}");
-        let _ = out.flush();
-    }
+    out.print(format_args!("Tell this to your peer: {ours}"));
+    out.emit(|| Event::Ticket {
+        role,
+        ticket: ours.to_string(),
+        local_port: local.port(),
+        nat: nat_kind,
+        candidates: ours.candidates.clone(),
+    });
 
     let peer = match &net_args.peer {
         Some(text) => check_peer(text.parse()?, &ours)?,
-        None => prompt_for_peer(&ours).await?,
+        None => prompt_for_peer(&ours, out).await?,
     };
     let pasted = Instant::now();
     let peer_nat = peer.nat();
-    if let Some(warning) = nat::warn_before(nat_kind, peer_nat) {
-        say!(quiet, "p2pcopy: warning: {warning}");
+    let warning = nat::warn_before(nat_kind, peer_nat);
+    if let Some(warning) = warning {
+        say!(out, "p2pcopy: warning: {warning}");
     }
+    out.emit(|| Event::Nat {
+        ours: nat_kind,
+        peer: peer_nat,
+        warning: warning.map(str::to_owned),
+    });
     let deadline = pasted + Duration::from_secs(net_args.timeout);
 
     let clock = match ntp_task {
@@ -379,7 +429,11 @@ async fn connect_phase(cli: Cli) -> Result<(Dialer, Link, Job, Ctx), Error> {
         Some(task) => match task.await.ok().flatten() {
             Some((_, clock)) => clock,
             None => {
-                say!(quiet, "p2pcopy: warning: no NTP server answered; using this computer's clock, so connecting may take longer if your clocks differ");
+                let message = "no NTP server answered; using this computer's clock, so connecting may take longer if your clocks differ";
+                say!(out, "p2pcopy: warning: {message}");
+                out.emit(|| Event::Warning {
+                    message: message.into(),
+                });
                 ntp::Clock::default()
             }
         },
@@ -388,7 +442,7 @@ async fn connect_phase(cli: Cli) -> Result<(Dialer, Link, Job, Ctx), Error> {
         .iter()
         .any(|t| matches!(t.kind, PathKind::Mapped | PathKind::Typed));
     let ctx = Ctx {
-        quiet,
+        out,
         clock,
         timeout: net_args.timeout,
         needs_rounds,
@@ -402,7 +456,7 @@ async fn connect_phase(cli: Cli) -> Result<(Dialer, Link, Job, Ctx), Error> {
         peer,
         Some(DEFAULT_OPENER_TTL),
     )?;
-    let link = ctx.connect(&mut dialer, deadline).await?;
+    let link = ctx.connect(&mut dialer, deadline, 0).await?;
     Ok((dialer, link, job, ctx))
 }
 
@@ -413,27 +467,33 @@ async fn transfer_phase(
     job: &mut Job,
     ctx: &Ctx,
 ) -> Result<(), Error> {
-    let quiet = ctx.quiet;
+    let out = ctx.out;
+    let mut reconnects = 0;
     loop {
         let opts = transfer::Options {
             authenticated: link.authenticated,
-            quiet,
+            out,
         };
         let result = match job {
-            Job::Send(out, _) => out.run(&link.connection, opts).await,
+            Job::Send(sending, _) => sending.run(&link.connection, opts).await,
             Job::Receive(inc, _) => inc.run(&link.connection, opts).await,
         };
         match result {
             Ok(()) => break,
             Err(Error::ConnectionLost(why)) => {
                 say!(
-                    quiet,
+                    out,
                     "Connection lost ({why}); reconnecting for up to {} s. Received data is kept.",
                     ctx.timeout
                 );
+                out.emit(|| Event::Reconnecting {
+                    reason: why.clone(),
+                    timeout_s: ctx.timeout,
+                });
                 link.connection.close(0u32.into(), b"lost");
                 let deadline = Instant::now() + Duration::from_secs(ctx.timeout);
-                *link = ctx.connect(dialer, deadline).await.map_err(|e| match e {
+                reconnects += 1;
+                *link = ctx.connect(dialer, deadline, reconnects).await.map_err(|e| match e {
                     Error::Connect(_) => Error::ConnectionLost(format!(
                         "{why}, and no new path was found within {} s; run both commands again to resume",
                         ctx.timeout
@@ -445,18 +505,18 @@ async fn transfer_phase(
         }
     }
     match job {
-        Job::Send(out, checksums) => {
-            let r = out.report();
-            show_code(quiet, link, r.peer_authenticated);
-            say!(quiet, "Sent {}{}", single_name(r), r.amount_and_rate());
+        Job::Send(sending, checksums) => {
+            let r = sending.report();
+            show_code(out, link, r.peer_authenticated);
+            say!(out, "Sent {}{}", single_name(r), r.amount_and_rate());
             if let Some(note) = r.reuse_note() {
-                say!(quiet, "({note})");
+                say!(out, "({note})");
             }
             match r.hashes.as_slice() {
                 [] => {}
-                [(_, h)] => say!(quiet, "The receiver verified it: BLAKE3 {h}"),
+                [(_, h)] => say!(out, "The receiver verified it: BLAKE3 {h}"),
                 many => say!(
-                    quiet,
+                    out,
                     "The receiver verified all {} files (BLAKE3)",
                     many.len()
                 ),
@@ -464,47 +524,68 @@ async fn transfer_phase(
             if let Some(path) = checksums {
                 write_checksums(path, r.hashes.iter().map(|(p, h)| (p.clone(), *h)))?;
             }
+            // Last, so that a program sees `summary` only when nothing can fail any more.
+            out.emit(|| summary(Role::Sender, r, link));
             link.connection.close(0u32.into(), b"done");
         }
         Job::Receive(inc, checksums) => {
             let r = inc.report();
-            show_code(quiet, link, r.peer_authenticated);
-            say!(quiet, "Received {}{}", single_name(r), r.amount_and_rate());
+            show_code(out, link, r.peer_authenticated);
+            say!(out, "Received {}{}", single_name(r), r.amount_and_rate());
             if let Some(note) = r.reuse_note() {
-                say!(quiet, "({note})");
+                say!(out, "({note})");
             }
             let root = inc.store().root().to_owned();
             if let (1, Some(saved)) = (r.files + r.dirs + r.links, inc.saved_as()) {
-                say!(quiet, "Saved as {}", saved.display());
+                say!(out, "Saved as {}", saved.display());
             } else {
-                say!(quiet, "Saved into {}", root.display());
+                say!(out, "Saved into {}", root.display());
             }
             for (name, at) in r.renamed.iter().take(5) {
                 say!(
-                    quiet,
+                    out,
                     "  {name} was saved as {} (the name was taken)",
                     at.display()
                 );
             }
             if r.renamed.len() > 5 {
                 say!(
-                    quiet,
+                    out,
                     "  ... and {} more under new names",
                     r.renamed.len() - 5
                 );
             }
             match r.hashes.as_slice() {
                 [] => {}
-                [(_, h)] => say!(quiet, "BLAKE3 {h} verified"),
-                many => say!(quiet, "All {} files verified (BLAKE3)", many.len()),
+                [(_, h)] => say!(out, "BLAKE3 {h} verified"),
+                many => say!(out, "All {} files verified (BLAKE3)", many.len()),
             }
             if let Some(path) = checksums {
                 write_checksums(path, inc.saved_hashes())?;
             }
+            out.emit(|| summary(Role::Receiver, r, link));
             transfer::linger(&link.connection).await;
         }
     }
     Ok(())
+}
+
+/// The closing `summary` event, with the same numbers as the human closing lines.
+fn summary(role: Role, r: &transfer::Report, link: &Link) -> Event {
+    Event::Summary {
+        role,
+        files: r.files,
+        folders: r.dirs,
+        links: r.links,
+        total_bytes: r.total,
+        moved_bytes: r.moved,
+        resumed_bytes: r.resumed,
+        already_there: r.already_there,
+        reconnects: r.reconnects,
+        elapsed_s: crate::events::seconds(r.elapsed),
+        bytes_per_s: crate::progress::rate(r.moved, r.elapsed),
+        verification_code: code_to_compare(link, r.peer_authenticated).map(str::to_owned),
+    }
 }
 
 /// `x.tif ` for a one-file job, else nothing (the amount names the count).
@@ -530,7 +611,7 @@ fn write_checksums(
     })
 }
 
-async fn doctor(args: &DoctorArgs) -> Result<(), Error> {
+async fn doctor(args: &DoctorArgs, out: Output) -> Result<(), Error> {
     let stun = or_defaults(&args.stun_servers, stun::DEFAULT_SERVERS);
     let ntp = or_defaults(&args.ntp_servers, ntp::DEFAULT_SERVERS);
     let findings = crate::doctor::run(
@@ -540,7 +621,9 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Error> {
         (!args.no_ntp).then_some(&ntp[..]),
     )
     .await?;
-    print!("{}", crate::doctor::render(&findings));
+    let text = crate::doctor::render(&findings);
+    out.print(format_args!("{}", text.strip_suffix('\n').unwrap_or(&text)));
+    out.emit(|| Event::doctor(&findings));
     if findings.servers.iter().all(|s| s.mapped.is_none()) {
         return Err(Error::Stun {
             tried: stun.join(", "),
@@ -549,26 +632,29 @@ async fn doctor(args: &DoctorArgs) -> Result<(), Error> {
     Ok(())
 }
 
-async fn serve_stun(args: &StunServerArgs) -> Result<(), Error> {
+async fn serve_stun(args: &StunServerArgs, out: Output) -> Result<(), Error> {
     if args.alternate_ip.is_some() && args.listen.ip().is_unspecified() {
         return Err(Error::Usage(
             "--alternate-ip needs a specific --listen address (RFC 5780 answers name both)".into(),
         ));
     }
     let server = stun::server::Server::bind(args.listen, args.alternate_ip).await?;
-    {
-        let mut out = std::io::stdout().lock();
-        for a in server.local_addrs() {
-            let _ = writeln!(out, "STUN server listening on {a}");
-        }
-        let _ = out.flush();
+    for &addr in server.local_addrs() {
+        out.print(format_args!("STUN server listening on {addr}"));
+        out.emit(|| Event::Listening { addr });
     }
     server.run().await
 }
 
-fn show_code(quiet: bool, link: &Link, peer_authenticated: bool) {
-    if !link.authenticated || !peer_authenticated {
-        say!(quiet, "Verification code: {} (an ip:port was used instead of a ticket, so compare this code with your peer; if it differs, someone is in the middle)", link.verification_code);
+/// The code both users compare, when either side could not check the other's certificate
+/// (one of them used a bare `ip:port`).
+fn code_to_compare(link: &Link, peer_authenticated: bool) -> Option<&str> {
+    (!link.authenticated || !peer_authenticated).then_some(link.verification_code.as_str())
+}
+
+fn show_code(out: Output, link: &Link, peer_authenticated: bool) {
+    if let Some(code) = code_to_compare(link, peer_authenticated) {
+        say!(out, "Verification code: {code} (an ip:port was used instead of a ticket, so compare this code with your peer; if it differs, someone is in the middle)");
     }
 }
 
@@ -599,18 +685,23 @@ fn check_peer(peer: Ticket, ours: &FullTicket) -> Result<Ticket, Error> {
     Ok(peer)
 }
 
-async fn prompt_for_peer(ours: &FullTicket) -> Result<Ticket, Error> {
-    let interactive = std::io::stdin().is_terminal();
+async fn prompt_for_peer(ours: &FullTicket, out: Output) -> Result<Ticket, Error> {
+    // A program reading --json sends the ticket unasked, and a mistyped one is an error it
+    // sees as an event rather than a question on a terminal it may not show.
+    let person = !out.is_json();
+    let interactive = person && std::io::stdin().is_terminal();
     loop {
-        eprint!("Enter your peer's ticket (or ip:port): ");
-        let _ = std::io::stderr().flush();
+        if person {
+            eprint!("Enter your peer's ticket (or ip:port): ");
+            let _ = std::io::stderr().flush();
+        }
         let line = tokio::task::spawn_blocking(|| {
             let mut s = String::new();
             std::io::stdin().read_line(&mut s).map(|n| (n, s))
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
-        if !interactive {
+        if person && !interactive {
             // A terminal echoes the user's Enter; a pipe does not, so end the prompt line here.
             eprintln!();
         }

@@ -12,6 +12,7 @@
 //! - [`manifest`]: what a job contains, and confinement of the peer's paths;
 //! - [`transfer`]: a job (files, folders, links) over a connection, resumable;
 //! - [`doctor`]: the network check (`p2pcopy doctor`): mapping, filtering, hairpinning, NTP;
+//! - [`events`]: what a run reports, to a person or as JSON lines (`--json`);
 //! - [`cli`]: the command line, in the order a run happens.
 //!
 //! Errors are one enum, [`Error`], whose [`Error::exit_code`] is the binary's exit code.
@@ -20,6 +21,7 @@
 pub mod cli;
 pub mod doctor;
 pub mod error;
+pub mod events;
 pub mod manifest;
 pub mod nat;
 pub mod net;

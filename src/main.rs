@@ -5,9 +5,23 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use p2pcopy::cli::{self, Cli};
+use p2pcopy::events::Output;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Flags that do not parse leave no `Cli` to ask for --json; a program that asked
+        // for it still gets its usage error as an event. Help and version go out as usual.
+        Err(e) if e.use_stderr() && std::env::args_os().any(|a| a == "--json") => {
+            let code = u8::try_from(e.exit_code()).unwrap_or(2);
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            Output::json().fail(code, first.strip_prefix("error: ").unwrap_or(first));
+            return ExitCode::from(code);
+        }
+        Err(e) => e.exit(),
+    };
+    let out = cli.output();
     let level = match cli.verbose {
         0 => "warn",
         1 => "p2pcopy=info",
@@ -28,14 +42,14 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("p2pcopy: cannot start: {e}");
+            out.fail(1, &format!("cannot start: {e}"));
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    match runtime.block_on(cli::run(cli, out)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("p2pcopy: {e}");
+            out.fail(e.exit_code(), &e.to_string());
             ExitCode::from(e.exit_code())
         }
     }

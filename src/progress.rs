@@ -1,32 +1,55 @@
 //! Progress display: one indicatif bar for the whole job on a terminal (with the current
-//! file's name), a plain line every few seconds otherwise.
+//! file's name), a plain line every few seconds otherwise, or `progress` events for
+//! `--json`.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::events::{Event, Output};
+
 /// How often plain progress lines are printed when stderr is not a terminal.
 const LINE_INTERVAL: Duration = Duration::from_secs(5);
+/// Least time between two `progress` events: often enough for a smooth bar in a GUI, rare
+/// enough that a fast LAN copy does not flood the reader.
+const EVENT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Byte progress of one job.
 pub struct Progress {
     mode: Mode,
     total: u64,
     done: u64,
+    /// Bytes counted by [`Progress::inc`]: the ones that crossed the network, for the rate.
+    moved: u64,
     start: Instant,
 }
 
 enum Mode {
     Bar(ProgressBar),
-    Lines { label: String, last: Instant },
+    Lines {
+        label: String,
+        last: Instant,
+    },
+    Events {
+        out: Output,
+        /// When the last event went out, and the count it carried.
+        last: Option<(Instant, u64)>,
+        file: Option<String>,
+    },
     Off,
 }
 
 impl Progress {
-    /// A progress display for `total` bytes; `quiet` shows nothing.
-    pub fn new(total: u64, label: &str, quiet: bool) -> Progress {
-        let mode = if quiet {
+    /// A progress display for `total` bytes, in the form `out` asks for.
+    pub fn new(total: u64, label: &str, out: Output) -> Progress {
+        let mode = if out.is_json() {
+            Mode::Events {
+                out,
+                last: None,
+                file: None,
+            }
+        } else if !out.is_chatty() {
             Mode::Off
         } else if std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -49,6 +72,7 @@ impl Progress {
             mode,
             total,
             done: 0,
+            moved: 0,
             start: Instant::now(),
         }
     }
@@ -56,6 +80,8 @@ impl Progress {
     /// Records `n` more bytes.
     pub fn inc(&mut self, n: u64) {
         self.done += n;
+        self.moved += n;
+        self.event(false);
         match &mut self.mode {
             Mode::Bar(bar) => bar.inc(n),
             Mode::Lines { label, last } if last.elapsed() >= LINE_INTERVAL => {
@@ -73,6 +99,7 @@ impl Progress {
     /// claim moves it back).
     pub fn set(&mut self, done: u64) {
         self.done = done;
+        self.event(false);
         if let Mode::Bar(bar) = &self.mode {
             bar.set_position(done);
         }
@@ -85,16 +112,37 @@ impl Progress {
 
     /// Names what is being moved now (the current file).
     pub fn set_message(&mut self, msg: &str) {
-        if let Mode::Bar(bar) = &self.mode {
-            bar.set_message(msg.to_owned());
+        match &mut self.mode {
+            Mode::Bar(bar) => bar.set_message(msg.to_owned()),
+            Mode::Events { file, .. } => *file = Some(msg.to_owned()),
+            _ => {}
         }
     }
 
-    /// Removes the bar.
+    /// Removes the bar, or sends the final count as an event.
     pub fn finish(&mut self) {
+        self.event(true);
         if let Mode::Bar(bar) = &self.mode {
             bar.finish_and_clear();
         }
+    }
+
+    /// Sends a `progress` event if one is due (see [`event_due`]).
+    fn event(&mut self, final_count: bool) {
+        let Mode::Events { out, last, file } = &mut self.mode else {
+            return;
+        };
+        let now = Instant::now();
+        if !event_due(*last, self.done, final_count, now) {
+            return;
+        }
+        *last = Some((now, self.done));
+        out.emit(|| Event::Progress {
+            done_bytes: self.done,
+            total_bytes: self.total,
+            bytes_per_s: rate(self.moved, self.start.elapsed()),
+            file: file.clone(),
+        });
     }
 
     /// Time since the display was created.
@@ -106,6 +154,18 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+/// Whether a `progress` event for `done` bytes should go out at `now`, after the one sent
+/// at `last` (when, and its count): the first at once, then at most one per
+/// [`EVENT_INTERVAL`], and the final count unless it already went out, so a reader always
+/// sees where the job ended.
+fn event_due(last: Option<(Instant, u64)>, done: u64, final_count: bool, now: Instant) -> bool {
+    match last {
+        None => true,
+        Some((_, sent)) if final_count => sent != done,
+        Some((at, _)) => now.saturating_duration_since(at) >= EVENT_INTERVAL,
     }
 }
 
@@ -143,5 +203,18 @@ mod tests {
             progress_line(0, 0, Duration::ZERO),
             "100% (0 B of 0 B, 0 B/s)"
         );
+    }
+
+    #[test]
+    fn events_are_throttled_but_the_final_count_goes_out() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert!(event_due(None, 0, false, t0));
+        assert!(!event_due(Some((t0, 0)), 5, false, ms(249)));
+        assert!(event_due(Some((t0, 0)), 5, false, ms(250)));
+        // The final count goes out at once, but only if it is news.
+        assert!(event_due(Some((t0, 0)), 5, true, ms(1)));
+        assert!(!event_due(Some((t0, 5)), 5, true, ms(1000)));
+        assert!(event_due(None, 5, true, t0));
     }
 }

@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use p2pcopy::events::Output;
 use p2pcopy::tls::{client_config, server_config, Identity, SERVER_NAME};
 use p2pcopy::transfer::{Incoming, Options, Store};
 use p2pcopy::wire::{DataHead, Entry, EntryKind, Frame, Offer, Trailer, MAX_ENTRIES};
@@ -117,7 +118,7 @@ async fn run_evil(frames: Vec<Frame>, data: Vec<Data>, out: &Path) -> Result<(),
     });
     let opts = Options {
         authenticated: true,
-        quiet: true,
+        out: Output::human(true),
     };
     let mut incoming = Incoming::new(Store::new(out.to_owned(), false));
     let r = tokio::time::timeout(Duration::from_secs(10), incoming.run(&server_conn, opts))
@@ -392,7 +393,7 @@ async fn a_receiver_that_gives_up_is_reported_with_its_reason() {
     });
     let opts = Options {
         authenticated: true,
-        quiet: true,
+        out: Output::human(true),
     };
     let err = tokio::time::timeout(Duration::from_secs(10), job.run(&client_conn, opts))
         .await

@@ -26,6 +26,8 @@ struct Peer {
     child: Child,
     stdin: ChildStdin,
     ticket: String,
+    /// The line the ticket came in: human text, or with --json the `ticket` event.
+    first: String,
     rest: mpsc::Receiver<String>,
 }
 
@@ -61,14 +63,21 @@ fn start(role: &str, extra: &[&str], dir: &Path) -> Peer {
     let first = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("ticket line");
-    let ticket = first
-        .strip_prefix("Tell this to your peer: ")
-        .expect("ticket prefix")
-        .to_owned();
+    let ticket = if extra.contains(&"--json") {
+        let event: serde_json::Value = serde_json::from_str(&first).expect("a JSON line");
+        assert_eq!(event["event"], "ticket", "{first}");
+        event["ticket"].as_str().expect("ticket string").to_owned()
+    } else {
+        first
+            .strip_prefix("Tell this to your peer: ")
+            .expect("ticket prefix")
+            .to_owned()
+    };
     Peer {
         child,
         stdin,
         ticket,
+        first,
         rest: rx,
     }
 }
@@ -81,6 +90,17 @@ impl Peer {
         drop(self.stdin);
         drop(self.rest);
         wait_bounded(self.child)
+    }
+    /// Waits for the end and returns everything it printed on stdout, line by line.
+    fn finish_with_stdout(self) -> (Output, Vec<String>) {
+        drop(self.stdin);
+        let output = wait_bounded(self.child);
+        let mut lines = vec![self.first];
+        // The reader thread ends when the pipe does, right after the process.
+        while let Ok(line) = self.rest.recv_timeout(Duration::from_secs(10)) {
+            lines.push(line);
+        }
+        (output, lines)
     }
 }
 
@@ -517,4 +537,211 @@ fn overwrite_replaces_only_when_asked() {
     assert_both_ok(&s, &r);
     assert_eq!(fs::read(out.path().join("notes.txt")).unwrap(), b"incoming");
     assert_eq!(fs::read_dir(out.path()).unwrap().count(), 1);
+}
+
+/// Parses every stdout line of a --json run: each must be one JSON object with an `event`
+/// name and a time `t` that never goes back.
+fn events(lines: &[String]) -> Vec<serde_json::Value> {
+    let mut last_t = 0.0;
+    lines
+        .iter()
+        .map(|line| {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            assert!(v["event"].is_string(), "{line}");
+            let t = v["t"].as_f64().unwrap_or_else(|| panic!("no time: {line}"));
+            assert!(t >= last_t, "time went back: {line}");
+            last_t = t;
+            v
+        })
+        .collect()
+}
+
+/// The events named `name`.
+fn named<'a>(events: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
+/// Exactly one event named `name`.
+fn one<'a>(events: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    match named(events, name)[..] {
+        [e] => e,
+        ref other => panic!("{} `{name}` events in {events:#?}", other.len()),
+    }
+}
+
+/// Runs a job with --json on both sides; returns each side's exit status, events and stderr.
+fn json_job(src: &Path, files: &[&str], out: &Path) -> [(Output, Vec<serde_json::Value>); 2] {
+    let mut receiver = start(
+        "receiver",
+        &["--json", "--output", out.to_str().unwrap()],
+        src,
+    );
+    let mut send_args = vec!["--json"];
+    send_args.extend(files.iter().flat_map(|f| ["--file", *f]));
+    let mut sender = start("sender", &send_args, src);
+    let (st, rt) = (sender.ticket.clone(), receiver.ticket.clone());
+    sender.paste(&rt);
+    receiver.paste(&st);
+    let (s, s_lines) = sender.finish_with_stdout();
+    let (r, r_lines) = receiver.finish_with_stdout();
+    assert_both_ok(&s, &r);
+    [(s, events(&s_lines)), (r, events(&r_lines))]
+}
+
+#[test]
+fn json_events_describe_the_transfer() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let big = pseudo_random(8 << 20);
+    let small = b"a small one".to_vec();
+    fs::write(src.path().join("big.bin"), &big).unwrap();
+    fs::write(src.path().join("small.txt"), &small).unwrap();
+    let files = [("big.bin", &big), ("small.txt", &small)];
+    let total = (big.len() + small.len()) as u64;
+    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+
+    let [(s, se), (r, re)] = json_job(src.path(), &names, out.path());
+    for (role, o, ev) in [("sender", &s, &se), ("receiver", &r, &re)] {
+        // Nothing for a person: no messages, no prompt, no progress lines.
+        let err = stderr(o);
+        for human in [
+            "Using local port",
+            "Enter your peer",
+            "Connected",
+            "verified",
+        ] {
+            assert!(!err.contains(human), "{role} stderr: {err}");
+        }
+        assert_eq!(ev.first().unwrap()["event"], "ticket", "{role}: {ev:#?}");
+        assert_eq!(ev.last().unwrap()["event"], "summary", "{role}: {ev:#?}");
+        let ticket = one(ev, "ticket");
+        assert_eq!(ticket["role"], role);
+        assert_eq!(ticket["nat"], "unknown");
+        let port = ticket["local_port"].as_u64().unwrap();
+        assert_eq!(
+            ticket["candidates"],
+            serde_json::json!([{"kind": "host", "addr": format!("127.0.0.1:{port}")}])
+        );
+        let nat = one(ev, "nat");
+        assert_eq!(
+            (&nat["ours"], &nat["peer"]),
+            (&"unknown".into(), &"unknown".into())
+        );
+        assert!(nat["warning"].is_null());
+        // Both peers' host addresses are probed at once: no rounds.
+        assert_eq!(one(ev, "connecting")["rounds"], false);
+        assert!(named(ev, "punch_round").is_empty());
+        let plan = one(ev, "plan");
+        assert_eq!(plan["files"], 2);
+        assert_eq!(plan["total_bytes"], total);
+        assert_eq!(plan["held_bytes"], 0);
+
+        let progress = named(ev, "progress");
+        let last = progress.last().expect("progress events");
+        assert_eq!(last["done_bytes"], total, "{role}: {progress:#?}");
+        for pair in progress.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert_eq!(b["total_bytes"], total);
+            assert!(b["done_bytes"].as_u64() >= a["done_bytes"].as_u64());
+            // At most four a second, except the final count.
+            if !std::ptr::eq(b, *last) {
+                let gap = b["t"].as_f64().unwrap() - a["t"].as_f64().unwrap();
+                assert!(gap >= 0.2485, "{role}: progress {gap} s apart");
+            }
+        }
+
+        let done = named(ev, "file_done");
+        assert_eq!(done.len(), files.len(), "{role}: {done:#?}");
+        for (name, data) in files {
+            let e = done
+                .iter()
+                .find(|e| e["path"] == name)
+                .unwrap_or_else(|| panic!("{role}: no file_done for {name}"));
+            assert_eq!(e["blake3"], blake3::hash(data).to_hex().as_str(), "{role}");
+            assert_eq!(e["size"], data.len());
+            assert_eq!(e["status"], "stored");
+            let saved = out.path().join(name).display().to_string();
+            match role {
+                "receiver" => assert_eq!(e["saved_as"], saved.as_str()),
+                _ => assert!(e["saved_as"].is_null()),
+            }
+        }
+
+        let sum = one(ev, "summary");
+        assert_eq!(sum["role"], role);
+        assert_eq!(sum["files"], 2);
+        assert_eq!(sum["total_bytes"], total);
+        assert_eq!(sum["moved_bytes"], total);
+        assert_eq!(sum["resumed_bytes"], 0);
+        assert_eq!(sum["already_there"], 0);
+        assert_eq!(sum["reconnects"], 0);
+        assert!(sum["verification_code"].is_null());
+        assert!(sum["elapsed_s"].as_f64().unwrap() > 0.0);
+    }
+    // Each side is connected to the address the other announced.
+    let port_of = |ev: &[serde_json::Value]| one(ev, "ticket")["local_port"].clone();
+    for (ev, peer) in [(&se, &re), (&re, &se)] {
+        let c = one(ev, "connected");
+        assert_eq!(c["remote"], format!("127.0.0.1:{}", port_of(peer)));
+        assert_eq!(c["path_kind"], "lan");
+        assert_eq!(c["authenticated"], true);
+        assert!(c["verification_code"].is_null());
+        assert_eq!(c["reconnects"], 0);
+    }
+    for (name, data) in files {
+        assert_eq!(&fs::read(out.path().join(name)).unwrap(), data);
+    }
+
+    // The same job again: the receiver holds everything, nothing crosses.
+    let [(_, se), (_, re)] = json_job(src.path(), &names, out.path());
+    for ev in [&se, &re] {
+        assert_eq!(one(ev, "plan")["held_bytes"], total);
+        let done = named(ev, "file_done");
+        assert_eq!(done.len(), 2);
+        assert!(
+            done.iter().all(|e| e["status"] == "already_there"),
+            "{done:#?}"
+        );
+        let sum = one(ev, "summary");
+        assert_eq!(sum["already_there"], 2);
+        assert_eq!(sum["moved_bytes"], 0);
+    }
+}
+
+#[test]
+fn json_errors_are_events_with_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = ["--json", "--bind", "127.0.0.1", "--no-stun", "--no-ntp"];
+    let check = |args: &[&str], code: i32, needle: &str| {
+        let o = run_in(dir.path(), &[args, &base].concat());
+        assert_eq!(o.status.code(), Some(code), "{}", stderr(&o));
+        // The human error line is replaced by the event, not added to it.
+        assert!(!stderr(&o).contains("p2pcopy: "), "{}", stderr(&o));
+        let text = String::from_utf8(o.stdout).unwrap();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        let ev = events(&lines);
+        let err = ev.last().expect("events");
+        assert_eq!(err["event"], "error", "{text}");
+        assert_eq!(err["code"], code, "{text}");
+        let message = err["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{text}");
+        assert_eq!(named(&ev, "error").len(), 1, "{text}");
+        ev
+    };
+    // A damaged ticket: 3, after our own ticket was printed.
+    let ev = check(
+        &["receiver", "--peer", "p2pcXXXXgarbage"],
+        3,
+        "invalid ticket",
+    );
+    assert_eq!(ev[0]["event"], "ticket");
+    assert_eq!(ev.len(), 2);
+    // No ticket on stdin: 2, with no prompt on stderr (checked above).
+    check(&["receiver"], 2, "no ticket entered");
+    // A missing file: 4, before any ticket.
+    let ev = check(&["sender", "--file", "nope.bin"], 4, "nope.bin");
+    assert_eq!(ev.len(), 1);
+    // Flags that do not parse: clap's usage error, still as an event.
+    check(&["receiver", "--localport", "99999"], 2, "99999");
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use quinn::{Connection, ConnectionError, ReadError, ReadExactError, RecvStream, WriteError};
 
 use crate::error::Error;
+use crate::events::{Event, Output};
 use crate::progress::Progress;
 use crate::wire::{
     Entry, EntryKind, Frame, WireError, FLAG_AUTHENTICATED, FRAME_HEADER_LEN, STOP_STORE_FAILED,
@@ -40,8 +41,8 @@ const PIPELINE: usize = 4;
 pub struct Options {
     /// We checked the peer's certificate against its ticket.
     pub authenticated: bool,
-    /// Show no progress.
-    pub quiet: bool,
+    /// Where progress and per-file events go.
+    pub out: Output,
 }
 
 impl Options {
@@ -119,6 +120,17 @@ impl Report {
         }
         if first {
             self.resumed += start;
+        }
+    }
+
+    /// The `plan` event for a connection on which the receiver holds `held` bytes.
+    fn plan(&self, held: u64) -> Event {
+        Event::Plan {
+            files: self.files,
+            folders: self.dirs,
+            links: self.links,
+            total_bytes: self.total,
+            held_bytes: held,
         }
     }
 

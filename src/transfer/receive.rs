@@ -13,6 +13,7 @@ use super::{
     CHUNK, PIPELINE,
 };
 use crate::error::Error;
+use crate::events::Event;
 use crate::manifest::{confine, link_stays_inside};
 use crate::progress::Progress;
 use crate::wire::{
@@ -31,6 +32,9 @@ pub struct Incoming {
     renamed: HashMap<String, PathBuf>,
     /// Entries stored in this run (on any connection).
     stored_now: HashSet<u32>,
+    /// Entries a `file_done` event went out for: a reconnect reports them again as
+    /// already there, which is no news.
+    reported: HashSet<u32>,
 }
 
 /// One announced entry, checked.
@@ -49,6 +53,7 @@ impl Incoming {
             report: Report::default(),
             renamed: HashMap::new(),
             stored_now: HashSet::new(),
+            reported: HashSet::new(),
         }
     }
 
@@ -140,10 +145,11 @@ impl Incoming {
         }
         Frame::PlanEnd.encode(&mut buf);
         send.write_all(&buf).await.map_err(lost_write)?;
+        opts.out.emit(|| self.report.plan(have));
 
         let progress = self
             .progress
-            .get_or_insert_with(|| Progress::new(offer.total, "Receiving", opts.quiet));
+            .get_or_insert_with(|| Progress::new(offer.total, "Receiving", opts.out));
         progress.set(have);
         let mut held = held;
         let mut pending: HashSet<u32> = entries
@@ -200,6 +206,10 @@ impl Incoming {
                     return Err(e);
                 }
             };
+            let saved_as = match &outcome {
+                Outcome::Stored(p) => p.clone(),
+                Outcome::Status(_) => self.store.root().join(&c.rel),
+            };
             let status = match outcome {
                 Outcome::Stored(p) => {
                     if p != self.store.root().join(&c.rel) {
@@ -212,6 +222,15 @@ impl Incoming {
             };
             if matches!(status, FileStatus::Stored | FileStatus::AlreadyThere) {
                 self.verified.insert((c.rel.clone(), c.entry.size), hash);
+                if self.reported.insert(head.index) {
+                    opts.out.emit(|| Event::FileDone {
+                        path: c.entry.path.clone(),
+                        size: c.entry.size,
+                        blake3: hash.to_hex().to_string(),
+                        status,
+                        saved_as: Some(saved_as.display().to_string()),
+                    });
+                }
             }
             statuses.push((head.index, status, hash));
             let mut b = Vec::new();

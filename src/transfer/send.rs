@@ -1,6 +1,6 @@
 //! The sender's half of a job.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{closed, explain, lost, lost_write, read_frame, Options, Report, CHUNK, PIPELINE};
 use crate::error::Error;
+use crate::events::Event;
 use crate::manifest::{split_time, Scan};
 use crate::progress::Progress;
 use crate::wire::{
@@ -26,6 +27,8 @@ pub struct Outgoing {
     known: HashMap<u32, blake3::Hash>,
     /// How each file ended on the receiver, as far as it told us.
     status: HashMap<u32, FileStatus>,
+    /// Files a `file_done` event went out for, so a reconnect does not repeat them.
+    reported: HashSet<u32>,
     progress: Option<Progress>,
     report: Report,
 }
@@ -57,6 +60,7 @@ impl Outgoing {
             scan,
             known: HashMap::new(),
             status: HashMap::new(),
+            reported: HashSet::new(),
             progress: None,
             report,
         }
@@ -144,20 +148,28 @@ impl Outgoing {
             .iter()
             .filter_map(|j| j.claim.map(|c| c.offset.min(j.size)))
             .sum();
+        opts.out.emit(|| self.report.plan(held));
         let progress = self
             .progress
-            .get_or_insert_with(|| Progress::new(self.report.total, "Sending", opts.quiet));
+            .get_or_insert_with(|| Progress::new(self.report.total, "Sending", opts.out));
         progress.set(held);
 
         let (tx, mut rx) = mpsc::channel::<DiskEvent>(PIPELINE);
         let reader = tokio::task::spawn_blocking(move || read_all(jobs, tx));
-        let mut results = std::pin::pin!(collect(&mut recv, pending));
+        // The receiver's verdicts are reported as they come, not when the job ends.
+        let (verdict_tx, mut verdicts) = mpsc::unbounded_channel();
+        let mut results = std::pin::pin!(collect(&mut recv, pending, verdict_tx));
         let mut stream: Option<quinn::SendStream> = None;
         let mut current: Option<Sending> = None;
         let mut sending_done = false;
         let outcome: Result<Vec<(u32, FileStatus)>, Error> = loop {
             tokio::select! {
                 r = &mut results => break r,
+                Some((index, status)) = verdicts.recv() => {
+                    if let Some(e) = file_done(&self.scan, &self.known, &mut self.reported, index, status) {
+                        opts.out.emit(|| e);
+                    }
+                }
                 ev = rx.recv(), if !sending_done => match ev {
                     None => sending_done = true,
                     Some(DiskEvent::Start(head)) => {
@@ -218,6 +230,11 @@ impl Outgoing {
         };
         drop(rx);
         let _ = reader.await;
+        while let Ok((index, status)) = verdicts.try_recv() {
+            if let Some(e) = file_done(&self.scan, &self.known, &mut self.reported, index, status) {
+                opts.out.emit(|| e);
+            }
+        }
         let done = outcome?;
         for (index, status) in done {
             // A file stored on an earlier connection is reported "already there" now.
@@ -292,15 +309,43 @@ fn unexpected(f: &Frame) -> Error {
     Error::Protocol(format!("unexpected message from the receiver: {f:?}"))
 }
 
-/// Reads the receiver's per-file results until it says the job is done.
+/// The `file_done` event for a file the receiver verified (or already had), once per file
+/// and run; the hash is ours, which the receiver found equal to its own.
+fn file_done(
+    scan: &Scan,
+    known: &HashMap<u32, blake3::Hash>,
+    reported: &mut HashSet<u32>,
+    index: u32,
+    status: FileStatus,
+) -> Option<Event> {
+    if !matches!(status, FileStatus::Stored | FileStatus::AlreadyThere) {
+        return None;
+    }
+    let entry = scan.entries.get(index as usize)?;
+    let hash = known.get(&index)?;
+    reported.insert(index).then(|| Event::FileDone {
+        path: entry.path.clone(),
+        size: entry.size,
+        blake3: hash.to_hex().to_string(),
+        status,
+        saved_as: None,
+    })
+}
+
+/// Reads the receiver's per-file results until it says the job is done, passing each to
+/// `verdicts` as it arrives.
 async fn collect(
     recv: &mut quinn::RecvStream,
     files: usize,
+    verdicts: mpsc::UnboundedSender<(u32, FileStatus)>,
 ) -> Result<Vec<(u32, FileStatus)>, Error> {
     let mut done = Vec::with_capacity(files);
     loop {
         match read_frame(recv).await? {
-            Frame::FileDone { index, status } => done.push((index, status)),
+            Frame::FileDone { index, status } => {
+                let _ = verdicts.send((index, status));
+                done.push((index, status));
+            }
             Frame::JobDone if done.len() == files => return Ok(done),
             other => return Err(unexpected(&other)),
         }

@@ -1,0 +1,1022 @@
+//! Machine-readable output (`--json`): the event schema, and the [`Output`] sink through
+//! which a run reports, either to a person or to a program.
+//!
+//! This module is the one place that decides what a script sees: every event, every field
+//! name and every enum value's spelling is here, and the README's "Machine-readable output"
+//! section documents the same (a unit test holds the two together). A program reads one JSON
+//! object per line on stdout; each has `"event"` naming its type and `"t"`, the seconds since
+//! the process started.
+
+use std::fmt;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use serde::{Serialize, Serializer};
+
+use crate::doctor::{Filtering, Findings};
+use crate::punch::PathKind;
+use crate::ticket::{Candidate, CandidateKind, NatKind, Role};
+use crate::wire::FileStatus;
+
+/// One thing that happened during a run, as `--json` prints it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Our ticket is ready to be given to the peer.
+    Ticket {
+        /// `sender` or `receiver`.
+        role: Role,
+        /// The line to give to the peer.
+        ticket: String,
+        /// The local UDP port in use.
+        local_port: u16,
+        /// Our NAT's mapping as STUN saw it.
+        nat: NatKind,
+        /// The addresses the ticket carries.
+        candidates: Vec<Candidate>,
+    },
+    /// The peer's ticket is known: what the two NAT kinds allow.
+    Nat {
+        /// Our NAT's kind.
+        ours: NatKind,
+        /// The peer's NAT kind; `None` for a bare `ip:port`, which carries none.
+        peer: Option<NatKind>,
+        /// Why a direct path is unlikely, when it is (p2pcopy still tries).
+        warning: Option<String>,
+    },
+    /// Something the user should know that does not stop the run.
+    Warning {
+        /// The same words the human output prints after `p2pcopy: warning: `.
+        message: String,
+    },
+    /// Punching starts (after the paste, and again after a lost connection).
+    Connecting {
+        /// Whether synchronised rounds are needed (a peer behind a NAT); without them the
+        /// peer's addresses are probed at once.
+        rounds: bool,
+        /// Seconds between rounds, when there are rounds.
+        round_period_s: Option<u64>,
+        /// Seconds until the next round, when there are rounds.
+        next_round_in_s: Option<u64>,
+    },
+    /// A synchronised punching round started.
+    PunchRound {
+        /// 1 for the first round of this connection attempt.
+        round: u32,
+    },
+    /// A QUIC connection to the peer is up.
+    Connected {
+        /// How the peer's address was learned.
+        path_kind: PathKind,
+        /// The peer's address.
+        remote: SocketAddr,
+        /// QUIC's round-trip estimate, in whole milliseconds.
+        rtt_ms: u64,
+        /// Whether we checked the peer's certificate against its ticket.
+        authenticated: bool,
+        /// The code to compare with the peer, when we could not authenticate it.
+        verification_code: Option<String>,
+        /// Connections before this one in this run (0 for the first).
+        reconnects: u32,
+    },
+    /// The connection was lost; p2pcopy punches again.
+    Reconnecting {
+        /// Why the connection counts as lost.
+        reason: String,
+        /// Seconds it keeps trying before giving up.
+        timeout_s: u64,
+    },
+    /// Both sides agreed what moves on this connection.
+    Plan {
+        /// Regular files in the job.
+        files: u64,
+        /// Folders in the job.
+        folders: u64,
+        /// Symbolic links in the job.
+        links: u64,
+        /// Sum of all file sizes.
+        total_bytes: u64,
+        /// Bytes the receiver says it already holds; the sender checks each claim by hash
+        /// and sends a file again from the start if it differs.
+        held_bytes: u64,
+    },
+    /// Bytes moved so far; at most about four a second, and one when the job is done.
+    Progress {
+        /// Bytes of the job the receiver has (held ones included).
+        done_bytes: u64,
+        /// Sum of all file sizes.
+        total_bytes: u64,
+        /// Average rate of the bytes that crossed the network in this run.
+        bytes_per_s: u64,
+        /// The file being moved, as announced (relative path).
+        file: Option<String>,
+    },
+    /// A file arrived and the receiver verified its BLAKE3 (or already had it, identical).
+    FileDone {
+        /// The file's path as announced (relative, `/`-separated).
+        path: String,
+        /// Its size in bytes.
+        size: u64,
+        /// Its BLAKE3, 64 hex digits.
+        blake3: String,
+        /// `stored` or `already_there`.
+        status: FileStatus,
+        /// Receiver: where the file is on disk; sender: `None`.
+        saved_as: Option<String>,
+    },
+    /// The job is done and every file verified; the last event of a successful transfer.
+    Summary {
+        /// `sender` or `receiver`.
+        role: Role,
+        /// Regular files in the job.
+        files: u64,
+        /// Folders in the job.
+        folders: u64,
+        /// Symbolic links in the job.
+        links: u64,
+        /// Sum of all file sizes.
+        total_bytes: u64,
+        /// File bytes that crossed the network in this run.
+        moved_bytes: u64,
+        /// Bytes the receiver held from an earlier run and proved by hash.
+        resumed_bytes: u64,
+        /// Files the receiver already had, identical.
+        already_there: u64,
+        /// Connections after the first.
+        reconnects: u32,
+        /// Seconds from the first connection to the end.
+        elapsed_s: f64,
+        /// `moved_bytes / elapsed_s`.
+        bytes_per_s: u64,
+        /// The code to compare with the peer, when either side used a bare `ip:port`.
+        verification_code: Option<String>,
+    },
+    /// The run failed; the last event before the process exits with `code`.
+    Error {
+        /// The exit code (see the README's table).
+        code: u8,
+        /// The one-line message the human output prints after `p2pcopy: `.
+        message: String,
+    },
+    /// `p2pcopy doctor`'s findings.
+    Doctor {
+        /// The tested socket's address.
+        local: SocketAddr,
+        /// This host's own IPv4 addresses.
+        host_ips: Vec<IpAddr>,
+        /// One entry per STUN server asked.
+        servers: Vec<StunCheck>,
+        /// The NAT's mapping.
+        nat: NatKind,
+        /// The NAT's filtering, when an RFC 5780 server allowed testing it.
+        filtering: Option<Filtering>,
+        /// Whether our own public address reached us back, when there is a NAT to ask.
+        hairpin: Option<bool>,
+        /// The NTP answer, if NTP was asked and answered.
+        ntp: Option<NtpCheck>,
+        /// Whether NTP was asked at all.
+        ntp_checked: bool,
+        /// Which peers this machine can reach, in words.
+        verdict: String,
+    },
+    /// `p2pcopy stun-server` answers on this address (one event per address).
+    Listening {
+        /// The address.
+        addr: SocketAddr,
+    },
+}
+
+/// One STUN server in a [`Event::Doctor`] report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StunCheck {
+    /// As given.
+    pub name: String,
+    /// The resolved IPv4 address, if it resolved.
+    pub addr: Option<SocketAddr>,
+    /// Round trip of the first answer, in whole milliseconds, if it answered.
+    pub rtt_ms: Option<u64>,
+    /// Our address as the server saw it, if it answered.
+    pub mapped: Option<SocketAddr>,
+    /// The server's RFC 5780 alternate address, if it has one.
+    pub other: Option<SocketAddr>,
+}
+
+/// The NTP answer in a [`Event::Doctor`] report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NtpCheck {
+    /// The server that answered.
+    pub server: String,
+    /// Its round trip, in whole milliseconds.
+    pub rtt_ms: u64,
+    /// How far this clock is behind true time, in seconds (negative: ahead).
+    pub offset_s: f64,
+}
+
+impl Event {
+    /// The doctor report of `f`, with the same verdict the human report ends with.
+    pub fn doctor(f: &Findings) -> Event {
+        let udp_works = f.servers.iter().any(|s| s.mapped.is_some());
+        Event::Doctor {
+            local: f.local,
+            host_ips: f.host_ips.clone(),
+            servers: f
+                .servers
+                .iter()
+                .map(|s| StunCheck {
+                    name: s.name.clone(),
+                    addr: s.addr,
+                    rtt_ms: s.rtt.map(millis),
+                    mapped: s.mapped,
+                    other: s.other,
+                })
+                .collect(),
+            nat: f.nat,
+            filtering: f.filtering,
+            hairpin: f.hairpin,
+            ntp: f.ntp.as_ref().map(|(server, rtt, offset)| NtpCheck {
+                server: server.clone(),
+                rtt_ms: millis(*rtt),
+                offset_s: *offset,
+            }),
+            ntp_checked: f.ntp_checked,
+            verdict: crate::doctor::verdict(f.nat, f.filtering, udp_works),
+        }
+    }
+}
+
+/// Whole milliseconds, as the human output rounds them too.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Seconds with millisecond precision: finer digits are noise in a log and cost bytes.
+pub fn seconds(d: Duration) -> f64 {
+    millis(d) as f64 / 1000.0
+}
+
+// The spellings of the crate's enums in JSON live here, beside the events that carry them,
+// rather than as derives on the core types, so the schema is stated in one module.
+
+impl Serialize for NatKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            NatKind::Unknown => "unknown",
+            NatKind::None => "none",
+            NatKind::EndpointIndependent => "cone",
+            NatKind::EndpointDependent => "symmetric",
+        })
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            Role::Sender => "sender",
+            Role::Receiver => "receiver",
+        })
+    }
+}
+
+impl Serialize for CandidateKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            CandidateKind::Host => "host",
+            CandidateKind::Mapped => "mapped",
+        })
+    }
+}
+
+impl Serialize for Candidate {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Candidate", 2)?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("addr", &self.addr)?;
+        st.end()
+    }
+}
+
+impl Serialize for PathKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            PathKind::Lan => "lan",
+            PathKind::Public => "public",
+            PathKind::Mapped => "mapped",
+            PathKind::PeerReflexive => "peer_reflexive",
+            PathKind::Typed => "typed",
+        })
+    }
+}
+
+impl Serialize for FileStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            FileStatus::Stored => "stored",
+            FileStatus::AlreadyThere => "already_there",
+            FileStatus::HashMismatch => "hash_mismatch",
+            FileStatus::SourceChanged => "source_changed",
+        })
+    }
+}
+
+impl Serialize for Filtering {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            Filtering::EndpointIndependent => "endpoint_independent",
+            Filtering::AddressDependent => "address_dependent",
+            Filtering::AddressAndPortDependent => "address_and_port_dependent",
+        })
+    }
+}
+
+/// One printed line: the event with its time in front.
+#[derive(Serialize)]
+struct Line<'a> {
+    t: f64,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+/// `event` as one JSON line (no newline) at `t` seconds.
+pub fn to_line(event: &Event, t: f64) -> String {
+    // Events hold only strings, numbers, addresses and options: serializing cannot fail.
+    serde_json::to_string(&Line { t, event }).expect("events always serialize")
+}
+
+/// Where a run reports: to a person (stderr lines, a progress bar, the ticket on stdout) or
+/// to a program (JSON lines on stdout, nothing else there).
+///
+/// Code that has something to tell calls both [`Output::say`] (the words) and
+/// [`Output::emit`] (the event) side by side; each does nothing in the other mode, so the
+/// human screen stays exactly as it was and no caller has to ask which mode is on.
+#[derive(Clone, Copy, Debug)]
+pub struct Output {
+    start: Instant,
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Human { quiet: bool },
+    Json,
+}
+
+impl Output {
+    /// The human screen; `quiet` keeps only the ticket, the prompt and errors.
+    pub fn human(quiet: bool) -> Output {
+        Output {
+            start: Instant::now(),
+            mode: Mode::Human { quiet },
+        }
+    }
+
+    /// JSON lines on stdout.
+    pub fn json() -> Output {
+        Output {
+            start: Instant::now(),
+            mode: Mode::Json,
+        }
+    }
+
+    /// Whether a program reads this run (no prompts, no retries at a terminal).
+    pub fn is_json(&self) -> bool {
+        self.mode == Mode::Json
+    }
+
+    /// Whether informational lines and the progress bar are shown.
+    pub fn is_chatty(&self) -> bool {
+        self.mode == Mode::Human { quiet: false }
+    }
+
+    /// An informational line on stderr, for a person who did not ask for --quiet.
+    pub fn say(&self, args: fmt::Arguments<'_>) {
+        if self.is_chatty() {
+            eprintln!("{args}");
+        }
+    }
+
+    /// A line on stdout for a person, even with --quiet (the ticket, which scripts read with
+    /// `head -1`).
+    pub fn print(&self, args: fmt::Arguments<'_>) {
+        if let Mode::Human { .. } = self.mode {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{args}");
+            let _ = out.flush();
+        }
+    }
+
+    /// Prints an event for a program; `event` is only built when one is listening.
+    pub fn emit(&self, event: impl FnOnce() -> Event) {
+        if self.is_json() {
+            let line = to_line(&event(), seconds(self.start.elapsed()));
+            let mut out = std::io::stdout().lock();
+            // A reader that went away must not turn into a second error; the exit code
+            // still tells how the run ended.
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+
+    /// Reports what ends the run with exit code `code`: `p2pcopy: message` on stderr, or an
+    /// `error` event.
+    pub fn fail(&self, code: u8, message: &str) {
+        match self.mode {
+            Mode::Human { .. } => eprintln!("p2pcopy: {message}"),
+            Mode::Json => self.emit(|| Event::Error {
+                code,
+                message: message.to_owned(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+
+    /// Each key of a JSON object with its value's JSON type.
+    fn shape(v: &Value) -> BTreeMap<String, &'static str> {
+        v.as_object()
+            .expect("an object")
+            .iter()
+            .map(|(k, v)| (k.clone(), kind(v)))
+            .collect()
+    }
+
+    fn kind(v: &Value) -> &'static str {
+        match v {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        }
+    }
+
+    /// Serializes `event` as printed, checks it is one line, and that its keys and their
+    /// types are exactly `want` (besides `t` and `event`, checked here for every event).
+    fn check(event: Event, name: &str, want: &[(&str, &str)]) -> Value {
+        let line = to_line(&event, 1.25);
+        assert!(!line.contains('\n'), "{line}");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let mut expected: BTreeMap<String, &str> =
+            want.iter().map(|(k, t)| (k.to_string(), *t)).collect();
+        expected.insert("t".into(), "number");
+        expected.insert("event".into(), "string");
+        assert_eq!(shape(&v), expected, "{line}");
+        assert_eq!(v["event"], name, "{line}");
+        assert_eq!(v["t"], 1.25, "{line}");
+        v
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ticket() {
+        let v = check(
+            Event::Ticket {
+                role: Role::Sender,
+                ticket: "p2pcXYZ".into(),
+                local_port: 4300,
+                nat: NatKind::EndpointIndependent,
+                candidates: vec![
+                    Candidate {
+                        kind: CandidateKind::Mapped,
+                        addr: addr("198.51.100.7:4300"),
+                    },
+                    Candidate {
+                        kind: CandidateKind::Host,
+                        addr: addr("192.168.1.20:4300"),
+                    },
+                ],
+            },
+            "ticket",
+            &[
+                ("role", "string"),
+                ("ticket", "string"),
+                ("local_port", "number"),
+                ("nat", "string"),
+                ("candidates", "array"),
+            ],
+        );
+        assert_eq!(v["role"], "sender");
+        assert_eq!(v["nat"], "cone");
+        assert_eq!(v["local_port"], 4300);
+        assert_eq!(
+            v["candidates"],
+            serde_json::json!([
+                {"kind": "mapped", "addr": "198.51.100.7:4300"},
+                {"kind": "host", "addr": "192.168.1.20:4300"},
+            ])
+        );
+    }
+
+    #[test]
+    fn nat() {
+        let keys = [
+            ("ours", "string"),
+            ("peer", "string"),
+            ("warning", "string"),
+        ];
+        let v = check(
+            Event::Nat {
+                ours: NatKind::EndpointDependent,
+                peer: Some(NatKind::EndpointDependent),
+                warning: Some("both symmetric".into()),
+            },
+            "nat",
+            &keys,
+        );
+        assert_eq!(
+            (&v["ours"], &v["peer"]),
+            (&"symmetric".into(), &"symmetric".into())
+        );
+        // A bare ip:port has no NAT kind, and a likely pair no warning: both are null.
+        check(
+            Event::Nat {
+                ours: NatKind::None,
+                peer: None,
+                warning: None,
+            },
+            "nat",
+            &[("ours", "string"), ("peer", "null"), ("warning", "null")],
+        );
+    }
+
+    #[test]
+    fn warning() {
+        let v = check(
+            Event::Warning {
+                message: "no NTP server answered".into(),
+            },
+            "warning",
+            &[("message", "string")],
+        );
+        assert_eq!(v["message"], "no NTP server answered");
+    }
+
+    #[test]
+    fn connecting() {
+        let v = check(
+            Event::Connecting {
+                rounds: true,
+                round_period_s: Some(40),
+                next_round_in_s: Some(16),
+            },
+            "connecting",
+            &[
+                ("rounds", "bool"),
+                ("round_period_s", "number"),
+                ("next_round_in_s", "number"),
+            ],
+        );
+        assert_eq!(v["next_round_in_s"], 16);
+        check(
+            Event::Connecting {
+                rounds: false,
+                round_period_s: None,
+                next_round_in_s: None,
+            },
+            "connecting",
+            &[
+                ("rounds", "bool"),
+                ("round_period_s", "null"),
+                ("next_round_in_s", "null"),
+            ],
+        );
+    }
+
+    #[test]
+    fn punch_round() {
+        let v = check(
+            Event::PunchRound { round: 3 },
+            "punch_round",
+            &[("round", "number")],
+        );
+        assert_eq!(v["round"], 3);
+    }
+
+    #[test]
+    fn connected() {
+        let keys = [
+            ("path_kind", "string"),
+            ("remote", "string"),
+            ("rtt_ms", "number"),
+            ("authenticated", "bool"),
+            ("verification_code", "null"),
+            ("reconnects", "number"),
+        ];
+        let v = check(
+            Event::Connected {
+                path_kind: PathKind::PeerReflexive,
+                remote: addr("203.0.113.9:21300"),
+                rtt_ms: 31,
+                authenticated: true,
+                verification_code: None,
+                reconnects: 0,
+            },
+            "connected",
+            &keys,
+        );
+        assert_eq!(v["path_kind"], "peer_reflexive");
+        assert_eq!(v["remote"], "203.0.113.9:21300");
+        let v = check(
+            Event::Connected {
+                path_kind: PathKind::Typed,
+                remote: addr("203.0.113.9:21300"),
+                rtt_ms: 31,
+                authenticated: false,
+                verification_code: Some("4821-0937".into()),
+                reconnects: 2,
+            },
+            "connected",
+            &[keys.as_slice(), &[("verification_code", "string")]].concat(),
+        );
+        assert_eq!(v["path_kind"], "typed");
+        assert_eq!(v["reconnects"], 2);
+    }
+
+    #[test]
+    fn reconnecting() {
+        let v = check(
+            Event::Reconnecting {
+                reason: "no answer".into(),
+                timeout_s: 120,
+            },
+            "reconnecting",
+            &[("reason", "string"), ("timeout_s", "number")],
+        );
+        assert_eq!(v["timeout_s"], 120);
+    }
+
+    #[test]
+    fn plan() {
+        let v = check(
+            Event::Plan {
+                files: 312,
+                folders: 41,
+                links: 2,
+                total_bytes: 1 << 30,
+                held_bytes: 100,
+            },
+            "plan",
+            &[
+                ("files", "number"),
+                ("folders", "number"),
+                ("links", "number"),
+                ("total_bytes", "number"),
+                ("held_bytes", "number"),
+            ],
+        );
+        assert_eq!(v["total_bytes"], 1u64 << 30);
+    }
+
+    #[test]
+    fn progress() {
+        let v = check(
+            Event::Progress {
+                done_bytes: 5,
+                total_bytes: 10,
+                bytes_per_s: 2,
+                file: Some("a/b.txt".into()),
+            },
+            "progress",
+            &[
+                ("done_bytes", "number"),
+                ("total_bytes", "number"),
+                ("bytes_per_s", "number"),
+                ("file", "string"),
+            ],
+        );
+        assert_eq!(v["file"], "a/b.txt");
+        // u64 sizes beyond 2^53 stay exact integers in the text.
+        let line = to_line(
+            &Event::Progress {
+                done_bytes: u64::MAX,
+                total_bytes: u64::MAX,
+                bytes_per_s: 0,
+                file: None,
+            },
+            0.0,
+        );
+        assert!(
+            line.contains("\"done_bytes\":18446744073709551615"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn file_done() {
+        let hash = blake3::hash(b"hello");
+        let v = check(
+            Event::FileDone {
+                path: "dir/hello.txt".into(),
+                size: 5,
+                blake3: hash.to_hex().to_string(),
+                status: FileStatus::Stored,
+                saved_as: Some("out/dir/hello.txt".into()),
+            },
+            "file_done",
+            &[
+                ("path", "string"),
+                ("size", "number"),
+                ("blake3", "string"),
+                ("status", "string"),
+                ("saved_as", "string"),
+            ],
+        );
+        assert_eq!(v["blake3"], hash.to_hex().as_str());
+        assert_eq!(v["status"], "stored");
+        let v = check(
+            Event::FileDone {
+                path: "x".into(),
+                size: 0,
+                blake3: hash.to_hex().to_string(),
+                status: FileStatus::AlreadyThere,
+                saved_as: None,
+            },
+            "file_done",
+            &[
+                ("path", "string"),
+                ("size", "number"),
+                ("blake3", "string"),
+                ("status", "string"),
+                ("saved_as", "null"),
+            ],
+        );
+        assert_eq!(v["status"], "already_there");
+    }
+
+    #[test]
+    fn summary() {
+        let v = check(
+            Event::Summary {
+                role: Role::Receiver,
+                files: 3,
+                folders: 1,
+                links: 0,
+                total_bytes: 300,
+                moved_bytes: 200,
+                resumed_bytes: 100,
+                already_there: 1,
+                reconnects: 1,
+                elapsed_s: 2.5,
+                bytes_per_s: 80,
+                verification_code: None,
+            },
+            "summary",
+            &[
+                ("role", "string"),
+                ("files", "number"),
+                ("folders", "number"),
+                ("links", "number"),
+                ("total_bytes", "number"),
+                ("moved_bytes", "number"),
+                ("resumed_bytes", "number"),
+                ("already_there", "number"),
+                ("reconnects", "number"),
+                ("elapsed_s", "number"),
+                ("bytes_per_s", "number"),
+                ("verification_code", "null"),
+            ],
+        );
+        assert_eq!(v["role"], "receiver");
+        assert_eq!(v["elapsed_s"], 2.5);
+    }
+
+    #[test]
+    fn error() {
+        let e = crate::Error::Usage("no ticket entered".into());
+        let v = check(
+            Event::Error {
+                code: e.exit_code(),
+                message: e.to_string(),
+            },
+            "error",
+            &[("code", "number"), ("message", "string")],
+        );
+        assert_eq!(v["code"], 2);
+        assert_eq!(v["message"], "no ticket entered");
+    }
+
+    #[test]
+    fn doctor() {
+        let f = Findings {
+            local: addr("0.0.0.0:4300"),
+            host_ips: vec!["192.168.1.20".parse().unwrap()],
+            servers: vec![
+                crate::doctor::ServerCheck {
+                    name: "stun.example:3478".into(),
+                    addr: Some(addr("192.0.2.1:3478")),
+                    rtt: Some(Duration::from_micros(21_700)),
+                    mapped: Some(addr("198.51.100.7:4300")),
+                    other: None,
+                },
+                crate::doctor::ServerCheck {
+                    name: "gone.invalid:3478".into(),
+                    addr: None,
+                    rtt: None,
+                    mapped: None,
+                    other: None,
+                },
+            ],
+            nat: NatKind::EndpointIndependent,
+            filtering: Some(Filtering::AddressAndPortDependent),
+            hairpin: Some(false),
+            ntp: Some(("pool.ntp.org".into(), Duration::from_millis(31), -0.012)),
+            ntp_checked: true,
+        };
+        let v = check(
+            Event::doctor(&f),
+            "doctor",
+            &[
+                ("local", "string"),
+                ("host_ips", "array"),
+                ("servers", "array"),
+                ("nat", "string"),
+                ("filtering", "string"),
+                ("hairpin", "bool"),
+                ("ntp", "object"),
+                ("ntp_checked", "bool"),
+                ("verdict", "string"),
+            ],
+        );
+        assert_eq!(v["host_ips"], serde_json::json!(["192.168.1.20"]));
+        assert_eq!(
+            v["servers"],
+            serde_json::json!([
+                {"name": "stun.example:3478", "addr": "192.0.2.1:3478", "rtt_ms": 21,
+                 "mapped": "198.51.100.7:4300", "other": null},
+                {"name": "gone.invalid:3478", "addr": null, "rtt_ms": null,
+                 "mapped": null, "other": null},
+            ])
+        );
+        assert_eq!(v["filtering"], "address_and_port_dependent");
+        assert_eq!(
+            v["ntp"],
+            serde_json::json!({"server": "pool.ntp.org", "rtt_ms": 31, "offset_s": -0.012})
+        );
+        assert!(v["verdict"].as_str().unwrap().starts_with("cone NAT"));
+    }
+
+    #[test]
+    fn listening() {
+        let v = check(
+            Event::Listening {
+                addr: addr("192.0.2.10:3478"),
+            },
+            "listening",
+            &[("addr", "string")],
+        );
+        assert_eq!(v["addr"], "192.0.2.10:3478");
+    }
+
+    #[test]
+    fn times_have_millisecond_precision() {
+        assert_eq!(seconds(Duration::from_micros(1_234_567)), 1.234);
+        assert_eq!(seconds(Duration::ZERO), 0.0);
+        let line = to_line(&Event::PunchRound { round: 1 }, 0.0);
+        assert_eq!(line, r#"{"t":0.0,"event":"punch_round","round":1}"#);
+    }
+
+    /// The README's example line for each event has exactly the keys the code prints, so
+    /// the documented schema cannot drift from the real one.
+    #[test]
+    fn readme_examples_match_the_schema() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("## Machine-readable output (--json)")
+            .nth(1)
+            .expect("README section")
+            .split("\n## ")
+            .next()
+            .unwrap();
+        let examples: BTreeMap<String, Value> = section
+            .lines()
+            .filter(|l| l.starts_with("{\"t\":"))
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+                (v["event"].as_str().unwrap().to_owned(), v)
+            })
+            .collect();
+        let samples = [
+            Event::Ticket {
+                role: Role::Sender,
+                ticket: String::new(),
+                local_port: 0,
+                nat: NatKind::Unknown,
+                candidates: vec![],
+            },
+            Event::Nat {
+                ours: NatKind::Unknown,
+                peer: None,
+                warning: None,
+            },
+            Event::Warning {
+                message: String::new(),
+            },
+            Event::Connecting {
+                rounds: false,
+                round_period_s: None,
+                next_round_in_s: None,
+            },
+            Event::PunchRound { round: 1 },
+            Event::Connected {
+                path_kind: PathKind::Lan,
+                remote: addr("127.0.0.1:1"),
+                rtt_ms: 0,
+                authenticated: true,
+                verification_code: None,
+                reconnects: 0,
+            },
+            Event::Reconnecting {
+                reason: String::new(),
+                timeout_s: 1,
+            },
+            Event::Plan {
+                files: 0,
+                folders: 0,
+                links: 0,
+                total_bytes: 0,
+                held_bytes: 0,
+            },
+            Event::Progress {
+                done_bytes: 0,
+                total_bytes: 0,
+                bytes_per_s: 0,
+                file: None,
+            },
+            Event::FileDone {
+                path: String::new(),
+                size: 0,
+                blake3: String::new(),
+                status: FileStatus::Stored,
+                saved_as: None,
+            },
+            Event::Summary {
+                role: Role::Sender,
+                files: 0,
+                folders: 0,
+                links: 0,
+                total_bytes: 0,
+                moved_bytes: 0,
+                resumed_bytes: 0,
+                already_there: 0,
+                reconnects: 0,
+                elapsed_s: 0.0,
+                bytes_per_s: 0,
+                verification_code: None,
+            },
+            Event::Error {
+                code: 1,
+                message: String::new(),
+            },
+            Event::Doctor {
+                local: addr("127.0.0.1:1"),
+                host_ips: vec![],
+                servers: vec![],
+                nat: NatKind::Unknown,
+                filtering: None,
+                hairpin: None,
+                ntp: None,
+                ntp_checked: false,
+                verdict: String::new(),
+            },
+            Event::Listening {
+                addr: addr("127.0.0.1:1"),
+            },
+        ];
+        assert_eq!(
+            examples.len(),
+            samples.len(),
+            "one README example per event"
+        );
+        for e in &samples {
+            let ours: Value = serde_json::from_str(&to_line(e, 0.0)).unwrap();
+            let name = ours["event"].as_str().unwrap();
+            let doc = examples
+                .get(name)
+                .unwrap_or_else(|| panic!("no README example for {name}"));
+            let (a, b) = (shape(&ours), shape(doc));
+            assert!(
+                a.keys().eq(b.keys()),
+                "{name}: printed keys {a:?}, README keys {b:?}"
+            );
+            // A key null in one of them may hold a value in the other; otherwise the types
+            // must agree.
+            for (k, t) in &a {
+                let d = b[k];
+                assert!(
+                    *t == d || *t == "null" || d == "null",
+                    "{name}.{k}: printed {t}, README {d}"
+                );
+            }
+        }
+    }
+}
