@@ -10,7 +10,7 @@ use std::time::Duration;
 use p2pcopy::events::Output;
 use p2pcopy::tls::{client_config, server_config, Identity, SERVER_NAME};
 use p2pcopy::transfer::{Incoming, Options, Store};
-use p2pcopy::wire::{DataHead, Entry, EntryKind, Frame, Offer, Trailer, MAX_ENTRIES};
+use p2pcopy::wire::{DataHead, Entry, EntryKind, Frame, Offer, Trailer, MAX_ENTRIES, SEGMENT_LEN};
 use p2pcopy::Error;
 
 async fn connected_pair() -> (
@@ -371,6 +371,55 @@ async fn lying_data_streams_never_produce_a_final_file() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(out.path().join("x.bin")).unwrap(), data);
+}
+
+#[tokio::test]
+async fn segments_must_continue_the_file_where_the_last_one_ended() {
+    let seg = SEGMENT_LEN as usize;
+    let data: Vec<u8> = (0..seg + 1000).map(|i| (i % 251) as u8).collect();
+    let e = file("big.bin", data.len() as u64);
+    let frames = || vec![offer_for(std::slice::from_ref(&e)), Frame::Entry(e.clone())];
+    let good = Some(Trailer::Complete(*blake3::hash(&data).as_bytes()));
+    let stream = |index, start: usize, bytes: &[u8], trailer| Data {
+        head: DataHead {
+            index,
+            start: start as u64,
+        },
+        bytes: bytes.to_vec(),
+        trailer,
+        extra: vec![],
+    };
+    let cases: Vec<(&str, Vec<Data>)> = vec![
+        ("everything on one stream", vec![stream(0, 0, &data, good)]),
+        (
+            "second segment at the wrong byte",
+            vec![
+                stream(0, 0, &data[..seg], None),
+                stream(0, seg + 1, &data[seg + 1..], good),
+            ],
+        ),
+        (
+            "second segment for another entry",
+            vec![
+                stream(0, 0, &data[..seg], None),
+                stream(1, seg, &data[seg..], good),
+            ],
+        ),
+    ];
+    for (what, streams) in cases {
+        let out = tempfile::tempdir().unwrap();
+        let err = run_evil(frames(), streams, out.path()).await.unwrap_err();
+        assert_eq!(err.exit_code(), 10, "{what}: {err}");
+        assert!(visible(out.path()).is_empty(), "{what}");
+    }
+    // Honest segments, for contrast, are stored.
+    let out = tempfile::tempdir().unwrap();
+    let honest = vec![
+        stream(0, 0, &data[..seg], None),
+        stream(0, seg, &data[seg..], good),
+    ];
+    run_evil(frames(), honest, out.path()).await.unwrap();
+    assert_eq!(std::fs::read(out.path().join("big.bin")).unwrap(), data);
 }
 
 #[tokio::test]

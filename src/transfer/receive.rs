@@ -184,7 +184,7 @@ impl Incoming {
             progress.set_message(&c.entry.path);
             let got = receive_file(
                 &self.store,
-                &conn,
+                conn,
                 &mut stream,
                 head.index,
                 c,

@@ -177,7 +177,7 @@ impl Outgoing {
                         let claimed = claims.get(&head.index).map_or(0, |c| c.offset.min(entry.size));
                         self.report.file_started(progress, first, claimed, head.start);
                         progress.set_message(&entry.path);
-                        stream = Some(open_segment(&conn, head).await?);
+                        stream = Some(open_segment(conn, head).await?);
                         current = Some(Sending {
                             index: head.index,
                             at: head.start,
@@ -197,7 +197,7 @@ impl Outgoing {
                                     s.finish().map_err(lost)?;
                                 }
                                 let head = DataHead { index: cur.index, start: cur.at };
-                                stream = Some(open_segment(&conn, head).await?);
+                                stream = Some(open_segment(conn, head).await?);
                                 cur.segment_end = segment_end(cur.at, cur.size);
                             }
                             let s = stream.as_mut().ok_or_else(|| Error::Internal("no data stream".into()))?;
