@@ -64,6 +64,10 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       only the missing part may cross (< 5 % of the file extra)
 #   path-cut            cone-cone, 200 MB throttled, core forwarding dropped for
 #                       20 s 3 s into the transfer: both reconnect, exit 0
+#   doctor              `p2pcopy doctor` behind public, cone, symmetric and full
+#                       (forwarded port): verdicts "no NAT", "cone NAT",
+#                       "symmetric NAT", "full-cone NAT" (RFC 5780 filtering test
+#                       against the lab's own stun-server with --alternate-ip)
 ALL_SCENARIOS=(
     public-public
     public-cone
@@ -88,6 +92,7 @@ ALL_SCENARIOS=(
     folder
     resume
     path-cut
+    doctor
 )
 FAIL_TIMEOUT=50
 # Core throttle for the 200 MB scenarios (resume, path-cut): ~15 s for the file.
@@ -209,6 +214,11 @@ scenario_run() {
         custom=scenario_resume
         lab_side p2p-s 1 public && lab_side p2p-r 2 cone
         ;;
+    doctor)
+        custom=scenario_doctor
+        lab_side p2p-d1 1 public && lab_side p2p-d2 2 cone &&
+            lab_side p2p-d3 3 symmetric && lab_side p2p-d4 4 full 4300
+        ;;
     path-cut)
         opts=(--size-mb 200 --throttle "$BULK_RATE" --cut-after 3 --cut-for 20)
         lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
@@ -243,6 +253,27 @@ human_bytes_to_int() {
            if (u == "KiB") m = 1024; else if (u == "MiB") m = 1024^2
            else if (u == "GiB") m = 1024^3; else if (u == "TiB") m = 1024^4
            printf "%d\n", $1 * m }' <<<"$1"
+}
+
+# scenario_doctor WD: doctor's one-line verdict behind each kind of NAT the lab has.
+scenario_doctor() {
+    local wd=$1 rc=0 n kind want out
+    mkdir -p "$wd"
+    for spec in "1:public:Verdict: no NAT" "2:cone:Verdict: cone NAT" \
+        "3:symmetric:Verdict: symmetric NAT" "4:full:Verdict: full-cone NAT"; do
+        IFS=: read -r n kind want <<<"$spec"
+        out=$wd/doctor-$kind.txt
+        timeout 60 ip netns exec "p2p-d$n" "$P2PCOPY_BIN_ABS" doctor --localport 4300 \
+            "${LAB_NET_ARGS[@]}" >"$out" 2>&1 || true
+        if grep -q "^$want" "$out"; then
+            echo "behind $kind: $(grep '^Verdict' "$out" | cut -c1-70)..."
+        else
+            echo "FAIL behind $kind: expected a line starting '$want'"
+            sed 's/^/  | /' "$out"
+            rc=1
+        fi
+    done
+    return $rc
 }
 
 # scenario_resume WD: 200 MB, sender killed halfway, then both run again.

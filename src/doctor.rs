@@ -125,15 +125,12 @@ pub async fn run(
         .iter()
         .find_map(|s| Some((s.addr?, s.other?)))
         .filter(|_| !mapped.is_empty());
-    if let Some((_, other)) = rfc5780 {
-        if let Some((r, _)) = ask(&sock, other, false, false).await {
-            mapped.push(r.mapped);
-        }
-    }
-    let nat = crate::nat::classify(local.port(), &host_ips, &mapped);
-
+    // Filtering first: once we have sent to the alternate address ourselves (the mapping
+    // test below), the NAT lets its answers in, and a port-restricted cone NAT would pass
+    // for full cone (the lab's doctor scenario caught exactly that).
+    let behind_nat = crate::nat::classify(local.port(), &host_ips, &mapped) != NatKind::None;
     let filtering = match rfc5780 {
-        Some((primary, _)) if nat != NatKind::None => {
+        Some((primary, _)) if behind_nat => {
             if ask(&sock, primary, true, true).await.is_some() {
                 Some(Filtering::EndpointIndependent)
             } else if ask(&sock, primary, false, true).await.is_some() {
@@ -144,6 +141,17 @@ pub async fn run(
         }
         _ => None,
     };
+    // The mapping test goes to the alternate IP on the primary port (RFC 5780 test II),
+    // never to the alternate port: the filtering test's answers came from there, and on
+    // Linux an inbound packet the NAT dropped makes it map our next packet to that
+    // address to a new port, so a cone NAT would look symmetric.
+    if let Some((primary, other)) = rfc5780 {
+        let dest = SocketAddr::new(other.ip(), primary.port());
+        if let Some((r, _)) = ask(&sock, dest, false, false).await {
+            mapped.push(r.mapped);
+        }
+    }
+    let nat = crate::nat::classify(local.port(), &host_ips, &mapped);
 
     let hairpin = match mapped.first() {
         Some(public) if nat != NatKind::None => Some(hairpins(&sock, *public).await),

@@ -5,6 +5,7 @@
 # p2p-*; nothing is connected to the root namespace.  Addresses:
 #   198.19.0.1, .2   STUN (coturn, one process)       in p2p-core
 #   198.19.0.3       NTP  (chronyd, local clock, -x)  in p2p-core
+#   198.19.0.4       second address of p2pcopy's STUN server (RFC 5780)
 #   198.18.N.0/24    link between p2p-core (.1) and router/public host N (.2)
 #   10.N.0.0/24      LAN behind router p2p-natN (router .1, hosts .2, .3 ...)
 #
@@ -127,6 +128,8 @@ lab_core_up() {
     ip -n p2p-core addr add 198.19.0.1/32 dev lo
     ip -n p2p-core addr add 198.19.0.2/32 dev lo
     ip -n p2p-core addr add 198.19.0.3/32 dev lo
+    # The second address of p2pcopy's RFC 5780 server (doctor's filtering test).
+    ip -n p2p-core addr add 198.19.0.4/32 dev lo
 
     # STUN 1: coturn, STUN only.  STUN 2: p2pcopy's own server, so the client is tested
     # against both (and the NAT classification needs two servers).
@@ -136,7 +139,7 @@ lab_core_up() {
         --pidfile "$d/turnserver.pid" --userdb "$d/turndb" \
         </dev/null >"$d/turnserver.stdout" 2>&1 9>&- &
 
-    lab_nsx p2p-core "$P2PCOPY_BIN_ABS" stun-server --listen 198.19.0.2:3478 \
+    lab_nsx p2p-core "$P2PCOPY_BIN_ABS" stun-server --listen 198.19.0.2:3478 --alternate-ip 198.19.0.4 \
         </dev/null >"$d/p2pcopy-stun.log" 2>&1 9>&- &
 
     # NTP: chronyd serving its own (= the machine's) clock, never setting it.
