@@ -197,10 +197,10 @@ pub fn transport_config() -> quinn::TransportConfig {
     // A file travels as 1 MiB segments on streams of their own (wire::SEGMENT_LEN), so a
     // stream needs little more than one segment of credit. The connection window bounds
     // the bytes in flight and what the receiver buffers behind a lost packet: on a
-    // 200 ms, 2 %-loss path, in-order reading lags arrivals by several round trips, and
-    // 16 MiB held p2pcopy to ~68 % of the link where 32 MiB reached ~86 %. It also covers
-    // 1 Gbit/s x 100 ms (12.5 MB) with room for recovery. Memory follows it: the
-    // receiver's peak RSS is about 2-2.5 x this window on lossy paths (bench/RESULTS.md).
+    // 200 ms, 2 %-loss path, in-order reading lags arrivals by several round trips; there
+    // 32 MiB gave ~74 % of the link and 64 MiB ~78 %, but 64 MiB took the receiver's peak
+    // RSS past 90 MiB. 32 MiB keeps a 10 GiB transfer under 64 MiB of
+    // RSS per side and covers 1 Gbit/s x 100 ms (12.5 MB) with room for recovery.
     t.stream_receive_window((2u32 << 20).into());
     t.receive_window((32u32 << 20).into());
     t.send_window(32 << 20);

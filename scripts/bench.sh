@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# p2pcopy benchmark: p2pcopy, scp and iperf3 over the same emulated paths, several runs
+# each, written as a markdown table to bench/RESULTS.md.  Needs root (network namespaces)
+# and about 10 GiB of free disk for the memory run.
+#
+#   bash scripts/bench.sh                    # everything, 3 runs each (~20 min)
+#   BENCH_RUNS=1 BENCH_PROFILES=lan BENCH_MEMORY_GIB=0 bash scripts/bench.sh   # quick look
+#
+# Profiles (scripts/bench/bench.py): lan (one veth), wan (50 ms, 100 Mbit/s, 1 % loss),
+# long (200 ms, 100 Mbit/s, 2 % loss), bdp (100 ms, 1 Gbit/s), gig (1 ms, 1 Gbit/s).
+# Shaping is done by lab/netem (user space; this kernel has no netem qdisc).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+[[ $(id -u) == 0 ]] || { echo "bench.sh: needs root (network namespaces)" >&2; exit 2; }
+
+need=()
+for c in iperf3:iperf3 sshd:openssh-server scp:openssh-client ping:iputils-ping ethtool:ethtool ip:iproute2; do
+    command -v "${c%%:*}" >/dev/null || [[ -x /usr/sbin/${c%%:*} ]] || need+=("${c#*:}")
+done
+if ((${#need[@]})); then
+    # Keep the packages' postinst from starting system daemons (sshd) outside the bench.
+    made_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+    ((made_policy)) && rm -f /usr/sbin/policy-rc.d
+fi
+
+cargo build --release --workspace
+
+# One lab at a time: the bench and scripts/lab.sh share the machine's two cores.
+exec 9>"${LAB_LOCK:-/tmp/p2p-lab.lock}"
+flock -w 1800 9 || { echo "bench.sh: another lab run holds the lock" >&2; exit 2; }
+
+work=${BENCH_DIR:-/tmp/p2p-bench}
+big=${BENCH_BIG_DIR:-/var/tmp/p2p-bench-big}
+mkdir -p "$work" "$big"
+# Files on tmpfs: the network is measured, not the disk.  (The memory run uses $big, a disk.)
+mountpoint -q "$work" || mount -t tmpfs -o size=6g tmpfs "$work"
+cleanup() {
+    rm -rf "$big"
+    umount "$work" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+python3 scripts/bench/bench.py \
+    --p2pcopy "$PWD/target/release/p2pcopy" \
+    --netem "$PWD/target/release/p2pcopy-lab-netem" \
+    --workdir "$work" --bigdir "$big" \
+    --runs "${BENCH_RUNS:-3}" \
+    --profiles "${BENCH_PROFILES:-lan,wan,long,bdp,gig}" \
+    --memory-gib "${BENCH_MEMORY_GIB:-10}" \
+    --results "${BENCH_RESULTS:-bench/RESULTS.md}"

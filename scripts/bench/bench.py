@@ -1,0 +1,497 @@
+#!/usr/bin/env python3
+"""p2pcopy benchmark: the same file over the same emulated paths, p2pcopy and the tools
+users would pick instead, several runs each, one markdown table.
+
+Run through scripts/bench.sh (as root: it builds network namespaces).  Topology:
+
+    p2p-bench-a (10.88.0.1) ---- [p2p-bench-m: p2pcopy-lab-netem] ---- p2p-bench-b (10.88.0.2)
+
+On the LAN profile a and b share one veth and the middle namespace is absent.  On the
+others the middle namespace bridges two veths through the user-space delay line (this
+kernel has no netem), which adds delay, random loss and a rate limit with a bounded queue.
+The sender is always a, the receiver b; files live on a tmpfs so disks are not measured.
+
+Throughput runs until the receiving process exits, from the moment data starts: for scp
+the first byte in the receiver's file (polled every 10 ms), for p2pcopy the receiver's
+`plan` event (--json), which it sends just before the data starts.  Handshakes, rounds and
+punching count toward time-to-connect (second paste to first byte in the file), not
+throughput.
+"""
+
+import argparse
+import filecmp
+import hashlib
+import json
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+A, M, B = "p2p-bench-a", "p2p-bench-m", "p2p-bench-b"
+IP_A, IP_B = "10.88.0.1", "10.88.0.2"
+MIB = 1 << 20
+
+# name: (one-way delay ms, rate Mbit/s or None, loss per direction, file MiB, iperf3 seconds)
+PROFILES = {
+    "lan": (None, None, 0.0, 1024, 10),
+    "wan": (25, 100, 0.01, 200, 20),
+    "long": (100, 100, 0.02, 200, 30),
+    "bdp": (50, 1000, 0.0, 1024, 15),
+    "gig": (0.5, 1000, 0.0, 1024, 10),
+}
+DESCRIBE = {
+    "lan": "LAN: one veth, no shaping",
+    "wan": "internet-like: 50 ms RTT, 100 Mbit/s, 1 % loss each way",
+    "long": "long and lossy: 200 ms RTT, 100 Mbit/s, 2 % loss each way",
+    "bdp": "high BDP: 100 ms RTT, 1 Gbit/s, no loss",
+    "gig": "reference for the row above: 1 ms RTT, 1 Gbit/s, no loss",
+}
+
+
+def log(*a):
+    print("[bench]", *a, file=sys.stderr, flush=True)
+
+
+def sh(*cmd, check=True, **kw):
+    return subprocess.run(cmd, check=check, **kw)
+
+
+def nsx(ns, *cmd):
+    return ["ip", "netns", "exec", ns, *cmd]
+
+
+def cleanup():
+    for ns in (A, M, B):
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+        for p in pids:
+            try:
+                os.kill(int(p), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def ns_new(ns):
+    sh("ip", "netns", "add", ns)
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+
+def offloads_off(ns, dev):
+    # The delay line reads frames as they are: no offloads, so no oversized frames.
+    sh(*nsx(ns, "ethtool", "-K", dev, "gso", "off", "tso", "off", "gro", "off", "tx", "off", "rx", "off"),
+       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def topology(profile, netem_bin, logdir):
+    """Builds the namespaces for one profile; returns the delay line's Popen (or None)."""
+    cleanup()
+    delay, rate, loss, _, _ = PROFILES[profile]
+    ns_new(A)
+    ns_new(B)
+    if delay is None:
+        sh("ip", "-n", A, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", B)
+        proc = None
+    else:
+        ns_new(M)
+        sh("ip", "-n", A, "link", "add", "eth0", "type", "veth", "peer", "name", "ma", "netns", M)
+        sh("ip", "-n", B, "link", "add", "eth0", "type", "veth", "peer", "name", "mb", "netns", M)
+        for ns, dev in ((A, "eth0"), (B, "eth0"), (M, "ma"), (M, "mb")):
+            offloads_off(ns, dev)
+        sh("ip", "-n", M, "link", "set", "dev", "ma", "up")
+        sh("ip", "-n", M, "link", "set", "dev", "mb", "up")
+        args = [netem_bin, "ma", "mb", "--delay-ms", str(delay), "--loss", str(loss)]
+        if rate:
+            args += ["--rate-mbit", str(rate)]
+        proc = subprocess.Popen(nsx(M, *args), stdin=subprocess.DEVNULL,
+                                stdout=open(logdir / f"netem-{profile}.log", "w"), stderr=subprocess.STDOUT)
+    for ns, ip in ((A, IP_A), (B, IP_B)):
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        # Room for a 1 Gbit/s x 100 ms window in TCP's autotuned buffers.  (UDP buffers are
+        # capped by net.core.rmem_max, which is not per namespace: it stays as the machine has it.)
+        sh(*nsx(ns, "sysctl", "-qw", "net.ipv4.tcp_rmem=4096 131072 67108864",
+                "net.ipv4.tcp_wmem=4096 65536 67108864"))
+    for _ in range(50):
+        if subprocess.run(nsx(A, "ping", "-c1", "-W1", IP_B), capture_output=True).returncode == 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise RuntimeError("no path between the bench hosts")
+    return proc
+
+
+def ping_rtt(count=5):
+    out = subprocess.run(nsx(A, "ping", "-c", str(count), "-i", "0.2", IP_B), capture_output=True, text=True).stdout
+    m = re.search(r"= [\d.]+/([\d.]+)/", out)
+    return float(m.group(1)) if m else None
+
+
+class Proc:
+    """A process whose CPU time and peak RSS we read from wait4 (ip netns exec execs)."""
+
+    def __init__(self, cmd, **kw):
+        self.p = subprocess.Popen(cmd, **kw)
+        self.rusage = None
+        self.end = None
+        self.code = None
+
+    def poll(self):
+        if self.code is not None:
+            return self.code
+        pid, status, ru = os.wait4(self.p.pid, os.WNOHANG)
+        if pid == 0:
+            return None
+        self.end = time.monotonic()
+        self.code = os.waitstatus_to_exitcode(status)
+        self.p.returncode = self.code
+        self.rusage = ru
+        return self.code
+
+    def wait(self, limit):
+        t = time.monotonic() + limit
+        while self.poll() is None:
+            if time.monotonic() > t:
+                self.p.kill()
+                self.wait(10)
+                raise RuntimeError(f"timed out: {self.p.args}")
+            time.sleep(0.01)
+        return self.code
+
+    def cpu(self):
+        return self.rusage.ru_utime + self.rusage.ru_stime
+
+    def rss_mib(self):
+        return self.rusage.ru_maxrss / 1024
+
+
+def first_byte_wait(paths, procs, limit):
+    """Polls until one of `paths` holds data; returns the time, or None if a process ended."""
+    t = time.monotonic() + limit
+    while time.monotonic() < t:
+        for p in paths:
+            try:
+                if p.stat().st_size > 0:
+                    return time.monotonic()
+            except FileNotFoundError:
+                pass
+        if any(pr.poll() is not None for pr in procs):
+            return None
+        time.sleep(0.01)
+    return None
+
+
+def run_p2pcopy(binary, src, outdir, limit, logdir):
+    shutil.rmtree(outdir, ignore_errors=True)
+    outdir.mkdir(parents=True)
+    common = ["--no-stun", "--no-ntp", "--json"] + (["-v"] if os.environ.get("BENCH_VERBOSE") else [])
+    # BENCH_PERF=DIR profiles both sides (for finding hot spots; the figures are then off).
+    perf = os.environ.get("BENCH_PERF")
+
+    def wrap(role):
+        if not perf:
+            return [binary]
+        return ["perf", "record", "-q", "-F", "999", "--call-graph", "dwarf,16384", "-o", f"{perf}/{role}.data", binary]
+
+    r = Proc(nsx(B, *wrap("receiver"), "receiver", "--localport", "21300", "--output", str(outdir), *common),
+             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(logdir / "receiver.err", "w"), text=True)
+    s = Proc(nsx(A, *wrap("sender"), "sender", "--localport", "4300", "--file", str(src), *common),
+             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(logdir / "sender.err", "w"), text=True)
+
+    # Event times as the lines arrive: the receiver's `plan` (sent right before the data
+    # starts) is where the throughput clock starts. Its first write to the file would be
+    # late: data behind a lost packet waits in QUIC's buffer, so the file can start growing
+    # megabytes after the link started carrying them, which overstated the rate.
+    events = {"sender": {}, "receiver": {}}
+    tickets = {"sender": queue.Queue(), "receiver": queue.Queue()}
+
+    def follow(role, pr):
+        for line in pr.p.stdout:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            events[role].setdefault(ev.get("event"), time.monotonic())
+            if ev.get("event") == "ticket":
+                tickets[role].put(ev["ticket"])
+
+    for role, pr in (("sender", s), ("receiver", r)):
+        threading.Thread(target=follow, args=(role, pr), daemon=True).start()
+
+    def ticket(role):
+        try:
+            return tickets[role].get(timeout=20)
+        except queue.Empty:
+            raise RuntimeError(f"no ticket from the {role}; see {logdir}") from None
+
+    st, rt = ticket("sender"), ticket("receiver")
+    r.p.stdin.write(st + "\n")
+    r.p.stdin.flush()
+    time.sleep(0.3)
+    t_paste = time.monotonic()  # the second paste
+    s.p.stdin.write(rt + "\n")
+    s.p.stdin.flush()
+    name = src.name
+    t_first = first_byte_wait([outdir / f".{name}.p2pcopy-part", outdir / name], [r, s], limit)
+    r.wait(limit)
+    s.wait(30)
+    if r.code != 0 or s.code != 0:
+        raise RuntimeError(f"p2pcopy failed: sender {s.code}, receiver {r.code}; see {logdir}")
+    if t_first is None or "plan" not in events["receiver"]:
+        raise RuntimeError("p2pcopy: first byte never seen")
+    return {
+        "secs": r.end - events["receiver"]["plan"],
+        "connect": t_first - t_paste,
+        "cpu_s": s.cpu(), "cpu_r": r.cpu(),
+        "rss_s": s.rss_mib(), "rss_r": r.rss_mib(),
+    }
+
+
+def run_scp(src, outdir, key, limit):
+    shutil.rmtree(outdir, ignore_errors=True)
+    outdir.mkdir(parents=True)
+    dst = outdir / src.name
+    c = Proc(nsx(A, "scp", "-q", "-i", str(key), "-o", "StrictHostKeyChecking=no",
+                 "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", str(src), f"root@{IP_B}:{dst}"),
+             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    t0 = time.monotonic()
+    t_first = first_byte_wait([dst], [c], limit)
+    c.wait(limit)
+    if c.code != 0 or t_first is None:
+        raise RuntimeError(f"scp failed: {c.code} {c.p.stderr.read()!r}")
+    return {"secs": c.end - t_first, "connect": t_first - t0, "cpu_s": c.cpu(), "rss_s": c.rss_mib()}
+
+
+def run_iperf3(secs, limit, cc="cubic"):
+    srv = Proc(nsx(B, "iperf3", "-s", "-1", "-B", IP_B), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    out = subprocess.run(nsx(A, "iperf3", "-c", IP_B, "-t", str(secs), "-C", cc, "-J"), capture_output=True,
+                         text=True, timeout=limit)
+    srv.wait(20)
+    j = json.loads(out.stdout)
+    if "error" in j:
+        raise RuntimeError(f"iperf3: {j['error']}")
+    end = j["end"]
+    return {"bps": end["sum_received"]["bits_per_second"],
+            "retrans": end["sum_sent"].get("retransmits"),
+            "cpu_s_pct": end["cpu_utilization_percent"]["host_total"],
+            "cpu_r_pct": end["cpu_utilization_percent"]["remote_total"]}
+
+
+def run_iperf3_udp(rate_mbit, secs=5):
+    """Validates the emulated link: offered UDP load vs what arrives."""
+    srv = Proc(nsx(B, "iperf3", "-s", "-1", "-B", IP_B), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    out = subprocess.run(nsx(A, "iperf3", "-c", IP_B, "-u", "-b", f"{rate_mbit}M", "-l", "1400", "-t", str(secs),
+                             "-J"), capture_output=True, text=True, timeout=secs + 30)
+    srv.wait(20)
+    j = json.loads(out.stdout)
+    s = j["end"]["sum"]
+    return {"bps": s["bits_per_second"] * (1 - s["lost_percent"] / 100), "lost_pct": s["lost_percent"]}
+
+
+def sshd_up(workdir):
+    key = workdir / "id_bench"
+    if not key.exists():
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(workdir / "host_key"))
+    (workdir / "authorized_keys").write_text((workdir / "id_bench.pub").read_text())
+    os.chmod(workdir / "authorized_keys", 0o600)
+    Path("/run/sshd").mkdir(exist_ok=True)
+    cfg = workdir / "sshd_config"
+    cfg.write_text(
+        f"ListenAddress {IP_B}\nHostKey {workdir / 'host_key'}\nPermitRootLogin prohibit-password\n"
+        f"AuthorizedKeysFile {workdir / 'authorized_keys'}\nPasswordAuthentication no\nUsePAM no\n"
+        f"StrictModes no\nSubsystem sftp internal-sftp\nPidFile none\n")
+    p = subprocess.Popen(nsx(B, "/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)), stdin=subprocess.DEVNULL,
+                         stdout=open(workdir / "sshd.log", "w"), stderr=subprocess.STDOUT)
+    time.sleep(0.5)
+    return p, key
+
+
+def make_file(path, mib):
+    if path.exists() and path.stat().st_size == mib * MIB:
+        return
+    with open(path, "wb") as f:
+        chunk = os.urandom(MIB)
+        for i in range(mib):
+            # Distinct but cheap data: compression would help nobody here, and p2pcopy does not compress.
+            f.write(hashlib.blake2b(i.to_bytes(8, "little")).digest() + chunk[64:])
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def mbit(bytes_per_s):
+    return bytes_per_s * 8 / 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--p2pcopy", required=True)
+    ap.add_argument("--netem", required=True)
+    ap.add_argument("--workdir", required=True, type=Path)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--profiles", default="lan,wan,long,bdp,gig")
+    ap.add_argument("--memory-gib", type=int, default=10, help="file size of the memory run (0: skip)")
+    ap.add_argument("--bigdir", type=Path, help="where the memory run's file goes (a disk, not tmpfs)")
+    ap.add_argument("--results", type=Path, required=True)
+    args = ap.parse_args()
+    wd = args.workdir
+    logdir = wd / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    checks = {}
+    sshd = None
+    try:
+        for prof in args.profiles.split(","):
+            delay, rate, loss, mib, isecs = PROFILES[prof]
+            log(f"profile {prof}: {DESCRIBE[prof]}")
+            netem = topology(prof, args.netem, logdir)
+            sshd, key = sshd_up(wd)
+            src = wd / f"file-{mib}MiB.bin"
+            make_file(src, mib)
+            out = wd / "out"
+            chk = {"rtt_ms": ping_rtt()}
+            if rate:
+                chk["udp_cap_mbit"] = mbit(run_iperf3_udp(rate * 2)["bps"] / 8)
+                chk["udp_loss_pct"] = run_iperf3_udp(rate // 2)["lost_pct"]
+            checks[prof] = chk
+            log(f"  path check: {chk}")
+            res = {"iperf3": [], "scp": [], "p2pcopy": [], "bbr": []}
+            for i in range(args.runs):
+                r = run_iperf3(isecs, isecs + 60)
+                res["iperf3"].append(r)
+                log(f"  run {i + 1} iperf3: {mbit(r['bps'] / 8):.0f} Mbit/s, {r['retrans']} retransmits")
+                r = run_p2pcopy(args.p2pcopy, src, out, 600, logdir)
+                if i == 0 and not filecmp.cmp(src, out / src.name, shallow=False):
+                    raise RuntimeError("p2pcopy's copy differs from the source")
+                res["p2pcopy"].append(r)
+                log(f"  run {i + 1} p2pcopy: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, connect {r['connect']:.2f} s, "
+                    f"cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s, rss {r['rss_s']:.0f}/{r['rss_r']:.0f} MiB")
+                if i == 0:
+                    r = run_iperf3(isecs, isecs + 60, "bbr")
+                    res["bbr"].append(r)
+                    log(f"  run {i + 1} iperf3 bbr: {mbit(r['bps'] / 8):.0f} Mbit/s")
+                if prof == "lan" or rate:
+                    r = run_scp(src, out, key, 900)
+                    res["scp"].append(r)
+                    log(f"  run {i + 1} scp: {mbit(mib * MIB / r['secs']):.0f} Mbit/s")
+            rows[prof] = (mib, res)
+            sshd.kill()
+            sshd.wait()
+            sshd = None
+            if netem:
+                netem.kill()
+                netem.wait()
+        mem = None
+        if args.memory_gib:
+            log(f"memory: {args.memory_gib} GiB over the LAN profile")
+            topology("lan", args.netem, logdir)
+            big = (args.bigdir or wd) / f"big-{args.memory_gib}GiB.bin"
+            big.parent.mkdir(parents=True, exist_ok=True)
+            make_file(big, args.memory_gib * 1024)
+            bout = big.parent / "bigout"
+            mem = run_p2pcopy(args.p2pcopy, big, bout, 3600, logdir)
+            mem["bytes"] = args.memory_gib * 1024 * MIB
+            shutil.rmtree(bout, ignore_errors=True)
+            log(f"  rss sender {mem['rss_s']:.1f} MiB, receiver {mem['rss_r']:.1f} MiB")
+    finally:
+        if sshd:
+            sshd.kill()
+        cleanup()
+    write_results(args, rows, checks, mem)
+
+
+def write_results(args, rows, checks, mem):
+    lines = []
+    w = lines.append
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except StopIteration:
+        pass
+    ver = subprocess.run([args.p2pcopy, "--version"], capture_output=True, text=True).stdout.strip()
+    w("# p2pcopy benchmark results\n")
+    w(f"Written by `scripts/bench.sh` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.  "
+      f"{ver}, git {subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()}.\n")
+    w(f"Machine: {os.cpu_count()} cores ({cpu}), {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+      f"Linux {platform.release()}.  Sender and receiver share these cores with each other and, on shaped "
+      f"profiles, with the user-space delay line.\n")
+    w(f"Medians of {args.runs} runs per tool and profile, all in the same run of the script.  Rates in Mbit/s "
+      "of file data (iperf3: its receiver's goodput).  CPU: CPU-seconds of the sender/receiver process per GiB moved.\n")
+    for prof, (mib, res) in rows.items():
+        chk = checks[prof]
+        w(f"\n## {DESCRIBE[prof]}\n")
+        desc = f"File {mib} MiB.  Path check: ping RTT {chk['rtt_ms']:.1f} ms"
+        if "udp_cap_mbit" in chk:
+            desc += f", UDP at twice the rate delivers {chk['udp_cap_mbit']:.0f} Mbit/s, UDP at half the rate loses {chk['udp_loss_pct']:.2f} %"
+        w(desc + ".\n")
+        ip = mbit(med([r["bps"] for r in res["iperf3"]]) / 8)
+        rate = PROFILES[prof][1]
+        w("| tool | Mbit/s (median) | runs | vs iperf3 | vs scp | of link | connect s | CPU s/GiB send / recv | peak RSS MiB send / recv |")
+        w("|---|---|---|---|---|---|---|---|---|")
+        scp = None
+        if res["scp"]:
+            scp = mbit(med([mib * MIB / r["secs"] for r in res["scp"]]))
+        gib = mib / 1024
+
+        def link(x):
+            return f"{x / rate * 100:.0f} %" if rate else "—"
+
+        p = res["p2pcopy"]
+        pr = mbit(med([mib * MIB / r["secs"] for r in p]))
+        runs = ", ".join(f"{mbit(mib * MIB / r['secs']):.0f}" for r in p)
+        w(f"| **p2pcopy** | **{pr:.0f}** | {runs} | {pr / ip:.2f}× | {f'{pr / scp:.2f}×' if scp else '—'} | {link(pr)} "
+          f"| {med([r['connect'] for r in p]):.2f} | {med([r['cpu_s'] for r in p]) / gib:.2f} / {med([r['cpu_r'] for r in p]) / gib:.2f} "
+          f"| {max(r['rss_s'] for r in p):.0f} / {max(r['rss_r'] for r in p):.0f} |")
+        runs = ", ".join(f"{mbit(r['bps'] / 8):.0f}" for r in res["iperf3"])
+        w(f"| iperf3 TCP cubic | {ip:.0f} | {runs} | 1.00× | — | {link(ip)} | — | — | — |")
+        if res["bbr"]:
+            b = mbit(res["bbr"][0]["bps"] / 8)
+            w(f"| iperf3 TCP bbr (1 run) | {b:.0f} | {b:.0f} | {b / ip:.2f}× | — | {link(b)} | — | — | — |")
+        if scp:
+            runs = ", ".join(f"{mbit(mib * MIB / r['secs']):.0f}" for r in res["scp"])
+            w(f"| scp (OpenSSH {ssh_version()}, TCP {default_cc()}) | {scp:.0f} | {runs} | {scp / ip:.2f}× | 1.00× | {link(scp)} "
+              f"| {med([r['connect'] for r in res['scp']]):.2f} | {med([r['cpu_s'] for r in res['scp']]) / gib:.2f} / — "
+              f"| {max(r['rss_s'] for r in res['scp']):.0f} / — |")
+    if mem:
+        gib = mem["bytes"] / 2**30
+        w(f"\n## Memory: {gib:.0f} GiB file over the LAN profile (disk to disk)\n")
+        w("| side | peak RSS MiB | CPU s/GiB | rate Mbit/s |")
+        w("|---|---|---|---|")
+        rate = mbit(mem["bytes"] / mem["secs"])
+        w(f"| sender | {mem['rss_s']:.1f} | {mem['cpu_s'] / gib:.2f} | {rate:.0f} |")
+        w(f"| receiver | {mem['rss_r']:.1f} | {mem['cpu_r'] / gib:.2f} | {rate:.0f} |")
+    w("\n## Peers not measured here\n")
+    w("- croc: a Go program; Go modules come from proxy.golang.org, which this machine cannot reach, and Debian 12 "
+      "does not package croc.")
+    w("- magic-wormhole (Debian 12 has 0.12): it needs a mailbox server, which Debian does not package; not set up "
+      "in this bench yet.  Its transit is plain TCP, so the TCP rows above bound it.")
+    w("- sendme (iroh): builds from crates.io, but dials n0's relays and DNS discovery first; this lab has no "
+      "route to either, so a run here would measure its fallback timeouts, not its transfer.")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text("\n".join(lines) + "\n")
+    log(f"wrote {args.results}")
+
+
+def default_cc():
+    return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+
+
+def ssh_version():
+    v = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr
+    m = re.search(r"OpenSSH_([\w.]+)", v)
+    return m.group(1) if m else "?"
+
+
+if __name__ == "__main__":
+    main()
