@@ -507,11 +507,7 @@ async fn transfer_phase(
     match job {
         Job::Send(sending, checksums) => {
             let r = sending.report();
-            show_code(out, link, r.peer_authenticated);
-            say!(out, "Sent {}{}", single_name(r), r.amount_and_rate());
-            if let Some(note) = r.reuse_note() {
-                say!(out, "({note})");
-            }
+            say_done(out, link, "Sent", r);
             match r.hashes.as_slice() {
                 [] => {}
                 [(_, h)] => say!(out, "The receiver verified it: BLAKE3 {h}"),
@@ -530,11 +526,7 @@ async fn transfer_phase(
         }
         Job::Receive(inc, checksums) => {
             let r = inc.report();
-            show_code(out, link, r.peer_authenticated);
-            say!(out, "Received {}{}", single_name(r), r.amount_and_rate());
-            if let Some(note) = r.reuse_note() {
-                say!(out, "({note})");
-            }
+            say_done(out, link, "Received", r);
             let root = inc.store().root().to_owned();
             if let (1, Some(saved)) = (r.files + r.dirs + r.links, inc.saved_as()) {
                 say!(out, "Saved as {}", saved.display());
@@ -652,9 +644,15 @@ fn code_to_compare(link: &Link, peer_authenticated: bool) -> Option<&str> {
     (!link.authenticated || !peer_authenticated).then_some(link.verification_code.as_str())
 }
 
-fn show_code(out: Output, link: &Link, peer_authenticated: bool) {
-    if let Some(code) = code_to_compare(link, peer_authenticated) {
+/// The lines both sides print when the job is done: the code to compare (if any), what
+/// moved, and what an earlier run had already done.
+fn say_done(out: Output, link: &Link, verb: &str, r: &transfer::Report) {
+    if let Some(code) = code_to_compare(link, r.peer_authenticated) {
         say!(out, "Verification code: {code} (an ip:port was used instead of a ticket, so compare this code with your peer; if it differs, someone is in the middle)");
+    }
+    say!(out, "{verb} {}{}", single_name(r), r.amount_and_rate());
+    if let Some(note) = r.reuse_note() {
+        say!(out, "({note})");
     }
 }
 

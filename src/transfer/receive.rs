@@ -160,10 +160,7 @@ impl Incoming {
             .collect();
         let mut statuses: Vec<(u32, FileStatus, blake3::Hash)> = Vec::new();
         while !pending.is_empty() {
-            let mut stream = conn.accept_uni().await.map_err(|e| closed(&e))?;
-            let mut h = [0u8; DATA_HEAD_LEN];
-            stream.read_exact(&mut h).await.map_err(read_exact_err)?;
-            let head = DataHead::decode(&h);
+            let (mut stream, head) = accept_data(conn).await?;
             if !pending.remove(&head.index) {
                 return Err(Error::Protocol(format!(
                     "the sender sent data for entry {} which is not an awaited file",
@@ -206,19 +203,16 @@ impl Incoming {
                     return Err(e);
                 }
             };
-            let saved_as = match &outcome {
-                Outcome::Stored(p) => p.clone(),
-                Outcome::Status(_) => self.store.root().join(&c.rel),
-            };
-            let status = match outcome {
+            let own_name = self.store.root().join(&c.rel);
+            let (status, saved_as) = match outcome {
                 Outcome::Stored(p) => {
-                    if p != self.store.root().join(&c.rel) {
-                        self.renamed.insert(c.entry.path.clone(), p);
+                    if p != own_name {
+                        self.renamed.insert(c.entry.path.clone(), p.clone());
                     }
                     self.stored_now.insert(head.index);
-                    FileStatus::Stored
+                    (FileStatus::Stored, p)
                 }
-                Outcome::Status(s) => s,
+                Outcome::Status(s) => (s, own_name),
             };
             if matches!(status, FileStatus::Stored | FileStatus::AlreadyThere) {
                 self.verified.insert((c.rel.clone(), c.entry.size), hash);
@@ -484,6 +478,14 @@ async fn receive_file(
     Ok((Outcome::Status(status), ours))
 }
 
+/// Accepts the next data stream and reads the head it starts with.
+async fn accept_data(conn: &Connection) -> Result<(RecvStream, DataHead), Error> {
+    let mut stream = conn.accept_uni().await.map_err(|e| closed(&e))?;
+    let mut h = [0u8; DATA_HEAD_LEN];
+    stream.read_exact(&mut h).await.map_err(read_exact_err)?;
+    Ok((stream, DataHead::decode(&h)))
+}
+
 /// Checks that a full segment's stream ends there and that the next data stream continues
 /// the same file where it ended.
 async fn next_segment(
@@ -492,27 +494,15 @@ async fn next_segment(
     index: u32,
     at: u64,
 ) -> Result<RecvStream, Pumped> {
-    match stream.read_chunk(1, true).await {
-        Ok(None) => {}
-        Ok(Some(_)) => {
+    match stream.read_chunk(1, true).await.map_err(read_failed)? {
+        None => {}
+        Some(_) => {
             return Err(Pumped::Failed(Error::Protocol(
                 "the sender put more than a segment on one data stream".into(),
             )))
         }
-        Err(ReadError::Reset(code)) if code == RESET_SOURCE_CHANGED.into() => {
-            return Err(Pumped::SourceChanged)
-        }
-        Err(e) => return Err(Pumped::Failed(lost_read(e))),
     }
-    let mut next = conn
-        .accept_uni()
-        .await
-        .map_err(|e| Pumped::Failed(closed(&e)))?;
-    let mut h = [0u8; DATA_HEAD_LEN];
-    next.read_exact(&mut h)
-        .await
-        .map_err(|e| Pumped::Failed(read_exact_err(e)))?;
-    let head = DataHead::decode(&h);
+    let (next, head) = accept_data(conn).await.map_err(Pumped::Failed)?;
     if head.index != index || head.start != at {
         return Err(Pumped::Failed(Error::Protocol(format!(
             "the sender interrupted entry {index} at byte {at} with a stream for entry {} at byte {}",
@@ -540,6 +530,15 @@ async fn read_trailer(stream: &mut RecvStream) -> Result<Trailer, Error> {
 enum Pumped {
     SourceChanged,
     Failed(Error),
+}
+
+/// What a failed read of a data stream means: the sender resets a stream whose source
+/// changed; anything else is a lost connection.
+fn read_failed(e: ReadError) -> Pumped {
+    match e {
+        ReadError::Reset(code) if code == RESET_SOURCE_CHANGED.into() => Pumped::SourceChanged,
+        e => Pumped::Failed(lost_read(e)),
+    }
 }
 
 /// A buffer and how many of its bytes are data.
@@ -583,12 +582,8 @@ async fn pump(
                     ))));
                     break;
                 }
-                Err(ReadError::Reset(code)) if code == RESET_SOURCE_CHANGED.into() => {
-                    failed = Some(Pumped::SourceChanged);
-                    break;
-                }
                 Err(e) => {
-                    failed = Some(Pumped::Failed(lost_read(e)));
+                    failed = Some(read_failed(e));
                     break;
                 }
             }

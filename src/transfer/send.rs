@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{closed, explain, lost, lost_write, read_frame, Options, Report, CHUNK, PIPELINE};
 use crate::error::Error;
-use crate::events::Event;
+use crate::events::{Event, Output};
 use crate::manifest::{split_time, Scan};
 use crate::progress::Progress;
 use crate::wire::{
@@ -166,9 +166,7 @@ impl Outgoing {
             tokio::select! {
                 r = &mut results => break r,
                 Some((index, status)) = verdicts.recv() => {
-                    if let Some(e) = file_done(&self.scan, &self.known, &mut self.reported, index, status) {
-                        opts.out.emit(|| e);
-                    }
+                    file_done(opts.out, &self.scan, &self.known, &mut self.reported, index, status);
                 }
                 ev = rx.recv(), if !sending_done => match ev {
                     None => sending_done = true,
@@ -231,9 +229,14 @@ impl Outgoing {
         drop(rx);
         let _ = reader.await;
         while let Ok((index, status)) = verdicts.try_recv() {
-            if let Some(e) = file_done(&self.scan, &self.known, &mut self.reported, index, status) {
-                opts.out.emit(|| e);
-            }
+            file_done(
+                opts.out,
+                &self.scan,
+                &self.known,
+                &mut self.reported,
+                index,
+                status,
+            );
         }
         let done = outcome?;
         for (index, status) in done {
@@ -309,27 +312,31 @@ fn unexpected(f: &Frame) -> Error {
     Error::Protocol(format!("unexpected message from the receiver: {f:?}"))
 }
 
-/// The `file_done` event for a file the receiver verified (or already had), once per file
-/// and run; the hash is ours, which the receiver found equal to its own.
+/// Emits the `file_done` event for a file the receiver verified (or already had), once
+/// per file and run; the hash is ours, which the receiver found equal to its own.
 fn file_done(
+    out: Output,
     scan: &Scan,
     known: &HashMap<u32, blake3::Hash>,
     reported: &mut HashSet<u32>,
     index: u32,
     status: FileStatus,
-) -> Option<Event> {
+) {
     if !matches!(status, FileStatus::Stored | FileStatus::AlreadyThere) {
-        return None;
+        return;
     }
-    let entry = scan.entries.get(index as usize)?;
-    let hash = known.get(&index)?;
-    reported.insert(index).then(|| Event::FileDone {
-        path: entry.path.clone(),
-        size: entry.size,
-        blake3: hash.to_hex().to_string(),
-        status,
-        saved_as: None,
-    })
+    let (Some(entry), Some(hash)) = (scan.entries.get(index as usize), known.get(&index)) else {
+        return;
+    };
+    if reported.insert(index) {
+        out.emit(|| Event::FileDone {
+            path: entry.path.clone(),
+            size: entry.size,
+            blake3: hash.to_hex().to_string(),
+            status,
+            saved_as: None,
+        });
+    }
 }
 
 /// Reads the receiver's per-file results until it says the job is done, passing each to
