@@ -7,6 +7,7 @@
 //! - [`wire`]: probe and transfer framing (pure encode/decode);
 //! - [`stun`], [`ntp`], [`nat`]: learning the public address, the shared clock, and what the
 //!   NAT kinds of two peers allow;
+//! - [`portmap`]: asking the home router to forward a port (PCP, NAT-PMP, UPnP-IGD);
 //! - [`tls`]: per-run certificates and fingerprint pinning for QUIC;
 //! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint;
 //! - [`manifest`]: what a job contains, and confinement of the peer's paths;
@@ -26,6 +27,7 @@ pub mod manifest;
 pub mod nat;
 pub mod net;
 pub mod ntp;
+pub mod portmap;
 pub mod progress;
 pub mod punch;
 pub mod stun;
