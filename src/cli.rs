@@ -13,7 +13,7 @@ use crate::net::{self, ConnectFailure, Dialer, Link, Progress as NetProgress};
 use crate::punch::{self, PathKind, DEFAULT_OPENER_TTL};
 use crate::ticket::{Candidate, CandidateKind, FullTicket, NatKind, Role, Ticket};
 use crate::tls::Identity;
-use crate::{nat, ntp, stun, transfer};
+use crate::{nat, ntp, portmap, stun, transfer};
 
 /// Copy files and folders straight from one computer to another, across NATs, with no server
 /// in between.
@@ -85,6 +85,9 @@ pub struct DoctorArgs {
     /// Skip the NTP check.
     #[arg(long, conflicts_with = "ntp_servers")]
     pub no_ntp: bool,
+    /// Skip the port-mapping check (PCP, NAT-PMP, UPnP test mapping on the router).
+    #[arg(long)]
+    pub no_portmap: bool,
 }
 
 /// Flags of `p2pcopy sender`.
@@ -156,6 +159,9 @@ pub struct NetArgs {
     /// Skip NTP and trust this computer's clock.
     #[arg(long, conflicts_with = "ntp_servers")]
     pub no_ntp: bool,
+    /// Do not ask the router to forward a port (PCP, NAT-PMP, UPnP-IGD); --no-stun implies it.
+    #[arg(long)]
+    pub no_portmap: bool,
     /// Give up connecting after this many seconds from the moment the ticket is entered,
     /// and reconnecting after this many seconds from the moment a path is lost.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -184,9 +190,25 @@ pub async fn run(cli: Cli, out: Output) -> Result<(), Error> {
             _ = tokio::signal::ctrl_c() => Err(Error::Interrupted("interrupted".into())),
         };
     }
+    // The router's port mapping, if any, outlives the transfer's futures so it is removed
+    // however the run ends: done, failed, or Ctrl-C (even mid-attempt).
+    let mut mapper = None;
+    let result = transfer_run(cli, out, &mut mapper).await;
+    if let Some(mapper) = mapper {
+        mapper.release().await;
+    }
+    result
+}
+
+/// A sender's or receiver's run, from binding the socket to telling the peer how it ended.
+async fn transfer_run(
+    cli: Cli,
+    out: Output,
+    mapper: &mut Option<portmap::Mapper>,
+) -> Result<(), Error> {
     let interrupted = || Error::Interrupted("interrupted".into());
     let (mut dialer, mut link, mut job, ctx) = tokio::select! {
-        r = connect_phase(cli, out) => r?,
+        r = connect_phase(cli, out, mapper) => r?,
         _ = tokio::signal::ctrl_c() => return Err(interrupted()),
     };
     let result = tokio::select! {
@@ -310,7 +332,11 @@ impl Ctx {
     }
 }
 
-async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx), Error> {
+async fn connect_phase(
+    cli: Cli,
+    out: Output,
+    mapper: &mut Option<portmap::Mapper>,
+) -> Result<(Dialer, Link, Job, Ctx), Error> {
     let (role, net_args, job) = match cli.command {
         Command::Sender(a) => {
             let scan = crate::manifest::scan(&a.file)?;
@@ -348,6 +374,11 @@ async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx)
         .map_err(|e| Error::Internal(e.to_string()))?;
     say!(out, "Using local port: {}", local.port());
 
+    // The router is asked while STUN runs (--no-stun means LAN addresses only).
+    if !net_args.no_portmap && !net_args.no_stun && portmap::worth_trying(local.ip()) {
+        *mapper = Some(portmap::Mapper::start(local));
+    }
+
     // NTP runs while the users exchange tickets.
     let ntp_task = (!net_args.no_ntp).then(|| {
         let servers = or_defaults(&net_args.ntp_servers, ntp::DEFAULT_SERVERS);
@@ -368,16 +399,27 @@ async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let mapped: Vec<SocketAddr> = mappings.iter().map(|m| m.mapped).collect();
         let kind = nat::classify(local.port(), &host_ips, &mapped);
+        say!(out, "Your NAT: {}", nat::describe(kind));
+        // Most preferred first: a forwarded port reaches us from behind any NAT.
+        if let Some(m) = port_mapping(mapper, &mapped, out).await {
+            candidates.push(Candidate {
+                kind: CandidateKind::PortMapped,
+                addr: m.external.into(),
+            });
+        }
         for m in &mapped {
             let c = Candidate {
                 kind: CandidateKind::Mapped,
                 addr: *m,
             };
-            if !candidates.contains(&c) {
+            // A cone NAT that kept the port shows STUN the forwarded address itself.
+            let forwarded = candidates
+                .iter()
+                .any(|p| p.kind == CandidateKind::PortMapped && p.addr == *m);
+            if !candidates.contains(&c) && !forwarded {
                 candidates.push(c);
             }
         }
-        say!(out, "Your NAT: {}", nat::describe(kind));
         (kind, socket)
     };
     for ip in &host_ips {
@@ -413,7 +455,12 @@ async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx)
     };
     let pasted = Instant::now();
     let peer_nat = peer.nat();
-    let warning = nat::warn_before(nat_kind, peer_nat);
+    // A forwarded port on either side reaches through any NAT: nothing to warn about.
+    let warning = if ours.has_port_mapping() || peer.has_port_mapping() {
+        None
+    } else {
+        nat::warn_before(nat_kind, peer_nat)
+    };
     if let Some(warning) = warning {
         say!(out, "p2pcopy: warning: {warning}");
     }
@@ -458,6 +505,44 @@ async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx)
     )?;
     let link = ctx.connect(&mut dialer, deadline, 0).await?;
     Ok((dialer, link, job, ctx))
+}
+
+/// The mapper's result, if it is one a peer can use: its external address must be the public
+/// address STUN saw (`mapped`), else another NAT sits in front of the router and the forward
+/// leads nowhere; such a mapping is removed at once. Tells the user about a usable one.
+async fn port_mapping(
+    mapper: &mut Option<portmap::Mapper>,
+    mapped: &[SocketAddr],
+    out: Output,
+) -> Option<portmap::Mapping> {
+    let m = mapper.as_mut()?.mapping().await?;
+    if !mapped
+        .iter()
+        .any(|a| a.ip() == IpAddr::V4(*m.external.ip()))
+    {
+        tracing::info!(protocol = %m.protocol, external = %m.external, ?mapped, "the router's port mapping is not on the public address STUN saw (another NAT in front of it?); not using it");
+        if let Some(mapper) = mapper.take() {
+            mapper.release().await;
+        }
+        return None;
+    }
+    let lease = match m.lease.as_secs() {
+        0 => String::new(),
+        s if s % 3600 == 0 => format!(", {} h lease renewed while p2pcopy runs", s / 3600),
+        s => format!(", {} min lease renewed while p2pcopy runs", s.div_ceil(60)),
+    };
+    say!(
+        out,
+        "Port mapping: your router forwards {} to this computer ({}{lease}; removed at exit)",
+        m.external,
+        m.protocol
+    );
+    out.emit(|| Event::PortMapping {
+        protocol: m.protocol,
+        external: m.external.into(),
+        lease_s: m.lease.as_secs(),
+    });
+    Some(m)
 }
 
 /// Moves the job, reconnecting whenever the path dies, until it is done or cannot go on.
@@ -611,6 +696,7 @@ async fn doctor(args: &DoctorArgs, out: Output) -> Result<(), Error> {
         args.localport,
         &stun,
         (!args.no_ntp).then_some(&ntp[..]),
+        !args.no_portmap,
     )
     .await?;
     let text = crate::doctor::render(&findings);
@@ -756,6 +842,26 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["p2pcopy", "receiver", "--localport", "21300"]).unwrap();
         assert!(matches!(cli.command, Command::Receiver(ref a) if a.output.as_os_str() == "."));
+    }
+
+    #[test]
+    fn no_portmap_flag() {
+        for role in ["sender", "receiver"] {
+            let mut args = vec!["p2pcopy", role, "--no-portmap"];
+            if role == "sender" {
+                args.extend(["--file", "x"]);
+            }
+            let net = match Cli::try_parse_from(&args).unwrap().command {
+                Command::Sender(a) => a.net,
+                Command::Receiver(a) => a.net,
+                _ => panic!(),
+            };
+            assert!(net.no_portmap);
+        }
+        let cli = Cli::try_parse_from(["p2pcopy", "doctor", "--no-portmap"]).unwrap();
+        assert!(matches!(cli.command, Command::Doctor(ref a) if a.no_portmap));
+        let cli = Cli::try_parse_from(["p2pcopy", "receiver"]).unwrap();
+        assert!(matches!(cli.command, Command::Receiver(ref a) if !a.net.no_portmap));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - filtering: whether an answer sent from the server's other address and port, or only its
 //!   other port, gets through (RFC 5780 tests II and III, CHANGE-REQUEST);
 //! - hairpinning: whether a datagram to our own public address comes back;
+//! - port mapping: whether the router forwards a port on request (PCP, NAT-PMP, UPnP), with
+//!   a short-lived test mapping that is removed again at once;
 //! - NTP reachability and clock offset.
 //!
 //! [`verdict`] turns the findings into words; it is pure and unit-tested.
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
 use crate::error::Error;
+use crate::portmap;
 use crate::stun::message::{decode_response, encode_request, BindingResponse};
 use crate::ticket::NatKind;
 
@@ -73,6 +76,25 @@ pub struct Findings {
     pub ntp: Option<(String, Duration, f64)>,
     /// Whether NTP was asked at all.
     pub ntp_checked: bool,
+    /// The router's test mapping, if one of the protocols answered.
+    pub port_mapping: Option<portmap::Check>,
+    /// Whether port mapping was tried (not with `--no-portmap`, nor on loopback).
+    pub port_mapping_checked: bool,
+}
+
+impl Findings {
+    /// The protocol of a test mapping p2pcopy would use: one whose external address is the
+    /// public address STUN saw. Another address means a second NAT in front of the router
+    /// (carrier-grade NAT, or a modem that routes too), so the forward does not reach the
+    /// internet.
+    pub fn usable_port_mapping(&self) -> Option<portmap::Protocol> {
+        let check = self.port_mapping?;
+        let public = IpAddr::V4(*check.mapping.external.ip());
+        self.servers
+            .iter()
+            .any(|s| s.mapped.is_some_and(|m| m.ip() == public))
+            .then_some(check.mapping.protocol)
+    }
 }
 
 /// Runs every check from a socket bound like a transfer's.
@@ -81,6 +103,7 @@ pub async fn run(
     port: u16,
     stun_servers: &[String],
     ntp_servers: Option<&[String]>,
+    port_mapping: bool,
 ) -> Result<Findings, Error> {
     let std_sock = crate::net::bind(bind, port)?;
     let sock = UdpSocket::from_std(std_sock).map_err(|e| Error::Internal(e.to_string()))?;
@@ -97,6 +120,10 @@ pub async fn run(
                 .map(|(server, clock)| (server, t0.elapsed(), clock.offset_secs))
         })
     });
+
+    // Beside the STUN tests: a router that does not answer costs its timeout only once.
+    let port_mapping_checked = port_mapping && portmap::worth_trying(local.ip());
+    let portmap_task = port_mapping_checked.then(|| tokio::spawn(portmap::check(local)));
 
     let mut servers = Vec::new();
     for name in stun_servers {
@@ -162,6 +189,10 @@ pub async fn run(
         Some(t) => t.await.ok().flatten(),
         None => None,
     };
+    let port_mapping = match portmap_task {
+        Some(t) => t.await.ok().flatten(),
+        None => None,
+    };
     Ok(Findings {
         local,
         host_ips,
@@ -171,6 +202,8 @@ pub async fn run(
         hairpin,
         ntp,
         ntp_checked: ntp_servers.is_some(),
+        port_mapping,
+        port_mapping_checked,
     })
 }
 
@@ -236,10 +269,29 @@ async fn hairpins(sock: &UdpSocket, public: SocketAddr) -> bool {
     false
 }
 
-/// What kinds of peer this machine can reach directly, in one line.
-pub fn verdict(nat: NatKind, filtering: Option<Filtering>, udp_works: bool) -> String {
+/// What kinds of peer this machine can reach directly, in one line; `port_mapping` is the
+/// protocol of a [usable](Findings::usable_port_mapping) router mapping.
+pub fn verdict(
+    nat: NatKind,
+    filtering: Option<Filtering>,
+    udp_works: bool,
+    port_mapping: Option<portmap::Protocol>,
+) -> String {
     if !udp_works {
         return "no STUN server answered: UDP to the internet looks blocked here, so p2pcopy cannot connect beyond this network (try another network, or check the firewall)".into();
+    }
+    // A forwarded port accepts packets from anywhere: every peer can reach it, as with a
+    // full-cone NAT, whatever the mapping behaviour.
+    if let Some(protocol) = port_mapping.filter(|_| nat != NatKind::None) {
+        let kind = match (nat, filtering) {
+            (NatKind::EndpointIndependent, Some(Filtering::EndpointIndependent)) => "full-cone NAT",
+            (NatKind::EndpointIndependent, _) => "cone NAT",
+            (NatKind::EndpointDependent, _) => "symmetric NAT",
+            _ => "NAT of unknown kind",
+        };
+        return format!(
+            "{kind} with port mapping ({protocol}): your router forwards a port to p2pcopy on request, so you can reach peers behind any NAT"
+        );
     }
     match (nat, filtering) {
         (NatKind::None, _) => {
@@ -258,6 +310,28 @@ pub fn verdict(nat: NatKind, filtering: Option<Filtering>, udp_works: bool) -> S
             "only one STUN server answered, so the NAT's kind is unknown: give a second --stun-server to tell".into()
         }
     }
+}
+
+/// The "Port mapping" line of the report, after the colon.
+fn port_mapping_line(f: &Findings) -> String {
+    let Some(check) = f.port_mapping else {
+        return if f.port_mapping_checked {
+            "no router answered (PCP, NAT-PMP or UPnP); a port forwarded by hand works too".into()
+        } else {
+            "not checked".into()
+        };
+    };
+    let m = check.mapping;
+    let mut line = format!("{} forwards {} to {}", m.protocol, m.external, m.internal);
+    if f.usable_port_mapping().is_none() {
+        line.push_str(", but that is not your public address (another NAT is in front of your router), so p2pcopy cannot use it");
+    }
+    line.push_str(if check.removed {
+        "; test mapping removed"
+    } else {
+        "; could not remove the test mapping (it expires within minutes)"
+    });
+    line
 }
 
 /// The report a user reads.
@@ -332,10 +406,15 @@ pub fn render(f: &Findings) -> String {
     };
     let _ = writeln!(
         out,
-        "Port mapping (UPnP, NAT-PMP, PCP): not checked by this version"
+        "Port mapping (UPnP, NAT-PMP, PCP): {}",
+        port_mapping_line(f)
     );
     let udp = f.servers.iter().any(|s| s.mapped.is_some());
-    let _ = writeln!(out, "Verdict: {}", verdict(f.nat, f.filtering, udp));
+    let _ = writeln!(
+        out,
+        "Verdict: {}",
+        verdict(f.nat, f.filtering, udp, f.usable_port_mapping())
+    );
     out
 }
 
@@ -345,11 +424,12 @@ mod tests {
 
     #[test]
     fn verdicts_name_what_can_be_reached() {
-        assert!(verdict(NatKind::None, None, true).contains("any peer"));
+        assert!(verdict(NatKind::None, None, true, None).contains("any peer"));
         assert!(verdict(
             NatKind::EndpointIndependent,
             Some(Filtering::EndpointIndependent),
-            true
+            true,
+            None
         )
         .contains("even a symmetric"));
         for f in [
@@ -357,11 +437,92 @@ mod tests {
             Some(Filtering::AddressDependent),
             Some(Filtering::AddressAndPortDependent),
         ] {
-            assert!(verdict(NatKind::EndpointIndependent, f, true).starts_with("cone NAT"));
+            assert!(verdict(NatKind::EndpointIndependent, f, true, None).starts_with("cone NAT"));
         }
-        assert!(verdict(NatKind::EndpointDependent, None, true).starts_with("symmetric"));
-        assert!(verdict(NatKind::EndpointDependent, None, false).contains("blocked"));
-        assert!(verdict(NatKind::Unknown, None, true).contains("second --stun-server"));
+        assert!(verdict(NatKind::EndpointDependent, None, true, None).starts_with("symmetric"));
+        assert!(verdict(NatKind::EndpointDependent, None, false, None).contains("blocked"));
+        assert!(verdict(NatKind::Unknown, None, true, None).contains("second --stun-server"));
+        // A router that forwards a port makes every peer reachable.
+        let pcp = Some(portmap::Protocol::Pcp);
+        let v = verdict(NatKind::EndpointDependent, None, true, pcp);
+        assert!(
+            v.starts_with("symmetric NAT with port mapping (PCP)"),
+            "{v}"
+        );
+        assert!(v.contains("any NAT"), "{v}");
+        assert!(verdict(
+            NatKind::EndpointIndependent,
+            None,
+            true,
+            Some(portmap::Protocol::Upnp)
+        )
+        .starts_with("cone NAT with port mapping (UPnP)"));
+        // Without a NAT or without UDP, a mapping changes nothing.
+        assert!(verdict(NatKind::None, None, true, pcp).starts_with("no NAT"));
+        assert!(verdict(NatKind::EndpointDependent, None, false, pcp).contains("blocked"));
+    }
+
+    fn findings(mapped: &str, external: &str, removed: bool) -> Findings {
+        let mapping = portmap::Mapping {
+            protocol: portmap::Protocol::NatPmp,
+            external: external.parse().unwrap(),
+            internal: "10.1.0.2:4300".parse().unwrap(),
+            lease: portmap::TEST_LEASE,
+        };
+        Findings {
+            local: "0.0.0.0:4300".parse().unwrap(),
+            host_ips: vec!["10.1.0.2".parse().unwrap()],
+            servers: vec![ServerCheck {
+                name: "stun".into(),
+                addr: Some("192.0.2.1:3478".parse().unwrap()),
+                rtt: Some(Duration::from_millis(5)),
+                mapped: Some(mapped.parse().unwrap()),
+                other: None,
+            }],
+            nat: NatKind::EndpointDependent,
+            filtering: None,
+            hairpin: Some(false),
+            ntp: None,
+            ntp_checked: false,
+            port_mapping: Some(portmap::Check { mapping, removed }),
+            port_mapping_checked: true,
+        }
+    }
+
+    #[test]
+    fn port_mapping_is_reported_and_judged() {
+        let f = findings("198.51.100.7:40001", "198.51.100.7:4300", true);
+        assert_eq!(f.usable_port_mapping(), Some(portmap::Protocol::NatPmp));
+        let text = render(&f);
+        assert!(
+            text.contains("Port mapping (UPnP, NAT-PMP, PCP): NAT-PMP forwards 198.51.100.7:4300 to 10.1.0.2:4300; test mapping removed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Verdict: symmetric NAT with port mapping (NAT-PMP)"),
+            "{text}"
+        );
+        // Behind a second NAT the router's external address is not the public one.
+        let f = findings("198.51.100.7:40001", "100.64.0.9:4300", false);
+        assert_eq!(f.usable_port_mapping(), None);
+        let text = render(&f);
+        assert!(
+            text.contains("another NAT is in front of your router"),
+            "{text}"
+        );
+        assert!(text.contains("could not remove the test mapping"), "{text}");
+        assert!(text.contains("Verdict: symmetric NAT: "), "{text}");
+        // Nothing answered, or not asked.
+        let none = Findings {
+            port_mapping: None,
+            ..f.clone()
+        };
+        assert!(render(&none).contains("PCP): no router answered"));
+        let unasked = Findings {
+            port_mapping_checked: false,
+            ..none
+        };
+        assert!(render(&unasked).contains("PCP): not checked"));
     }
 
     #[tokio::test]
@@ -381,6 +542,8 @@ mod tests {
             0,
             &[addr.to_string(), "no-such-host.invalid:3478".into()],
             None,
+            // Bound to loopback: never asked, whatever the flag says.
+            true,
         )
         .await
         .unwrap();
@@ -394,6 +557,7 @@ mod tests {
         // Our own address came back: no NAT, so filtering and hairpinning are not asked.
         assert_eq!(f.nat, NatKind::None);
         assert_eq!(f.filtering, None);
+        assert!(!f.port_mapping_checked);
         let text = render(&f);
         assert!(text.contains("Verdict: no NAT"), "{text}");
         assert!(

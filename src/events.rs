@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::{Serialize, Serializer};
 
 use crate::doctor::{Filtering, Findings};
+use crate::portmap::Protocol;
 use crate::punch::PathKind;
 use crate::ticket::{Candidate, CandidateKind, NatKind, Role};
 use crate::wire::FileStatus;
@@ -23,6 +24,16 @@ use crate::wire::FileStatus;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// The router forwards a public port to our socket (PCP, NAT-PMP or UPnP); the ticket
+    /// carries it as a `port_mapped` candidate. Only printed when there is one.
+    PortMapping {
+        /// Which protocol the router answered.
+        protocol: Protocol,
+        /// The public address the router forwards.
+        external: SocketAddr,
+        /// Seconds the router granted (renewed at half while the run lasts); 0: permanent.
+        lease_s: u64,
+    },
     /// Our ticket is ready to be given to the peer.
     Ticket {
         /// `sender` or `receiver`.
@@ -177,6 +188,10 @@ pub enum Event {
         ntp: Option<NtpCheck>,
         /// Whether NTP was asked at all.
         ntp_checked: bool,
+        /// The router's test mapping, if a protocol answered.
+        port_mapping: Option<PortMapCheck>,
+        /// Whether port mapping was tried (false with `--no-portmap`).
+        port_mapping_checked: bool,
         /// Which peers this machine can reach, in words.
         verdict: String,
     },
@@ -213,6 +228,20 @@ pub struct NtpCheck {
     pub offset_s: f64,
 }
 
+/// The router's test mapping in a [`Event::Doctor`] report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PortMapCheck {
+    /// Which protocol the router answered.
+    pub protocol: Protocol,
+    /// The public address it forwarded.
+    pub external: SocketAddr,
+    /// Whether that is the public address STUN saw, so p2pcopy would use the mapping
+    /// (false behind a second NAT).
+    pub usable: bool,
+    /// Whether the router confirmed removing the test mapping.
+    pub removed: bool,
+}
+
 impl Event {
     /// The doctor report of `f`, with the same verdict the human report ends with.
     pub fn doctor(f: &Findings) -> Event {
@@ -240,7 +269,14 @@ impl Event {
                 offset_s: *offset,
             }),
             ntp_checked: f.ntp_checked,
-            verdict: crate::doctor::verdict(f.nat, f.filtering, udp_works),
+            port_mapping: f.port_mapping.map(|c| PortMapCheck {
+                protocol: c.mapping.protocol,
+                external: c.mapping.external.into(),
+                usable: f.usable_port_mapping().is_some(),
+                removed: c.removed,
+            }),
+            port_mapping_checked: f.port_mapping_checked,
+            verdict: crate::doctor::verdict(f.nat, f.filtering, udp_works, f.usable_port_mapping()),
         }
     }
 }
@@ -283,6 +319,7 @@ impl Serialize for CandidateKind {
         s.serialize_str(match self {
             CandidateKind::Host => "host",
             CandidateKind::Mapped => "mapped",
+            CandidateKind::PortMapped => "port_mapped",
         })
     }
 }
@@ -297,12 +334,23 @@ impl Serialize for Candidate {
     }
 }
 
+impl Serialize for Protocol {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            Protocol::Pcp => "pcp",
+            Protocol::NatPmp => "nat_pmp",
+            Protocol::Upnp => "upnp",
+        })
+    }
+}
+
 impl Serialize for PathKind {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(match self {
             PathKind::Lan => "lan",
             PathKind::Public => "public",
             PathKind::Mapped => "mapped",
+            PathKind::PortMapped => "port_mapped",
             PathKind::PeerReflexive => "peer_reflexive",
             PathKind::Typed => "typed",
         })
@@ -487,8 +535,12 @@ mod tests {
                 nat: NatKind::EndpointIndependent,
                 candidates: vec![
                     Candidate {
-                        kind: CandidateKind::Mapped,
+                        kind: CandidateKind::PortMapped,
                         addr: addr("198.51.100.7:4300"),
+                    },
+                    Candidate {
+                        kind: CandidateKind::Mapped,
+                        addr: addr("198.51.100.7:40000"),
                     },
                     Candidate {
                         kind: CandidateKind::Host,
@@ -511,10 +563,35 @@ mod tests {
         assert_eq!(
             v["candidates"],
             serde_json::json!([
-                {"kind": "mapped", "addr": "198.51.100.7:4300"},
+                {"kind": "port_mapped", "addr": "198.51.100.7:4300"},
+                {"kind": "mapped", "addr": "198.51.100.7:40000"},
                 {"kind": "host", "addr": "192.168.1.20:4300"},
             ])
         );
+    }
+
+    #[test]
+    fn port_mapping() {
+        let mut protocols = Vec::new();
+        for protocol in [Protocol::Pcp, Protocol::NatPmp, Protocol::Upnp] {
+            let v = check(
+                Event::PortMapping {
+                    protocol,
+                    external: addr("198.51.100.7:4300"),
+                    lease_s: 7200,
+                },
+                "port_mapping",
+                &[
+                    ("protocol", "string"),
+                    ("external", "string"),
+                    ("lease_s", "number"),
+                ],
+            );
+            assert_eq!(v["external"], "198.51.100.7:4300");
+            assert_eq!(v["lease_s"], 7200);
+            protocols.push(v["protocol"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(protocols, ["pcp", "nat_pmp", "upnp"]);
     }
 
     #[test]
@@ -640,6 +717,19 @@ mod tests {
         );
         assert_eq!(v["path_kind"], "typed");
         assert_eq!(v["reconnects"], 2);
+        let v = check(
+            Event::Connected {
+                path_kind: PathKind::PortMapped,
+                remote: addr("203.0.113.9:4300"),
+                rtt_ms: 31,
+                authenticated: true,
+                verification_code: None,
+                reconnects: 0,
+            },
+            "connected",
+            &keys,
+        );
+        assert_eq!(v["path_kind"], "port_mapped");
     }
 
     #[test]
@@ -831,22 +921,31 @@ mod tests {
             hairpin: Some(false),
             ntp: Some(("pool.ntp.org".into(), Duration::from_millis(31), -0.012)),
             ntp_checked: true,
+            port_mapping: Some(crate::portmap::Check {
+                mapping: crate::portmap::Mapping {
+                    protocol: Protocol::Upnp,
+                    external: "198.51.100.7:4300".parse().unwrap(),
+                    internal: "192.168.1.20:4300".parse().unwrap(),
+                    lease: Duration::from_secs(120),
+                },
+                removed: true,
+            }),
+            port_mapping_checked: true,
         };
-        let v = check(
-            Event::doctor(&f),
-            "doctor",
-            &[
-                ("local", "string"),
-                ("host_ips", "array"),
-                ("servers", "array"),
-                ("nat", "string"),
-                ("filtering", "string"),
-                ("hairpin", "bool"),
-                ("ntp", "object"),
-                ("ntp_checked", "bool"),
-                ("verdict", "string"),
-            ],
-        );
+        let keys = [
+            ("local", "string"),
+            ("host_ips", "array"),
+            ("servers", "array"),
+            ("nat", "string"),
+            ("filtering", "string"),
+            ("hairpin", "bool"),
+            ("ntp", "object"),
+            ("ntp_checked", "bool"),
+            ("port_mapping", "object"),
+            ("port_mapping_checked", "bool"),
+            ("verdict", "string"),
+        ];
+        let v = check(Event::doctor(&f), "doctor", &keys);
         assert_eq!(v["host_ips"], serde_json::json!(["192.168.1.20"]));
         assert_eq!(
             v["servers"],
@@ -862,7 +961,25 @@ mod tests {
             v["ntp"],
             serde_json::json!({"server": "pool.ntp.org", "rtt_ms": 31, "offset_s": -0.012})
         );
-        assert!(v["verdict"].as_str().unwrap().starts_with("cone NAT"));
+        assert_eq!(
+            v["port_mapping"],
+            serde_json::json!({"protocol": "upnp", "external": "198.51.100.7:4300",
+                               "usable": true, "removed": true})
+        );
+        assert!(v["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("cone NAT with port mapping (UPnP)"));
+        // Nothing answered: null.
+        let v = check(
+            Event::doctor(&Findings {
+                port_mapping: None,
+                ..f
+            }),
+            "doctor",
+            &[keys.as_slice(), &[("port_mapping", "null")]].concat(),
+        );
+        assert!(v["verdict"].as_str().unwrap().starts_with("cone NAT:"));
     }
 
     #[test]
@@ -906,6 +1023,11 @@ mod tests {
             })
             .collect();
         let samples = [
+            Event::PortMapping {
+                protocol: Protocol::Pcp,
+                external: addr("127.0.0.1:1"),
+                lease_s: 1,
+            },
             Event::Ticket {
                 role: Role::Sender,
                 ticket: String::new(),
@@ -986,6 +1108,8 @@ mod tests {
                 hairpin: None,
                 ntp: None,
                 ntp_checked: false,
+                port_mapping: None,
+                port_mapping_checked: false,
                 verdict: String::new(),
             },
             Event::Listening {

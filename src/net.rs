@@ -73,15 +73,23 @@ pub fn targets(ticket: &Ticket) -> Vec<Target> {
 }
 
 fn full_targets(t: &FullTicket) -> Vec<Target> {
-    let mapped: Vec<SocketAddr> = t
-        .candidates
-        .iter()
-        .filter(|c| c.kind == CandidateKind::Mapped)
-        .map(|c| c.addr)
-        .collect();
+    let of_kind = |kind: CandidateKind| -> Vec<SocketAddr> {
+        t.candidates
+            .iter()
+            .filter(|c| c.kind == kind)
+            .map(|c| c.addr)
+            .collect()
+    };
+    let mapped = of_kind(CandidateKind::Mapped);
+    let port_mapped = of_kind(CandidateKind::PortMapped);
     let mut out = Vec::new();
     for c in &t.candidates {
         let kind = match c.kind {
+            // Forwarded by the peer's router: reachable from anywhere, so probed at once.
+            CandidateKind::PortMapped => PathKind::PortMapped,
+            // The same public address as a port mapping (a cone NAT that kept the port):
+            // the mapping's at-once probes cover it, and rounds to it would add nothing.
+            CandidateKind::Mapped if port_mapped.contains(&c.addr) => continue,
             // A host address that STUN also saw is a public address: no NAT to poison.
             CandidateKind::Host
                 if mapped.contains(&c.addr) || t.nat == crate::ticket::NatKind::None =>
@@ -581,6 +589,38 @@ mod tests {
         };
         let kinds: Vec<PathKind> = full_targets(&t).iter().map(|t| t.kind).collect();
         assert_eq!(kinds, [PathKind::Mapped, PathKind::Lan]);
+        // A port mapping comes first and makes a STUN-mapped twin of it redundant.
+        let forwarded = FullTicket {
+            candidates: vec![
+                Candidate {
+                    kind: CandidateKind::PortMapped,
+                    addr: "198.18.1.2:4300".parse().unwrap(),
+                },
+                Candidate {
+                    kind: CandidateKind::Mapped,
+                    addr: "198.18.1.2:4300".parse().unwrap(),
+                },
+                Candidate {
+                    kind: CandidateKind::Mapped,
+                    addr: "198.18.1.2:51000".parse().unwrap(),
+                },
+                Candidate {
+                    kind: CandidateKind::Host,
+                    addr: "10.1.0.2:4300".parse().unwrap(),
+                },
+            ],
+            ..t.clone()
+        };
+        let targets = full_targets(&forwarded);
+        let kinds: Vec<(PathKind, u16)> = targets.iter().map(|t| (t.kind, t.addr.port())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (PathKind::PortMapped, 4300),
+                (PathKind::Mapped, 51000),
+                (PathKind::Lan, 4300)
+            ]
+        );
         let public = FullTicket {
             nat: NatKind::None,
             candidates: vec![

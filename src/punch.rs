@@ -80,6 +80,8 @@ pub enum PathKind {
     Public,
     /// The peer's NAT-mapped address as a STUN server saw it.
     Mapped,
+    /// A public address the peer's router forwards to it on request (PCP, NAT-PMP, UPnP).
+    PortMapped,
     /// An address a valid probe came from that no ticket listed (a NAT's new mapping).
     PeerReflexive,
     /// An `ip:port` the user typed (bare ticket).
@@ -93,6 +95,7 @@ impl PathKind {
             PathKind::Lan => "local network",
             PathKind::Public => "peer's public address",
             PathKind::Mapped => "peer's NAT-mapped address",
+            PathKind::PortMapped => "peer's router port mapping",
             PathKind::PeerReflexive => "address learned from the peer's probes",
             PathKind::Typed => "address you entered",
         }
@@ -100,7 +103,15 @@ impl PathKind {
 
     /// Addresses of this kind cannot be poisoned by an early probe, so they are probed at once.
     fn probe_at_once(self) -> bool {
-        !matches!(self, PathKind::Mapped | PathKind::Typed)
+        match self {
+            // A port mapping forwards packets from anywhere, like a host without NAT: an
+            // early probe just arrives (and the peer's replies leave through the mapping).
+            PathKind::Lan | PathKind::Public | PathKind::PortMapped | PathKind::PeerReflexive => {
+                true
+            }
+            // A NAT's mapping, and an address we cannot tell is not one, only in rounds.
+            PathKind::Mapped | PathKind::Typed => false,
+        }
     }
 }
 
@@ -549,6 +560,33 @@ mod tests {
                 .unwrap()
                 .max(now + Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn port_mappings_are_probed_at_once_at_full_ttl() {
+        let t0 = Instant::now();
+        let forwarded: SocketAddr = "198.18.1.2:4300".parse().unwrap();
+        let mapped: SocketAddr = "198.18.1.2:51000".parse().unwrap();
+        let mut p = Puncher::new(
+            cfg(
+                t0,
+                vec![
+                    Target {
+                        addr: forwarded,
+                        kind: PathKind::PortMapped,
+                    },
+                    Target {
+                        addr: mapped,
+                        kind: PathKind::Mapped,
+                    },
+                ],
+            ),
+            t0,
+        );
+        p.handle_timeout(t0);
+        let tx = drain(&mut p);
+        assert_eq!(tx.len(), 1, "{tx:?}");
+        assert_eq!((tx[0].destination, tx[0].ttl), (forwarded, None));
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! A ticket is `p2pc` followed by base58 of a small binary record: version, role, NAT kind,
 //! the SHA-256 fingerprint of this run's certificate, the candidate addresses, and a 4-byte
 //! BLAKE3 checksum so a mangled paste is reported as such instead of as a timeout later.
+//!
+//! Versions: 1 is the original record; 2 is the same record that may also carry a
+//! [port-mapped](CandidateKind::PortMapped) address. A ticket is written with the lowest
+//! version that can say what it carries, so tickets without a port mapping are still read by
+//! older p2pcopy, and one with it gets a clear "upgrade" from them instead of "malformed".
 //! Base58 keeps it one alphanumeric word: chat clients do not turn it into markup and a
 //! double-click selects all of it. A bare `ip:port` (what the original p2pcopy printed) is
 //! accepted too; it carries no fingerprint, so such a link is encrypted but not authenticated.
@@ -13,8 +18,10 @@ use std::str::FromStr;
 
 /// Text prefix of every ticket; the version lives inside the encoded record.
 pub const PREFIX: &str = "p2pc";
-/// Current record version.
-pub const VERSION: u8 = 1;
+/// Newest record version this p2pcopy reads and writes.
+pub const VERSION: u8 = 2;
+/// The original record version, still written when no address needs version 2.
+const VERSION_1: u8 = 1;
 /// At most this many candidates are carried; more only slows punching down.
 pub const MAX_CANDIDATES: usize = 8;
 const CHECKSUM_LEN: usize = 4;
@@ -99,6 +106,28 @@ pub enum CandidateKind {
     Host,
     /// The public address a STUN server saw ("server-reflexive").
     Mapped,
+    /// A public address the host's router forwards to it on request (PCP, NAT-PMP or UPnP):
+    /// it accepts packets from anywhere. Needs ticket version 2.
+    PortMapped,
+}
+
+impl CandidateKind {
+    fn to_bits(self) -> u8 {
+        match self {
+            CandidateKind::Host => 0,
+            CandidateKind::Mapped => 1,
+            CandidateKind::PortMapped => 2,
+        }
+    }
+
+    fn from_bits(b: u8, version: u8) -> Result<Self, TicketError> {
+        Ok(match b {
+            0 => CandidateKind::Host,
+            1 => CandidateKind::Mapped,
+            2 if version >= 2 => CandidateKind::PortMapped,
+            _ => return Err(TicketError::Malformed("unknown address kind")),
+        })
+    }
 }
 
 /// One address the peer may be reachable at.
@@ -149,7 +178,7 @@ pub enum TicketError {
     Checksum,
     /// Printed by a newer p2pcopy.
     #[error(
-        "the ticket is version {0}, this p2pcopy understands version {VERSION}; upgrade p2pcopy"
+        "the ticket is version {0}, this p2pcopy understands versions up to {VERSION}; upgrade p2pcopy"
     )]
     Version(u8),
     /// Structurally invalid.
@@ -158,23 +187,31 @@ pub enum TicketError {
 }
 
 impl FullTicket {
+    /// Whether the peer's router forwards a port to it: then it is reachable from behind any
+    /// NAT, symmetric included, so a pair of symmetric NATs is no reason to give up.
+    pub fn has_port_mapping(&self) -> bool {
+        self.candidates
+            .iter()
+            .any(|c| c.kind == CandidateKind::PortMapped)
+    }
+
     /// The binary record (without checksum).
     fn encode_record(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(40 + self.candidates.len() * 19);
-        out.push(VERSION);
+        let candidates = &self.candidates[..self.candidates.len().min(MAX_CANDIDATES)];
+        let needs_v2 = candidates
+            .iter()
+            .any(|c| c.kind == CandidateKind::PortMapped);
+        out.push(if needs_v2 { VERSION } else { VERSION_1 });
         let role_bit = match self.role {
             Role::Sender => 0,
             Role::Receiver => 1,
         };
         out.push(role_bit | (self.nat.to_bits() << 1));
         out.extend_from_slice(&self.fingerprint);
-        let candidates = &self.candidates[..self.candidates.len().min(MAX_CANDIDATES)];
         out.push(candidates.len() as u8);
         for c in candidates {
-            let kind = match c.kind {
-                CandidateKind::Host => 0,
-                CandidateKind::Mapped => 1,
-            };
+            let kind = c.kind.to_bits();
             match c.addr.ip() {
                 IpAddr::V4(ip) => {
                     out.push(kind | (4 << 4));
@@ -193,7 +230,7 @@ impl FullTicket {
     fn decode_record(b: &[u8]) -> Result<Self, TicketError> {
         let mut r = Reader(b);
         let version = r.u8()?;
-        if version != VERSION {
+        if !(VERSION_1..=VERSION).contains(&version) {
             return Err(TicketError::Version(version));
         }
         let flags = r.u8()?;
@@ -214,11 +251,7 @@ impl FullTicket {
         let mut candidates = Vec::with_capacity(n);
         for _ in 0..n {
             let tag = r.u8()?;
-            let kind = match tag & 0x0f {
-                0 => CandidateKind::Host,
-                1 => CandidateKind::Mapped,
-                _ => return Err(TicketError::Malformed("unknown address kind")),
-            };
+            let kind = CandidateKind::from_bits(tag & 0x0f, version)?;
             let ip = match tag >> 4 {
                 4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(r.take(4)?).expect("4"))),
                 6 => IpAddr::V6(Ipv6Addr::from(
@@ -294,6 +327,15 @@ impl Ticket {
         match self {
             Ticket::Full(t) => Some(t.nat),
             Ticket::Bare(_) => None,
+        }
+    }
+
+    /// Whether the ticket carries a port its owner's router forwards (see
+    /// [`FullTicket::has_port_mapping`]); a bare `ip:port` says nothing about that.
+    pub fn has_port_mapping(&self) -> bool {
+        match self {
+            Ticket::Full(t) => t.has_port_mapping(),
+            Ticket::Bare(_) => false,
         }
     }
 }
@@ -438,6 +480,60 @@ mod tests {
         );
     }
 
+    fn with_port_mapping() -> FullTicket {
+        let mut t = sample();
+        t.candidates.insert(
+            0,
+            Candidate {
+                kind: CandidateKind::PortMapped,
+                addr: "203.0.113.9:4300".parse().unwrap(),
+            },
+        );
+        t
+    }
+
+    /// The record of `t` with its version byte replaced, as a pasteable ticket.
+    fn retagged(t: &FullTicket, version: u8) -> String {
+        let mut record = t.encode_record();
+        record[0] = version;
+        let sum = checksum(&record);
+        record.extend_from_slice(&sum);
+        format!("{PREFIX}{}", bs58::encode(record).into_string())
+    }
+
+    #[test]
+    fn port_mapped_candidates_round_trip_as_version_2() {
+        let t = with_port_mapping();
+        assert!(t.has_port_mapping());
+        assert!(!sample().has_port_mapping());
+        assert_eq!(t.encode_record()[0], 2);
+        assert_eq!(
+            t.to_string().parse::<Ticket>().unwrap(),
+            Ticket::Full(t.clone())
+        );
+        assert!(Ticket::Full(t).has_port_mapping());
+        assert!(!Ticket::Bare("1.2.3.4:5".parse().unwrap()).has_port_mapping());
+    }
+
+    #[test]
+    fn tickets_without_port_mapping_stay_version_1() {
+        // What every earlier p2pcopy reads: the record is byte for byte the old one.
+        let t = sample();
+        assert_eq!(t.encode_record()[0], 1);
+        // A version 1 ticket (as earlier p2pcopy printed) still decodes.
+        assert_eq!(
+            retagged(&t, 1).parse::<Ticket>().unwrap(),
+            Ticket::Full(t.clone())
+        );
+        // So does the same record labelled version 2.
+        assert_eq!(retagged(&t, 2).parse::<Ticket>().unwrap(), Ticket::Full(t));
+        // A port-mapped address is not part of version 1.
+        assert_eq!(
+            retagged(&with_port_mapping(), 1).parse::<Ticket>(),
+            Err(TicketError::Malformed("unknown address kind"))
+        );
+    }
+
     #[test]
     fn rejects_other_versions() {
         let mut record = sample().encode_record();
@@ -446,6 +542,11 @@ mod tests {
         record.extend_from_slice(&sum);
         let text = format!("{PREFIX}{}", bs58::encode(record).into_string());
         assert_eq!(text.parse::<Ticket>(), Err(TicketError::Version(9)));
+        assert_eq!(
+            retagged(&sample(), 0).parse::<Ticket>(),
+            Err(TicketError::Version(0))
+        );
+        assert!(TicketError::Version(3).to_string().contains("upgrade"));
     }
 
     #[test]
@@ -477,7 +578,7 @@ mod tests {
     fn decoder_survives_arbitrary_records() {
         // Cheap stand-in for fuzzing in the default test run: every truncation and every
         // single-byte corruption of a valid record decodes to Ok or Err, never panics.
-        let record = sample().encode_record();
+        let record = with_port_mapping().encode_record();
         for n in 0..record.len() {
             let _ = FullTicket::decode_record(&record[..n]);
         }

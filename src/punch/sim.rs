@@ -37,6 +37,9 @@ struct Nat {
     ext_ip: IpAddr,
     entries: Vec<Entry>,
     rng: u32,
+    /// A port mapping the host asked for (PCP, NAT-PMP, UPnP): this external port goes to
+    /// this internal address, whoever sends (a dnat rule beside the masquerade).
+    forwarded: Option<(u16, SocketAddr)>,
 }
 
 impl Nat {
@@ -46,6 +49,7 @@ impl Nat {
             ext_ip,
             entries: Vec::new(),
             rng: 12345,
+            forwarded: None,
         }
     }
 
@@ -95,6 +99,17 @@ impl Nat {
         {
             e.expires = now + STALE_AFTER;
             return e.internal;
+        }
+        if let Some((_, internal)) = self.forwarded.filter(|(p, _)| *p == port) {
+            // Like conntrack after a dnat: the flow is remembered, and the host's replies
+            // to this sender leave from the forwarded port.
+            self.entries.push(Entry {
+                internal: Some(internal),
+                ext_port: port,
+                remote: from,
+                expires: now + STALE_AFTER,
+            });
+            return Some(internal);
         }
         if self.kind == NatType::Full {
             if let Some(internal) = self
@@ -166,24 +181,38 @@ impl Side {
         }
     }
 
+    /// The host asks its router to forward `port` to it (as `portmap` does at start-up).
+    fn forward(&mut self, port: u16) {
+        self.nat.forwarded = Some((port, self.host));
+    }
+
     fn targets_for_peer(&self) -> Vec<Target> {
+        // A forwarded port comes first in the ticket, as the most preferred.
+        let mut targets: Vec<Target> = self
+            .nat
+            .forwarded
+            .map(|(port, _)| Target {
+                addr: SocketAddr::new(self.nat.ext_ip, port),
+                kind: PathKind::PortMapped,
+            })
+            .into_iter()
+            .collect();
         if self.nat.kind == NatType::None {
-            vec![Target {
+            targets.push(Target {
                 addr: self.host,
                 kind: PathKind::Public,
-            }]
+            });
         } else {
-            vec![
-                Target {
-                    addr: self.mapped,
-                    kind: PathKind::Mapped,
-                },
-                Target {
-                    addr: self.host,
-                    kind: PathKind::Lan,
-                },
-            ]
+            targets.push(Target {
+                addr: self.mapped,
+                kind: PathKind::Mapped,
+            });
+            targets.push(Target {
+                addr: self.host,
+                kind: PathKind::Lan,
+            });
         }
+        targets
     }
 }
 
@@ -474,4 +503,40 @@ fn openers_absorb_small_clock_differences() {
         without.connect_time().is_none(),
         "the late side's NAT should have been poisoned"
     );
+}
+
+#[test]
+fn a_port_mapping_gets_two_symmetric_nats_through_at_once() {
+    // The pair hole punching cannot cross (see above) connects when one router forwards a
+    // port: the other side probes it at once, and the replies leave through the forward.
+    for (mapped_side, paste_a, paste_b) in
+        [(0, 1.0, 8.0), (0, 8.0, 1.0), (1, 1.0, 8.0), (1, 3.0, 3.0)]
+    {
+        for one_way_ms in [0, 20] {
+            let mut net = pair(
+                NatType::Symmetric,
+                NatType::Symmetric,
+                paste_a,
+                paste_b,
+                one_way_ms,
+            );
+            let port = net.sides[mapped_side].host.port();
+            net.sides[mapped_side].forward(port);
+            let t = connects_within(&mut net, 2);
+            assert!(
+                t < Duration::from_millis(500),
+                "mapped side {mapped_side}, pastes {paste_a}/{paste_b}, {one_way_ms} ms: {t:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn early_probes_to_a_port_mapping_do_no_harm() {
+    // The side with the mapping pastes last: the other has been probing the forwarded port
+    // for 30 s, long before anyone there answered, and it still connects at once.
+    let mut net = pair(NatType::Cone, NatType::Symmetric, 30.0, 0.5, 10);
+    net.sides[0].forward(4300);
+    let t = connects_within(&mut net, 2);
+    assert!(t < Duration::from_millis(500), "{t:?}");
 }
