@@ -68,6 +68,15 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       (forwarded port): verdicts "no NAT", "cone NAT",
 #                       "symmetric NAT", "full-cone NAT" (RFC 5780 filtering test
 #                       against the lab's own stun-server with --alternate-ip)
+#   portmap             symmetric+portmap-symmetric: the sender's router runs
+#                       miniupnpd (UPnP-IGD, NAT-PMP, PCP), the receiver's does not;
+#                       two symmetric NATs, which only the port mapping gets
+#                       through: exit 0 on both sides, the sender prints its
+#                       "Port mapping:" line, the receiver connects via "peer's
+#                       router port mapping", and once both exited miniupnpd holds
+#                       no mapping (nft rules and `upnpc -l`).  Then `p2pcopy
+#                       doctor` behind that router: verdict "symmetric NAT with
+#                       port mapping", test mapping removed, none left over
 ALL_SCENARIOS=(
     public-public
     public-cone
@@ -93,6 +102,7 @@ ALL_SCENARIOS=(
     resume
     path-cut
     doctor
+    portmap
 )
 FAIL_TIMEOUT=50
 # Core throttle for the 200 MB scenarios (resume, path-cut): ~15 s for the file.
@@ -104,7 +114,7 @@ need_root() {
         exit 2
     fi
     local t
-    for t in ip nft turnserver chronyd faketime python3 timeout; do
+    for t in ip nft turnserver chronyd faketime python3 timeout miniupnpd; do
         command -v "$t" >/dev/null || { echo "lab.sh: missing tool: $t" >&2; exit 2; }
     done
 }
@@ -223,6 +233,10 @@ scenario_run() {
         opts=(--size-mb 200 --throttle "$BULK_RATE" --cut-after 3 --cut-for 20)
         lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
         ;;
+    portmap)
+        custom=scenario_portmap
+        lab_side p2p-s 1 symmetric+portmap && lab_side p2p-r 2 symmetric
+        ;;
     *)
         echo "unknown scenario $name"
         return 2
@@ -273,6 +287,70 @@ scenario_doctor() {
             rc=1
         fi
     done
+    return $rc
+}
+
+# portmap_leftovers WHEN: problems if miniupnpd on router 1 still holds a mapping, by
+# its nft rules and by UPnP (`upnpc -l` from the sender's host).
+portmap_leftovers() {
+    local when=$1 rules listed
+    rules=$(lab_portmap_rules 1)
+    if [[ -n $rules ]]; then
+        echo "problem: miniupnpd still forwards ports $when:"
+        sed 's/^/  | /' <<<"$rules"
+        return 1
+    fi
+    if command -v upnpc >/dev/null; then
+        listed=$(timeout 20 ip netns exec p2p-s upnpc -l 2>&1 | grep -E '^ *[0-9]+ (UDP|TCP) ' || true)
+        if [[ -n $listed ]]; then
+            echo "problem: upnpc -l lists mappings $when:"
+            sed 's/^/  | /' <<<"$listed"
+            return 1
+        fi
+    fi
+    echo "no mapping left on the router $when (nft rules, upnpc -l)"
+}
+
+# scenario_portmap WD: two symmetric NATs, the sender's router maps ports (miniupnpd).
+scenario_portmap() {
+    local wd=$1 rc=0 line out
+    echo "miniupnpd on p2p-nat1: $(grep -m 1 -o 'STUN: ext interface.*' "$LAB_DIR/nat1/miniupnpd.log")"
+    lab_transfer p2p-s p2p-r "$wd" --timeout "$FAIL_TIMEOUT" || rc=1
+    line=$(grep '^Port mapping: ' "$wd/sender.err" || true)
+    if [[ -n $line ]]; then echo "sender: $line"; else echo "problem: the sender printed no 'Port mapping:' line"; rc=1; fi
+    if grep -q '^Port mapping: ' "$wd/receiver.err"; then
+        echo "problem: the receiver (no miniupnpd) printed a 'Port mapping:' line"
+        rc=1
+    fi
+    grep -h 'port mapping' "$wd/receiver.err" | grep -o 'no port mapping.*' | head -n 1 | sed 's/^/receiver: /'
+    for side in sender receiver; do
+        line=$(grep -m 1 '^Connected directly' "$wd/$side.err" || true)
+        echo "$side: ${line:-<never connected>}"
+    done
+    if ! grep -q "^Connected directly to 198\.18\.1\.2:[0-9]* (peer's router port mapping)" "$wd/receiver.err"; then
+        echo "problem: the receiver did not connect to the sender's port mapping"
+        rc=1
+    fi
+    echo "miniupnpd saw: $(grep -c -i -E 'PCP|NAT-PMP|AddPortMapping|DeletePortMapping' "$LAB_DIR/nat1/miniupnpd.log") request lines"
+    grep -i -E 'PCP: |NAT-PMP|AddPortMapping|DeletePortMapping|removing' "$LAB_DIR/nat1/miniupnpd.log" | tail -n 8 | sed 's/^/  | /'
+    portmap_leftovers "after both exited" || rc=1
+
+    out=$wd/doctor.txt
+    timeout 60 ip netns exec p2p-s "$P2PCOPY_BIN_ABS" doctor --localport "$LAB_SENDER_PORT" \
+        "${LAB_NET_ARGS[@]}" >"$out" 2>&1 || true
+    line=$(grep '^Port mapping' "$out" || true)
+    echo "doctor: $line"
+    echo "doctor: $(grep '^Verdict' "$out" || true)"
+    if [[ $line != *"forwards 198.18.1.2:"*"test mapping removed"* ]]; then
+        echo "problem: doctor did not report a removed test mapping on 198.18.1.2"
+        rc=1
+    fi
+    if ! grep -q '^Verdict: symmetric NAT with port mapping' "$out"; then
+        echo "problem: doctor's verdict does not say 'symmetric NAT with port mapping'"
+        sed 's/^/  | /' "$out"
+        rc=1
+    fi
+    portmap_leftovers "after doctor" || rc=1
     return $rc
 }
 

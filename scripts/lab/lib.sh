@@ -12,7 +12,8 @@
 # Main entry points:
 #   lab_cleanup                      remove every p2p-* namespace and its processes
 #   lab_core_up                      core router + STUN + NTP
-#   lab_router_up N KIND [FULLPORT]  NAT router p2p-natN, KIND cone|symmetric|full
+#   lab_router_up N KIND [FULLPORT]  NAT router p2p-natN, KIND cone|symmetric|full, or
+#                                    cone+portmap|symmetric+portmap (runs miniupnpd)
 #   lab_lan_host NAME N IDX          host NAME (p2p-...) at 10.N.0.IDX behind p2p-natN
 #   lab_public_host NAME N           host NAME at 198.18.N.2 directly on the core
 #   lab_transfer SENDER_NS RECEIVER_NS WORKDIR [opts]   one p2pcopy transfer, checked
@@ -168,6 +169,8 @@ EOF
 #   symmetric  masquerade fully-random (new port per destination)
 #   full       cone + inbound UDP to FULLPORT dnat'd to 10.N.0.2:FULLPORT
 #              (endpoint-independent filtering for that port)
+#   KIND+portmap  cone or symmetric, plus miniupnpd answering UPnP-IGD, NAT-PMP and
+#              PCP on br0 (see lab_miniupnpd_up): hosts ask it to forward ports
 # lab_wan_link N NS IF: connects NS (a NAT router or public host) to the core as
 # interface IF, facing core interface wanN.  With LAB_DELAY_MS set (and non-zero), the
 # link runs through p2p-dlyN, where p2pcopy-lab-netem holds every frame for that many
@@ -199,7 +202,16 @@ lab_wan_link() {
 
 lab_router_up() {
     local n=$1 kind=$2 fullport=${3:-}
-    local ns=p2p-nat$n masq fullpre="" fullfwd=""
+    local ns=p2p-nat$n masq fullpre="" fullfwd="" masqfrom="" portmap=0
+    if [[ $kind == *+portmap ]]; then
+        portmap=1
+        kind=${kind%+portmap}
+        # Only the LAN is masqueraded: miniupnpd's own STUN check (below) must see the
+        # router's address unchanged, or fully-random would make it refuse to forward.
+        masqfrom="ip saddr 10.$n.0.0/24"
+        # Inbound packets that miniupnpd's rules dnat'd to a host may pass.
+        fullfwd="iifname \"wan\" ct status dnat accept"
+    fi
     lab_ns_new "$ns"
     lab_nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
     lab_wan_link "$n" "$ns" wan || return 1
@@ -236,7 +248,7 @@ table ip p2plab {
     }
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "wan" $masq
+        oifname "wan" $masqfrom $masq
     }
     chain forward {
         type filter hook forward priority filter; policy drop;
@@ -247,6 +259,86 @@ table ip p2plab {
 }
 EOF
     echo "$kind" >"$LAB_DIR/nat$n.kind"
+    if ((portmap)); then
+        lab_miniupnpd_up "$n" || return 1
+    fi
+}
+
+# lab_miniupnpd_up N: miniupnpd (nftables backend) in router p2p-natN, answering UPnP-IGD,
+# NAT-PMP and PCP on br0 (10.N.0.1), mapping ports on wan.  Its config and log live in
+# $LAB_DIR/natN/.
+#  - The nftables backend only adds rules to chains it expects to exist (the Debian
+#    package's nft_init.sh makes them; that script needs the daemon package's helpers):
+#    table inet filter with chains miniupnpd (forward filter), prerouting_miniupnpd and
+#    postrouting_miniupnpd, each jumped to from a base chain.  Mappings show up as dnat
+#    rules in prerouting_miniupnpd.
+#  - miniupnpd refuses to forward when its WAN address is private or reserved, and the
+#    lab's 198.18.0.0/15 is reserved (benchmarking).  ext_ip= may not be reserved either;
+#    ext_perform_stun=yes instead asks the lab's own RFC 5780 STUN server (p2pcopy
+#    stun-server, 198.19.0.2) and uses the address it reports when all four of its
+#    change-request tests get through unchanged (no NAT above the router).
+#  - -d keeps it in the foreground, logging to stderr; -P gives it its own pid file.
+lab_miniupnpd_up() {
+    local n=$1 ns=p2p-nat$1 d=$LAB_DIR/nat$1
+    command -v miniupnpd >/dev/null || { lab_log "miniupnpd is not installed (apt-get install miniupnpd-nftables)"; return 1; }
+    mkdir -p "$d"
+    lab_nsx "$ns" nft -f - <<EOF || { lab_log "nft (miniupnpd tables) failed in $ns"; return 1; }
+table inet filter {
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        jump miniupnpd
+    }
+    chain miniupnpd {
+    }
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        jump prerouting_miniupnpd
+    }
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        jump postrouting_miniupnpd
+    }
+    chain prerouting_miniupnpd {
+    }
+    chain postrouting_miniupnpd {
+    }
+}
+EOF
+    cat >"$d/miniupnpd.conf" <<EOF
+ext_ifname=wan
+listening_ip=br0
+ipv6_disable=yes
+enable_upnp=yes
+enable_natpmp=yes
+ext_perform_stun=yes
+ext_stun_host=${LAB_STUN2%:*}
+ext_stun_port=${LAB_STUN2#*:}
+secure_mode=yes
+system_uptime=no
+min_lifetime=120
+max_lifetime=86400
+uuid=$(cat /proc/sys/kernel/random/uuid)
+allow 1024-65535 10.$n.0.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+EOF
+    lab_nsx "$ns" miniupnpd -f "$d/miniupnpd.conf" -d -P "$d/miniupnpd.pid" \
+        </dev/null >"$d/miniupnpd.log" 2>&1 9>&- &
+    if ! lab_wait_udp_listen "$ns" "10.$n.0.1" 5351; then
+        lab_log "miniupnpd did not start in $ns"
+        cat "$d/miniupnpd.log" >&2
+        return 1
+    fi
+    if ! grep -q 'Port forwarding is now enabled' "$d/miniupnpd.log"; then
+        lab_log "miniupnpd in $ns will not forward ports:"
+        cat "$d/miniupnpd.log" >&2
+        return 1
+    fi
+}
+
+# lab_portmap_rules N: the port forwards miniupnpd holds on router p2p-natN, one per line
+# (its dnat rules; empty when none).
+lab_portmap_rules() {
+    lab_nsx "p2p-nat$1" nft list chain inet filter prerouting_miniupnpd 2>/dev/null | grep -w dnat || true
 }
 
 # lab_lan_host NAME N IDX   -> NAME at 10.N.0.IDX behind p2p-natN
@@ -274,7 +366,7 @@ lab_public_host() {
 }
 
 # lab_side NAME N KIND [FULLPORT]: host NAME on "site" N of the given kind
-# (public | cone | symmetric | full).
+# (public | cone | symmetric | full | cone+portmap | symmetric+portmap).
 lab_side() {
     local name=$1 n=$2 kind=$3 fullport=${4:-}
     if [[ $kind == public ]]; then
