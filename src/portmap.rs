@@ -7,8 +7,9 @@
 //! path, and early probes cannot poison it.
 //!
 //! [`Mapper::start`] asks in all three protocols at once, right after the socket is bound and
-//! while STUN runs; the first answer wins and the attempt is bounded by [`ATTEMPT_TIMEOUT`],
-//! so a network without such a router costs at most that. The mapping is renewed at half its
+//! while STUN runs; the first answer wins and the attempt is bounded by [`ATTEMPT_TIMEOUT`].
+//! A network without such a router costs about [`SILENCE_TIMEOUT`]: that is how long PCP,
+//! NAT-PMP and the UPnP search each wait for a first answer. The mapping is renewed at half its
 //! lease while the run lasts and removed when it ends ([`Mapper::release`]). Nothing here is
 //! ever an error for the user: a router that does not answer just means one candidate less.
 //!
@@ -21,6 +22,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -29,21 +33,24 @@ pub const LEASE: Duration = Duration::from_secs(2 * 60 * 60);
 /// Lease asked for by `doctor`'s test mapping, which it removes at once anyway: the shortest
 /// PCP servers commonly grant (RFC 6887 suggests a 120 s minimum).
 pub const TEST_LEASE: Duration = Duration::from_secs(120);
-/// How long the first answer may take. A router on the LAN answers within milliseconds; a
-/// network without one costs this much at most, while STUN runs beside it.
+/// How long the whole attempt may take, a slow router's HTTP exchanges for UPnP included.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long each protocol waits for a router's first answer. A router on the LAN answers
+/// within milliseconds, so this is what a network without one costs (STUN runs beside it).
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long removing the mapping may take at exit (it expires by itself otherwise).
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Wait before retrying a failed renewal.
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// What the router shows in its list of mappings.
 const DESCRIPTION: &str = "p2pcopy";
-/// Request timing for PCP and NAT-PMP: 250 + 500 + 1000 ms, inside [`ATTEMPT_TIMEOUT`]
-/// (the RFCs' 3 s first timeout is meant for daemons, not for a person waiting).
+/// Request timing for PCP and NAT-PMP: three tries in 200 + 400 + 400 ms, the
+/// [`SILENCE_TIMEOUT`] (the RFCs' 3 s first timeout is meant for daemons, not for a person
+/// waiting for a ticket).
 const GATEWAY_TIMING: crab_nat::TimeoutConfig = crab_nat::TimeoutConfig {
-    initial_timeout: Duration::from_millis(250),
+    initial_timeout: Duration::from_millis(200),
     max_retries: 2,
-    max_retry_timeout: Some(Duration::from_secs(1)),
+    max_retry_timeout: Some(Duration::from_millis(400)),
 };
 
 /// The protocol a router answered.
@@ -104,6 +111,9 @@ pub enum PortMapError {
     /// The router answered with an address that is not IPv4.
     #[error("the router's external address {0} is not IPv4")]
     NotIpv4(IpAddr),
+    /// Another protocol got a mapping first; this one stood down before mapping anything.
+    #[error("not needed: another protocol answered first")]
+    NotNeeded,
 }
 
 /// Whether asking makes sense for a socket bound to `bound`: not on loopback (no router
@@ -289,16 +299,18 @@ async fn via_gateway(
     })
 }
 
-/// UPnP: find the router by SSDP multicast, then `AddPortMapping`.
+/// UPnP: find the router by SSDP multicast, then `AddPortMapping`, unless another protocol
+/// has `won` by then (no need to make the router change anything twice).
 async fn via_upnp(
     bound: Ipv4Addr,
     port: NonZeroU16,
     lease: Duration,
+    won: Arc<AtomicBool>,
 ) -> Result<Lease, PortMapError> {
     let mut options = igd_next::SearchOptions::default();
     options.bind_addr = SocketAddr::new(bound.into(), 0);
-    options.timeout = Some(ATTEMPT_TIMEOUT);
-    options.single_search_timeout = Some(ATTEMPT_TIMEOUT);
+    options.timeout = Some(SILENCE_TIMEOUT);
+    options.single_search_timeout = Some(SILENCE_TIMEOUT);
     options.gateway_ip_version = igd_next::GatewayIpVersion::V4;
     let gateway = igd_next::aio::tokio::search_gateway(options)
         .await
@@ -314,6 +326,9 @@ async fn via_upnp(
     )?;
     if external_ip.is_unspecified() {
         return Err(PortMapError::NotIpv4(external_ip.into()));
+    }
+    if won.load(Ordering::Acquire) {
+        return Err(PortMapError::NotNeeded);
     }
     let udp = igd_next::PortMappingProtocol::UDP;
     let mut granted = lease;
@@ -400,6 +415,7 @@ async fn attempt(bound: SocketAddrV4, lease: Duration) -> (Option<Lease>, JoinHa
         return (None, tokio::spawn(async {}));
     };
     let ip = *bound.ip();
+    let decided = Arc::new(AtomicBool::new(false));
     // Each attempt has a hard limit past the race's, so the clean-up always ends; one cut
     // off mid-request may leave a mapping that expires with its lease.
     match find_gateway() {
@@ -408,8 +424,11 @@ async fn attempt(bound: SocketAddrV4, lease: Duration) -> (Option<Lease>, JoinHa
         }
         None => tracing::debug!(error = %PortMapError::NoGateway, "PCP and NAT-PMP not asked"),
     }
-    set.spawn(bounded(via_upnp(ip, port, lease)));
+    set.spawn(bounded(via_upnp(ip, port, lease, decided.clone())));
     let won = first_success(&mut set, Instant::now() + ATTEMPT_TIMEOUT).await;
+    // Whatever is still running maps nothing more (past the point of no return, it is
+    // removed by `tidy`).
+    decided.store(true, Ordering::Release);
     let keep = won.as_ref().map(|l| l.mapping.external);
     (won, tokio::spawn(tidy(set, keep)))
 }
