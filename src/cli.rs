@@ -267,6 +267,8 @@ impl Ctx {
             round_period_s: needs_rounds.then_some(punch::ROUND_PERIOD.as_secs()),
             next_round_in_s: needs_rounds.then_some(wait.as_secs()),
         });
+        // Without rounds nothing waits for a boundary (public peers, or a local network).
+        let first_round = if needs_rounds { first_round } else { deadline };
         let link = dialer
             .connect(first_round, deadline, |p| match p {
                 NetProgress::Round(n) if needs_rounds => {
@@ -413,14 +415,26 @@ async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx)
     };
     let pasted = Instant::now();
     let peer_nat = peer.nat();
+    // Both symmetric: only a shared local network can work, so say so now rather than
+    // after minutes of rounds that cannot succeed.
+    let lan_only = nat::both_symmetric(nat_kind, peer_nat);
+    if lan_only && !net::shares_a_network(&peer) {
+        return Err(Error::Connect(nat::explain_failure(
+            nat_kind,
+            peer_nat,
+            false,
+            0,
+            net_args.timeout,
+        )));
+    }
     let warning = nat::warn_before(nat_kind, peer_nat);
-    if let Some(warning) = warning {
+    if let Some(warning) = &warning {
         say!(out, "p2pcopy: warning: {warning}");
     }
     out.emit(|| Event::Nat {
         ours: nat_kind,
         peer: peer_nat,
-        warning: warning.map(str::to_owned),
+        warning: warning.clone(),
     });
     let deadline = pasted + Duration::from_secs(net_args.timeout);
 
@@ -438,9 +452,10 @@ async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx)
             }
         },
     };
-    let needs_rounds = net::targets(&peer)
-        .iter()
-        .any(|t| matches!(t.kind, PathKind::Mapped | PathKind::Typed));
+    let needs_rounds = !lan_only
+        && net::targets(&peer)
+            .iter()
+            .any(|t| matches!(t.kind, PathKind::Mapped | PathKind::Typed));
     let ctx = Ctx {
         out,
         clock,
@@ -455,6 +470,7 @@ async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx)
         identity,
         peer,
         Some(DEFAULT_OPENER_TTL),
+        nat::birthday_part(nat_kind, peer_nat),
     )?;
     let link = ctx.connect(&mut dialer, deadline, 0).await?;
     Ok((dialer, link, job, ctx))

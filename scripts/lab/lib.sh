@@ -734,6 +734,7 @@ EOT
         want_rc=""
         ;;
     fail) want_rc=6 want_s=$((${ptimeout:-120} + 15)) ;;
+    fastfail) want_rc=6 want_s=5 ;;
     badticket) want_rc=3 ;;
     diskfull) want_rc=9 ;;
     diskfills) want_rc=9 ;;
@@ -753,7 +754,7 @@ EOT
             # (the prompt may lack a newline, so the error may follow it on its line)
             errl=$(sed "s/^Enter your peer's ticket (or ip:port): //" "$wd/$side.err" | grep '^p2pcopy: ' || true)
             [[ -n $errl || $expect == interrupt || $expect == killed ]] || problems+=("$side stderr has no 'p2pcopy: ' line")
-            [[ $expect != fail ]] || grep -qi symmetric <<<"$errl" ||
+            [[ $expect != fail && $expect != fastfail ]] || grep -qi symmetric <<<"$errl" ||
                 problems+=("$side error line does not mention 'symmetric'")
             if [[ $expect == diskfills ]]; then
                 local want_err="the receiver could not store the file"
