@@ -42,6 +42,9 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       the symmetric side, 1024 guessed ports from the cone side)
 #   symmetric-symmetric must fail at once: exit 6 on both sides within 5 s of the
 #                       paste, error line mentions "symmetric", nothing written
+#   ipv6-firewall       both IPv4 NATs symmetric, both hosts also have IPv6 behind a
+#                       stateful firewall (no NAT, inbound only for flows the LAN
+#                       started; checked first): must transfer over IPv6 and say so
 #   birthday-20         cone-symmetric 20 times (sides alternating, fresh NATs each
 #                       time): at least 18 must connect; prints the rate
 #   clock-skew          cone-cone, sender's wall clock 7 s ahead (faketime)
@@ -97,6 +100,7 @@ ALL_SCENARIOS=(
     resume
     path-cut
     doctor
+    ipv6-firewall
     birthday-20
 )
 FAIL_TIMEOUT=50
@@ -175,6 +179,11 @@ scenario_run() {
         ;;
     birthday-20)
         custom=scenario_birthday
+        ;;
+    ipv6-firewall)
+        custom=scenario_ipv6
+        lab_side p2p-s 1 symmetric && lab_side p2p-r 2 symmetric &&
+            lab_v6_site 1 p2p-s && lab_v6_site 2 p2p-r
         ;;
     clock-skew)
         opts=(--sender-faketime +7s)
@@ -302,6 +311,28 @@ scenario_birthday() {
     done
     echo "birthday technique: $ok/$runs connected ($((100 * ok / runs)) %); rounds needed: ${rounds[*]}"
     ((ok * 10 >= runs * 9))
+}
+
+# scenario_ipv6 WD: both IPv4 NATs symmetric (hopeless), both hosts also on IPv6 behind
+# stateful firewalls.  First shows that the firewalls drop unsolicited inbound UDP, then
+# the transfer must succeed over IPv6 and say so.
+scenario_ipv6() {
+    local wd=$1 got
+    mkdir -p "$wd"
+    got=$(timeout 10 python3 "$LAB_LIB_DIR/unsolicited6.py" 2>&1)
+    if [[ $got != nothing ]]; then
+        echo "FAIL: the receiver's IPv6 firewall let unsolicited UDP in ($got)"
+        return 1
+    fi
+    echo "firewall check: unsolicited IPv6 UDP to the receiver is dropped"
+    lab_transfer p2p-s p2p-r "$wd/run" || return 1
+    local side line
+    for side in sender receiver; do
+        line=$(grep '^Connected directly' "$wd/run/$side.err" | head -n 1)
+        echo "$side: $line"
+        [[ $line == *"2001:db8:"*"(peer's IPv6 address)"* ]] ||
+            { echo "FAIL: $side did not connect over IPv6"; return 1; }
+    done
 }
 
 # scenario_resume WD: 200 MB, sender killed halfway, then both run again.

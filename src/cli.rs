@@ -291,7 +291,7 @@ impl Ctx {
                 )))
             }
         };
-        let remote = link.connection.remote_address();
+        let remote = link.remote;
         let rtt_ms = millis(link.connection.rtt());
         say!(
             out,
@@ -382,6 +382,33 @@ async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx)
         say!(out, "Your NAT: {}", nat::describe(kind));
         (kind, socket)
     };
+    // IPv6 next to IPv4: both are tried together and the first path that works wins.
+    let v6_ips = if local.ip().is_unspecified() {
+        net::host_ips_v6()
+    } else {
+        Vec::new()
+    };
+    let v6_socket = if v6_ips.is_empty() {
+        None
+    } else {
+        let unspecified = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        net::bind(unspecified, local.port())
+            .or_else(|_| net::bind(unspecified, 0))
+            .inspect_err(|e| tracing::info!(error = %e, "no IPv6 socket"))
+            .ok()
+    };
+    if let Some(port) = v6_socket
+        .as_ref()
+        .and_then(|s| s.local_addr().ok())
+        .map(|a| a.port())
+    {
+        for ip in &v6_ips {
+            candidates.push(Candidate {
+                kind: CandidateKind::Host,
+                addr: SocketAddr::new(IpAddr::V6(*ip), port),
+            });
+        }
+    }
     for ip in &host_ips {
         candidates.push(Candidate {
             kind: CandidateKind::Host,
@@ -391,7 +418,7 @@ async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx)
     candidates.truncate(crate::ticket::MAX_CANDIDATES);
     if candidates.is_empty() {
         return Err(Error::Usage(
-            "this computer has no usable IPv4 address; use --bind or connect to a network".into(),
+            "this computer has no usable IP address; use --bind or connect to a network".into(),
         ));
     }
     let ours = FullTicket {
@@ -418,7 +445,7 @@ async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx)
     // Both symmetric: only a shared local network can work, so say so now rather than
     // after minutes of rounds that cannot succeed.
     let lan_only = nat::both_symmetric(nat_kind, peer_nat);
-    if lan_only && !net::shares_a_network(&peer) {
+    if lan_only && !net::shares_a_network(&peer) && !net::both_have_ipv6(&ours, &peer) {
         return Err(Error::Connect(nat::explain_failure(
             nat_kind,
             peer_nat,
@@ -466,6 +493,7 @@ async fn connect_phase(cli: Cli, out: Output) -> Result<(Dialer, Link, Job, Ctx)
     };
     let mut dialer = Dialer::new(
         socket,
+        v6_socket,
         role == Role::Sender,
         identity,
         peer,

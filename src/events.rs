@@ -305,6 +305,7 @@ impl Serialize for PathKind {
             PathKind::Mapped => "mapped",
             PathKind::PeerReflexive => "peer_reflexive",
             PathKind::Typed => "typed",
+            PathKind::Ipv6 => "ipv6",
         })
     }
 }

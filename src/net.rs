@@ -6,9 +6,9 @@
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::nat::BirthdayPart;
 use crate::punch::{
     Birthday, PathKind, PunchConfig, PunchEvent, Puncher, SocketId, Target, Transmit,
-    BIRTHDAY_SOCKETS, MAIN_SOCKET,
+    BIRTHDAY_SOCKETS, MAIN_SOCKET, V6_SOCKET,
 };
 use crate::ticket::{CandidateKind, FullTicket, Ticket};
 use crate::wire::is_probe;
@@ -39,6 +39,10 @@ pub fn bind(ip: IpAddr, port: u16) -> Result<std::net::UdpSocket, Error> {
         Some(socket2::Protocol::UDP),
     )
     .map_err(err)?;
+    if addr.is_ipv6() {
+        // The IPv4 socket may hold the same port number; a dual-stack socket would clash.
+        sock.set_only_v6(true).map_err(err)?;
+    }
     // Best effort: the kernel caps these at net.core.[rw]mem_max.
     let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
@@ -93,6 +97,35 @@ pub fn shares_a_network(peer: &Ticket) -> bool {
         })
 }
 
+/// The host's global IPv6 addresses (at most a few: temporary addresses multiply them).
+///
+/// No NAT stands in front of these, only (usually) a stateful firewall, which punching
+/// opens like a cone NAT, so they become candidates as they are.
+pub fn host_ips_v6() -> Vec<Ipv6Addr> {
+    let mut ips: Vec<Ipv6Addr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| match i.ip() {
+            // 2000::/3: global unicast; link-local, unique-local and the rest do not cross.
+            IpAddr::V6(v6) if v6.segments()[0] & 0xe000 == 0x2000 => Some(v6),
+            _ => None,
+        })
+        .collect();
+    ips.dedup();
+    ips.truncate(2);
+    ips
+}
+
+/// Whether both tickets carry IPv6 addresses, which no NAT stands in front of.
+pub fn both_have_ipv6(ours: &FullTicket, peer: &Ticket) -> bool {
+    let has = |c: &[crate::ticket::Candidate]| c.iter().any(|c| c.addr.is_ipv6());
+    has(&ours.candidates)
+        && match peer {
+            Ticket::Full(t) => has(&t.candidates),
+            Ticket::Bare(a) => a.is_ipv6(),
+        }
+}
+
 /// The peer's addresses from its ticket, classified for the puncher.
 pub fn targets(ticket: &Ticket) -> Vec<Target> {
     match ticket {
@@ -117,6 +150,7 @@ fn full_targets(t: &FullTicket) -> Vec<Target> {
             {
                 PathKind::Public
             }
+            CandidateKind::Host if c.addr.is_ipv6() => PathKind::Ipv6,
             CandidateKind::Host => PathKind::Lan,
             CandidateKind::Mapped
                 if t.candidates
@@ -147,8 +181,12 @@ struct Slot {
 pub struct DemuxSocket {
     /// Every socket read, the main one first; replaced whole, so a read holds no lock.
     slots: RwLock<Arc<[Slot]>>,
-    /// The socket QUIC sends from.
+    /// The socket QUIC sends IPv4 from.
     primary: RwLock<Slot>,
+    /// The socket QUIC sends IPv6 from, if this host has one.
+    v6: RwLock<Option<Slot>>,
+    /// Whether QUIC's last send went to an IPv6 address: the writability poller follows it.
+    sending_v6: AtomicBool,
     /// quinn's receive task, woken when a socket is added while it waits.
     waker: Mutex<Option<Waker>>,
     /// Where the next read starts, so no socket starves the others.
@@ -174,6 +212,8 @@ impl DemuxSocket {
         DemuxSocket {
             slots: RwLock::new(Arc::from(vec![slot.clone()])),
             primary: RwLock::new(slot),
+            v6: RwLock::new(None),
+            sending_v6: AtomicBool::new(false),
             waker: Mutex::new(None),
             next: AtomicUsize::new(0),
             probes,
@@ -194,13 +234,40 @@ impl DemuxSocket {
         }
     }
 
+    /// Starts reading the IPv6 socket and sends IPv6 from it.
+    fn add_v6(&self, io: Arc<dyn AsyncUdpSocket>) {
+        *self.v6.write().unwrap_or_else(|e| e.into_inner()) = Some(Slot {
+            id: V6_SOCKET,
+            io: io.clone(),
+        });
+        self.add(V6_SOCKET, io);
+    }
+
+    /// Whether quinn sees one IPv6 socket (IPv4 as mapped addresses) rather than IPv4 only.
+    fn dual_stack(&self) -> bool {
+        self.v6.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// The socket QUIC sends to `destination` from.
+    fn sender(&self, destination: &SocketAddr) -> Slot {
+        if destination.is_ipv6() {
+            if let Some(v6) = &*self.v6.read().unwrap_or_else(|e| e.into_inner()) {
+                return v6.clone();
+            }
+        }
+        self.primary
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Closes every extra socket but the primary.
     fn prune(&self) {
         let primary = self.primary_id();
         let slots: Vec<Slot> = self
             .slots()
             .iter()
-            .filter(|s| s.id == MAIN_SOCKET || s.id == primary)
+            .filter(|s| s.id == MAIN_SOCKET || s.id == V6_SOCKET || s.id == primary)
             .cloned()
             .collect();
         *self.slots.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(slots);
@@ -210,9 +277,9 @@ impl DemuxSocket {
         self.primary.read().unwrap_or_else(|e| e.into_inner()).id
     }
 
-    /// Makes QUIC send from socket `id` from now on.
+    /// Makes QUIC send IPv4 from socket `id` from now on.
     fn set_primary(&self, id: SocketId) {
-        if self.primary_id() == id {
+        if self.primary_id() == id || id == V6_SOCKET {
             return;
         }
         if let Some(slot) = self.slots().iter().find(|s| s.id == id) {
@@ -289,13 +356,18 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &QuinnTransmit) -> io::Result<()> {
-        let primary = self
-            .primary
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .io
-            .clone();
-        primary.try_send(transmit)
+        let destination = canonical(transmit.destination);
+        let slot = self.sender(&destination);
+        self.sending_v6
+            .store(slot.id == V6_SOCKET, Ordering::Relaxed);
+        if destination == transmit.destination {
+            return slot.io.try_send(transmit);
+        }
+        slot.io.try_send(&QuinnTransmit {
+            destination,
+            src_ip: transmit.src_ip.map(|ip| ip.to_canonical()),
+            ..*transmit
+        })
     }
 
     fn poll_recv(
@@ -327,6 +399,15 @@ impl AsyncUdpSocket for DemuxSocket {
                     Poll::Ready(Ok(got)) => {
                         let kept = self.filter(slot.id, bufs, meta, got);
                         if kept > 0 {
+                            if self.dual_stack() {
+                                for m in &mut meta[..kept] {
+                                    m.addr = SocketAddr::V6(to_v6(m.addr));
+                                    m.dst_ip = m.dst_ip.map(|ip| match ip {
+                                        IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+                                        v6 => v6,
+                                    });
+                                }
+                            }
                             self.next.store((first + k + 1) % n, Ordering::Relaxed);
                             return Poll::Ready(Ok(kept));
                         }
@@ -338,11 +419,18 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.primary
+        let v4 = self
+            .primary
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .io
-            .local_addr()
+            .local_addr()?;
+        // quinn dials IPv6 only from an endpoint that says it is IPv6.
+        Ok(if self.dual_stack() {
+            SocketAddr::V6(to_v6(v4))
+        } else {
+            v4
+        })
     }
 
     fn max_transmit_segments(&self) -> usize {
@@ -367,7 +455,20 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 }
 
-/// Waits for the primary socket to be writable, following it when it changes.
+/// An address as quinn sees it on a dual-stack endpoint.
+fn to_v6(addr: SocketAddr) -> std::net::SocketAddrV6 {
+    match addr {
+        SocketAddr::V4(a) => std::net::SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0),
+        SocketAddr::V6(a) => a,
+    }
+}
+
+/// An address as the rest of p2pcopy sees it: IPv4 as IPv4, even when quinn mapped it.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Waits for the socket QUIC last sent from to be writable, following it when it changes.
 struct PrimaryPoller {
     demux: Arc<DemuxSocket>,
     current: Option<(SocketId, Pin<Box<dyn UdpPoller>>)>,
@@ -381,12 +482,12 @@ impl fmt::Debug for PrimaryPoller {
 
 impl UdpPoller for PrimaryPoller {
     fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-        let primary = self
-            .demux
-            .primary
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let family = if self.demux.sending_v6.load(Ordering::Relaxed) {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        };
+        let primary = self.demux.sender(&family);
         let this = &mut *self;
         let poller = match &mut this.current {
             Some((id, poller)) if *id == primary.id => poller,
@@ -560,6 +661,8 @@ pub enum Progress {
 pub struct Link {
     /// The connection.
     pub connection: quinn::Connection,
+    /// The peer's address (IPv4 as IPv4, whatever quinn reports).
+    pub remote: SocketAddr,
     /// How the peer's address was learned.
     pub kind: PathKind,
     /// Whether we checked the peer's certificate against its ticket.
@@ -607,9 +710,11 @@ pub struct Dialer {
 impl Dialer {
     /// Makes the bound socket (STUN already done on it) a QUIC endpoint for talking to
     /// `peer`: a client for the sender (`is_client`), a server for the receiver.
-    /// `birthday` is this side's part in the birthday technique, if the NATs call for it.
+    /// `v6` is the IPv6 socket, if this host has global IPv6 addresses; `birthday` is this
+    /// side's part in the birthday technique, if the NATs call for it.
     pub fn new(
         socket: std::net::UdpSocket,
+        v6: Option<std::net::UdpSocket>,
         is_client: bool,
         identity: crate::tls::Identity,
         peer: Ticket,
@@ -632,6 +737,12 @@ impl Dialer {
             .wrap_udp_socket(socket)
             .map_err(|e| Error::Internal(format!("socket: {e}")))?;
         let demux = Arc::new(DemuxSocket::new(inner, probe_tx));
+        if let Some(v6) = v6 {
+            let io = runtime
+                .wrap_udp_socket(v6)
+                .map_err(|e| Error::Internal(format!("socket: {e}")))?;
+            demux.add_v6(io);
+        }
         let mut endpoint_cfg = quinn::EndpointConfig::default();
         // Greased QUIC packets could start with our probe magic's first byte.
         endpoint_cfg.grease_quic_bit(false);
@@ -662,7 +773,7 @@ impl Dialer {
             demux,
             runtime,
             bind_ip,
-            next_socket: MAIN_SOCKET + 1,
+            next_socket: V6_SOCKET + 1,
             birthday,
             is_client,
             identity,
@@ -722,7 +833,20 @@ impl Dialer {
         mut on_progress: impl FnMut(Progress),
     ) -> Result<Link, ConnectFailure> {
         let fatal = ConnectFailure::Fatal;
+        let has_v6 = self
+            .demux
+            .v6
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
         let mut targets = targets(&self.peer);
+        // IPv6 addresses are reached from the IPv6 socket, or not at all.
+        targets.retain(|t| t.addr.is_ipv4() || has_v6);
+        for t in &mut targets {
+            if t.addr.is_ipv6() {
+                t.socket = V6_SOCKET;
+            }
+        }
         if let Some((socket, last)) = self.last_path {
             targets.retain(|t| t.addr != last);
             targets.insert(
@@ -817,7 +941,7 @@ impl Dialer {
         }
         self.demux.prune();
         let connection = result?;
-        let remote = connection.remote_address();
+        let remote = canonical(connection.remote_address());
         self.last_path = Some((self.demux.primary_id(), remote));
         let kind = known
             .iter()
@@ -828,6 +952,7 @@ impl Dialer {
         let verification_code = crate::tls::verification_code(self.identity.fingerprint(), &theirs);
         Ok(Link {
             connection,
+            remote,
             kind,
             authenticated: self.peer_fp.is_some(),
             verification_code,
@@ -916,5 +1041,107 @@ mod tests {
             super::targets(&Ticket::Bare("1.2.3.4:5".parse().unwrap()))[0].kind,
             PathKind::Typed
         );
+    }
+
+    #[test]
+    fn ipv6_candidates_are_their_own_kind() {
+        let t = FullTicket {
+            role: Role::Sender,
+            nat: NatKind::EndpointDependent,
+            fingerprint: [0; 32],
+            candidates: vec![
+                Candidate {
+                    kind: CandidateKind::Mapped,
+                    addr: "198.18.1.2:4300".parse().unwrap(),
+                },
+                Candidate {
+                    kind: CandidateKind::Host,
+                    addr: "[2001:db8:1::2]:4300".parse().unwrap(),
+                },
+            ],
+        };
+        let kinds: Vec<PathKind> = full_targets(&t).iter().map(|t| t.kind).collect();
+        assert_eq!(kinds, [PathKind::Mapped, PathKind::Ipv6]);
+        let v4_only = FullTicket {
+            candidates: t.candidates[..1].to_vec(),
+            ..t.clone()
+        };
+        assert!(both_have_ipv6(&t, &Ticket::Full(t.clone())));
+        assert!(!both_have_ipv6(&t, &Ticket::Full(v4_only.clone())));
+        assert!(!both_have_ipv6(&v4_only, &Ticket::Full(t.clone())));
+        assert_eq!(
+            canonical("[::ffff:198.18.1.2]:4300".parse().unwrap()),
+            "198.18.1.2:4300".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    /// Reads one batch from the demux, as quinn would.
+    async fn recv_one(demux: &DemuxSocket) -> (SocketAddr, Vec<u8>) {
+        let mut buf = vec![0u8; 65536];
+        let mut meta = [RecvMeta::default()];
+        let n = std::future::poll_fn(|cx| {
+            let mut bufs = [IoSliceMut::new(&mut buf)];
+            demux.poll_recv(cx, &mut bufs, &mut meta)
+        })
+        .await
+        .unwrap();
+        assert_eq!(n, 1);
+        (meta[0].addr, buf[..meta[0].len].to_vec())
+    }
+
+    #[tokio::test]
+    async fn demux_reads_every_socket_and_sends_quic_from_the_primary() {
+        let runtime = TokioRuntime;
+        let wrap = |s: std::net::UdpSocket| runtime.wrap_udp_socket(s).unwrap();
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let main = bind(loopback, 0).unwrap();
+        let extra = bind(loopback, 0).unwrap();
+        let (main_addr, extra_addr) = (main.local_addr().unwrap(), extra.local_addr().unwrap());
+        let (tx, mut probes) = mpsc::channel(8);
+        let demux = DemuxSocket::new(wrap(main), tx);
+        demux.add(7, wrap(extra));
+        let peer = tokio::net::UdpSocket::bind((loopback, 0)).await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+
+        // A probe to the extra socket goes to the puncher, tagged with that socket; QUIC
+        // bytes to either socket go to quinn.
+        let probe = crate::wire::Probe {
+            kind: crate::wire::ProbeKind::Ping,
+            from: [1; 8],
+            to: [2; 8],
+            seq: 1,
+            observed: None,
+        }
+        .encode();
+        peer.send_to(&probe, extra_addr).await.unwrap();
+        peer.send_to(b"\x40quic", extra_addr).await.unwrap();
+        assert_eq!(recv_one(&demux).await, (peer_addr, b"\x40quic".to_vec()));
+        let (socket, from, data) = probes.recv().await.unwrap();
+        assert_eq!((socket, from, &data[..]), (7, peer_addr, &probe[..]));
+        peer.send_to(b"\x40main", main_addr).await.unwrap();
+        assert_eq!(recv_one(&demux).await, (peer_addr, b"\x40main".to_vec()));
+
+        // QUIC leaves from the main socket until the puncher picks another.
+        let send = |d: &DemuxSocket| {
+            d.try_send(&QuinnTransmit {
+                destination: peer_addr,
+                ecn: None,
+                contents: b"\x40out",
+                segment_size: None,
+                src_ip: None,
+            })
+            .unwrap()
+        };
+        let mut buf = [0u8; 64];
+        send(&demux);
+        assert_eq!(peer.recv_from(&mut buf).await.unwrap().1, main_addr);
+        demux.set_primary(7);
+        send(&demux);
+        assert_eq!(peer.recv_from(&mut buf).await.unwrap().1, extra_addr);
+        // Pruning keeps the main socket and the primary.
+        demux.add(8, wrap(bind(loopback, 0).unwrap()));
+        demux.prune();
+        let ids: Vec<SocketId> = demux.slots().iter().map(|s| s.id).collect();
+        assert_eq!(ids, [MAIN_SOCKET, 7]);
     }
 }

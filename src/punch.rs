@@ -75,6 +75,8 @@ pub const BIRTHDAY_PING_INTERVAL: Duration = Duration::from_millis(500);
 pub type SocketId = u32;
 /// The socket that STUN measured and the ticket names.
 pub const MAIN_SOCKET: SocketId = 0;
+/// The IPv6 socket, on the same port number as the main one where possible.
+pub const V6_SOCKET: SocketId = 1;
 
 /// The part this side plays in the birthday technique, from the two tickets' NAT kinds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +133,8 @@ pub enum PathKind {
     PeerReflexive,
     /// An `ip:port` the user typed (bare ticket).
     Typed,
+    /// One of the peer's global IPv6 addresses (no NAT, at most a stateful firewall).
+    Ipv6,
 }
 
 impl PathKind {
@@ -142,6 +146,7 @@ impl PathKind {
             PathKind::Mapped => "peer's NAT-mapped address",
             PathKind::PeerReflexive => "address learned from the peer's probes",
             PathKind::Typed => "address you entered",
+            PathKind::Ipv6 => "peer's IPv6 address",
         }
     }
 
