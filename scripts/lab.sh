@@ -37,9 +37,16 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #   same-nat            both hosts behind one cone router, one LAN
 #   cone-cone-late      second paste 7 s after the first
 #   cone-cone-verylate  second paste 50 s after the first (a lone round first)
-#   cone-symmetric, symmetric-cone, symmetric-symmetric
-#                       must fail: exit 6 on both sides within --timeout 50 +15 s,
-#                       error line mentions "symmetric", nothing written
+#   cone-symmetric, symmetric-cone
+#                       must transfer: the birthday technique (256 extra sockets on
+#                       the symmetric side, 1024 guessed ports from the cone side)
+#   symmetric-symmetric must fail at once: exit 6 on both sides within 5 s of the
+#                       paste, error line mentions "symmetric", nothing written
+#   ipv6-firewall       both IPv4 NATs symmetric, both hosts also have IPv6 behind a
+#                       stateful firewall (no NAT, inbound only for flows the LAN
+#                       started; checked first): must transfer over IPv6 and say so
+#   birthday-20         cone-symmetric 20 times (sides alternating, fresh NATs each
+#                       time): at least 18 must connect; prints the rate
 #   clock-skew          cone-cone, sender's wall clock 7 s ahead (faketime)
 #   name-clash          a file of that name exists: kept, copy saved as "... (1)"
 #   bad-ticket          garbage pasted: exit 3 on both sides
@@ -102,6 +109,8 @@ ALL_SCENARIOS=(
     resume
     path-cut
     doctor
+    ipv6-firewall
+    birthday-20
     portmap
 )
 FAIL_TIMEOUT=50
@@ -172,17 +181,19 @@ scenario_run() {
         opts=(--delay 7)
         lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
         ;;
-    cone-symmetric)
-        opts=(--expect fail --timeout "$FAIL_TIMEOUT")
-        lab_side p2p-s 1 cone && lab_side p2p-r 2 symmetric
-        ;;
-    symmetric-cone)
-        opts=(--expect fail --timeout "$FAIL_TIMEOUT")
-        lab_side p2p-s 1 symmetric && lab_side p2p-r 2 cone
-        ;;
+    cone-symmetric) lab_side p2p-s 1 cone && lab_side p2p-r 2 symmetric ;;
+    symmetric-cone) lab_side p2p-s 1 symmetric && lab_side p2p-r 2 cone ;;
     symmetric-symmetric)
-        opts=(--expect fail --timeout "$FAIL_TIMEOUT")
+        opts=(--expect fastfail --timeout "$FAIL_TIMEOUT")
         lab_side p2p-s 1 symmetric && lab_side p2p-r 2 symmetric
+        ;;
+    birthday-20)
+        custom=scenario_birthday
+        ;;
+    ipv6-firewall)
+        custom=scenario_ipv6
+        lab_side p2p-s 1 symmetric && lab_side p2p-r 2 symmetric &&
+            lab_v6_site 1 p2p-s && lab_v6_site 2 p2p-r
         ;;
     clock-skew)
         opts=(--sender-faketime +7s)
@@ -352,6 +363,54 @@ scenario_portmap() {
     fi
     portmap_leftovers "after doctor" || rc=1
     return $rc
+}
+
+# scenario_birthday WD: cone-symmetric pairs 20 times (alternating which side is
+# symmetric, fresh routers and conntrack each time): the birthday technique must connect
+# at least 18 (90 %); prints the rate and the rounds each run needed.
+scenario_birthday() {
+    local wd=$1 runs=${LAB_BIRTHDAY_RUNS:-20} ok=0 i a b rounds=() r
+    mkdir -p "$wd"
+    for ((i = 1; i <= runs; i++)); do
+        a=cone b=symmetric
+        ((i % 2)) || { a=symmetric b=cone; }
+        lab_reset_edges
+        { lab_side p2p-s 1 "$a" && lab_side p2p-r 2 "$b"; } || { echo "run $i: topology setup failed"; return 1; }
+        if lab_transfer p2p-s p2p-r "$wd/run$i" --size-mb 1 >"$wd/run$i.log" 2>&1; then
+            ok=$((ok + 1))
+            # Rounds fired before the connection (both sides print "Round N:").
+            r=$(grep -c '^Round [0-9]*:' "$wd/run$i/sender.err" || true)
+            rounds+=("$r")
+            echo "run $i ($a-$b): connected after $r round(s)"
+        else
+            echo "run $i ($a-$b): FAILED (log: $wd/run$i.log)"
+            sed 's/^/  | /' "$wd/run$i.log" | tail -n 15
+        fi
+    done
+    echo "birthday technique: $ok/$runs connected ($((100 * ok / runs)) %); rounds needed: ${rounds[*]}"
+    ((ok * 10 >= runs * 9))
+}
+
+# scenario_ipv6 WD: both IPv4 NATs symmetric (hopeless), both hosts also on IPv6 behind
+# stateful firewalls.  First shows that the firewalls drop unsolicited inbound UDP, then
+# the transfer must succeed over IPv6 and say so.
+scenario_ipv6() {
+    local wd=$1 got
+    mkdir -p "$wd"
+    got=$(timeout 10 python3 "$LAB_LIB_DIR/unsolicited6.py" 2>&1)
+    if [[ $got != nothing ]]; then
+        echo "FAIL: the receiver's IPv6 firewall let unsolicited UDP in ($got)"
+        return 1
+    fi
+    echo "firewall check: unsolicited IPv6 UDP to the receiver is dropped"
+    lab_transfer p2p-s p2p-r "$wd/run" || return 1
+    local side line
+    for side in sender receiver; do
+        line=$(grep '^Connected directly' "$wd/run/$side.err" | head -n 1)
+        echo "$side: $line"
+        [[ $line == *"2001:db8:"*"(peer's IPv6 address)"* ]] ||
+            { echo "FAIL: $side did not connect over IPv6"; return 1; }
+    done
 }
 
 # scenario_resume WD: 200 MB, sender killed halfway, then both run again.

@@ -289,6 +289,8 @@ impl Ctx {
             round_period_s: needs_rounds.then_some(punch::ROUND_PERIOD.as_secs()),
             next_round_in_s: needs_rounds.then_some(wait.as_secs()),
         });
+        // Without rounds nothing waits for a boundary (public peers, or a local network).
+        let first_round = if needs_rounds { first_round } else { deadline };
         let link = dialer
             .connect(first_round, deadline, |p| match p {
                 NetProgress::Round(n) if needs_rounds => {
@@ -311,7 +313,7 @@ impl Ctx {
                 )))
             }
         };
-        let remote = link.connection.remote_address();
+        let remote = link.remote;
         let rtt_ms = millis(link.connection.rtt());
         say!(
             out,
@@ -422,6 +424,33 @@ async fn connect_phase(
         }
         (kind, socket)
     };
+    // IPv6 next to IPv4: both are tried together and the first path that works wins.
+    let v6_ips = if local.ip().is_unspecified() {
+        net::host_ips_v6()
+    } else {
+        Vec::new()
+    };
+    let v6_socket = if v6_ips.is_empty() {
+        None
+    } else {
+        let unspecified = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        net::bind(unspecified, local.port())
+            .or_else(|_| net::bind(unspecified, 0))
+            .inspect_err(|e| tracing::info!(error = %e, "no IPv6 socket"))
+            .ok()
+    };
+    if let Some(port) = v6_socket
+        .as_ref()
+        .and_then(|s| s.local_addr().ok())
+        .map(|a| a.port())
+    {
+        for ip in &v6_ips {
+            candidates.push(Candidate {
+                kind: CandidateKind::Host,
+                addr: SocketAddr::new(IpAddr::V6(*ip), port),
+            });
+        }
+    }
     for ip in &host_ips {
         candidates.push(Candidate {
             kind: CandidateKind::Host,
@@ -431,7 +460,7 @@ async fn connect_phase(
     candidates.truncate(crate::ticket::MAX_CANDIDATES);
     if candidates.is_empty() {
         return Err(Error::Usage(
-            "this computer has no usable IPv4 address; use --bind or connect to a network".into(),
+            "this computer has no usable IP address; use --bind or connect to a network".into(),
         ));
     }
     let ours = FullTicket {
@@ -455,19 +484,38 @@ async fn connect_phase(
     };
     let pasted = Instant::now();
     let peer_nat = peer.nat();
-    // A forwarded port on either side reaches through any NAT: nothing to warn about.
-    let warning = if ours.has_port_mapping() || peer.has_port_mapping() {
+    // A router's port mapping on either side reaches through any NAT, symmetric included:
+    // it is probed at once, so it is no reason to fail, nor to warn.
+    let port_mapped = ours.has_port_mapping() || peer.has_port_mapping();
+    // Both symmetric: rounds cannot help, only addresses probed at once (a shared local
+    // network, IPv6, a port mapping); without any, say so now rather than after minutes of
+    // rounds that cannot succeed.
+    let lan_only = nat::both_symmetric(nat_kind, peer_nat);
+    if lan_only
+        && !port_mapped
+        && !net::shares_a_network(&peer)
+        && !net::both_have_ipv6(&ours, &peer)
+    {
+        return Err(Error::Connect(nat::explain_failure(
+            nat_kind,
+            peer_nat,
+            false,
+            0,
+            net_args.timeout,
+        )));
+    }
+    let warning = if port_mapped {
         None
     } else {
         nat::warn_before(nat_kind, peer_nat)
     };
-    if let Some(warning) = warning {
+    if let Some(warning) = &warning {
         say!(out, "p2pcopy: warning: {warning}");
     }
     out.emit(|| Event::Nat {
         ours: nat_kind,
         peer: peer_nat,
-        warning: warning.map(str::to_owned),
+        warning: warning.clone(),
     });
     let deadline = pasted + Duration::from_secs(net_args.timeout);
 
@@ -485,9 +533,10 @@ async fn connect_phase(
             }
         },
     };
-    let needs_rounds = net::targets(&peer)
-        .iter()
-        .any(|t| matches!(t.kind, PathKind::Mapped | PathKind::Typed));
+    let needs_rounds = !lan_only
+        && net::targets(&peer)
+            .iter()
+            .any(|t| matches!(t.kind, PathKind::Mapped | PathKind::Typed));
     let ctx = Ctx {
         out,
         clock,
@@ -498,10 +547,14 @@ async fn connect_phase(
     };
     let mut dialer = Dialer::new(
         socket,
+        v6_socket,
         role == Role::Sender,
         identity,
         peer,
         Some(DEFAULT_OPENER_TTL),
+        // A port mapping connects at once, without guessing ports (both sides see both
+        // tickets, so they agree).
+        nat::birthday_part(nat_kind, peer_nat).filter(|_| !port_mapped),
     )?;
     let link = ctx.connect(&mut dialer, deadline, 0).await?;
     Ok((dialer, link, job, ctx))

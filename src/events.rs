@@ -353,6 +353,7 @@ impl Serialize for PathKind {
             PathKind::PortMapped => "port_mapped",
             PathKind::PeerReflexive => "peer_reflexive",
             PathKind::Typed => "typed",
+            PathKind::Ipv6 => "ipv6",
         })
     }
 }

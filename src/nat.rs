@@ -34,23 +34,53 @@ pub fn describe(kind: NatKind) -> &'static str {
             "keeps one public port for all destinations (cone): direct connections usually work"
         }
         NatKind::EndpointDependent => {
-            "uses a new public port for every destination (symmetric): direct connections work only with a peer whose NAT is open or absent"
+            "uses a new public port for every destination (symmetric): direct connections work with a peer that has no NAT or a cone NAT, not another symmetric one"
         }
         NatKind::Unknown => "unknown (too few STUN answers to tell)",
     }
 }
 
-/// A warning shown right after the paste when the two NAT kinds make a direct path unlikely;
-/// p2pcopy still tries, since a forwarded port or a full-cone NAT can make it work.
-pub fn warn_before(ours: NatKind, theirs: Option<NatKind>) -> Option<&'static str> {
+/// The part this side plays in the birthday technique (see [`crate::punch`]), if any: only
+/// when exactly one side's NAT is symmetric and the other's is a cone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BirthdayPart {
+    /// Ours is the symmetric NAT: open many sockets.
+    Open,
+    /// The peer's is: guess its ports.
+    Spray,
+}
+
+/// See [`BirthdayPart`].
+pub fn birthday_part(ours: NatKind, theirs: Option<NatKind>) -> Option<BirthdayPart> {
     use NatKind::*;
     match (ours, theirs?) {
-        (EndpointDependent, EndpointDependent) => Some(
-            "both of you are behind symmetric NATs, which hole punching cannot cross; trying anyway until --timeout (a UDP port forwarded on one router fixes this)",
-        ),
-        (EndpointDependent, EndpointIndependent) | (EndpointIndependent, EndpointDependent) => Some(
-            "one of you is behind a symmetric NAT; this works only if the other NAT accepts packets from anywhere (full cone) or has a forwarded port",
-        ),
+        (EndpointDependent, EndpointIndependent) => Some(BirthdayPart::Open),
+        (EndpointIndependent, EndpointDependent) => Some(BirthdayPart::Spray),
+        _ => Option::None,
+    }
+}
+
+/// Whether both NATs are symmetric, which no hole punching crosses: then only the local
+/// network is tried, briefly, instead of rounds until the timeout.
+pub fn both_symmetric(ours: NatKind, theirs: Option<NatKind>) -> bool {
+    ours == NatKind::EndpointDependent && theirs == Some(NatKind::EndpointDependent)
+}
+
+/// What helps when both NATs are symmetric.
+const BOTH_SYMMETRIC_HINT: &str = "forward a UDP port to one of you on its router and use it as --localport, enable UPnP or NAT-PMP on one router, use IPv6, or connect both to one network";
+
+/// A warning shown right after the paste about what the two NAT kinds mean for connecting.
+pub fn warn_before(ours: NatKind, theirs: Option<NatKind>) -> Option<String> {
+    use NatKind::*;
+    match (ours, theirs?) {
+        (EndpointDependent, EndpointDependent) => Some(format!(
+            "both of you are behind symmetric NATs, which hole punching cannot cross; only your local network is tried ({BOTH_SYMMETRIC_HINT})"
+        )),
+        (EndpointDependent, EndpointIndependent) | (EndpointIndependent, EndpointDependent) => Some(format!(
+            "one of you is behind a symmetric NAT: each round guesses its ports ({} sockets x {} guesses, about 98 % per round)",
+            crate::punch::BIRTHDAY_SOCKETS + 1,
+            crate::punch::BIRTHDAY_PORTS
+        )),
         _ => Option::None,
     }
 }
@@ -68,13 +98,11 @@ pub fn explain_failure(
     let hint = "forward a UDP port to one of you on its router and use it as --localport, or connect both to one network";
     match (ours, theirs) {
         (EndpointDependent, EndpointDependent) => format!(
-            "both of you are behind symmetric NATs (a new public port for every destination), which hole punching cannot cross; {hint}"
+            "both of you are behind symmetric NATs (a new public port for every destination), which hole punching cannot cross; {BOTH_SYMMETRIC_HINT}"
         ),
-        (EndpointDependent, _) => format!(
-            "your NAT is symmetric and your peer's NAT only accepts packets from addresses it has sent to, so no direct path exists; {hint}"
-        ),
-        (_, EndpointDependent) => format!(
-            "your peer's NAT is symmetric and yours only accepts packets from addresses it has sent to, so no direct path exists; {hint}"
+        (EndpointDependent, EndpointIndependent) | (EndpointIndependent, EndpointDependent)
+            if rounds > 0 => format!(
+            "one of you is behind a symmetric NAT and guessing its ports found no match in {rounds} round(s) over {timeout_secs} s; try again, or {hint}"
         ),
         _ if rounds == 0 => format!("gave up after {timeout_secs} s before the first round started; use a longer --timeout"),
         _ if !heard_peer => format!(
@@ -126,17 +154,15 @@ mod tests {
     fn failure_reasons_name_the_cause() {
         use NatKind::*;
         assert!(
-            explain_failure(EndpointDependent, Some(EndpointDependent), false, 2, 60)
+            explain_failure(EndpointDependent, Some(EndpointDependent), false, 0, 60)
                 .contains("both of you are behind symmetric")
         );
-        assert!(
-            explain_failure(EndpointIndependent, Some(EndpointDependent), false, 2, 60)
-                .contains("peer's NAT is symmetric")
-        );
-        assert!(
-            explain_failure(EndpointDependent, Some(EndpointIndependent), false, 2, 60)
-                .contains("your NAT is symmetric")
-        );
+        for (a, b) in [
+            (EndpointIndependent, EndpointDependent),
+            (EndpointDependent, EndpointIndependent),
+        ] {
+            assert!(explain_failure(a, Some(b), true, 2, 90).contains("no match in 2 round(s)"));
+        }
         assert!(
             explain_failure(EndpointIndependent, Option::None, false, 2, 60)
                 .contains("pasted your ticket")
@@ -146,17 +172,42 @@ mod tests {
                 .contains("one direction")
         );
         assert!(explain_failure(None, Some(None), false, 0, 5).contains("--timeout"));
+    }
+
+    #[test]
+    fn what_the_two_nat_kinds_mean() {
+        use NatKind::*;
         assert!(warn_before(EndpointDependent, Some(EndpointDependent))
             .unwrap()
-            .contains("both"));
+            .contains("only your local network"));
+        assert!(both_symmetric(EndpointDependent, Some(EndpointDependent)));
+        assert!(!both_symmetric(EndpointDependent, Some(Unknown)));
         assert!(warn_before(EndpointIndependent, Some(EndpointDependent))
             .unwrap()
-            .contains("full cone"));
+            .contains("guesses its ports"));
         assert_eq!(
             warn_before(EndpointIndependent, Some(EndpointIndependent)),
             Option::None
         );
         assert_eq!(warn_before(EndpointDependent, Some(None)), Option::None);
         assert_eq!(warn_before(EndpointDependent, Option::None), Option::None);
+        assert_eq!(
+            birthday_part(EndpointDependent, Some(EndpointIndependent)),
+            Some(BirthdayPart::Open)
+        );
+        assert_eq!(
+            birthday_part(EndpointIndependent, Some(EndpointDependent)),
+            Some(BirthdayPart::Spray)
+        );
+        // No NAT, or an unknown one: nothing to guess.
+        for (a, b) in [
+            (EndpointDependent, Some(None)),
+            (None, Some(EndpointDependent)),
+            (EndpointDependent, Some(EndpointDependent)),
+            (Unknown, Some(EndpointDependent)),
+            (EndpointDependent, Option::None),
+        ] {
+            assert_eq!(birthday_part(a, b), Option::None, "{a:?} {b:?}");
+        }
     }
 }

@@ -6,10 +6,11 @@
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use quinn::udp::{RecvMeta, Transmit as QuinnTransmit};
@@ -17,7 +18,11 @@ use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::Error;
-use crate::punch::{PathKind, PunchConfig, PunchEvent, Puncher, Target, Transmit};
+use crate::nat::BirthdayPart;
+use crate::punch::{
+    Birthday, PathKind, PunchConfig, PunchEvent, Puncher, SocketId, Target, Transmit,
+    BIRTHDAY_SOCKETS, MAIN_SOCKET, V6_SOCKET,
+};
 use crate::ticket::{CandidateKind, FullTicket, Ticket};
 use crate::wire::is_probe;
 
@@ -34,6 +39,10 @@ pub fn bind(ip: IpAddr, port: u16) -> Result<std::net::UdpSocket, Error> {
         Some(socket2::Protocol::UDP),
     )
     .map_err(err)?;
+    if addr.is_ipv6() {
+        // The IPv4 socket may hold the same port number; a dual-stack socket would clash.
+        sock.set_only_v6(true).map_err(err)?;
+    }
     // Best effort: the kernel caps these at net.core.[rw]mem_max.
     let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
@@ -61,13 +70,66 @@ pub fn host_ips(bound: IpAddr) -> Vec<IpAddr> {
     ips
 }
 
+/// Whether one of the peer's own (LAN) addresses lies in the network of one of our
+/// interfaces, so that a direct path exists whatever the NATs do. A bare ticket cannot tell.
+pub fn shares_a_network(peer: &Ticket) -> bool {
+    let Ticket::Full(t) = peer else {
+        return true;
+    };
+    let ours: Vec<(u32, u32)> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| match i.addr {
+            if_addrs::IfAddr::V4(a) if !a.ip.is_loopback() => {
+                Some((u32::from(a.ip), u32::from(a.netmask)))
+            }
+            _ => None,
+        })
+        .collect();
+    t.candidates
+        .iter()
+        .filter(|c| c.kind == CandidateKind::Host)
+        .any(|c| match c.addr.ip() {
+            IpAddr::V4(ip) => ours
+                .iter()
+                .any(|(net, mask)| net & mask == u32::from(ip) & mask),
+            IpAddr::V6(_) => false,
+        })
+}
+
+/// The host's global IPv6 addresses (at most a few: temporary addresses multiply them).
+///
+/// No NAT stands in front of these, only (usually) a stateful firewall, which punching
+/// opens like a cone NAT, so they become candidates as they are.
+pub fn host_ips_v6() -> Vec<Ipv6Addr> {
+    let mut ips: Vec<Ipv6Addr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| match i.ip() {
+            // 2000::/3: global unicast; link-local, unique-local and the rest do not cross.
+            IpAddr::V6(v6) if v6.segments()[0] & 0xe000 == 0x2000 => Some(v6),
+            _ => None,
+        })
+        .collect();
+    ips.dedup();
+    ips.truncate(2);
+    ips
+}
+
+/// Whether both tickets carry IPv6 addresses, which no NAT stands in front of.
+pub fn both_have_ipv6(ours: &FullTicket, peer: &Ticket) -> bool {
+    let has = |c: &[crate::ticket::Candidate]| c.iter().any(|c| c.addr.is_ipv6());
+    has(&ours.candidates)
+        && match peer {
+            Ticket::Full(t) => has(&t.candidates),
+            Ticket::Bare(a) => a.is_ipv6(),
+        }
+}
+
 /// The peer's addresses from its ticket, classified for the puncher.
 pub fn targets(ticket: &Ticket) -> Vec<Target> {
     match ticket {
-        Ticket::Bare(addr) => vec![Target {
-            addr: *addr,
-            kind: PathKind::Typed,
-        }],
+        Ticket::Bare(addr) => vec![Target::new(*addr, PathKind::Typed)],
         Ticket::Full(t) => full_targets(t),
     }
 }
@@ -96,6 +158,7 @@ fn full_targets(t: &FullTicket) -> Vec<Target> {
             {
                 PathKind::Public
             }
+            CandidateKind::Host if c.addr.is_ipv6() => PathKind::Ipv6,
             CandidateKind::Host => PathKind::Lan,
             CandidateKind::Mapped
                 if t.candidates
@@ -106,15 +169,37 @@ fn full_targets(t: &FullTicket) -> Vec<Target> {
             }
             CandidateKind::Mapped => PathKind::Mapped,
         };
-        out.push(Target { addr: c.addr, kind });
+        out.push(Target::new(c.addr, kind));
     }
     out
 }
 
+/// One of the sockets quinn reads through the [`DemuxSocket`].
+#[derive(Clone)]
+struct Slot {
+    id: SocketId,
+    io: Arc<dyn AsyncUdpSocket>,
+}
+
 /// quinn's socket with probes filtered out and forwarded to the puncher.
+///
+/// Usually it wraps just the main socket. For the birthday technique it also reads the
+/// extra sockets, and QUIC then sends from whichever socket the puncher kept (the
+/// "primary"), so the connection uses the NAT mapping that worked.
 pub struct DemuxSocket {
-    inner: Arc<dyn AsyncUdpSocket>,
-    probes: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    /// Every socket read, the main one first; replaced whole, so a read holds no lock.
+    slots: RwLock<Arc<[Slot]>>,
+    /// The socket QUIC sends IPv4 from.
+    primary: RwLock<Slot>,
+    /// The socket QUIC sends IPv6 from, if this host has one.
+    v6: RwLock<Option<Slot>>,
+    /// Whether QUIC's last send went to an IPv6 address: the writability poller follows it.
+    sending_v6: AtomicBool,
+    /// quinn's receive task, woken when a socket is added while it waits.
+    waker: Mutex<Option<Waker>>,
+    /// Where the next read starts, so no socket starves the others.
+    next: AtomicUsize,
+    probes: mpsc::Sender<(SocketId, SocketAddr, Vec<u8>)>,
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -124,11 +209,121 @@ impl fmt::Debug for DemuxSocket {
 }
 
 impl DemuxSocket {
+    fn new(
+        main: Arc<dyn AsyncUdpSocket>,
+        probes: mpsc::Sender<(SocketId, SocketAddr, Vec<u8>)>,
+    ) -> Self {
+        let slot = Slot {
+            id: MAIN_SOCKET,
+            io: main,
+        };
+        DemuxSocket {
+            slots: RwLock::new(Arc::from(vec![slot.clone()])),
+            primary: RwLock::new(slot),
+            v6: RwLock::new(None),
+            sending_v6: AtomicBool::new(false),
+            waker: Mutex::new(None),
+            next: AtomicUsize::new(0),
+            probes,
+        }
+    }
+
+    fn slots(&self) -> Arc<[Slot]> {
+        self.slots.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Starts reading another socket.
+    fn add(&self, id: SocketId, io: Arc<dyn AsyncUdpSocket>) {
+        let mut slots = self.slots().to_vec();
+        slots.push(Slot { id, io });
+        *self.slots.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(slots);
+        if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            w.wake();
+        }
+    }
+
+    /// Starts reading the IPv6 socket and sends IPv6 from it.
+    fn add_v6(&self, io: Arc<dyn AsyncUdpSocket>) {
+        *self.v6.write().unwrap_or_else(|e| e.into_inner()) = Some(Slot {
+            id: V6_SOCKET,
+            io: io.clone(),
+        });
+        self.add(V6_SOCKET, io);
+    }
+
+    /// Whether quinn sees one IPv6 socket (IPv4 as mapped addresses) rather than IPv4 only.
+    fn dual_stack(&self) -> bool {
+        self.v6.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// The socket QUIC sends to `destination` from.
+    fn sender(&self, destination: &SocketAddr) -> Slot {
+        if destination.is_ipv6() {
+            if let Some(v6) = &*self.v6.read().unwrap_or_else(|e| e.into_inner()) {
+                return v6.clone();
+            }
+        }
+        self.primary
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Closes every extra socket but the primary.
+    fn prune(&self) {
+        let primary = self.primary_id();
+        let slots: Vec<Slot> = self
+            .slots()
+            .iter()
+            .filter(|s| s.id == MAIN_SOCKET || s.id == V6_SOCKET || s.id == primary)
+            .cloned()
+            .collect();
+        *self.slots.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(slots);
+    }
+
+    fn primary_id(&self) -> SocketId {
+        self.primary.read().unwrap_or_else(|e| e.into_inner()).id
+    }
+
+    /// Makes QUIC send IPv4 from socket `id` from now on.
+    fn set_primary(&self, id: SocketId) {
+        if self.primary_id() == id || id == V6_SOCKET {
+            return;
+        }
+        if let Some(slot) = self.slots().iter().find(|s| s.id == id) {
+            tracing::debug!(socket = id, "QUIC now sends from this socket");
+            *self.primary.write().unwrap_or_else(|e| e.into_inner()) = slot.clone();
+        }
+    }
+
+    /// Sends a probe from an extra socket (the main one sends its own, with TTLs).
+    fn send_extra(&self, tx: &Transmit) -> io::Result<()> {
+        let slots = self.slots();
+        let slot = slots
+            .iter()
+            .find(|s| s.id == tx.socket)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "socket closed"))?;
+        // No per-packet TTL here: extra sockets never send openers.
+        slot.io.try_send(&QuinnTransmit {
+            destination: tx.destination,
+            ecn: None,
+            contents: &tx.contents,
+            segment_size: None,
+            src_ip: None,
+        })
+    }
+
     /// Removes probes from a batch of received buffers, compacting what is left.
     ///
     /// With GRO one buffer holds several datagrams of `stride` bytes (the last may be
     /// shorter); removing any of them keeps that shape, so compaction is safe.
-    fn filter(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
+    fn filter(
+        &self,
+        socket: SocketId,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+        n: usize,
+    ) -> usize {
         let mut kept = 0;
         for i in 0..n {
             let m = meta[i];
@@ -140,7 +335,7 @@ impl DemuxSocket {
                 let len = seg.len();
                 if is_probe(&buf[seg.clone()]) {
                     // A full channel means a flood; dropping probes then is fine.
-                    let _ = self.probes.try_send((m.addr, buf[seg].to_vec()));
+                    let _ = self.probes.try_send((socket, m.addr, buf[seg].to_vec()));
                 } else {
                     if write != read {
                         buf.copy_within(seg, write);
@@ -162,11 +357,25 @@ impl DemuxSocket {
 
 impl AsyncUdpSocket for DemuxSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        self.inner.clone().create_io_poller()
+        Box::pin(PrimaryPoller {
+            demux: self,
+            current: None,
+        })
     }
 
     fn try_send(&self, transmit: &QuinnTransmit) -> io::Result<()> {
-        self.inner.try_send(transmit)
+        let destination = canonical(transmit.destination);
+        let slot = self.sender(&destination);
+        self.sending_v6
+            .store(slot.id == V6_SOCKET, Ordering::Relaxed);
+        if destination == transmit.destination {
+            return slot.io.try_send(transmit);
+        }
+        slot.io.try_send(&QuinnTransmit {
+            destination,
+            src_ip: transmit.src_ip.map(|ip| ip.to_canonical()),
+            ..*transmit
+        })
     }
 
     fn poll_recv(
@@ -175,29 +384,129 @@ impl AsyncUdpSocket for DemuxSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
-            let kept = self.filter(bufs, meta, n);
-            if kept > 0 {
-                return Poll::Ready(Ok(kept));
+        {
+            let mut w = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
             }
         }
+        let slots = self.slots();
+        let n = slots.len();
+        let first = self.next.load(Ordering::Relaxed) % n;
+        for k in 0..n {
+            let slot = &slots[(first + k) % n];
+            loop {
+                match slot.io.poll_recv(cx, bufs, meta) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(e)) if slot.id == MAIN_SOCKET => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => {
+                        // An extra socket's trouble must not stop the endpoint.
+                        tracing::debug!(socket = slot.id, error = %e, "receive failed");
+                        break;
+                    }
+                    Poll::Ready(Ok(got)) => {
+                        let kept = self.filter(slot.id, bufs, meta, got);
+                        if kept > 0 {
+                            if self.dual_stack() {
+                                for m in &mut meta[..kept] {
+                                    m.addr = SocketAddr::V6(to_v6(m.addr));
+                                    m.dst_ip = m.dst_ip.map(|ip| match ip {
+                                        IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+                                        v6 => v6,
+                                    });
+                                }
+                            }
+                            self.next.store((first + k + 1) % n, Ordering::Relaxed);
+                            return Poll::Ready(Ok(kept));
+                        }
+                    }
+                }
+            }
+        }
+        Poll::Pending
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        let v4 = self
+            .primary
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .io
+            .local_addr()?;
+        // quinn dials IPv6 only from an endpoint that says it is IPv6.
+        Ok(if self.dual_stack() {
+            SocketAddr::V6(to_v6(v4))
+        } else {
+            v4
+        })
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.inner.max_transmit_segments()
+        self.primary
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .io
+            .max_transmit_segments()
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.inner.max_receive_segments()
+        // Every socket is made alike; quinn sizes its buffers once, from this.
+        self.slots()[0].io.max_receive_segments()
     }
 
     fn may_fragment(&self) -> bool {
-        self.inner.may_fragment()
+        self.primary
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .io
+            .may_fragment()
+    }
+}
+
+/// An address as quinn sees it on a dual-stack endpoint.
+fn to_v6(addr: SocketAddr) -> std::net::SocketAddrV6 {
+    match addr {
+        SocketAddr::V4(a) => std::net::SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0),
+        SocketAddr::V6(a) => a,
+    }
+}
+
+/// An address as the rest of p2pcopy sees it: IPv4 as IPv4, even when quinn mapped it.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Waits for the socket QUIC last sent from to be writable, following it when it changes.
+struct PrimaryPoller {
+    demux: Arc<DemuxSocket>,
+    current: Option<(SocketId, Pin<Box<dyn UdpPoller>>)>,
+}
+
+impl fmt::Debug for PrimaryPoller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrimaryPoller").finish_non_exhaustive()
+    }
+}
+
+impl UdpPoller for PrimaryPoller {
+    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        let family = if self.demux.sending_v6.load(Ordering::Relaxed) {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        };
+        let primary = self.demux.sender(&family);
+        let this = &mut *self;
+        let poller = match &mut this.current {
+            Some((id, poller)) if *id == primary.id => poller,
+            _ => {
+                &mut this
+                    .current
+                    .insert((primary.id, primary.io.create_io_poller()))
+                    .1
+            }
+        };
+        poller.as_mut().poll_writable(cx)
     }
 }
 
@@ -268,10 +577,13 @@ fn send_with_ttl(
     sock.try_send_to(data, dst).map(drop)
 }
 
-/// The probe side of the socket, handed to each punching run and back.
+/// The probe side of the sockets, handed to each punching run and back.
 struct ProbeIo {
+    /// A second handle on the main socket, for probes with their own TTL.
     socket: tokio::net::UdpSocket,
-    incoming: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    /// Probes that arrived on any socket.
+    incoming: mpsc::Receiver<(SocketId, SocketAddr, Vec<u8>)>,
+    demux: Arc<DemuxSocket>,
 }
 
 /// Runs the puncher until told to stop or it finishes, forwarding its events; gives the
@@ -284,12 +596,22 @@ async fn drive(
 ) -> ProbeIo {
     loop {
         while let Some(tx) = puncher.poll_transmit() {
-            if let Err(e) = send_probe(&io.socket, &tx) {
+            let sent = if tx.socket == MAIN_SOCKET {
+                send_probe(&io.socket, &tx)
+            } else {
+                io.demux.send_extra(&tx)
+            };
+            if let Err(e) = sent {
                 // A full socket buffer or an unreachable LAN address: the next probe retries.
-                tracing::trace!(to = %tx.destination, error = %e, "probe not sent");
+                tracing::trace!(to = %tx.destination, socket = tx.socket, error = %e, "probe not sent");
             }
         }
         while let Some(ev) = puncher.poll_event() {
+            if let PunchEvent::Confirmed { socket, .. } = ev {
+                // Before the peer can confirm this path too and start its handshake, so
+                // QUIC's first answer already leaves from the socket that works.
+                io.demux.set_primary(socket);
+            }
             if events.send(ev).is_err() {
                 return io;
             }
@@ -300,12 +622,40 @@ async fn drive(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => puncher.handle_timeout(Instant::now()),
             got = io.incoming.recv() => match got {
-                Some((from, data)) => { puncher.handle_datagram(Instant::now(), from, &data); }
+                Some((socket, from, data)) => { puncher.handle_datagram(Instant::now(), socket, from, &data); }
                 None => return io,
             },
             _ = stop.changed() => return io,
         }
     }
+}
+
+/// Lets this process open the birthday technique's sockets: the usual soft limit of 1024
+/// open files is too tight for a few hundred sockets plus what tokio and quinn hold.
+#[cfg(unix)]
+fn raise_open_file_limit(want: u64) -> u64 {
+    // SAFETY: plain syscalls on a stack-local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if (lim.rlim_cur as u64) < want {
+            let raised = libc::rlimit {
+                rlim_cur: (want as libc::rlim_t).min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+        lim.rlim_cur as u64
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit(_want: u64) -> u64 {
+    512
 }
 
 /// Progress notes for the user while connecting.
@@ -319,6 +669,8 @@ pub enum Progress {
 pub struct Link {
     /// The connection.
     pub connection: quinn::Connection,
+    /// The peer's address (IPv4 as IPv4, whatever quinn reports).
+    pub remote: SocketAddr,
     /// How the peer's address was learned.
     pub kind: PathKind,
     /// Whether we checked the peer's certificate against its ticket.
@@ -346,27 +698,42 @@ pub enum ConnectFailure {
 pub struct Dialer {
     endpoint: quinn::Endpoint,
     probes: Option<ProbeIo>,
+    demux: Arc<DemuxSocket>,
+    runtime: Arc<TokioRuntime>,
+    /// Address the extra sockets bind to: the main socket's, with any port.
+    bind_ip: IpAddr,
+    next_socket: SocketId,
+    birthday: Option<BirthdayPart>,
     is_client: bool,
     identity: crate::tls::Identity,
     peer: Ticket,
     peer_fp: Option<[u8; 32]>,
     client_cfg: Option<quinn::ClientConfig>,
     opener_ttl: Option<u32>,
-    /// Where the last connection ran; probed at once on a reconnect.
-    last_remote: Option<SocketAddr>,
+    /// Where the last connection ran (our socket, its address); probed at once on a
+    /// reconnect.
+    last_path: Option<(SocketId, SocketAddr)>,
 }
 
 impl Dialer {
     /// Makes the bound socket (STUN already done on it) a QUIC endpoint for talking to
     /// `peer`: a client for the sender (`is_client`), a server for the receiver.
+    /// `v6` is the IPv6 socket, if this host has global IPv6 addresses; `birthday` is this
+    /// side's part in the birthday technique, if the NATs call for it.
     pub fn new(
         socket: std::net::UdpSocket,
+        v6: Option<std::net::UdpSocket>,
         is_client: bool,
         identity: crate::tls::Identity,
         peer: Ticket,
         opener_ttl: Option<u32>,
+        birthday: Option<BirthdayPart>,
     ) -> Result<Dialer, Error> {
         let peer_fp = peer.fingerprint();
+        let bind_ip = socket
+            .local_addr()
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .ip();
         let probe_socket = socket
             .try_clone()
             .map_err(|e| Error::Internal(format!("cannot clone socket: {e}")))?;
@@ -377,10 +744,13 @@ impl Dialer {
         let inner = runtime
             .wrap_udp_socket(socket)
             .map_err(|e| Error::Internal(format!("socket: {e}")))?;
-        let demux = Arc::new(DemuxSocket {
-            inner,
-            probes: probe_tx,
-        });
+        let demux = Arc::new(DemuxSocket::new(inner, probe_tx));
+        if let Some(v6) = v6 {
+            let io = runtime
+                .wrap_udp_socket(v6)
+                .map_err(|e| Error::Internal(format!("socket: {e}")))?;
+            demux.add_v6(io);
+        }
         let mut endpoint_cfg = quinn::EndpointConfig::default();
         // Greased QUIC packets could start with our probe magic's first byte.
         endpoint_cfg.grease_quic_bit(false);
@@ -394,28 +764,71 @@ impl Dialer {
         } else {
             None
         };
-        let endpoint =
-            quinn::Endpoint::new_with_abstract_socket(endpoint_cfg, server_cfg, demux, runtime)
-                .map_err(|e| Error::Internal(format!("QUIC endpoint: {e}")))?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_cfg,
+            server_cfg,
+            demux.clone(),
+            runtime.clone(),
+        )
+        .map_err(|e| Error::Internal(format!("QUIC endpoint: {e}")))?;
         Ok(Dialer {
             endpoint,
             probes: Some(ProbeIo {
                 socket: probe_socket,
                 incoming: probe_rx,
+                demux: demux.clone(),
             }),
+            demux,
+            runtime,
+            bind_ip,
+            next_socket: V6_SOCKET + 1,
+            birthday,
             is_client,
             identity,
             peer,
             peer_fp,
             client_cfg,
             opener_ttl,
-            last_remote: None,
+            last_path: None,
         })
     }
 
     /// The QUIC endpoint (close it when the run ends).
     pub fn endpoint(&self) -> &quinn::Endpoint {
         &self.endpoint
+    }
+
+    /// Opens the symmetric side's extra sockets for one connect attempt; fewer when the
+    /// system runs short of sockets (each one still helps).
+    fn open_extra_sockets(&mut self) -> Vec<SocketId> {
+        let limit = raise_open_file_limit(4096);
+        // Leave room for everything else this process holds open.
+        let count = BIRTHDAY_SOCKETS.min(limit.saturating_sub(256) as usize);
+        let mut ids = Vec::with_capacity(count);
+        for _ in 0..count {
+            let io = bind(self.bind_ip, 0).and_then(|s| {
+                self.runtime
+                    .wrap_udp_socket(s)
+                    .map_err(|e| Error::Internal(e.to_string()))
+            });
+            match io {
+                Ok(io) => {
+                    let id = self.next_socket;
+                    self.next_socket += 1;
+                    self.demux.add(id, io);
+                    ids.push(id);
+                }
+                Err(e) => {
+                    tracing::info!(opened = ids.len(), error = %e, "no more extra sockets");
+                    break;
+                }
+            }
+        }
+        tracing::info!(
+            sockets = ids.len(),
+            "birthday technique: extra sockets open"
+        );
+        ids
     }
 
     /// Punches a path to the peer and establishes QUIC over it. Rounds start at
@@ -428,17 +841,40 @@ impl Dialer {
         mut on_progress: impl FnMut(Progress),
     ) -> Result<Link, ConnectFailure> {
         let fatal = ConnectFailure::Fatal;
+        let has_v6 = self
+            .demux
+            .v6
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
         let mut targets = targets(&self.peer);
-        if let Some(last) = self.last_remote {
+        // IPv6 addresses are reached from the IPv6 socket, or not at all.
+        targets.retain(|t| t.addr.is_ipv4() || has_v6);
+        for t in &mut targets {
+            if t.addr.is_ipv6() {
+                t.socket = V6_SOCKET;
+            }
+        }
+        if let Some((socket, last)) = self.last_path {
             targets.retain(|t| t.addr != last);
             targets.insert(
                 0,
                 Target {
                     addr: last,
                     kind: PathKind::PeerReflexive,
+                    socket,
                 },
             );
         }
+        let birthday = match self.birthday {
+            None => None,
+            Some(BirthdayPart::Spray) => Some(Birthday::Spray {
+                seed: rand::random(),
+            }),
+            Some(BirthdayPart::Open) => Some(Birthday::Open {
+                sockets: self.open_extra_sockets(),
+            }),
+        };
         let cfg = PunchConfig {
             local_id: self.identity.short_id(),
             peer_id: self.peer_fp.as_ref().map(crate::tls::short_id),
@@ -446,6 +882,7 @@ impl Dialer {
             first_round,
             deadline,
             opener_ttl: self.opener_ttl,
+            birthday,
         };
         let puncher = Puncher::new(cfg, Instant::now());
         let mut io = self.probes.take().ok_or_else(|| {
@@ -480,8 +917,8 @@ impl Dialer {
             tokio::select! {
                 ev = ev_rx.recv() => match ev {
                     Some(PunchEvent::RoundStarted { round }) => on_progress(Progress::Round(round)),
-                    Some(PunchEvent::Confirmed { remote, kind, rtt, observed }) => {
-                        tracing::info!(%remote, ?kind, ?rtt, ?observed, "path confirmed");
+                    Some(PunchEvent::Confirmed { socket, remote, kind, rtt, observed }) => {
+                        tracing::info!(%remote, socket, ?kind, ?rtt, ?observed, "path confirmed");
                         if !known.iter().any(|(a, _)| *a == remote) {
                             known.push((remote, kind));
                         }
@@ -510,9 +947,10 @@ impl Dialer {
             Ok(io) => self.probes = Some(io),
             Err(e) => return Err(fatal(Error::Internal(format!("puncher task: {e}")))),
         }
+        self.demux.prune();
         let connection = result?;
-        let remote = connection.remote_address();
-        self.last_remote = Some(remote);
+        let remote = canonical(connection.remote_address());
+        self.last_path = Some((self.demux.primary_id(), remote));
         let kind = known
             .iter()
             .find(|(a, _)| *a == remote)
@@ -522,6 +960,7 @@ impl Dialer {
         let verification_code = crate::tls::verification_code(self.identity.fingerprint(), &theirs);
         Ok(Link {
             connection,
+            remote,
             kind,
             authenticated: self.peer_fp.is_some(),
             verification_code,
@@ -642,5 +1081,107 @@ mod tests {
             super::targets(&Ticket::Bare("1.2.3.4:5".parse().unwrap()))[0].kind,
             PathKind::Typed
         );
+    }
+
+    #[test]
+    fn ipv6_candidates_are_their_own_kind() {
+        let t = FullTicket {
+            role: Role::Sender,
+            nat: NatKind::EndpointDependent,
+            fingerprint: [0; 32],
+            candidates: vec![
+                Candidate {
+                    kind: CandidateKind::Mapped,
+                    addr: "198.18.1.2:4300".parse().unwrap(),
+                },
+                Candidate {
+                    kind: CandidateKind::Host,
+                    addr: "[2001:db8:1::2]:4300".parse().unwrap(),
+                },
+            ],
+        };
+        let kinds: Vec<PathKind> = full_targets(&t).iter().map(|t| t.kind).collect();
+        assert_eq!(kinds, [PathKind::Mapped, PathKind::Ipv6]);
+        let v4_only = FullTicket {
+            candidates: t.candidates[..1].to_vec(),
+            ..t.clone()
+        };
+        assert!(both_have_ipv6(&t, &Ticket::Full(t.clone())));
+        assert!(!both_have_ipv6(&t, &Ticket::Full(v4_only.clone())));
+        assert!(!both_have_ipv6(&v4_only, &Ticket::Full(t.clone())));
+        assert_eq!(
+            canonical("[::ffff:198.18.1.2]:4300".parse().unwrap()),
+            "198.18.1.2:4300".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    /// Reads one batch from the demux, as quinn would.
+    async fn recv_one(demux: &DemuxSocket) -> (SocketAddr, Vec<u8>) {
+        let mut buf = vec![0u8; 65536];
+        let mut meta = [RecvMeta::default()];
+        let n = std::future::poll_fn(|cx| {
+            let mut bufs = [IoSliceMut::new(&mut buf)];
+            demux.poll_recv(cx, &mut bufs, &mut meta)
+        })
+        .await
+        .unwrap();
+        assert_eq!(n, 1);
+        (meta[0].addr, buf[..meta[0].len].to_vec())
+    }
+
+    #[tokio::test]
+    async fn demux_reads_every_socket_and_sends_quic_from_the_primary() {
+        let runtime = TokioRuntime;
+        let wrap = |s: std::net::UdpSocket| runtime.wrap_udp_socket(s).unwrap();
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let main = bind(loopback, 0).unwrap();
+        let extra = bind(loopback, 0).unwrap();
+        let (main_addr, extra_addr) = (main.local_addr().unwrap(), extra.local_addr().unwrap());
+        let (tx, mut probes) = mpsc::channel(8);
+        let demux = DemuxSocket::new(wrap(main), tx);
+        demux.add(7, wrap(extra));
+        let peer = tokio::net::UdpSocket::bind((loopback, 0)).await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+
+        // A probe to the extra socket goes to the puncher, tagged with that socket; QUIC
+        // bytes to either socket go to quinn.
+        let probe = crate::wire::Probe {
+            kind: crate::wire::ProbeKind::Ping,
+            from: [1; 8],
+            to: [2; 8],
+            seq: 1,
+            observed: None,
+        }
+        .encode();
+        peer.send_to(&probe, extra_addr).await.unwrap();
+        peer.send_to(b"\x40quic", extra_addr).await.unwrap();
+        assert_eq!(recv_one(&demux).await, (peer_addr, b"\x40quic".to_vec()));
+        let (socket, from, data) = probes.recv().await.unwrap();
+        assert_eq!((socket, from, &data[..]), (7, peer_addr, &probe[..]));
+        peer.send_to(b"\x40main", main_addr).await.unwrap();
+        assert_eq!(recv_one(&demux).await, (peer_addr, b"\x40main".to_vec()));
+
+        // QUIC leaves from the main socket until the puncher picks another.
+        let send = |d: &DemuxSocket| {
+            d.try_send(&QuinnTransmit {
+                destination: peer_addr,
+                ecn: None,
+                contents: b"\x40out",
+                segment_size: None,
+                src_ip: None,
+            })
+            .unwrap()
+        };
+        let mut buf = [0u8; 64];
+        send(&demux);
+        assert_eq!(peer.recv_from(&mut buf).await.unwrap().1, main_addr);
+        demux.set_primary(7);
+        send(&demux);
+        assert_eq!(peer.recv_from(&mut buf).await.unwrap().1, extra_addr);
+        // Pruning keeps the main socket and the primary.
+        demux.add(8, wrap(bind(loopback, 0).unwrap()));
+        demux.prune();
+        let ids: Vec<SocketId> = demux.slots().iter().map(|s| s.id).collect();
+        assert_eq!(ids, [MAIN_SOCKET, 7]);
     }
 }

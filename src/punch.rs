@@ -21,6 +21,19 @@
 //!   with zero delay between the NATs or clocks that differ by up to that phase;
 //! - addresses that cannot be poisoned (the peer's LAN addresses, a peer with no NAT, and any
 //!   address a valid probe has already come from) are probed at once and throughout.
+//!
+//! # One symmetric side: the birthday technique
+//! A symmetric NAT gives every destination a new random public port, so the port in its
+//! ticket is useless to the peer, and a port-restricted peer NAT drops whatever arrives from
+//! the ports it never sent to. In each round the cone side therefore opens its NAT towards
+//! [`BIRTHDAY_PORTS`] random ports of the symmetric side's address, with openers only (a
+//! full probe reaching the symmetric NAT would make it skip that port), during
+//! [`SPRAY_PHASE`]; from [`OPENER_PHASE`] on, the symmetric side pings the cone side's
+//! mapped address from [`BIRTHDAY_SOCKETS`] extra sockets, each of which its NAT maps to a
+//! new random port. One match is enough. With Linux's 64512 candidate ports a round
+//! succeeds with probability 1 − (1 − 1024/64512)^257 ≈ 98 %. The symmetric side keeps the
+//! socket that hears the first pong and answers pings on that socket only, so both sides
+//! confirm the same pair of addresses.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -45,6 +58,42 @@ pub const DEFAULT_OPENER_TTL: u32 = 2;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
 /// The shell needs this long after a paste to be ready for a round.
 pub const ROUND_LEAD: Duration = Duration::from_millis(1500);
+/// Extra sockets a symmetric side opens for the birthday technique.
+pub const BIRTHDAY_SOCKETS: usize = 256;
+/// Random ports of a symmetric peer's address the cone side opens its NAT towards per round.
+pub const BIRTHDAY_PORTS: usize = 1024;
+/// Ports a NAT picks from at random: Linux uses 1024-65535 for a source port above 1023.
+pub const BIRTHDAY_PORT_RANGE: std::ops::RangeInclusive<u16> = 1024..=65535;
+/// Part of a round in which the cone side sends its birthday openers; the symmetric side's
+/// sockets start at [`OPENER_PHASE`], so the two clocks may differ by the gap between them.
+pub const SPRAY_PHASE: Duration = Duration::from_secs(1);
+/// How often each extra socket of the symmetric side pings during a round.
+pub const BIRTHDAY_PING_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Identifies one of the shell's UDP sockets; [`MAIN_SOCKET`] is the one the user's
+/// `--localport` names, others are the extra sockets of the birthday technique.
+pub type SocketId = u32;
+/// The socket that STUN measured and the ticket names.
+pub const MAIN_SOCKET: SocketId = 0;
+/// The IPv6 socket, on the same port number as the main one where possible.
+pub const V6_SOCKET: SocketId = 1;
+
+/// The part this side plays in the birthday technique, from the two tickets' NAT kinds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Birthday {
+    /// Our NAT is symmetric and the peer's is a cone: ping the peer's NAT-mapped addresses
+    /// from each of these extra sockets in every round, and keep the first that hears back.
+    Open {
+        /// The extra sockets (never [`MAIN_SOCKET`], which probes as usual).
+        sockets: Vec<SocketId>,
+    },
+    /// The peer's NAT is symmetric and ours is a cone: in every round, open our NAT towards
+    /// random ports of the peer's NAT-mapped address with openers.
+    Spray {
+        /// Seeds the port guesses, so a test can replay them.
+        seed: u64,
+    },
+}
 
 /// Unix time (NTP-corrected) of the first round a peer that became ready at `now_unix` fires.
 ///
@@ -86,6 +135,8 @@ pub enum PathKind {
     PeerReflexive,
     /// An `ip:port` the user typed (bare ticket).
     Typed,
+    /// One of the peer's global IPv6 addresses (no NAT, at most a stateful firewall).
+    Ipv6,
 }
 
 impl PathKind {
@@ -98,6 +149,7 @@ impl PathKind {
             PathKind::PortMapped => "peer's router port mapping",
             PathKind::PeerReflexive => "address learned from the peer's probes",
             PathKind::Typed => "address you entered",
+            PathKind::Ipv6 => "peer's IPv6 address",
         }
     }
 
@@ -106,9 +158,12 @@ impl PathKind {
         match self {
             // A port mapping forwards packets from anywhere, like a host without NAT: an
             // early probe just arrives (and the peer's replies leave through the mapping).
-            PathKind::Lan | PathKind::Public | PathKind::PortMapped | PathKind::PeerReflexive => {
-                true
-            }
+            // IPv6 has no NAT to remap anything, at most a firewall that probing opens.
+            PathKind::Lan
+            | PathKind::Public
+            | PathKind::PortMapped
+            | PathKind::PeerReflexive
+            | PathKind::Ipv6 => true,
             // A NAT's mapping, and an address we cannot tell is not one, only in rounds.
             PathKind::Mapped | PathKind::Typed => false,
         }
@@ -122,6 +177,19 @@ pub struct Target {
     pub addr: SocketAddr,
     /// How we learned it.
     pub kind: PathKind,
+    /// Our socket to probe it from.
+    pub socket: SocketId,
+}
+
+impl Target {
+    /// A target probed from the main socket.
+    pub fn new(addr: SocketAddr, kind: PathKind) -> Target {
+        Target {
+            addr,
+            kind,
+            socket: MAIN_SOCKET,
+        }
+    }
 }
 
 /// Everything a [`Puncher`] needs to start.
@@ -139,12 +207,16 @@ pub struct PunchConfig {
     pub deadline: Instant,
     /// TTL of openers; `None` disables them.
     pub opener_ttl: Option<u32>,
+    /// Our part in the birthday technique, when exactly one side's NAT is symmetric.
+    pub birthday: Option<Birthday>,
 }
 
 /// A probe to send.
 #[must_use]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
+    /// Which of our sockets sends it.
+    pub socket: SocketId,
     /// Where to.
     pub destination: SocketAddr,
     /// IP time-to-live to use instead of the socket's default.
@@ -163,6 +235,8 @@ pub enum PunchEvent {
     },
     /// Both directions work on this path: a pong came back from `remote`.
     Confirmed {
+        /// Our socket on this path; QUIC must use it.
+        socket: SocketId,
         /// The peer's address on this path.
         remote: SocketAddr,
         /// How that address was learned.
@@ -191,6 +265,15 @@ struct Path {
     confirmed: bool,
 }
 
+/// Birthday state of the cone side: this round's port guesses.
+#[derive(Debug)]
+struct Spray {
+    rng: rand::rngs::StdRng,
+    round: Option<u32>,
+    guesses: Vec<SocketAddr>,
+    sent: usize,
+}
+
 /// The hole-punching state machine for one session.
 ///
 /// Drive it like quinn-proto: after every `handle_*` call, drain [`Puncher::poll_transmit`]
@@ -208,6 +291,12 @@ pub struct Puncher {
     sent_at: HashMap<u32, Instant>,
     heard_peer: bool,
     finished: bool,
+    /// Birthday, symmetric side: the socket kept, chosen by the first pong.
+    selected: Option<SocketId>,
+    /// Birthday, symmetric side: next ping from the extra sockets.
+    next_birthday_ping: Instant,
+    /// Birthday, cone side.
+    spray: Option<Spray>,
 }
 
 impl Puncher {
@@ -215,7 +304,10 @@ impl Puncher {
     pub fn new(cfg: PunchConfig, now: Instant) -> Self {
         let mut paths = Vec::new();
         for t in &cfg.targets {
-            if paths.iter().any(|p: &Path| p.target.addr == t.addr) {
+            if paths
+                .iter()
+                .any(|p: &Path| p.target.addr == t.addr && p.target.socket == t.socket)
+            {
                 continue;
             }
             paths.push(Path {
@@ -227,6 +319,15 @@ impl Puncher {
             });
         }
         let next_round_tick = cfg.first_round.max(now);
+        let spray = match cfg.birthday {
+            Some(Birthday::Spray { seed }) => Some(Spray {
+                rng: rand::SeedableRng::seed_from_u64(seed),
+                round: None,
+                guesses: Vec::new(),
+                sent: 0,
+            }),
+            _ => None,
+        };
         Puncher {
             cfg,
             paths,
@@ -238,6 +339,9 @@ impl Puncher {
             sent_at: HashMap::new(),
             heard_peer: false,
             finished: false,
+            selected: None,
+            next_birthday_ping: now,
+            spray,
         }
     }
 
@@ -256,9 +360,26 @@ impl Puncher {
         self.heard_peer
     }
 
-    /// Offers a datagram; returns false when it is not a probe of this session (the caller
-    /// then hands it elsewhere or drops it).
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+    /// Whether we play the symmetric side of the birthday technique.
+    fn opens(&self) -> bool {
+        matches!(self.cfg.birthday, Some(Birthday::Open { .. }))
+    }
+
+    /// Whether a socket may still be used: on the symmetric side of the birthday technique,
+    /// only the one kept once a pong chose it.
+    fn socket_live(&self, socket: SocketId) -> bool {
+        !self.opens() || self.selected.is_none_or(|s| s == socket)
+    }
+
+    /// Offers a datagram that arrived on `socket`; returns false when it is not a probe of
+    /// this session (the caller then hands it elsewhere or drops it).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
         let Some(probe) = Probe::decode(data) else {
             return false;
         };
@@ -272,14 +393,37 @@ impl Puncher {
             return true;
         }
         self.heard_peer = true;
-        let i = match self.paths.iter().position(|p| p.target.addr == from) {
+        if !self.socket_live(socket) {
+            return true;
+        }
+        // Birthday, symmetric side: the first pong picks the socket to keep; until then no
+        // ping is answered, so the peer can only confirm the pair of addresses we keep.
+        if self.opens() && probe.kind == ProbeKind::Pong && self.selected.is_none() {
+            tracing::debug!(socket, %from, "first pong: keeping this socket");
+            self.selected = Some(socket);
+        }
+        let answer = self.selected == Some(socket) || !self.opens();
+        if socket != MAIN_SOCKET && !answer {
+            return true;
+        }
+        let i = match self
+            .paths
+            .iter()
+            .position(|p| p.target.addr == from && p.target.socket == socket)
+        {
             Some(i) => i,
             None => {
-                tracing::debug!(%from, "probe from a new address: peer-reflexive candidate");
+                let kind = self
+                    .paths
+                    .iter()
+                    .find(|p| p.target.addr == from)
+                    .map_or(PathKind::PeerReflexive, |p| p.target.kind);
+                tracing::debug!(%from, socket, ?kind, "probe on a new pair of addresses");
                 self.paths.push(Path {
                     target: Target {
                         addr: from,
-                        kind: PathKind::PeerReflexive,
+                        kind,
+                        socket,
                     },
                     at_once: true,
                     probes_sent: 0,
@@ -296,7 +440,7 @@ impl Puncher {
             self.paths[i].next_probe = now;
         }
         match probe.kind {
-            ProbeKind::Ping => {
+            ProbeKind::Ping if answer => {
                 let pong = Probe {
                     kind: ProbeKind::Pong,
                     from: self.cfg.local_id,
@@ -305,11 +449,13 @@ impl Puncher {
                     observed: Some(from),
                 };
                 self.transmits.push_back(Transmit {
+                    socket,
                     destination: from,
                     ttl: None,
                     contents: pong.encode(),
                 });
             }
+            ProbeKind::Ping => {}
             ProbeKind::Pong => {
                 let path = &mut self.paths[i];
                 if !path.confirmed {
@@ -319,8 +465,9 @@ impl Puncher {
                         .get(&probe.seq)
                         .map(|t| now.saturating_duration_since(*t))
                         .unwrap_or_default();
-                    tracing::debug!(remote = %from, ?rtt, "path confirmed");
+                    tracing::debug!(remote = %from, socket, ?rtt, "path confirmed");
                     self.events.push_back(PunchEvent::Confirmed {
+                        socket,
                         remote: from,
                         kind: path.target.kind,
                         rtt,
@@ -349,10 +496,10 @@ impl Puncher {
         // Probes that may go out at any time.
         for i in 0..self.paths.len() {
             let p = self.paths[i];
-            if !p.at_once || now < p.next_probe {
+            if !p.at_once || now < p.next_probe || !self.socket_live(p.target.socket) {
                 continue;
             }
-            self.send_ping(now, p.target.addr, None);
+            self.send_ping(now, p.target.socket, p.target.addr, None);
             let p = &mut self.paths[i];
             p.probes_sent += 1;
             let delay = if p.confirmed {
@@ -386,14 +533,17 @@ impl Puncher {
         } else {
             None
         };
-        let round_targets: Vec<SocketAddr> = self
+        let round_targets: Vec<(SocketId, SocketAddr)> = self
             .paths
             .iter()
-            .filter(|p| !p.at_once)
-            .map(|p| p.target.addr)
+            .filter(|p| !p.at_once && self.socket_live(p.target.socket))
+            .map(|p| (p.target.socket, p.target.addr))
             .collect();
-        for addr in round_targets {
-            self.send_ping(now, addr, ttl);
+        for (socket, addr) in round_targets {
+            self.send_ping(now, socket, addr, ttl);
+        }
+        if !self.paths.iter().any(|p| p.confirmed) {
+            self.birthday_tick(now, n, offset);
         }
         let next = now + ROUND_PROBE_INTERVAL;
         self.next_round_tick = if next >= start + ROUND_LENGTH {
@@ -403,9 +553,70 @@ impl Puncher {
         };
     }
 
-    fn send_ping(&mut self, now: Instant, to: SocketAddr, ttl: Option<u32>) {
+    /// The birthday technique's share of a round tick in round `n`, `offset` into it.
+    fn birthday_tick(&mut self, now: Instant, n: u32, offset: Duration) {
+        // Only the peer's NAT-mapped addresses: the technique is about its NAT's ports.
+        let mapped: Vec<SocketAddr> = self
+            .cfg
+            .targets
+            .iter()
+            .filter(|t| t.kind == PathKind::Mapped)
+            .map(|t| t.addr)
+            .collect();
+        if mapped.is_empty() {
+            return;
+        }
+        if let Some(Birthday::Open { sockets }) = &self.cfg.birthday {
+            if offset < OPENER_PHASE || self.selected.is_some() || now < self.next_birthday_ping {
+                return;
+            }
+            let sockets = sockets.clone();
+            for socket in sockets {
+                for addr in &mapped {
+                    self.send_ping(now, socket, *addr, None);
+                }
+            }
+            self.next_birthday_ping = now + BIRTHDAY_PING_INTERVAL;
+            return;
+        }
+        let Some(spray) = self.spray.as_mut() else {
+            return;
+        };
+        if spray.round != Some(n) {
+            // Fresh guesses every round: last round's misses may be stale entries now.
+            spray.round = Some(n);
+            spray.sent = 0;
+            spray.guesses.clear();
+            let mut ips: Vec<std::net::IpAddr> = mapped.iter().map(|a| a.ip()).collect();
+            ips.dedup();
+            let per_ip = BIRTHDAY_PORTS / ips.len();
+            let lo = *BIRTHDAY_PORT_RANGE.start();
+            let span = BIRTHDAY_PORT_RANGE.len();
+            for ip in ips {
+                for i in rand::seq::index::sample(&mut spray.rng, span, per_ip) {
+                    spray.guesses.push(SocketAddr::new(ip, lo + i as u16));
+                }
+            }
+        }
+        // Spread evenly over the phase, a batch per tick.
+        let due = if offset >= SPRAY_PHASE {
+            spray.guesses.len()
+        } else {
+            let reached = (offset + ROUND_PROBE_INTERVAL).as_nanos();
+            (spray.guesses.len() as u128 * reached / SPRAY_PHASE.as_nanos()) as usize
+        }
+        .min(spray.guesses.len());
+        let batch: Vec<SocketAddr> = spray.guesses[spray.sent..due].to_vec();
+        spray.sent = due;
+        for addr in batch {
+            // Openers only: a guess that reached the peer's NAT would make it skip that port.
+            self.send_ping(now, MAIN_SOCKET, addr, self.cfg.opener_ttl);
+        }
+    }
+
+    fn send_ping(&mut self, now: Instant, socket: SocketId, to: SocketAddr, ttl: Option<u32>) {
         self.seq = self.seq.wrapping_add(1);
-        if self.sent_at.len() >= 4096 {
+        if self.sent_at.len() >= 8192 {
             self.sent_at.clear();
         }
         self.sent_at.insert(self.seq, now);
@@ -417,6 +628,7 @@ impl Puncher {
             observed: None,
         };
         self.transmits.push_back(Transmit {
+            socket,
             destination: to,
             ttl,
             contents: ping.encode(),
@@ -492,6 +704,7 @@ mod tests {
             first_round: now + Duration::from_secs(10),
             deadline: now + Duration::from_secs(100),
             opener_ttl: Some(2),
+            birthday: None,
         }
     }
 
@@ -508,14 +721,8 @@ mod tests {
             cfg(
                 t0,
                 vec![
-                    Target {
-                        addr: mapped,
-                        kind: PathKind::Mapped,
-                    },
-                    Target {
-                        addr: lan,
-                        kind: PathKind::Lan,
-                    },
+                    Target::new(mapped, PathKind::Mapped),
+                    Target::new(lan, PathKind::Lan),
                 ],
             ),
             t0,
@@ -571,14 +778,8 @@ mod tests {
             cfg(
                 t0,
                 vec![
-                    Target {
-                        addr: forwarded,
-                        kind: PathKind::PortMapped,
-                    },
-                    Target {
-                        addr: mapped,
-                        kind: PathKind::Mapped,
-                    },
+                    Target::new(forwarded, PathKind::PortMapped),
+                    Target::new(mapped, PathKind::Mapped),
                 ],
             ),
             t0,
@@ -593,16 +794,7 @@ mod tests {
     fn ping_gets_pong_and_pong_confirms() {
         let t0 = Instant::now();
         let peer: SocketAddr = "198.18.2.2:21300".parse().unwrap();
-        let mut p = Puncher::new(
-            cfg(
-                t0,
-                vec![Target {
-                    addr: peer,
-                    kind: PathKind::Lan,
-                }],
-            ),
-            t0,
-        );
+        let mut p = Puncher::new(cfg(t0, vec![Target::new(peer, PathKind::Lan)]), t0);
         p.handle_timeout(t0);
         let ping = drain(&mut p).remove(0);
         let seq = Probe::decode(&ping.contents).unwrap().seq;
@@ -615,7 +807,7 @@ mod tests {
             seq: 9,
             observed: None,
         };
-        assert!(p.handle_datagram(t0, other, &theirs.encode()));
+        assert!(p.handle_datagram(t0, MAIN_SOCKET, other, &theirs.encode()));
         let pong = drain(&mut p).remove(0);
         assert_eq!(pong.destination, other);
         let decoded = Probe::decode(&pong.contents).unwrap();
@@ -631,7 +823,12 @@ mod tests {
             seq,
             observed: Some("198.18.1.2:4300".parse().unwrap()),
         };
-        assert!(p.handle_datagram(t0 + Duration::from_millis(30), peer, &reply.encode()));
+        assert!(p.handle_datagram(
+            t0 + Duration::from_millis(30),
+            MAIN_SOCKET,
+            peer,
+            &reply.encode()
+        ));
         match p.poll_event() {
             Some(PunchEvent::Confirmed {
                 remote, kind, rtt, ..
@@ -649,16 +846,7 @@ mod tests {
     fn foreign_probes_are_ignored() {
         let t0 = Instant::now();
         let peer: SocketAddr = "198.18.2.2:21300".parse().unwrap();
-        let mut p = Puncher::new(
-            cfg(
-                t0,
-                vec![Target {
-                    addr: peer,
-                    kind: PathKind::Mapped,
-                }],
-            ),
-            t0,
-        );
+        let mut p = Puncher::new(cfg(t0, vec![Target::new(peer, PathKind::Mapped)]), t0);
         let stranger = Probe {
             kind: ProbeKind::Ping,
             from: [3; 8],
@@ -666,7 +854,7 @@ mod tests {
             seq: 1,
             observed: None,
         };
-        assert!(!p.handle_datagram(t0, peer, &stranger.encode()));
+        assert!(!p.handle_datagram(t0, MAIN_SOCKET, peer, &stranger.encode()));
         let misaddressed = Probe {
             kind: ProbeKind::Ping,
             from: [2; 8],
@@ -674,8 +862,8 @@ mod tests {
             seq: 1,
             observed: None,
         };
-        assert!(!p.handle_datagram(t0, peer, &misaddressed.encode()));
-        assert!(!p.handle_datagram(t0, peer, b"\xc0 a QUIC initial"));
+        assert!(!p.handle_datagram(t0, MAIN_SOCKET, peer, &misaddressed.encode()));
+        assert!(!p.handle_datagram(t0, MAIN_SOCKET, peer, b"\xc0 a QUIC initial"));
         assert!(drain(&mut p).is_empty());
         assert!(!p.heard_peer());
     }

@@ -4,7 +4,7 @@
 //! real kernels; this runs in milliseconds inside `cargo test`.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -26,16 +26,17 @@ enum NatType {
 #[derive(Debug)]
 struct Entry {
     internal: Option<SocketAddr>,
-    ext_port: u16,
-    remote: SocketAddr,
     expires: Duration,
 }
 
+/// Conntrack in two indexes: (public port, remote) is what must be unique; (internal,
+/// remote) finds a flow's public port. Expired entries are skipped, not swept.
 #[derive(Debug)]
 struct Nat {
     kind: NatType,
     ext_ip: IpAddr,
-    entries: Vec<Entry>,
+    by_ext: HashMap<(u16, SocketAddr), Entry>,
+    by_int: HashMap<(SocketAddr, SocketAddr), u16>,
     rng: u32,
     /// A port mapping the host asked for (PCP, NAT-PMP, UPnP): this external port goes to
     /// this internal address, whoever sends (a dnat rule beside the masquerade).
@@ -47,93 +48,109 @@ impl Nat {
         Nat {
             kind,
             ext_ip,
-            entries: Vec::new(),
+            by_ext: HashMap::new(),
+            by_int: HashMap::new(),
             rng: 12345,
             forwarded: None,
         }
     }
 
+    /// A port as Linux picks one for a source port above 1023.
     fn fresh_port(&mut self) -> u16 {
         self.rng = self.rng.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        20_000 + (self.rng >> 8) as u16 % 40_000
+        let span = BIRTHDAY_PORT_RANGE.len() as u32;
+        BIRTHDAY_PORT_RANGE.start() + ((self.rng >> 4) % span) as u16
+    }
+
+    fn taken(&self, now: Duration, port: u16, remote: SocketAddr) -> bool {
+        self.by_ext
+            .get(&(port, remote))
+            .is_some_and(|e| e.expires > now)
     }
 
     fn outbound(&mut self, now: Duration, from: SocketAddr, to: SocketAddr) -> SocketAddr {
-        self.entries.retain(|e| e.expires > now);
-        if let Some(e) = self
-            .entries
-            .iter_mut()
-            .find(|e| e.internal == Some(from) && e.remote == to)
-        {
-            e.expires = now + STALE_AFTER;
-            return SocketAddr::new(self.ext_ip, e.ext_port);
+        if let Some(&port) = self.by_int.get(&(from, to)) {
+            if let Some(e) = self.by_ext.get_mut(&(port, to)) {
+                if e.expires > now && e.internal == Some(from) {
+                    e.expires = now + STALE_AFTER;
+                    return SocketAddr::new(self.ext_ip, port);
+                }
+            }
         }
-        let clash = |entries: &[Entry], port: u16| {
-            entries.iter().any(|e| e.ext_port == port && e.remote == to)
-        };
+        // Like Linux: never a public port whose (port, remote) pair is in use, even by an
+        // unsolicited inbound entry.
         let port = match self.kind {
-            NatType::Symmetric => self.fresh_port(),
-            _ if !clash(&self.entries, from.port()) => from.port(),
+            NatType::Symmetric => loop {
+                let p = self.fresh_port();
+                if !self.taken(now, p, to) {
+                    break p;
+                }
+            },
+            _ if !self.taken(now, from.port(), to) => from.port(),
             _ => loop {
                 let p = self.fresh_port();
-                if !clash(&self.entries, p) {
+                if !self.taken(now, p, to) {
                     break p;
                 }
             },
         };
-        self.entries.push(Entry {
-            internal: Some(from),
-            ext_port: port,
-            remote: to,
-            expires: now + STALE_AFTER,
-        });
+        self.by_ext.insert(
+            (port, to),
+            Entry {
+                internal: Some(from),
+                expires: now + STALE_AFTER,
+            },
+        );
+        self.by_int.insert((from, to), port);
         SocketAddr::new(self.ext_ip, port)
     }
 
     fn inbound(&mut self, now: Duration, from: SocketAddr, port: u16) -> Option<SocketAddr> {
-        self.entries.retain(|e| e.expires > now);
-        if let Some(e) = self
-            .entries
-            .iter_mut()
-            .find(|e| e.ext_port == port && e.remote == from)
-        {
-            e.expires = now + STALE_AFTER;
-            return e.internal;
+        if let Some(e) = self.by_ext.get_mut(&(port, from)) {
+            if e.expires > now {
+                e.expires = now + STALE_AFTER;
+                return e.internal;
+            }
         }
         if let Some((_, internal)) = self.forwarded.filter(|(p, _)| *p == port) {
             // Like conntrack after a dnat: the flow is remembered, and the host's replies
             // to this sender leave from the forwarded port.
-            self.entries.push(Entry {
-                internal: Some(internal),
-                ext_port: port,
-                remote: from,
-                expires: now + STALE_AFTER,
-            });
+            self.by_ext.insert(
+                (port, from),
+                Entry {
+                    internal: Some(internal),
+                    expires: now + STALE_AFTER,
+                },
+            );
+            self.by_int.insert((internal, from), port);
             return Some(internal);
         }
         if self.kind == NatType::Full {
-            if let Some(internal) = self
-                .entries
+            let internal = self
+                .by_ext
                 .iter()
-                .find(|e| e.ext_port == port)
-                .and_then(|e| e.internal)
-            {
-                self.entries.push(Entry {
-                    internal: Some(internal),
-                    ext_port: port,
-                    remote: from,
-                    expires: now + STALE_AFTER,
-                });
+                .find(|((p, _), e)| *p == port && e.internal.is_some())
+                .and_then(|(_, e)| e.internal);
+            if let Some(internal) = internal {
+                self.by_ext.insert(
+                    (port, from),
+                    Entry {
+                        internal: Some(internal),
+                        expires: now + STALE_AFTER,
+                    },
+                );
+                self.by_int.insert((internal, from), port);
                 return Some(internal);
             }
         }
         // Unsolicited: conntrack remembers it, and that is what poisons the port.
-        self.entries.push(Entry {
-            internal: None,
-            ext_port: port,
-            remote: from,
-            expires: now + STALE_AFTER,
-        });
+        self.by_ext.insert(
+            (port, from),
+            Entry {
+                internal: None,
+                expires: now + STALE_AFTER,
+            },
+        );
         None
     }
 }
@@ -142,11 +159,15 @@ struct Side {
     nat: Nat,
     host: SocketAddr,
     mapped: SocketAddr,
+    /// Our sockets: the main one at `host`, extra ones (birthday) next to it.
+    sockets: Vec<(SocketId, SocketAddr)>,
     paste_at: Duration,
     clock_error: Duration,
     puncher: Option<Puncher>,
-    inbox: Vec<(SocketAddr, [u8; PROBE_LEN])>,
+    inbox: Vec<(SocketId, SocketAddr, [u8; PROBE_LEN])>,
     confirmed_at: Option<Duration>,
+    /// The first confirmed path: our socket and the peer's address.
+    confirmed: Option<(SocketId, SocketAddr)>,
     timed_out: bool,
 }
 
@@ -172,11 +193,13 @@ impl Side {
             nat,
             host,
             mapped,
+            sockets: vec![(MAIN_SOCKET, host)],
             paste_at,
             clock_error: Duration::ZERO,
             puncher: None,
             inbox: Vec::new(),
             confirmed_at: None,
+            confirmed: None,
             timed_out: false,
         }
     }
@@ -186,31 +209,46 @@ impl Side {
         self.nat.forwarded = Some((port, self.host));
     }
 
+    /// What STUN would have said about this NAT.
+    fn nat_kind(&self) -> crate::ticket::NatKind {
+        use crate::ticket::NatKind;
+        match self.nat.kind {
+            NatType::None => NatKind::None,
+            NatType::Cone | NatType::Full => NatKind::EndpointIndependent,
+            NatType::Symmetric => NatKind::EndpointDependent,
+        }
+    }
+
+    fn socket_addr(&self, id: SocketId) -> SocketAddr {
+        self.sockets
+            .iter()
+            .find(|(s, _)| *s == id)
+            .map(|(_, a)| *a)
+            .expect("a socket the puncher was given")
+    }
+
+    fn socket_at(&self, addr: SocketAddr) -> Option<SocketId> {
+        self.sockets
+            .iter()
+            .find(|(_, a)| *a == addr)
+            .map(|(s, _)| *s)
+    }
+
     fn targets_for_peer(&self) -> Vec<Target> {
         // A forwarded port comes first in the ticket, as the most preferred.
         let mut targets: Vec<Target> = self
             .nat
             .forwarded
-            .map(|(port, _)| Target {
-                addr: SocketAddr::new(self.nat.ext_ip, port),
-                kind: PathKind::PortMapped,
+            .map(|(port, _)| {
+                Target::new(SocketAddr::new(self.nat.ext_ip, port), PathKind::PortMapped)
             })
             .into_iter()
             .collect();
         if self.nat.kind == NatType::None {
-            targets.push(Target {
-                addr: self.host,
-                kind: PathKind::Public,
-            });
+            targets.push(Target::new(self.host, PathKind::Public));
         } else {
-            targets.push(Target {
-                addr: self.mapped,
-                kind: PathKind::Mapped,
-            });
-            targets.push(Target {
-                addr: self.host,
-                kind: PathKind::Lan,
-            });
+            targets.push(Target::new(self.mapped, PathKind::Mapped));
+            targets.push(Target::new(self.host, PathKind::Lan));
         }
         targets
     }
@@ -236,6 +274,10 @@ struct Net {
     opener_ttl: Option<u32>,
     /// Overrides the kind of the mapped target, to build deliberately bad behaviour.
     mapped_kind: PathKind,
+    /// Whether the birthday technique is used where the NAT kinds call for it.
+    birthday: bool,
+    /// Seeds the cone side's port guesses.
+    seed: u64,
 }
 
 impl Net {
@@ -250,6 +292,8 @@ impl Net {
             serial: 0,
             opener_ttl: Some(DEFAULT_OPENER_TTL),
             mapped_kind: PathKind::Mapped,
+            birthday: true,
+            seed: 1,
         }
     }
 
@@ -260,7 +304,21 @@ impl Net {
                 t.kind = self.mapped_kind;
             }
         }
-        let me = &self.sides[i];
+        let theirs = self.sides[1 - i].nat_kind();
+        let me = &mut self.sides[i];
+        let part = crate::nat::birthday_part(me.nat_kind(), Some(theirs));
+        let birthday = match part.filter(|_| self.birthday) {
+            None => None,
+            Some(crate::nat::BirthdayPart::Spray) => Some(Birthday::Spray { seed: self.seed }),
+            Some(crate::nat::BirthdayPart::Open) => {
+                let ids: Vec<SocketId> = (1..=BIRTHDAY_SOCKETS as SocketId).collect();
+                for &id in &ids {
+                    let addr = SocketAddr::new(me.host.ip(), 40_000 + id as u16);
+                    me.sockets.push((id, addr));
+                }
+                Some(Birthday::Open { sockets: ids })
+            }
+        };
         // This peer's wall clock reads unix0 + now + clock_error.
         let unix_now = self.unix0 + now + me.clock_error;
         let first = first_round_unix(unix_now) - unix_now;
@@ -271,22 +329,24 @@ impl Net {
             first_round: self.t0 + now + first,
             deadline: self.t0 + me.paste_at + Duration::from_secs(120),
             opener_ttl: self.opener_ttl,
+            birthday,
         };
         let mut p = Puncher::new(cfg, self.t0 + now);
         // Datagrams that waited in the socket buffer before the user pasted.
-        for (from, data) in std::mem::take(&mut self.sides[i].inbox) {
-            p.handle_datagram(self.t0 + now, from, &data);
+        for (socket, from, data) in std::mem::take(&mut me.inbox) {
+            p.handle_datagram(self.t0 + now, socket, from, &data);
         }
-        self.sides[i].puncher = Some(p);
+        me.puncher = Some(p);
     }
 
     /// Sends one probe from side `i` through its NAT into the network.
     fn route(&mut self, now: Duration, i: usize, tx: Transmit) {
         let me = &mut self.sides[i];
+        let inside = me.socket_addr(tx.socket);
         let from = if me.nat.kind == NatType::None {
-            me.host
+            inside
         } else {
-            me.nat.outbound(now, me.host, tx.destination)
+            me.nat.outbound(now, inside, tx.destination)
         };
         if tx.ttl.is_some_and(|t| t <= 2) && me.nat.kind != NatType::None {
             return; // expired at the first router behind the NAT
@@ -308,16 +368,19 @@ impl Net {
 
     fn deliver(&mut self, now: Duration, pkt: Packet) {
         let side = &mut self.sides[pkt.to_side];
-        if side.nat.kind != NatType::None
-            && side.nat.inbound(now, pkt.from, pkt.dst.port()).is_none()
-        {
+        let inside = if side.nat.kind == NatType::None {
+            Some(pkt.dst)
+        } else {
+            side.nat.inbound(now, pkt.from, pkt.dst.port())
+        };
+        let Some(socket) = inside.and_then(|a| side.socket_at(a)) else {
             return;
-        }
+        };
         match &mut side.puncher {
             Some(p) => {
-                p.handle_datagram(self.t0 + now, pkt.from, &pkt.data);
+                p.handle_datagram(self.t0 + now, socket, pkt.from, &pkt.data);
             }
-            None => side.inbox.push((pkt.from, pkt.data)),
+            None => side.inbox.push((socket, pkt.from, pkt.data)),
         }
     }
 
@@ -348,10 +411,13 @@ impl Net {
                 while let Some(tx) = p.poll_transmit() {
                     out.push(tx);
                 }
-                while let Some(ev) = p.poll_event() {
+                let events: Vec<PunchEvent> = std::iter::from_fn(|| p.poll_event()).collect();
+                for ev in events {
                     match ev {
-                        PunchEvent::Confirmed { .. } => {
-                            self.sides[i].confirmed_at.get_or_insert(now);
+                        PunchEvent::Confirmed { socket, remote, .. } => {
+                            let s = &mut self.sides[i];
+                            s.confirmed_at.get_or_insert(now);
+                            s.confirmed.get_or_insert((socket, remote));
                         }
                         PunchEvent::TimedOut { .. } => self.sides[i].timed_out = true,
                         PunchEvent::RoundStarted { .. } => {}
@@ -386,9 +452,28 @@ impl Net {
     }
 
     /// Seconds from the later paste until both sides had a confirmed path.
+    ///
+    /// Also checks that both confirmed the same path: what each side sends from its
+    /// socket arrives from the address the other side confirmed (QUIC runs on that pair).
     fn connect_time(&self) -> Option<Duration> {
         let later = self.sides[0].paste_at.max(self.sides[1].paste_at);
         let done = self.sides[0].confirmed_at?.max(self.sides[1].confirmed_at?);
+        for i in 0..2 {
+            let (socket, remote) = self.sides[i].confirmed?;
+            let me = &self.sides[i];
+            let inside = me.socket_addr(socket);
+            let seen_as = if me.nat.kind == NatType::None {
+                inside
+            } else {
+                let port = me.nat.by_int.get(&(inside, remote))?;
+                SocketAddr::new(me.nat.ext_ip, *port)
+            };
+            let (_, theirs) = self.sides[1 - i].confirmed?;
+            assert_eq!(
+                seen_as, theirs,
+                "side {i} and its peer confirmed different paths"
+            );
+        }
         Some(done - later)
     }
 }
@@ -464,12 +549,75 @@ fn full_cone_reaches_symmetric_through_peer_reflexive_address() {
 }
 
 #[test]
-fn symmetric_against_port_restricted_cannot_connect() {
+fn both_symmetric_cannot_connect() {
+    let mut net = pair(NatType::Symmetric, NatType::Symmetric, 1.0, 2.0, 10);
+    net.run(Duration::from_secs(200));
+    assert!(net.connect_time().is_none());
+    assert!(net.sides.iter().all(|s| s.timed_out));
+}
+
+/// Cone–symmetric pairs over `runs` seeds: how many met in the first round, and in all.
+fn birthday_runs(runs: u64, symmetric_first: bool, one_way_ms: u64) -> (u64, u64) {
+    let (mut first, mut all) = (0, 0);
+    for seed in 0..runs {
+        let (a, b) = if symmetric_first {
+            (NatType::Symmetric, NatType::Cone)
+        } else {
+            (NatType::Cone, NatType::Symmetric)
+        };
+        let mut net = pair(a, b, 1.0 + seed as f64 * 0.37, 6.0, one_way_ms);
+        net.seed = seed;
+        net.sides[0].nat.rng ^= (seed as u32).wrapping_mul(2_654_435_761);
+        net.sides[1].nat.rng ^= (seed as u32).wrapping_mul(40_503);
+        net.run(Duration::from_secs(200));
+        if let Some(t) = net.connect_time() {
+            all += 1;
+            if t <= ROUND_PERIOD + ROUND_LEAD + ROUND_LENGTH {
+                first += 1;
+            }
+        }
+    }
+    (first, all)
+}
+
+#[test]
+fn birthday_technique_connects_cone_and_symmetric() {
+    // 1 − (1 − 1024/64512)^257 ≈ 98 % per round; the deadline leaves room for three.
+    for symmetric_first in [false, true] {
+        let (first, all) = birthday_runs(20, symmetric_first, 10);
+        assert!(
+            first >= 17,
+            "first round: {first}/20 (symmetric first: {symmetric_first})"
+        );
+        assert_eq!(all, 20, "symmetric first: {symmetric_first}");
+    }
+}
+
+#[test]
+fn birthday_technique_without_delay_between_the_nats() {
+    let (first, all) = birthday_runs(10, false, 0);
+    assert!(first >= 8 && all == 10, "{first} {all}");
+}
+
+#[test]
+fn negative_control_birthday_guesses_that_reach_the_symmetric_nat_ruin_it() {
+    // Without openers the cone side's guesses arrive at the symmetric NAT, which then never
+    // picks those ports for the flows towards the cone side: no match is possible.
+    let (a, b) = (NatType::Cone, NatType::Symmetric);
+    let mut net = pair(a, b, 1.0, 6.0, 10);
+    net.opener_ttl = None;
+    net.run(Duration::from_secs(200));
+    assert!(net.connect_time().is_none());
+}
+
+#[test]
+fn negative_control_cone_and_symmetric_need_the_birthday_technique() {
     for (a, b) in [
         (NatType::Cone, NatType::Symmetric),
-        (NatType::Symmetric, NatType::Symmetric),
+        (NatType::Symmetric, NatType::Cone),
     ] {
         let mut net = pair(a, b, 1.0, 2.0, 10);
+        net.birthday = false;
         net.run(Duration::from_secs(200));
         assert!(net.connect_time().is_none(), "{a:?}-{b:?}");
         assert!(net.sides.iter().all(|s| s.timed_out));
