@@ -80,7 +80,8 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       two symmetric NATs, which only the port mapping gets
 #                       through: exit 0 on both sides, the sender prints its
 #                       "Port mapping:" line, the receiver connects via "peer's
-#                       router port mapping", and once both exited miniupnpd holds
+#                       router port mapping" and the sender "through your router's
+#                       port mapping", and once both exited miniupnpd holds
 #                       no mapping (nft rules and `upnpc -l`).  Then `p2pcopy
 #                       doctor` behind that router: verdict "symmetric NAT with
 #                       port mapping", test mapping removed, none left over
@@ -340,6 +341,10 @@ scenario_portmap() {
     done
     if ! grep -q "^Connected directly to 198\.18\.1\.2:[0-9]* (peer's router port mapping)" "$wd/receiver.err"; then
         echo "problem: the receiver did not connect to the sender's port mapping"
+        rc=1
+    fi
+    if ! grep -q "^Connected directly .*, through your router's port mapping)" "$wd/sender.err"; then
+        echo "problem: the sender does not say the path runs through its router's port mapping"
         rc=1
     fi
     echo "miniupnpd saw: $(grep -c -i -E 'PCP|NAT-PMP|AddPortMapping|DeletePortMapping' "$LAB_DIR/nat1/miniupnpd.log") request lines"

@@ -253,6 +253,8 @@ struct Ctx {
     needs_rounds: bool,
     nat: NatKind,
     peer_nat: Option<NatKind>,
+    /// The public address our router forwards to us, if the ticket carries one.
+    port_mapping: Option<SocketAddr>,
 }
 
 impl Ctx {
@@ -315,11 +317,18 @@ impl Ctx {
         };
         let remote = link.remote;
         let rtt_ms = millis(link.connection.rtt());
+        // The peer saw us at our router's forwarded port: say what made the path work.
+        let via_ours = link.observed.is_some() && link.observed == self.port_mapping;
         say!(
             out,
-            "Connected directly to {} ({}), round trip {} ms",
+            "Connected directly to {} ({}{}), round trip {} ms",
             remote,
             link.kind.describe(),
+            if via_ours {
+                ", through your router's port mapping"
+            } else {
+                ""
+            },
             rtt_ms
         );
         out.emit(|| Event::Connected {
@@ -544,6 +553,11 @@ async fn connect_phase(
         needs_rounds,
         nat: nat_kind,
         peer_nat,
+        port_mapping: ours
+            .candidates
+            .iter()
+            .find(|c| c.kind == CandidateKind::PortMapped)
+            .map(|c| c.addr),
     };
     let mut dialer = Dialer::new(
         socket,

@@ -673,6 +673,10 @@ pub struct Link {
     pub remote: SocketAddr,
     /// How the peer's address was learned.
     pub kind: PathKind,
+    /// Our own address as the peer saw it on this path (from its answer to our probe), when
+    /// the puncher confirmed the path: tells whether the path runs through our router's
+    /// port mapping.
+    pub observed: Option<SocketAddr>,
     /// Whether we checked the peer's certificate against its ticket.
     pub authenticated: bool,
     /// The code both users compare when either side used a bare `ip:port`.
@@ -900,6 +904,7 @@ impl Dialer {
 
         let mut known: Vec<(SocketAddr, PathKind)> =
             targets.iter().map(|t| (t.addr, t.kind)).collect();
+        let mut observed_on: Vec<(SocketAddr, SocketAddr)> = Vec::new();
         let mut pending: Vec<SocketAddr> = Vec::new();
         let mut handshakes = tokio::task::JoinSet::new();
         let endpoint = &self.endpoint;
@@ -921,6 +926,9 @@ impl Dialer {
                         tracing::info!(%remote, socket, ?kind, ?rtt, ?observed, "path confirmed");
                         if !known.iter().any(|(a, _)| *a == remote) {
                             known.push((remote, kind));
+                        }
+                        if let Some(us) = observed {
+                            observed_on.push((remote, canonical(us)));
                         }
                         pending.push(remote);
                     }
@@ -956,12 +964,17 @@ impl Dialer {
             .find(|(a, _)| *a == remote)
             .map(|(_, k)| *k)
             .unwrap_or(PathKind::PeerReflexive);
+        let observed = observed_on
+            .iter()
+            .find(|(a, _)| *a == remote)
+            .map(|(_, us)| *us);
         let theirs = crate::tls::peer_fingerprint(&connection).unwrap_or_default();
         let verification_code = crate::tls::verification_code(self.identity.fingerprint(), &theirs);
         Ok(Link {
             connection,
             remote,
             kind,
+            observed,
             authenticated: self.peer_fp.is_some(),
             verification_code,
         })
