@@ -124,7 +124,7 @@ need_root() {
         exit 2
     fi
     local t
-    for t in ip nft turnserver chronyd faketime python3 timeout miniupnpd; do
+    for t in ip nft turnserver chronyd faketime python3 timeout; do
         command -v "$t" >/dev/null || { echo "lab.sh: missing tool: $t" >&2; exit 2; }
     done
 }
