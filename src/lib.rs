@@ -9,7 +9,6 @@
 //!   NAT kinds of two peers allow;
 //! - [`portmap`]: asking the home router to forward a port (PCP, NAT-PMP, UPnP-IGD);
 //! - [`tls`]: per-run certificates and fingerprint pinning for QUIC;
-//! - [`congestion`]: BBR that does not take random loss for congestion;
 //! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint;
 //! - [`manifest`]: what a job contains, and confinement of the peer's paths;
 //! - [`transfer`]: a job (files, folders, links) over a connection, resumable;
@@ -21,7 +20,6 @@
 #![warn(missing_docs)]
 
 pub mod cli;
-pub mod congestion;
 pub mod doctor;
 pub mod error;
 pub mod events;

@@ -209,9 +209,8 @@ pub fn transport_config() -> quinn::TransportConfig {
     // Random loss is not congestion: Cubic (quinn's default) fell to ~3 Mbit/s on a
     // 50 ms path with 1 % loss, as loss-based TCP does, where BBR, which paces at the
     // measured bottleneck rate and bounds in-flight data by the measured BDP, kept ~90 %
-    // of the link; and BBR only hears about loss above the noise of the path (see
-    // crate::congestion). Fairness is discussed in the README.
-    t.congestion_controller_factory(Arc::new(crate::congestion::LossTolerantBbr::default()));
+    // of the link. Fairness is discussed in the README.
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     t
 }
 
