@@ -84,7 +84,11 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       port mapping", and once both exited miniupnpd holds
 #                       no mapping (nft rules and `upnpc -l`).  Then `p2pcopy
 #                       doctor` behind that router: verdict "symmetric NAT with
-#                       port mapping", test mapping removed, none left over
+#                       port mapping", test mapping removed, none left over.  Then
+#                       a sender with --json (port_mapping event before the ticket,
+#                       whose first candidate is port_mapped) stopped by Ctrl-C
+#                       while waiting (130), and one given a damaged ticket (3):
+#                       no mapping left after either
 ALL_SCENARIOS=(
     public-public
     public-cone
@@ -302,25 +306,29 @@ scenario_doctor() {
     return $rc
 }
 
-# portmap_leftovers WHEN: problems if miniupnpd on router 1 still holds a mapping, by
-# its nft rules and by UPnP (`upnpc -l` from the sender's host).
+# portmap_counts: "RULES LISTED": the forwards miniupnpd holds on router 1 as nft dnat
+# rules, and the mappings `upnpc -l` lists from the sender's host (- without miniupnpc).
+# -i: upnpc calls an IGD whose external address is reserved (the lab's 198.18.0.0/15)
+# "not connected" and lists nothing without it.
+portmap_counts() {
+    local rules listed=-
+    rules=$(lab_portmap_rules 1 | grep -c . || true)
+    if command -v upnpc >/dev/null; then
+        listed=$(timeout 20 ip netns exec p2p-s upnpc -i -l 2>&1 | grep -cE '^ *[0-9]+ (UDP|TCP) ' || true)
+    fi
+    echo "$rules $listed"
+}
+
+# portmap_leftovers WHEN: a problem if miniupnpd on router 1 still holds a mapping.
 portmap_leftovers() {
     local when=$1 rules listed
-    rules=$(lab_portmap_rules 1)
-    if [[ -n $rules ]]; then
-        echo "problem: miniupnpd still forwards ports $when:"
-        sed 's/^/  | /' <<<"$rules"
+    read -r rules listed <<<"$(portmap_counts)"
+    if [[ $rules != 0 || ($listed != 0 && $listed != -) ]]; then
+        echo "problem: miniupnpd still forwards ports $when ($rules nft rules, $listed in upnpc -l):"
+        lab_portmap_rules 1 | awk '{ print "  | " $0 }'
         return 1
     fi
-    if command -v upnpc >/dev/null; then
-        listed=$(timeout 20 ip netns exec p2p-s upnpc -l 2>&1 | grep -E '^ *[0-9]+ (UDP|TCP) ' || true)
-        if [[ -n $listed ]]; then
-            echo "problem: upnpc -l lists mappings $when:"
-            sed 's/^/  | /' <<<"$listed"
-            return 1
-        fi
-    fi
-    echo "no mapping left on the router $when (nft rules, upnpc -l)"
+    echo "no mapping left on the router $when (nft rules: $rules, upnpc -l: $listed)"
 }
 
 # scenario_portmap WD: two symmetric NATs, the sender's router maps ports (miniupnpd).
@@ -367,6 +375,57 @@ scenario_portmap() {
         rc=1
     fi
     portmap_leftovers "after doctor" || rc=1
+
+    # Ctrl-C while waiting for the peer's ticket (--json: the port_mapping event, and the
+    # ticket's first candidate): the mapping is there, then gone with the process.
+    local ev=$wd/ctrlc.jsonl prc=0 p infd
+    head -c 1000 /dev/urandom >"$wd/small.bin"
+    # stdin: a fifo we hold open, so the sender waits for a ticket that never comes.
+    mkfifo "$wd/ctrlc.in"
+    exec {infd}<>"$wd/ctrlc.in"
+    timeout -k 5 60 ip netns exec p2p-s "$P2PCOPY_BIN_ABS" sender --json --localport "$LAB_SENDER_PORT" \
+        --file "$wd/small.bin" "${LAB_NET_ARGS[@]}" -v <"$wd/ctrlc.in" >"$ev" 2>"$wd/ctrlc.err" &
+    p=$!
+    for _ in $(seq 1 50); do grep -q '"event":"ticket"' "$ev" && break; sleep 0.2; done
+    if python3 - "$ev" <<'PY'
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1])]
+pm = [e for e in events if e["event"] == "port_mapping"]
+ticket = [e for e in events if e["event"] == "ticket"]
+assert pm and ticket, [e["event"] for e in events]
+assert events.index(pm[0]) < events.index(ticket[0]), "port_mapping must come before ticket"
+first = ticket[0]["candidates"][0]
+assert first == {"kind": "port_mapped", "addr": pm[0]["external"]}, first
+print("--json: port_mapping", pm[0]["protocol"], pm[0]["external"], "lease", pm[0]["lease_s"], "s; ticket's first candidate", first["kind"])
+PY
+    then :; else
+        echo "problem: the sender's --json events lack port_mapping before a ticket that names it first"
+        rc=1
+    fi
+    # The leftover checks look for exactly this: show that both would see it.
+    local rules listed
+    read -r rules listed <<<"$(portmap_counts)"
+    echo "while the sender waits: $rules nft rule(s), $listed mapping(s) in upnpc -l"
+    if [[ $rules == 0 || $listed == 0 ]]; then
+        echo "problem: the leftover checks do not see the mapping of a waiting sender"
+        rc=1
+    fi
+    # shellcheck disable=SC2046
+    kill -INT $(lab_ns_p2pcopy_pids p2p-s) 2>/dev/null
+    wait "$p" || prc=$?
+    exec {infd}>&-
+    echo "Ctrl-C while waiting: exit $prc"
+    [[ $prc == 130 ]] || { echo "problem: exit $prc after Ctrl-C, expected 130"; rc=1; }
+    portmap_leftovers "after Ctrl-C" || rc=1
+
+    # A run that fails after its ticket (a damaged one pasted): exit 3, mapping removed.
+    prc=0
+    timeout -k 5 60 ip netns exec p2p-s "$P2PCOPY_BIN_ABS" sender --localport "$LAB_SENDER_PORT" \
+        --file "$wd/small.bin" "${LAB_NET_ARGS[@]}" --peer p2pcDamagedTicket </dev/null \
+        >"$wd/failed.out" 2>"$wd/failed.err" || prc=$?
+    echo "damaged ticket: exit $prc, $(grep -c '^Port mapping: ' "$wd/failed.err") 'Port mapping:' line"
+    [[ $prc == 3 ]] || { echo "problem: exit $prc with a damaged ticket, expected 3"; rc=1; }
+    portmap_leftovers "after a failed run" || rc=1
     return $rc
 }
 
