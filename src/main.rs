@@ -50,7 +50,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cli::run(cli, out)) {
+    let result = runtime.block_on(cli::run(cli, out));
+    // Dropping the runtime would wait for every blocking thread, and one may be stuck
+    // reading the peer's ticket from stdin (Ctrl-C at the prompt): the process then hung
+    // until Enter. Disk writes still in flight get a moment to land.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             out.fail(e.exit_code(), &e.to_string());

@@ -745,3 +745,30 @@ fn json_errors_are_events_with_the_exit_code() {
     // Flags that do not parse: clap's usage error, still as an event.
     check(&["receiver", "--localport", "99999"], 2, "99999");
 }
+
+#[test]
+fn ctrl_c_at_the_prompt_exits_at_once() {
+    // The prompt's stdin stays open: a blocking read of the ticket must not hold the exit.
+    let dir = tempfile::tempdir().unwrap();
+    let mut peer = start("receiver", &[], dir.path());
+    let pid = i32::try_from(peer.child.id()).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    // SAFETY: sends a signal to our own child process; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    for _ in 0..100 {
+        if peer.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let status = peer.child.try_wait().unwrap();
+    let _ = peer.child.kill();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(130),
+        "still running {:?} after Ctrl-C",
+        t0.elapsed()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+}
