@@ -88,7 +88,9 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       a sender with --json (port_mapping event before the ticket,
 #                       whose first candidate is port_mapped) stopped by Ctrl-C
 #                       while waiting (130), and one given a damaged ticket (3):
-#                       no mapping left after either
+#                       no mapping left after either.  Last the same pair with a
+#                       UPnP-only miniupnpd (symmetric+upnp): mapped and removed
+#                       over UPnP-IGD
 ALL_SCENARIOS=(
     public-public
     public-cone
@@ -251,7 +253,8 @@ scenario_run() {
         ;;
     portmap)
         custom=scenario_portmap
-        lab_side p2p-s 1 symmetric+portmap && lab_side p2p-r 2 symmetric
+        lab_side p2p-s 1 symmetric+portmap && lab_side p2p-r 2 symmetric &&
+            lab_side p2p-u 3 symmetric+upnp
         ;;
     *)
         echo "unknown scenario $name"
@@ -306,26 +309,26 @@ scenario_doctor() {
     return $rc
 }
 
-# portmap_counts: "RULES LISTED": the forwards miniupnpd holds on router 1 as nft dnat
-# rules, and the mappings `upnpc -l` lists from the sender's host (- without miniupnpc).
-# -i: upnpc calls an IGD whose external address is reserved (the lab's 198.18.0.0/15)
-# "not connected" and lists nothing without it.
+# portmap_counts [N HOST]: "RULES LISTED": the forwards miniupnpd holds on router N
+# (default 1) as nft dnat rules, and the mappings `upnpc -l` lists from HOST behind it
+# (default p2p-s; - without miniupnpc).  -i: upnpc calls an IGD whose external address is
+# reserved (the lab's 198.18.0.0/15) "not connected" and lists nothing without it.
 portmap_counts() {
-    local rules listed=-
-    rules=$(lab_portmap_rules 1 | grep -c . || true)
+    local n=${1:-1} host=${2:-p2p-s} rules listed=-
+    rules=$(lab_portmap_rules "$n" | grep -c . || true)
     if command -v upnpc >/dev/null; then
-        listed=$(timeout 20 ip netns exec p2p-s upnpc -i -l 2>&1 | grep -cE '^ *[0-9]+ (UDP|TCP) ' || true)
+        listed=$(timeout 20 ip netns exec "$host" upnpc -i -l 2>&1 | grep -cE '^ *[0-9]+ (UDP|TCP) ' || true)
     fi
     echo "$rules $listed"
 }
 
-# portmap_leftovers WHEN: a problem if miniupnpd on router 1 still holds a mapping.
+# portmap_leftovers WHEN [N HOST]: a problem if miniupnpd on router N still holds a mapping.
 portmap_leftovers() {
-    local when=$1 rules listed
-    read -r rules listed <<<"$(portmap_counts)"
+    local when=$1 n=${2:-1} host=${3:-p2p-s} rules listed
+    read -r rules listed <<<"$(portmap_counts "$n" "$host")"
     if [[ $rules != 0 || ($listed != 0 && $listed != -) ]]; then
         echo "problem: miniupnpd still forwards ports $when ($rules nft rules, $listed in upnpc -l):"
-        lab_portmap_rules 1 | awk '{ print "  | " $0 }'
+        lab_portmap_rules "$n" | awk '{ print "  | " $0 }'
         return 1
     fi
     echo "no mapping left on the router $when (nft rules: $rules, upnpc -l: $listed)"
@@ -426,6 +429,22 @@ PY
     echo "damaged ticket: exit $prc, $(grep -c '^Port mapping: ' "$wd/failed.err") 'Port mapping:' line"
     [[ $prc == 3 ]] || { echo "problem: exit $prc with a damaged ticket, expected 3"; rc=1; }
     portmap_leftovers "after a failed run" || rc=1
+
+    # UPnP alone (router 3's miniupnpd has NAT-PMP and PCP off): the same pair, the
+    # mapping made and removed over UPnP-IGD.
+    lab_transfer p2p-u p2p-r "$wd/upnp" --timeout "$FAIL_TIMEOUT" || rc=1
+    line=$(grep '^Port mapping: ' "$wd/upnp/sender.err" || true)
+    echo "UPnP only: sender: ${line:-<no port mapping line>}"
+    if [[ $line != *"(UPnP"* ]]; then
+        echo "problem: no UPnP port mapping behind the UPnP-only router"
+        rc=1
+    fi
+    if ! grep -q "^Connected directly to 198\.18\.3\.2:[0-9]* (peer's router port mapping)" "$wd/upnp/receiver.err"; then
+        echo "problem: the receiver did not connect to the UPnP port mapping"
+        rc=1
+    fi
+    grep -E 'AddPortMapping|DeletePortMapping' "$LAB_DIR/nat3/miniupnpd.log" | head -n 4 | sed 's/^/  | /'
+    portmap_leftovers "after the UPnP transfer" 3 p2p-u || rc=1
     return $rc
 }
 

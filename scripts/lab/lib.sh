@@ -13,7 +13,8 @@
 #   lab_cleanup                      remove every p2p-* namespace and its processes
 #   lab_core_up                      core router + STUN + NTP
 #   lab_router_up N KIND [FULLPORT]  NAT router p2p-natN, KIND cone|symmetric|full, or
-#                                    cone+portmap|symmetric+portmap (runs miniupnpd)
+#                                    cone+portmap|symmetric+portmap (runs miniupnpd),
+#                                    cone+upnp|symmetric+upnp (miniupnpd, UPnP only)
 #   lab_lan_host NAME N IDX          host NAME (p2p-...) at 10.N.0.IDX behind p2p-natN
 #   lab_public_host NAME N           host NAME at 198.18.N.2 directly on the core
 #   lab_transfer SENDER_NS RECEIVER_NS WORKDIR [opts]   one p2pcopy transfer, checked
@@ -171,6 +172,7 @@ EOF
 #              (endpoint-independent filtering for that port)
 #   KIND+portmap  cone or symmetric, plus miniupnpd answering UPnP-IGD, NAT-PMP and
 #              PCP on br0 (see lab_miniupnpd_up): hosts ask it to forward ports
+#   KIND+upnp  the same with UPnP-IGD only (NAT-PMP and PCP off)
 # lab_wan_link N NS IF: connects NS (a NAT router or public host) to the core as
 # interface IF, facing core interface wanN.  With LAB_DELAY_MS set (and non-zero), the
 # link runs through p2p-dlyN, where p2pcopy-lab-netem holds every frame for that many
@@ -202,10 +204,10 @@ lab_wan_link() {
 
 lab_router_up() {
     local n=$1 kind=$2 fullport=${3:-}
-    local ns=p2p-nat$n masq fullpre="" fullfwd="" masqfrom="" portmap=0
-    if [[ $kind == *+portmap ]]; then
-        portmap=1
-        kind=${kind%+portmap}
+    local ns=p2p-nat$n masq fullpre="" fullfwd="" masqfrom="" portmap=""
+    if [[ $kind == *+portmap || $kind == *+upnp ]]; then
+        portmap=${kind#*+}
+        kind=${kind%+*}
         # Only the LAN is masqueraded: miniupnpd's own STUN check (below) must see the
         # router's address unchanged, or fully-random would make it refuse to forward.
         masqfrom="ip saddr 10.$n.0.0/24"
@@ -259,14 +261,14 @@ table ip p2plab {
 }
 EOF
     echo "$kind" >"$LAB_DIR/nat$n.kind"
-    if ((portmap)); then
-        lab_miniupnpd_up "$n" || return 1
+    if [[ -n $portmap ]]; then
+        lab_miniupnpd_up "$n" "$portmap" || return 1
     fi
 }
 
-# lab_miniupnpd_up N: miniupnpd (nftables backend) in router p2p-natN, answering UPnP-IGD,
-# NAT-PMP and PCP on br0 (10.N.0.1), mapping ports on wan.  Its config and log live in
-# $LAB_DIR/natN/.
+# lab_miniupnpd_up N [upnp]: miniupnpd (nftables backend) in router p2p-natN, answering
+# UPnP-IGD, NAT-PMP and PCP (only UPnP-IGD with "upnp") on br0 (10.N.0.1), mapping ports
+# on wan.  Its config and log live in $LAB_DIR/natN/.
 #  - The nftables backend only adds rules to chains it expects to exist (the Debian
 #    package's nft_init.sh makes them; that script needs the daemon package's helpers):
 #    table inet filter with chains miniupnpd (forward filter), prerouting_miniupnpd and
@@ -279,7 +281,8 @@ EOF
 #    change-request tests get through unchanged (no NAT above the router).
 #  - -d keeps it in the foreground, logging to stderr; -P gives it its own pid file.
 lab_miniupnpd_up() {
-    local n=$1 ns=p2p-nat$1 d=$LAB_DIR/nat$1
+    local n=$1 ns=p2p-nat$1 d=$LAB_DIR/nat$1 natpmp=yes
+    [[ ${2:-} == upnp ]] && natpmp=no
     command -v miniupnpd >/dev/null || { lab_log "miniupnpd is not installed (apt-get install miniupnpd-nftables)"; return 1; }
     mkdir -p "$d"
     lab_nsx "$ns" nft -f - <<EOF || { lab_log "nft (miniupnpd tables) failed in $ns"; return 1; }
@@ -309,7 +312,7 @@ ext_ifname=wan
 listening_ip=br0
 ipv6_disable=yes
 enable_upnp=yes
-enable_natpmp=yes
+enable_natpmp=$natpmp
 ext_perform_stun=yes
 ext_stun_host=${LAB_STUN2%:*}
 ext_stun_port=${LAB_STUN2#*:}
@@ -323,7 +326,13 @@ deny 0-65535 0.0.0.0/0 0-65535
 EOF
     lab_nsx "$ns" miniupnpd -f "$d/miniupnpd.conf" -d -P "$d/miniupnpd.pid" \
         </dev/null >"$d/miniupnpd.log" 2>&1 9>&- &
-    if ! lab_wait_udp_listen "$ns" "10.$n.0.1" 5351; then
+    # Ready once its HTTP server (UPnP) listens; it runs its STUN check before that.
+    local up=0
+    for _ in $(seq 1 100); do
+        grep -q 'HTTP listening on port' "$d/miniupnpd.log" && { up=1; break; }
+        sleep 0.1
+    done
+    if ((!up)) || { [[ $natpmp == yes ]] && ! lab_wait_udp_listen "$ns" "10.$n.0.1" 5351; }; then
         lab_log "miniupnpd did not start in $ns"
         cat "$d/miniupnpd.log" >&2
         return 1
@@ -366,7 +375,8 @@ lab_public_host() {
 }
 
 # lab_side NAME N KIND [FULLPORT]: host NAME on "site" N of the given kind
-# (public | cone | symmetric | full | cone+portmap | symmetric+portmap).
+# (public | cone | symmetric | full | cone+portmap | symmetric+portmap | cone+upnp |
+# symmetric+upnp).
 lab_side() {
     local name=$1 n=$2 kind=$3 fullport=${4:-}
     if [[ $kind == public ]]; then
