@@ -64,6 +64,8 @@ pub struct Findings {
     pub local: SocketAddr,
     /// This host's own addresses.
     pub host_ips: Vec<IpAddr>,
+    /// This host's global IPv6 addresses (candidates of a transfer, no NAT in front).
+    pub ipv6: Vec<std::net::Ipv6Addr>,
     /// Per STUN server.
     pub servers: Vec<ServerCheck>,
     /// Mapping behaviour.
@@ -196,6 +198,7 @@ pub async fn run(
     Ok(Findings {
         local,
         host_ips,
+        ipv6: crate::net::host_ips_v6(),
         servers,
         nat,
         filtering,
@@ -390,6 +393,16 @@ pub fn render(f: &Findings) -> String {
         None => "not applicable",
     };
     let _ = writeln!(out, "Hairpinning: {hairpin}");
+    let _ = if f.ipv6.is_empty() {
+        writeln!(out, "IPv6: no global address")
+    } else {
+        let ips: Vec<String> = f.ipv6.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "IPv6: {} (no NAT: a peer with IPv6 reaches you whatever your IPv4 NAT, punching through a firewall)",
+            ips.join(", ")
+        )
+    };
     let _ = match &f.ntp {
         Some((server, rtt, offset)) => writeln!(
             out,
@@ -472,6 +485,7 @@ mod tests {
         Findings {
             local: "0.0.0.0:4300".parse().unwrap(),
             host_ips: vec!["10.1.0.2".parse().unwrap()],
+            ipv6: vec![],
             servers: vec![ServerCheck {
                 name: "stun".into(),
                 addr: Some("192.0.2.1:3478".parse().unwrap()),

@@ -176,6 +176,8 @@ pub enum Event {
         local: SocketAddr,
         /// This host's own IPv4 addresses.
         host_ips: Vec<IpAddr>,
+        /// This host's global IPv6 addresses.
+        ipv6: Vec<std::net::Ipv6Addr>,
         /// One entry per STUN server asked.
         servers: Vec<StunCheck>,
         /// The NAT's mapping.
@@ -249,6 +251,7 @@ impl Event {
         Event::Doctor {
             local: f.local,
             host_ips: f.host_ips.clone(),
+            ipv6: f.ipv6.clone(),
             servers: f
                 .servers
                 .iter()
@@ -901,6 +904,7 @@ mod tests {
         let f = Findings {
             local: addr("0.0.0.0:4300"),
             host_ips: vec!["192.168.1.20".parse().unwrap()],
+            ipv6: vec!["2001:db8::20".parse().unwrap()],
             servers: vec![
                 crate::doctor::ServerCheck {
                     name: "stun.example:3478".into(),
@@ -936,6 +940,7 @@ mod tests {
         let keys = [
             ("local", "string"),
             ("host_ips", "array"),
+            ("ipv6", "array"),
             ("servers", "array"),
             ("nat", "string"),
             ("filtering", "string"),
@@ -948,6 +953,7 @@ mod tests {
         ];
         let v = check(Event::doctor(&f), "doctor", &keys);
         assert_eq!(v["host_ips"], serde_json::json!(["192.168.1.20"]));
+        assert_eq!(v["ipv6"], serde_json::json!(["2001:db8::20"]));
         assert_eq!(
             v["servers"],
             serde_json::json!([
@@ -1103,6 +1109,7 @@ mod tests {
             Event::Doctor {
                 local: addr("127.0.0.1:1"),
                 host_ips: vec![],
+                ipv6: vec![],
                 servers: vec![],
                 nat: NatKind::Unknown,
                 filtering: None,
