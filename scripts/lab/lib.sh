@@ -8,13 +8,17 @@
 #   198.19.0.4       second address of p2pcopy's STUN server (RFC 5780)
 #   198.18.N.0/24    link between p2p-core (.1) and router/public host N (.2)
 #   10.N.0.0/24      LAN behind router p2p-natN (router .1, hosts .2, .3 ...)
+#   100.64.N.0/24    with a carrier-grade NAT p2p-cgnatN (.1) on 198.18.N.2:
+#                    the line to home router p2p-natN (.2)
 #
 # Main entry points:
 #   lab_cleanup                      remove every p2p-* namespace and its processes
 #   lab_core_up                      core router + STUN + NTP
-#   lab_router_up N KIND [FULLPORT]  NAT router p2p-natN, KIND cone|symmetric|full, or
+#   lab_router_up N KIND [FULLPORT [UPLINK]]  NAT router p2p-natN, KIND cone|symmetric|full,
 #                                    cone+portmap|symmetric+portmap (runs miniupnpd),
-#                                    cone+upnp|symmetric+upnp (miniupnpd, UPnP only)
+#                                    cone+upnp|symmetric+upnp (miniupnpd, UPnP only),
+#                                    on the core or (UPLINK cgnat) behind p2p-cgnatN
+#   lab_cgnat_up N                   carrier-grade NAT p2p-cgnatN (cone) on the core
 #   lab_lan_host NAME N IDX          host NAME (p2p-...) at 10.N.0.IDX behind p2p-natN
 #   lab_public_host NAME N           host NAME at 198.18.N.2 directly on the core
 #   lab_transfer SENDER_NS RECEIVER_NS WORKDIR [opts]   one p2pcopy transfer, checked
@@ -164,7 +168,7 @@ EOF
 }
 
 # ---------------------------------------------------------------- routers
-# lab_router_up N KIND [FULLPORT]
+# lab_router_up N KIND [FULLPORT [UPLINK]]
 #   cone       masquerade (endpoint-independent mapping, port preserved,
 #              address-and-port-dependent filtering)
 #   symmetric  masquerade fully-random (new port per destination)
@@ -173,6 +177,8 @@ EOF
 #   KIND+portmap  cone or symmetric, plus miniupnpd answering UPnP-IGD, NAT-PMP and
 #              PCP on br0 (see lab_miniupnpd_up): hosts ask it to forward ports
 #   KIND+upnp  the same with UPnP-IGD only (NAT-PMP and PCP off)
+#   UPLINK     core (default): wan is 198.18.N.2 on the core;
+#              cgnat: wan is 100.64.N.2 behind p2p-cgnatN (see lab_cgnat_up)
 # lab_wan_link N NS IF: connects NS (a NAT router or public host) to the core as
 # interface IF, facing core interface wanN.  With LAB_DELAY_MS set (and non-zero), the
 # link runs through p2p-dlyN, where p2pcopy-lab-netem holds every frame for that many
@@ -203,8 +209,8 @@ lab_wan_link() {
 }
 
 lab_router_up() {
-    local n=$1 kind=$2 fullport=${3:-}
-    local ns=p2p-nat$n masq fullpre="" fullfwd="" masqfrom="" portmap=""
+    local n=$1 kind=$2 fullport=${3:-} uplink=${4:-core}
+    local ns=p2p-nat$n masq fullpre="" fullfwd="" masqfrom="" portmap="" gw
     if [[ $kind == *+portmap || $kind == *+upnp ]]; then
         portmap=${kind#*+}
         kind=${kind%+*}
@@ -216,12 +222,27 @@ lab_router_up() {
     fi
     lab_ns_new "$ns"
     lab_nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
-    lab_wan_link "$n" "$ns" wan || return 1
-    ip -n p2p-core addr add "198.18.$n.1/24" dev "wan$n"
-    ip -n p2p-core link set "wan$n" up
-    ip -n "$ns" addr add "198.18.$n.2/24" dev wan
+    case $uplink in
+    core)
+        lab_wan_link "$n" "$ns" wan || return 1
+        ip -n p2p-core addr add "198.18.$n.1/24" dev "wan$n"
+        ip -n p2p-core link set "wan$n" up
+        ip -n "$ns" addr add "198.18.$n.2/24" dev wan
+        gw=198.18.$n.1
+        ;;
+    cgnat)
+        # the carrier's side of the subscriber line (lab_cgnat_up N first)
+        local cns=p2p-cgnat$n
+        ip -n "$cns" link add home type veth peer name wan netns "$ns"
+        ip -n "$cns" addr add "100.64.$n.1/24" dev home
+        ip -n "$cns" link set home up
+        ip -n "$ns" addr add "100.64.$n.2/24" dev wan
+        gw=100.64.$n.1
+        ;;
+    *) lab_log "unknown uplink $uplink"; return 1 ;;
+    esac
     ip -n "$ns" link set wan up
-    ip -n "$ns" route add default via "198.18.$n.1"
+    ip -n "$ns" route add default via "$gw"
     ip -n "$ns" link add br0 type bridge
     ip -n "$ns" addr add "10.$n.0.1/24" dev br0
     ip -n "$ns" link set br0 up
@@ -239,31 +260,39 @@ lab_router_up() {
         ;;
     *) lab_log "unknown NAT kind $kind"; return 1 ;;
     esac
-    # Note: no input-chain drop on purpose: an unsolicited inbound packet to
-    # the router's mapped port must still create (and confirm) its conntrack
-    # entry, as on a real router.
-    lab_nsx "$ns" nft -f - <<EOF || { lab_log "nft failed in $ns"; return 1; }
-table ip p2plab {
-    chain prerouting {
-        type nat hook prerouting priority dstnat; policy accept;
-        $fullpre
-    }
-    chain postrouting {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "wan" $masqfrom $masq
-    }
-    chain forward {
-        type filter hook forward priority filter; policy drop;
-        ct state established,related accept
-        iifname "br0" oifname "wan" accept
-        $fullfwd
-    }
-}
-EOF
+    lab_nat_rules "$ns" br0 "$masqfrom $masq" "$fullpre" "$fullfwd" || return 1
     echo "$kind" >"$LAB_DIR/nat$n.kind"
     if [[ -n $portmap ]]; then
         lab_miniupnpd_up "$n" "$portmap" || return 1
     fi
+}
+
+# lab_nat_rules NS INSIDE_IF MASQ [PRE [FWD]]: the NAT ruleset of router NS: MASQ
+# (masquerade ...) out of "wan", forwarding only INSIDE_IF -> wan and what conntrack
+# knows (plus the optional prerouting rule PRE and forward rule FWD).
+# Note: no input-chain drop on purpose: an unsolicited inbound packet to
+# the router's mapped port must still create (and confirm) its conntrack
+# entry, as on a real router.
+lab_nat_rules() {
+    local ns=$1 inside=$2 masq=$3 pre=${4:-} fwd=${5:-}
+    lab_nsx "$ns" nft -f - <<EOF || { lab_log "nft failed in $ns"; return 1; }
+table ip p2plab {
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        $pre
+    }
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan" $masq
+    }
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "$inside" oifname "wan" accept
+        $fwd
+    }
+}
+EOF
 }
 
 # lab_miniupnpd_up N [upnp]: miniupnpd (nftables backend) in router p2p-natN, answering
@@ -350,6 +379,23 @@ lab_portmap_rules() {
     lab_nsx "p2p-nat$1" nft list chain inet filter prerouting_miniupnpd 2>/dev/null | grep -w dnat || true
 }
 
+# lab_cgnat_up N: carrier-grade NAT p2p-cgnatN (cone: plain masquerade) at
+# 198.18.N.2 on the core (through lab_wan_link, so LAB_DELAY_MS applies to it),
+# with 100.64.N.1/24 (RFC 6598 shared space) towards its subscriber's home
+# router; then `lab_router_up N KIND "" cgnat` puts p2p-natN at 100.64.N.2.
+lab_cgnat_up() {
+    local n=$1 ns=p2p-cgnat$1
+    lab_ns_new "$ns"
+    lab_nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
+    lab_wan_link "$n" "$ns" wan || return 1
+    ip -n p2p-core addr add "198.18.$n.1/24" dev "wan$n"
+    ip -n p2p-core link set "wan$n" up
+    ip -n "$ns" addr add "198.18.$n.2/24" dev wan
+    ip -n "$ns" link set wan up
+    ip -n "$ns" route add default via "198.18.$n.1"
+    lab_nat_rules "$ns" home masquerade
+}
+
 # lab_lan_host NAME N IDX   -> NAME at 10.N.0.IDX behind p2p-natN
 lab_lan_host() {
     local name=$1 n=$2 idx=$3 rns=p2p-nat$2
@@ -376,14 +422,14 @@ lab_public_host() {
 
 # lab_side NAME N KIND [FULLPORT]: host NAME on "site" N of the given kind
 # (public | cone | symmetric | full | cone+portmap | symmetric+portmap | cone+upnp |
-# symmetric+upnp).
+# symmetric+upnp | double: a cone home NAT behind a cone CGNAT).
 lab_side() {
     local name=$1 n=$2 kind=$3 fullport=${4:-}
-    if [[ $kind == public ]]; then
-        lab_public_host "$name" "$n"
-    else
-        lab_router_up "$n" "$kind" "$fullport" && lab_lan_host "$name" "$n" 2
-    fi
+    case $kind in
+    public) lab_public_host "$name" "$n" ;;
+    double) lab_cgnat_up "$n" && lab_router_up "$n" cone "" cgnat && lab_lan_host "$name" "$n" 2 ;;
+    *) lab_router_up "$n" "$kind" "$fullport" && lab_lan_host "$name" "$n" 2 ;;
+    esac
 }
 
 # lab_v6_site N HOST: IPv6 for site N (after lab_side N ... with a NAT router): the
@@ -428,7 +474,7 @@ lab_up_demo() {
 lab_dump_ns_state() {
     local ns
     for ns in $(lab_namespaces); do
-        case $ns in p2p-nat*) ;; *) continue ;; esac
+        case $ns in p2p-nat* | p2p-cgnat*) ;; *) continue ;; esac
         echo "---- $ns: nft ruleset"
         lab_nsx "$ns" nft list ruleset 2>&1 | sed 's/^/    /'
         echo "---- $ns: conntrack (udp)"
@@ -544,6 +590,12 @@ lab_fill_tmpfs() {
 #                          receiver's (use with --expect killed)
 #   --count-bytes          count the UDP bytes the core forwards from each of
 #                          its links; written to WORKDIR/bytes.wanN
+#   --path WORDS           (with --expect ok) both peers' "Connected directly to
+#                          ADDR (WORDS)" line must name that kind of path, e.g.
+#                          "local network"; each side's line and rounds are printed
+#   --sender-mapped IP / --receiver-mapped IP
+#                          every STUN answer in that side's -v log must map it to
+#                          IP (any port), and it must call its NAT a cone
 # With --cut-after, --fill-after or --kill-at, every stderr line of both peers is copied with
 # its arrival time into WORKDIR/events.log (stamp.py), with the lab's own actions.
 # Result details are printed on stdout; returns 0 when expectations are met.
@@ -552,7 +604,7 @@ lab_transfer() {
     shift 3
     local expect=ok ptimeout="" delay=0 sfake="" rfake="" files=() show=0 clash=0
     local tmpfs="" throttle="" cutafter="" cutfor="" sizemb="" out="" tree=0 killat="" countbytes=0
-    local fillafter=""
+    local fillafter="" wantpath="" smapped="" rmapped=""
     while (($#)); do
         case $1 in
         --expect) expect=$2; shift 2 ;;
@@ -573,6 +625,9 @@ lab_transfer() {
         --fill-after) fillafter=$2; shift 2 ;;
         --kill-at) killat=$2; shift 2 ;;
         --count-bytes) countbytes=1; shift ;;
+        --path) wantpath=$2; shift 2 ;;
+        --sender-mapped) smapped=$2; shift 2 ;;
+        --receiver-mapped) rmapped=$2; shift 2 ;;
         *) echo "lab_transfer: unknown option $1"; return 2 ;;
         esac
     done
@@ -860,6 +915,10 @@ EOT
             done
             lab_outage_report "$events"
         fi
+        if [[ -n $wantpath || -n $smapped || -n $rmapped ]]; then
+            lab_check_path "$wd" sender "$wantpath" "$smapped" || problems+=("sender: $LAB_PATH_PROBLEM")
+            lab_check_path "$wd" receiver "$wantpath" "$rmapped" || problems+=("receiver: $LAB_PATH_PROBLEM")
+        fi
         want_rc=""
         ;;
     fail) want_rc=6 want_s=$((${ptimeout:-120} + 15)) ;;
@@ -947,6 +1006,33 @@ EOT
     if ((${#problems[@]})); then
         printf 'problem: %s\n' "${problems[@]}"
         return 1
+    fi
+    return 0
+}
+
+# lab_check_path WD SIDE WORDS MAPPED_IP: from SIDE's output in WD (stdout and
+# stderr), print what STUN saw, how it connected and after how many rounds;
+# fails (reason in LAB_PATH_PROBLEM) if WORDS is set and the first "Connected
+# directly to ADDR (KIND)" line has another KIND, or if MAPPED_IP is set and a
+# STUN answer mapped it elsewhere, or its NAT is not called a cone.
+LAB_PATH_PROBLEM=""
+lab_check_path() {
+    local wd=$1 side=$2 words=$3 mip=$4 conn kind rounds maps bad
+    LAB_PATH_PROBLEM=""
+    conn=$(cat "$wd/$side.err" "$wd/$side.out" 2>/dev/null | grep -o 'Connected directly to .*' | head -n 1)
+    rounds=$(grep -c '^Round [0-9]*: probing' "$wd/$side.err" || true)
+    maps=$(sed -n 's/.*STUN answer .*mapped=\([0-9.:]*\).*/\1/p' "$wd/$side.err" | sort -u | paste -sd ' ')
+    echo "$side: STUN mapped ${maps:-nothing}; ${conn:-never connected}; rounds fired: $rounds"
+    if [[ -n $words ]]; then
+        kind=$(sed -n 's/^Connected directly to [^ ]* (\(.*\)), round trip.*/\1/p' <<<"$conn")
+        [[ $kind == "$words" ]] || { LAB_PATH_PROBLEM="connected over '${kind:-nothing}', expected '$words'"; return 1; }
+    fi
+    if [[ -n $mip ]]; then
+        [[ -n $maps ]] || { LAB_PATH_PROBLEM="no STUN answer in its log"; return 1; }
+        bad=$(tr ' ' '\n' <<<"$maps" | grep . | grep -v "^$mip:" || true)
+        [[ -z $bad ]] || { LAB_PATH_PROBLEM="STUN mapped it to $bad, expected $mip"; return 1; }
+        grep -q '^Your NAT: .*(cone)' "$wd/$side.err" ||
+            { LAB_PATH_PROBLEM="its 'Your NAT:' line does not say cone"; return 1; }
     fi
     return 0
 }
