@@ -2,8 +2,7 @@
 # p2pcopy network-namespace lab: real NAT traversal between namespaces.
 #
 # Usage (as root, from anywhere; paths are resolved against the repo root):
-#   scripts/lab.sh test [SCENARIO...]   run scenarios (default: all; double-nat and
-#                                       double-cone only with LAB_DELAY_MS), prints
+#   scripts/lab.sh test [SCENARIO...]   run scenarios (default: all), prints
 #                                       "N passed, N failed", non-zero on failure
 #   scripts/lab.sh check                build a mixed topology and verify STUN,
 #                                       NTP, the core router and NAT behaviour
@@ -44,19 +43,15 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       behind a cone carrier-grade NAT (-> 198.18.N.2); STUN must
 #                       see the CGNAT's address; must transfer
 #   double-cone         sender double NAT as above, receiver behind a plain cone
-#                       double-nat and double-cone run only with LAB_DELAY_MS > 0
-#                       (or when named): p2pcopy's TTL-2 openers pass the home NAT
-#                       and expire AT the CGNAT (checked: ICMP time exceeded from
-#                       100.64.1.1), so nothing opens a CGNAT before the first full
-#                       probes.  With zero delay between the CGNATs the peer's probe
-#                       often reaches a CGNAT before its own host's probe has left
-#                       it: that unsolicited entry holds the port, the CGNAT maps its
-#                       subscriber to a new port, and the peer's NAT filters that
-#                       one.  double-nat needs both probes to leave their CGNATs
-#                       before the other one arrives (microseconds).  Measured with no delay: double-nat 0 of 5 runs
-#                       (3 rounds each, one CGNAT always remapped), double-cone 2 of 5;
-#                       with LAB_DELAY_MS=10: 5 of 5 each, all in the first round.  On
-#                       the internet CGNATs are milliseconds apart, as in that lab.
+#                       Both check that p2pcopy counted the NATs on its side (ICMP
+#                       time exceeded from 10.N.0.1 and 100.64.N.1, src/hops.rs)
+#                       and sent openers with TTL 3: TTL 2 expires AT the CGNAT
+#                       (checked), so nothing opened it before the first full
+#                       probes, and with zero delay between the CGNATs the peer's
+#                       probe then reached a CGNAT first and made it move the
+#                       mapping: double-nat passed 0 of 5 runs and double-cone 2 of
+#                       5 with TTL 2 (5 of 5 each with LAB_DELAY_MS=10); with the
+#                       counted TTL, 3 of 3 each with no delay.
 #   cone-cone-late      second paste 7 s after the first
 #   cone-cone-verylate  second paste 50 s after the first (a lone round first)
 #   cone-symmetric, symmetric-cone
@@ -145,8 +140,6 @@ ALL_SCENARIOS=(
     birthday-20
     portmap
 )
-# Skipped by a plain `test` without LAB_DELAY_MS (see double-nat above).
-NEEDS_DELAY=(double-nat double-cone)
 FAIL_TIMEOUT=50
 # Core throttle for the 200 MB scenarios (resume, path-cut): ~15 s for the file.
 BULK_RATE=${LAB_BULK_RATE:-"12 mbytes"}
@@ -608,8 +601,8 @@ scenario_no_hairpin() {
 # ports than the transfer's.  Afterwards the UDP conntrack entries of every router
 # with the peer's public address go to WD/conntrack.txt, and for each CGNAT one
 # line says whether its subscriber's mapping towards the peer kept its port or
-# was moved because the peer's probe got there first (the opener cannot open a
-# CGNAT: TTL 2 expires there).
+# was moved because the peer's probe got there first.  Each double-NAT side must have
+# counted two NATs on its way out and sent its openers with TTL 3.
 scenario_double_nat() {
     local wd=$1 rc=0 ns n peer ttl
     ttl=$(lab_nsx p2p-s "${LAB_PROBE[@]}" ttl --bind 0.0.0.0:4311 --ttl 2 198.18.2.2:21311 2>&1) || true
@@ -619,6 +612,16 @@ scenario_double_nat() {
         echo "problem: a TTL-2 datagram from behind the double NAT did not expire at the CGNAT"
         rc=1
     fi
+    local side
+    for side in sender receiver; do
+        [[ $side == sender ]] || lab_namespaces | grep -qx p2p-cgnat2 || continue
+        if grep -q 'routers on the way out.*opener_ttl=3' "$wd/$side.err"; then
+            echo "$side: $(grep -o 'hops=.*' "$wd/$side.err" | head -n 1)"
+        else
+            echo "problem: the $side did not count two NATs (openers with TTL 3)"
+            rc=1
+        fi
+    done
     for ns in p2p-nat1 p2p-cgnat1 p2p-nat2 p2p-cgnat2; do
         lab_namespaces | grep -qx "$ns" || continue
         echo "$ns:"
@@ -713,16 +716,8 @@ start_core() {
 }
 
 cmd_test() {
-    local scenarios=("$@") name passed=0 failed=0 t0 rc results=() skipped=()
-    if ((${#scenarios[@]} == 0)); then
-        for name in "${ALL_SCENARIOS[@]}"; do
-            if [[ ${LAB_DELAY_MS:-0} == 0 && " ${NEEDS_DELAY[*]} " == *" $name "* ]]; then
-                skipped+=("$name")
-            else
-                scenarios+=("$name")
-            fi
-        done
-    fi
+    local scenarios=("$@") name passed=0 failed=0 t0 rc results=()
+    ((${#scenarios[@]})) || scenarios=("${ALL_SCENARIOS[@]}")
     start_core
     echo "== lab: self-check"
     if ! lab_selfcheck; then
@@ -749,7 +744,6 @@ cmd_test() {
     done
     echo "== summary ($((SECONDS - tall))s)"
     printf '%s\n' "${results[@]}"
-    ((${#skipped[@]} == 0)) || echo "not run without LAB_DELAY_MS (zero delay between two CGNATs): ${skipped[*]}"
     echo "$passed passed, $failed failed"
     ((failed == 0))
 }

@@ -398,6 +398,7 @@ async fn connect_phase(
 
     let host_ips = net::host_ips(local.ip());
     let mut candidates = Vec::new();
+    let mut opener_ttl = DEFAULT_OPENER_TTL;
     let (nat_kind, socket) = if net_args.no_stun {
         (NatKind::Unknown, socket)
     } else {
@@ -411,6 +412,11 @@ async fn connect_phase(
         let mapped: Vec<SocketAddr> = mappings.iter().map(|m| m.mapped).collect();
         let kind = nat::classify(local.port(), &host_ips, &mapped);
         say!(out, "Your NAT: {}", nat::describe(kind));
+        if kind != NatKind::None {
+            let hops = crate::hops::trace(local.ip(), mappings[0].server).await;
+            opener_ttl = crate::hops::opener_ttl_for(&hops);
+            tracing::info!(?hops, opener_ttl, "routers on the way out");
+        }
         // Most preferred first: a forwarded port reaches us from behind any NAT.
         if let Some(m) = port_mapping(mapper, &mapped, out).await {
             candidates.push(Candidate {
@@ -565,7 +571,7 @@ async fn connect_phase(
         role == Role::Sender,
         identity,
         peer,
-        Some(DEFAULT_OPENER_TTL),
+        Some(opener_ttl),
         // A port mapping connects at once, without guessing ports (both sides see both
         // tickets, so they agree).
         nat::birthday_part(nat_kind, peer_nat).filter(|_| !port_mapped),

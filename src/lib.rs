@@ -8,6 +8,7 @@
 //! - [`stun`], [`ntp`], [`nat`]: learning the public address, the shared clock, and what the
 //!   NAT kinds of two peers allow;
 //! - [`portmap`]: asking the home router to forward a port (PCP, NAT-PMP, UPnP-IGD);
+//! - [`hops`]: how many NATs are on our side, for the openers' TTL;
 //! - [`tls`]: per-run certificates and fingerprint pinning for QUIC;
 //! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint;
 //! - [`manifest`]: what a job contains, and confinement of the peer's paths;
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod doctor;
 pub mod error;
 pub mod events;
+pub mod hops;
 pub mod manifest;
 pub mod nat;
 pub mod net;

@@ -74,7 +74,7 @@ pub fn warn_before(ours: NatKind, theirs: Option<NatKind>) -> Option<String> {
     use NatKind::*;
     match (ours, theirs?) {
         (EndpointDependent, EndpointDependent) => Some(format!(
-            "both of you are behind symmetric NATs, which hole punching cannot cross; only your local network is tried ({BOTH_SYMMETRIC_HINT})"
+            "both of you are behind symmetric NATs, which hole punching cannot cross; only paths that need no punching are tried: your local network, IPv6 ({BOTH_SYMMETRIC_HINT})"
         )),
         (EndpointDependent, EndpointIndependent) | (EndpointIndependent, EndpointDependent) => Some(format!(
             "one of you is behind a symmetric NAT: each round guesses its ports ({} sockets x {} guesses, about 98 % per round)",
@@ -179,7 +179,7 @@ mod tests {
         use NatKind::*;
         assert!(warn_before(EndpointDependent, Some(EndpointDependent))
             .unwrap()
-            .contains("only your local network"));
+            .contains("only paths that need no punching"));
         assert!(both_symmetric(EndpointDependent, Some(EndpointDependent)));
         assert!(!both_symmetric(EndpointDependent, Some(Unknown)));
         assert!(warn_before(EndpointIndependent, Some(EndpointDependent))
