@@ -88,7 +88,7 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       only the missing part may cross (< 5 % of the file extra)
 #   path-cut            cone-cone, 200 MB throttled, core forwarding dropped for
 #                       20 s 3 s into the transfer: both reconnect, exit 0
-#   doctor              `p2pcopy doctor` behind public, cone, symmetric and full
+#   doctor              `p2pcopy doctor` behind public, cone, symmetric, full and double
 #                       (forwarded port): verdicts "no NAT", "cone NAT",
 #                       "symmetric NAT", "full-cone NAT" (RFC 5780 filtering test
 #                       against the lab's own stun-server with --alternate-ip)
@@ -277,7 +277,8 @@ scenario_run() {
     doctor)
         custom=scenario_doctor
         lab_side p2p-d1 1 public && lab_side p2p-d2 2 cone &&
-            lab_side p2p-d3 3 symmetric && lab_side p2p-d4 4 full 4300
+            lab_side p2p-d3 3 symmetric && lab_side p2p-d4 4 full 4300 &&
+            lab_side p2p-d5 5 double
         ;;
     path-cut)
         opts=(--size-mb 200 --throttle "$BULK_RATE" --cut-after 3 --cut-for 20)
@@ -325,7 +326,8 @@ scenario_doctor() {
     local wd=$1 rc=0 n kind want out
     mkdir -p "$wd"
     for spec in "1:public:Verdict: no NAT" "2:cone:Verdict: cone NAT" \
-        "3:symmetric:Verdict: symmetric NAT" "4:full:Verdict: full-cone NAT"; do
+        "3:symmetric:Verdict: symmetric NAT" "4:full:Verdict: full-cone NAT" \
+        "5:double:Verdict: cone NAT"; do
         IFS=: read -r n kind want <<<"$spec"
         out=$wd/doctor-$kind.txt
         timeout 60 ip netns exec "p2p-d$n" "$P2PCOPY_BIN_ABS" doctor --localport 4300 \
@@ -335,6 +337,17 @@ scenario_doctor() {
         else
             echo "FAIL behind $kind: expected a line starting '$want'"
             sed 's/^/  | /' "$out"
+            rc=1
+        fi
+    done
+    # The NATs on the way out (the STUN servers live on the core, so the trace ends there).
+    for spec in "cone:Routers on the way out: 10.2.0.1 (openers use TTL 2)" \
+        "double:Routers on the way out: 10.5.0.1, 100.64.5.1 (openers use TTL 3: more than one NAT"; do
+        kind=${spec%%:*} want=${spec#*:}
+        if grep -qF "$want" "$wd/doctor-$kind.txt"; then
+            echo "behind $kind: $want"
+        else
+            echo "FAIL behind $kind: expected '$want'"
             rc=1
         fi
     done

@@ -74,6 +74,9 @@ pub struct Findings {
     pub filtering: Option<Filtering>,
     /// Whether our own public address reached us back, when there is a NAT to ask.
     pub hairpin: Option<bool>,
+    /// Who answered "time exceeded" to TTL 1, 2, … towards a STUN server, up to the first
+    /// router outside our NATs ([`crate::hops`]); empty when not measured.
+    pub nat_hops: Vec<Option<std::net::Ipv4Addr>>,
     /// The NTP server that answered, its round trip and our clock's offset (seconds).
     pub ntp: Option<(String, Duration, f64)>,
     /// Whether NTP was asked at all.
@@ -186,6 +189,14 @@ pub async fn run(
         Some(public) if nat != NatKind::None => Some(hairpins(&sock, *public).await),
         _ => None,
     };
+    let answered = servers
+        .iter()
+        .find(|s| s.mapped.is_some())
+        .and_then(|s| s.addr);
+    let nat_hops = match answered {
+        Some(server) if nat != NatKind::None => crate::hops::trace(local.ip(), server).await,
+        _ => Vec::new(),
+    };
 
     let ntp = match ntp_task {
         Some(t) => t.await.ok().flatten(),
@@ -203,6 +214,7 @@ pub async fn run(
         nat,
         filtering,
         hairpin,
+        nat_hops,
         ntp,
         ntp_checked: ntp_servers.is_some(),
         port_mapping,
@@ -393,6 +405,24 @@ pub fn render(f: &Findings) -> String {
         None => "not applicable",
     };
     let _ = writeln!(out, "Hairpinning: {hairpin}");
+    if !f.nat_hops.is_empty() {
+        let routers: Vec<String> = f
+            .nat_hops
+            .iter()
+            .map(|h| h.map_or_else(|| "(silent)".to_owned(), |ip| ip.to_string()))
+            .collect();
+        let ttl = crate::hops::opener_ttl_for(&f.nat_hops);
+        let _ = writeln!(
+            out,
+            "Routers on the way out: {} (openers use TTL {ttl}{})",
+            routers.join(", "),
+            if ttl > crate::punch::DEFAULT_OPENER_TTL {
+                ": more than one NAT, e.g. a carrier-grade NAT"
+            } else {
+                ""
+            }
+        );
+    }
     let _ = if f.ipv6.is_empty() {
         writeln!(out, "IPv6: no global address")
     } else {
@@ -496,11 +526,26 @@ mod tests {
             nat: NatKind::EndpointDependent,
             filtering: None,
             hairpin: Some(false),
+            nat_hops: vec![],
             ntp: None,
             ntp_checked: false,
             port_mapping: Some(portmap::Check { mapping, removed }),
             port_mapping_checked: true,
         }
+    }
+
+    #[test]
+    fn nats_on_the_way_out_are_listed() {
+        let mut f = findings("198.51.100.7:40001", "198.51.100.7:4300", true);
+        assert!(!render(&f).contains("Routers on the way out"));
+        f.nat_hops = vec![
+            Some("10.1.0.1".parse().unwrap()),
+            Some("100.64.1.1".parse().unwrap()),
+            None,
+        ];
+        assert!(render(&f).contains(
+            "Routers on the way out: 10.1.0.1, 100.64.1.1, (silent) (openers use TTL 3: more than one NAT"
+        ));
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub enum Event {
         filtering: Option<Filtering>,
         /// Whether our own public address reached us back, when there is a NAT to ask.
         hairpin: Option<bool>,
+        /// Routers before the internet, by TTL (null: one stayed silent).
+        nat_hops: Vec<Option<std::net::Ipv4Addr>>,
         /// The NTP answer, if NTP was asked and answered.
         ntp: Option<NtpCheck>,
         /// Whether NTP was asked at all.
@@ -266,6 +268,7 @@ impl Event {
             nat: f.nat,
             filtering: f.filtering,
             hairpin: f.hairpin,
+            nat_hops: f.nat_hops.clone(),
             ntp: f.ntp.as_ref().map(|(server, rtt, offset)| NtpCheck {
                 server: server.clone(),
                 rtt_ms: millis(*rtt),
@@ -924,6 +927,7 @@ mod tests {
             nat: NatKind::EndpointIndependent,
             filtering: Some(Filtering::AddressAndPortDependent),
             hairpin: Some(false),
+            nat_hops: vec![Some("192.168.1.1".parse().unwrap()), None],
             ntp: Some(("pool.ntp.org".into(), Duration::from_millis(31), -0.012)),
             ntp_checked: true,
             port_mapping: Some(crate::portmap::Check {
@@ -945,6 +949,7 @@ mod tests {
             ("nat", "string"),
             ("filtering", "string"),
             ("hairpin", "bool"),
+            ("nat_hops", "array"),
             ("ntp", "object"),
             ("ntp_checked", "bool"),
             ("port_mapping", "object"),
@@ -964,6 +969,7 @@ mod tests {
             ])
         );
         assert_eq!(v["filtering"], "address_and_port_dependent");
+        assert_eq!(v["nat_hops"], serde_json::json!(["192.168.1.1", null]));
         assert_eq!(
             v["ntp"],
             serde_json::json!({"server": "pool.ntp.org", "rtt_ms": 31, "offset_s": -0.012})
@@ -1114,6 +1120,7 @@ mod tests {
                 nat: NatKind::Unknown,
                 filtering: None,
                 hairpin: None,
+                nat_hops: vec![],
                 ntp: None,
                 ntp_checked: false,
                 port_mapping: None,
