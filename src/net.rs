@@ -256,9 +256,9 @@ impl DemuxSocket {
         self.v6.read().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
-    /// The socket QUIC sends to `destination` from.
-    fn sender(&self, destination: &SocketAddr) -> Slot {
-        if destination.is_ipv6() {
+    /// The socket QUIC sends IPv6 (`v6`) or IPv4 from.
+    fn sender(&self, v6: bool) -> Slot {
+        if v6 {
             if let Some(v6) = &*self.v6.read().unwrap_or_else(|e| e.into_inner()) {
                 return v6.clone();
             }
@@ -365,7 +365,7 @@ impl AsyncUdpSocket for DemuxSocket {
 
     fn try_send(&self, transmit: &QuinnTransmit) -> io::Result<()> {
         let destination = canonical(transmit.destination);
-        let slot = self.sender(&destination);
+        let slot = self.sender(destination.is_ipv6());
         self.sending_v6
             .store(slot.id == V6_SOCKET, Ordering::Relaxed);
         if destination == transmit.destination {
@@ -490,12 +490,9 @@ impl fmt::Debug for PrimaryPoller {
 
 impl UdpPoller for PrimaryPoller {
     fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-        let family = if self.demux.sending_v6.load(Ordering::Relaxed) {
-            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
-        } else {
-            SocketAddr::from(([0, 0, 0, 0], 0))
-        };
-        let primary = self.demux.sender(&family);
+        let primary = self
+            .demux
+            .sender(self.demux.sending_v6.load(Ordering::Relaxed));
         let this = &mut *self;
         let poller = match &mut this.current {
             Some((id, poller)) if *id == primary.id => poller,

@@ -62,6 +62,27 @@ impl Nat {
         BIRTHDAY_PORT_RANGE.start() + ((self.rng >> 4) % span) as u16
     }
 
+    /// Records the flow between `internal` (None: an unsolicited inbound packet, held by
+    /// the router itself) and `remote` on public `port`.
+    fn remember(
+        &mut self,
+        now: Duration,
+        port: u16,
+        remote: SocketAddr,
+        internal: Option<SocketAddr>,
+    ) {
+        self.by_ext.insert(
+            (port, remote),
+            Entry {
+                internal,
+                expires: now + STALE_AFTER,
+            },
+        );
+        if let Some(internal) = internal {
+            self.by_int.insert((internal, remote), port);
+        }
+    }
+
     fn taken(&self, now: Duration, port: u16, remote: SocketAddr) -> bool {
         self.by_ext
             .get(&(port, remote))
@@ -94,14 +115,7 @@ impl Nat {
                 }
             },
         };
-        self.by_ext.insert(
-            (port, to),
-            Entry {
-                internal: Some(from),
-                expires: now + STALE_AFTER,
-            },
-        );
-        self.by_int.insert((from, to), port);
+        self.remember(now, port, to, Some(from));
         SocketAddr::new(self.ext_ip, port)
     }
 
@@ -115,14 +129,7 @@ impl Nat {
         if let Some((_, internal)) = self.forwarded.filter(|(p, _)| *p == port) {
             // Like conntrack after a dnat: the flow is remembered, and the host's replies
             // to this sender leave from the forwarded port.
-            self.by_ext.insert(
-                (port, from),
-                Entry {
-                    internal: Some(internal),
-                    expires: now + STALE_AFTER,
-                },
-            );
-            self.by_int.insert((internal, from), port);
+            self.remember(now, port, from, Some(internal));
             return Some(internal);
         }
         if self.kind == NatType::Full {
@@ -132,25 +139,12 @@ impl Nat {
                 .find(|((p, _), e)| *p == port && e.internal.is_some())
                 .and_then(|(_, e)| e.internal);
             if let Some(internal) = internal {
-                self.by_ext.insert(
-                    (port, from),
-                    Entry {
-                        internal: Some(internal),
-                        expires: now + STALE_AFTER,
-                    },
-                );
-                self.by_int.insert((internal, from), port);
+                self.remember(now, port, from, Some(internal));
                 return Some(internal);
             }
         }
         // Unsolicited: conntrack remembers it, and that is what poisons the port.
-        self.by_ext.insert(
-            (port, from),
-            Entry {
-                internal: None,
-                expires: now + STALE_AFTER,
-            },
-        );
+        self.remember(now, port, from, None);
         None
     }
 }
