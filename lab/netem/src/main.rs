@@ -27,7 +27,6 @@ struct Direction {
     rx: RawFd,
     tx: RawFd,
     queue: VecDeque<(Instant, Vec<u8>)>,
-    queued_bytes: usize,
     next_free: Instant,
     dropped: u64,
 }
@@ -122,9 +121,14 @@ impl Direction {
         let due = match opts.rate_bps {
             None => now + opts.delay,
             Some(bps) => {
-                // Tail drop once the queue holds more than `queue` worth of bytes at the rate.
-                let limit = (bps / 8.0 * opts.queue.as_secs_f64()) as usize;
-                if self.queued_bytes + frame.len() > limit.max(3000) {
+                // Tail drop once the frames waiting for the link would take longer than
+                // `queue` to leave. Frames already on the wire (in the delay) are not in
+                // the router's buffer: counting them, as this once did, left a path whose
+                // one-way delay matches `queue` with no buffer at all.
+                let limit = bps / 8.0 * opts.queue.as_secs_f64();
+                let backlog =
+                    self.next_free.saturating_duration_since(now).as_secs_f64() * bps / 8.0;
+                if backlog + frame.len() as f64 > limit.max(3000.0) {
                     self.dropped += 1;
                     return;
                 }
@@ -133,7 +137,6 @@ impl Direction {
                 self.next_free + opts.delay
             }
         };
-        self.queued_bytes += frame.len();
         self.queue.push_back((due, frame));
     }
 
@@ -143,7 +146,6 @@ impl Direction {
                 break;
             }
             let (_, frame) = self.queue.pop_front().expect("front exists");
-            self.queued_bytes -= frame.len();
             // SAFETY: frame is a live buffer of the given length.
             let rc = unsafe {
                 libc::send(
@@ -222,7 +224,6 @@ fn main() {
             rx: fa,
             tx: fb,
             queue: VecDeque::new(),
-            queued_bytes: 0,
             next_free: now,
             dropped: 0,
         },
@@ -230,7 +231,6 @@ fn main() {
             rx: fb,
             tx: fa,
             queue: VecDeque::new(),
-            queued_bytes: 0,
             next_free: now,
             dropped: 0,
         },
