@@ -636,6 +636,7 @@ async fn transfer_phase(
             Job::Send(sending, _) => sending.run(&link.connection, opts).await,
             Job::Receive(inc, _) => inc.run(&link.connection, opts).await,
         };
+        transfer::log_path_stats(&link.connection);
         match result {
             Ok(()) => break,
             Err(Error::ConnectionLost(why)) => {

@@ -296,3 +296,25 @@ async fn explain(conn: &Connection, e: Error) -> Error {
 pub async fn linger(conn: &Connection) {
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
 }
+
+/// Logs what QUIC saw on the connection's path (with `-v`): when a transfer runs slower
+/// than the link, these figures say whether congestion control, loss or flow control held
+/// it back.
+pub fn log_path_stats(conn: &Connection) {
+    let s = conn.stats();
+    tracing::info!(
+        rtt_ms = s.path.rtt.as_secs_f64() * 1e3,
+        cwnd = s.path.cwnd,
+        mtu = s.path.current_mtu,
+        sent_packets = s.path.sent_packets,
+        lost_packets = s.path.lost_packets,
+        lost_bytes = s.path.lost_bytes,
+        congestion_events = s.path.congestion_events,
+        data_blocked_sent = s.frame_tx.data_blocked,
+        stream_data_blocked_sent = s.frame_tx.stream_data_blocked,
+        max_data_sent = s.frame_tx.max_data,
+        udp_rx_datagrams = s.udp_rx.datagrams,
+        udp_tx_datagrams = s.udp_tx.datagrams,
+        "path stats"
+    );
+}
