@@ -9,6 +9,7 @@
 //!   NAT kinds of two peers allow;
 //! - [`portmap`]: asking the home router to forward a port (PCP, NAT-PMP, UPnP-IGD);
 //! - [`hops`]: how many NATs are on our side, for the openers' TTL;
+//! - [`congestion`]: the congestion controller, sized for quinn's pacer;
 //! - [`tls`]: per-run certificates and fingerprint pinning for QUIC;
 //! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint;
 //! - [`manifest`]: what a job contains, and confinement of the peer's paths;
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod congestion;
 pub mod doctor;
 pub mod error;
 pub mod events;

@@ -196,21 +196,21 @@ pub fn transport_config() -> quinn::TransportConfig {
     t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("in range")));
     // A file travels as 1 MiB segments on streams of their own (wire::SEGMENT_LEN), so a
     // stream needs little more than one segment of credit. The connection window bounds
-    // the bytes in flight and what the receiver buffers behind a lost packet: on a
-    // 200 ms, 2 %-loss path, in-order reading lags arrivals by several round trips; there
-    // 32 MiB gave ~74 % of the link and 64 MiB ~78 %, but 64 MiB took the receiver's peak
-    // RSS past 90 MiB. 32 MiB keeps a 10 GiB transfer under 64 MiB of
-    // RSS per side and covers 1 Gbit/s x 100 ms (12.5 MB) with room for recovery.
+    // the bytes in flight and what the receiver buffers behind a lost packet while it
+    // reads in order. Repairs go out before new segments (transfer::send's
+    // SegmentPriority), so a hole lasts about a round trip; 32 MiB then covers
+    // 1 Gbit/s x 100 ms (12.5 MB) with room for recovery and keeps a 10 GiB transfer under
+    // 64 MiB of RSS per side.
     t.stream_receive_window((2u32 << 20).into());
     t.receive_window((32u32 << 20).into());
     t.send_window(32 << 20);
     // Segments are read in order: send the oldest first instead of round-robin.
     t.send_fairness(false);
     // Random loss is not congestion: Cubic (quinn's default) fell to ~3 Mbit/s on a
-    // 50 ms path with 1 % loss, as loss-based TCP does, where BBR, which paces at the
-    // measured bottleneck rate and bounds in-flight data by the measured BDP, kept ~90 %
-    // of the link. Fairness is discussed in the README.
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    // 50 ms path with 1 % loss, as loss-based TCP does. quinn's BBR kept ~88 % there but
+    // paced at ~2.5x the bottleneck under quinn's pacer, which overflows any bottleneck
+    // queue shorter than a BDP; see crate::congestion. Fairness is discussed in the README.
+    t.congestion_controller_factory(Arc::new(crate::congestion::PaceConfig));
     t
 }
 
