@@ -160,6 +160,7 @@ impl Outgoing {
         let (verdict_tx, mut verdicts) = mpsc::unbounded_channel();
         let mut results = std::pin::pin!(collect(&mut recv, pending, verdict_tx));
         let mut stream: Option<quinn::SendStream> = None;
+        let mut priority = SegmentPriority::default();
         let mut current: Option<Sending> = None;
         let mut sending_done = false;
         let outcome: Result<Vec<(u32, FileStatus)>, Error> = loop {
@@ -175,7 +176,7 @@ impl Outgoing {
                         let claimed = claims.get(&head.index).map_or(0, |c| c.offset.min(entry.size));
                         self.report.file_started(progress, first, claimed, head.start);
                         progress.set_message(&entry.path);
-                        stream = Some(open_segment(conn, head).await?);
+                        stream = Some(open_segment(conn, head, priority.next()).await?);
                         current = Some(Sending {
                             index: head.index,
                             at: head.start,
@@ -195,7 +196,7 @@ impl Outgoing {
                                     s.finish().map_err(lost)?;
                                 }
                                 let head = DataHead { index: cur.index, start: cur.at };
-                                stream = Some(open_segment(conn, head).await?);
+                                stream = Some(open_segment(conn, head, priority.next()).await?);
                                 cur.segment_end = segment_end(cur.at, cur.size);
                             }
                             let s = stream.as_mut().ok_or_else(|| Error::Internal("no data stream".into()))?;
@@ -301,9 +302,34 @@ struct Sending {
     size: u64,
 }
 
+/// Priorities of data streams, in the order they are opened: each lower than the last.
+///
+/// quinn sends higher priorities first; among equals, with `send_fairness(false)`, it
+/// finishes a stream before the next but puts a stream whose packets were lost at the back
+/// of the queue. The receiver reads segments in order, so a repair queued behind the whole
+/// send buffer (32 MiB) held the file up for seconds: on a 200 ms path with 2 % loss the
+/// sender sat in `open_uni` for 8-11 s at a time waiting for the receiver to free streams.
+/// Older segments first means a hole is repaired in the next packet out.
+#[derive(Default)]
+struct SegmentPriority(i32);
+
+impl SegmentPriority {
+    fn next(&mut self) -> i32 {
+        // Below the control stream's 0; 2^31 segments are 2 PiB.
+        self.0 = self.0.saturating_sub(1);
+        self.0
+    }
+}
+
 /// Opens the data stream for the segment that `head` starts.
-async fn open_segment(conn: &Connection, head: DataHead) -> Result<quinn::SendStream, Error> {
+async fn open_segment(
+    conn: &Connection,
+    head: DataHead,
+    priority: i32,
+) -> Result<quinn::SendStream, Error> {
     let mut s = conn.open_uni().await.map_err(|e| closed(&e))?;
+    s.set_priority(priority)
+        .map_err(|_| Error::Internal("data stream closed at open".into()))?;
     s.write_all(&head.encode()).await.map_err(lost_write)?;
     Ok(s)
 }
