@@ -233,9 +233,21 @@ async fn transfer_run(
     // for the idle timeout. The link lives out here, not in the transfer future, because
     // dropping the last handle would close the connection first, silently, with code 0.
     let reason = &reason.as_bytes()[..reason.len().min(200)];
+    // A peer that closed first needs nothing more from us (QUIC's draining state sends
+    // nothing), so the wait below, three probe timeouts (~0.8 s on a 200 ms path), is
+    // only for the side whose CONNECTION_CLOSE may need repeating.
+    let peer_closed = matches!(
+        link.connection.close_reason(),
+        Some(
+            quinn::ConnectionError::ApplicationClosed(_)
+                | quinn::ConnectionError::ConnectionClosed(_)
+        )
+    );
     link.connection.close(u32::from(code).into(), reason);
     dialer.endpoint().close(u32::from(code).into(), reason);
-    let _ = tokio::time::timeout(Duration::from_secs(2), dialer.endpoint().wait_idle()).await;
+    if !peer_closed {
+        let _ = tokio::time::timeout(Duration::from_secs(2), dialer.endpoint().wait_idle()).await;
+    }
     result
 }
 

@@ -251,6 +251,10 @@ def run_p2pcopy(binary, src, outdir, limit, logdir):
         "connect": t_first - t_paste,
         "cpu_s": s.cpu(), "cpu_r": r.cpu(),
         "rss_s": s.rss_mib(), "rss_r": r.rss_mib(),
+        # Seconds from the receiver's plan to each role's events and exit (for reading logs).
+        "timeline": {role: {**{ev: round(t - events["receiver"]["plan"], 3) for ev, t in evs.items()},
+                            "exit": round(pr.end - events["receiver"]["plan"], 3)}
+                     for (role, evs), pr in ((("sender", events["sender"]), s), (("receiver", events["receiver"]), r))},
     }
 
 
