@@ -10,7 +10,7 @@
 //! [`Pace`] measures what BBR measures (the delivery rate per round trip, max-filtered, and
 //! the windowed minimum RTT) and sets the window to what should be in flight: about one
 //! BDP, 10 % more for a small queue at the bottleneck, cycling a round of 25 % more to find
-//! new bandwidth and a round of 25 % less to drain the queue and see the true minimum RTT.
+//! new bandwidth and a round under one BDP to drain the queue and see the true minimum RTT.
 //! Random loss is not taken for congestion: a round only counts as congested when more
 //! than [`CONGESTED_LOSS`] of it is lost, and then the bandwidth estimate falls to what
 //! that round delivered. [`Core`] holds that logic without quinn's types, for tests; the
