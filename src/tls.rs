@@ -204,8 +204,6 @@ pub fn transport_config() -> quinn::TransportConfig {
     t.stream_receive_window((2u32 << 20).into());
     t.receive_window((32u32 << 20).into());
     t.send_window(32 << 20);
-    // Segments are read in order: send the oldest first instead of round-robin.
-    t.send_fairness(false);
     // Random loss is not congestion: Cubic (quinn's default) fell to ~3 Mbit/s on a
     // 50 ms path with 1 % loss, as loss-based TCP does. quinn's BBR kept ~88 % there but
     // paced at ~2.5x the bottleneck under quinn's pacer, which overflows any bottleneck

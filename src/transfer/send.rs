@@ -304,12 +304,13 @@ struct Sending {
 
 /// Priorities of data streams, in the order they are opened: each lower than the last.
 ///
-/// quinn sends higher priorities first; among equals, with `send_fairness(false)`, it
-/// finishes a stream before the next but puts a stream whose packets were lost at the back
-/// of the queue. The receiver reads segments in order, so a repair queued behind the whole
-/// send buffer (32 MiB) held the file up for seconds: on a 200 ms path with 2 % loss the
-/// sender sat in `open_uni` for 8-11 s at a time waiting for the receiver to free streams.
-/// Older segments first means a hole is repaired in the next packet out.
+/// The receiver reads segments in order, so the oldest data, repairs included, must go out
+/// first. quinn sends higher priorities first; among equal ones it either round-robins or
+/// (`send_fairness(false)`, which this replaced) finishes a stream before the next but
+/// puts a stream whose packets were lost at the back of the queue. A repair queued behind
+/// the whole send buffer (32 MiB) held the file up for seconds: on a 200 ms path with 2 %
+/// loss the sender sat in `open_uni` for 8-11 s at a time waiting for the receiver to free
+/// streams. With a priority per segment a hole is repaired in the next packet out.
 #[derive(Default)]
 struct SegmentPriority(i32);
 
