@@ -200,10 +200,11 @@ pub fn transport_config() -> quinn::TransportConfig {
     // reads in order. Repairs go out before new segments (transfer::send's
     // SegmentPriority), so a hole lasts about a round trip; 32 MiB then covers
     // 1 Gbit/s x 100 ms (12.5 MB) with room for recovery and keeps a 10 GiB transfer under
-    // 64 MiB of RSS per side.
+    // 64 MiB of RSS per side. The sender then shrinks its send window to what the path
+    // needs (transfer::window).
     t.stream_receive_window((2u32 << 20).into());
     t.receive_window((32u32 << 20).into());
-    t.send_window(32 << 20);
+    t.send_window(crate::transfer::window::MAX_SEND_WINDOW);
     // Random loss is not congestion: Cubic (quinn's default) fell to ~3 Mbit/s on a
     // 50 ms path with 1 % loss, as loss-based TCP does. quinn's BBR kept ~88 % there but
     // paced at ~2.5x the bottleneck under quinn's pacer, which overflows any bottleneck

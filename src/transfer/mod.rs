@@ -14,6 +14,7 @@
 mod receive;
 mod send;
 mod store;
+pub mod window;
 
 pub use receive::Incoming;
 pub use send::Outgoing;
@@ -314,7 +315,9 @@ pub fn log_path_stats(conn: &Connection) {
         stream_data_blocked_sent = s.frame_tx.stream_data_blocked,
         max_data_sent = s.frame_tx.max_data,
         udp_rx_datagrams = s.udp_rx.datagrams,
+        udp_rx_ios = s.udp_rx.ios,
         udp_tx_datagrams = s.udp_tx.datagrams,
+        udp_tx_ios = s.udp_tx.ios,
         "path stats"
     );
 }

@@ -4,11 +4,13 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quinn::Connection;
 use tokio::sync::mpsc;
 
+use super::window::SendWindow;
 use super::{closed, explain, lost, lost_write, read_frame, Options, Report, CHUNK, PIPELINE};
 use crate::error::Error;
 use crate::events::{Event, Output};
@@ -161,6 +163,7 @@ impl Outgoing {
         let mut results = std::pin::pin!(collect(&mut recv, pending, verdict_tx));
         let mut stream: Option<quinn::SendStream> = None;
         let mut priority = SegmentPriority::default();
+        let mut window = SendWindow::default();
         let mut current: Option<Sending> = None;
         let mut sending_done = false;
         let outcome: Result<Vec<(u32, FileStatus)>, Error> = loop {
@@ -186,6 +189,11 @@ impl Outgoing {
                     }
                     Some(DiskEvent::Data(mut chunk)) => {
                         let n = chunk.len() as u64;
+                        let stats = conn.stats();
+                        if let Some(w) = window.update(Instant::now(), stats.udp_tx.bytes, stats.path.rtt) {
+                            tracing::debug!(window = w, "send window");
+                            conn.set_send_window(w);
+                        }
                         let cur = current.as_mut().ok_or_else(|| Error::Internal("data before start".into()))?;
                         while !chunk.is_empty() {
                             if cur.at == cur.segment_end {
@@ -466,23 +474,17 @@ fn copy_hashing(
 ) -> io::Result<u64> {
     let mut total = 0;
     loop {
-        let mut buf = BytesMut::zeroed(CHUNK);
-        let mut filled = 0;
-        while filled < CHUNK {
-            match r.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        // Each chunk is a new buffer: QUIC holds it until the peer acknowledges it.
+        // read_to_end reads a File into the spare capacity without zeroing it first (which
+        // was 3 % of the LAN sender's CPU).
+        let mut buf = Vec::with_capacity(CHUNK);
+        let filled = r.take(CHUNK as u64).read_to_end(&mut buf)?;
         if filled == 0 {
             return Ok(total);
         }
-        buf.truncate(filled);
         hasher.update(&buf);
         total += filled as u64;
-        if !sink(buf.freeze()) {
+        if !sink(Bytes::from(buf)) {
             return Ok(total);
         }
         if filled < CHUNK {
