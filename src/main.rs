@@ -36,11 +36,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    // One connection is driven by one task at a time, so more async workers only add
-    // cross-core wake-ups: one worker moved 17 % more per CPU-second on the LAN bench.
+    // One connection is driven by one task at a time, so more async threads only add
+    // cross-core wake-ups: one worker moved 17 % more per CPU-second on the LAN bench
+    // than two, and one thread for everything (the connection, and the task reading or
+    // writing its streams) ~6 % more again than one worker beside the main thread
+    // (LAN, 6 runs each: median 6580 -> 7010 Mbit/s, 1.25 -> 1.16 CPU-s/GiB per side).
     // Disk reads, writes and hashing run on tokio's blocking threads, beside it.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
