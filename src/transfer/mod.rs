@@ -315,8 +315,10 @@ pub fn log_path_stats(conn: &Connection) {
         stream_data_blocked_sent = s.frame_tx.stream_data_blocked,
         max_data_sent = s.frame_tx.max_data,
         udp_rx_datagrams = s.udp_rx.datagrams,
-        udp_rx_ios = s.udp_rx.ios,
         udp_tx_datagrams = s.udp_tx.datagrams,
+        // Sends per GSO batch. (quinn counts a receive "io" per packet, not per recvmsg,
+        // so its receive count would only repeat udp_rx_datagrams; GRO merging shows in
+        // the namespace's /proc/net/snmp instead.)
         udp_tx_ios = s.udp_tx.ios,
         "path stats"
     );
