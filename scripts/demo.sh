@@ -8,6 +8,20 @@ set -euo pipefail
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO_ROOT"
 
+# The NAT lab's tools (Debian packages; `.ci/run` installs them).
+LAB_TOOLS=(ip nft turnserver chronyd faketime python3 timeout)
+LAB_PACKAGES="iproute2 nftables coturn chrony faketime"
+lab_tools_missing() {
+    local t
+    for t in "${LAB_TOOLS[@]}"; do command -v "$t" >/dev/null || { echo "$t"; return 0; }; done
+    return 1
+}
+
+if [[ $(id -u) == 0 && -z ${DEMO_LOOPBACK:-} ]] && missing=$(lab_tools_missing); then
+    echo "== the NAT lab needs $missing (apt-get install $LAB_PACKAGES); showing the loopback demo instead"
+    DEMO_LOOPBACK=1
+fi
+
 if [[ $(id -u) == 0 && -z ${DEMO_LOOPBACK:-} ]]; then
     trap 'bash scripts/lab.sh down >/dev/null 2>&1 || true' EXIT
     bash scripts/lab.sh up

@@ -773,6 +773,8 @@ cmd_check() {
 
 cmd_up() {
     need_root
+    # The core runs p2pcopy's own STUN server, so the binary must exist before it starts.
+    resolve_bin
     trap on_exit EXIT
     lab_up_demo
     trap - EXIT
