@@ -410,7 +410,9 @@ async fn connect_phase(
 
     let host_ips = net::host_ips(local.ip());
     let mut candidates = Vec::new();
-    let mut opener_ttl = DEFAULT_OPENER_TTL;
+    // Counting the NATs on the way out takes up to a few hundred ms per silent router and is
+    // needed only for punching, so it runs while the users exchange tickets.
+    let mut hops_task = None;
     let (nat_kind, socket) = if net_args.no_stun {
         (NatKind::Unknown, socket)
     } else {
@@ -425,9 +427,8 @@ async fn connect_phase(
         let kind = nat::classify(local.port(), &host_ips, &mapped);
         say!(out, "Your NAT: {}", nat::describe(kind));
         if kind != NatKind::None {
-            let hops = crate::hops::trace(local.ip(), mappings[0].server).await;
-            opener_ttl = crate::hops::opener_ttl_for(&hops);
-            tracing::info!(?hops, opener_ttl, "routers on the way out");
+            let (ip, server) = (local.ip(), mappings[0].server);
+            hops_task = Some(tokio::spawn(crate::hops::trace(ip, server)));
         }
         // Most preferred first: a forwarded port reaches us from behind any NAT.
         if let Some(m) = port_mapping(mapper, &mapped, out).await {
@@ -559,6 +560,15 @@ async fn connect_phase(
                 ntp::Clock::default()
             }
         },
+    };
+    let opener_ttl = match hops_task {
+        Some(task) => {
+            let hops = task.await.unwrap_or_default();
+            let ttl = crate::hops::opener_ttl_for(&hops);
+            tracing::info!(?hops, opener_ttl = ttl, "routers on the way out");
+            ttl
+        }
+        None => DEFAULT_OPENER_TTL,
     };
     let needs_rounds = !lan_only
         && net::targets(&peer)

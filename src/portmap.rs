@@ -8,8 +8,9 @@
 //!
 //! [`Mapper::start`] asks in all three protocols at once, right after the socket is bound and
 //! while STUN runs; the first answer wins and the attempt is bounded by [`ATTEMPT_TIMEOUT`].
-//! A network without such a router costs about [`SILENCE_TIMEOUT`]: that is how long PCP,
-//! NAT-PMP and the UPnP search each wait for a first answer. The mapping is renewed at half its
+//! Each protocol waits up to [`SILENCE_TIMEOUT`] for a router's first answer, but the ticket
+//! waits only [`QUIET_GRACE`] for a router that has said nothing at all, so a network without
+//! one costs the ticket a quarter of a second; a mapping that comes later is still kept. The mapping is renewed at half its
 //! lease while the run lasts and removed when it ends ([`Mapper::release`]). Nothing here is
 //! ever an error for the user: a router that does not answer just means one candidate less.
 //!
@@ -37,6 +38,11 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long each protocol waits for a router's first answer. A router on the LAN answers
 /// within milliseconds, so this is what a network without one costs (STUN runs beside it).
 pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the ticket waits for a router that has not answered at all. PCP and NAT-PMP
+/// routers answer within milliseconds and a UPnP router's search answer comes as fast; one
+/// that has answered is waited for up to [`ATTEMPT_TIMEOUT`] ([`Mapper::mapping`]). So a
+/// network without such a router no longer costs the ticket [`SILENCE_TIMEOUT`].
+pub const QUIET_GRACE: Duration = Duration::from_millis(250);
 /// How long removing the mapping may take at exit (it expires by itself otherwise).
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Wait before retrying a failed renewal.
@@ -305,6 +311,7 @@ async fn via_upnp(
     port: NonZeroU16,
     lease: Duration,
     won: Arc<AtomicBool>,
+    heard: impl FnOnce(),
 ) -> Result<Lease, PortMapError> {
     let mut options = igd_next::SearchOptions::default();
     options.bind_addr = SocketAddr::new(bound.into(), 0);
@@ -314,6 +321,7 @@ async fn via_upnp(
     let gateway = igd_next::aio::tokio::search_gateway(options)
         .await
         .map_err(igd_next::Error::from)?;
+    heard();
     let local = local_ip_towards(bound, gateway.addr.ip())?;
     let internal = SocketAddrV4::new(local, port.get());
     // Asked before mapping anything, so a router without a usable address leaves nothing behind.
@@ -407,8 +415,13 @@ async fn tidy(mut set: JoinSet<Result<Lease, PortMapError>>, keep: Option<Socket
 }
 
 /// Asks every protocol at once for `lease`; returns the first mapping, and the task that
-/// cleans up after the others (bounded: each attempt is).
-async fn attempt(bound: SocketAddrV4, lease: Duration) -> (Option<Lease>, JoinHandle<()>) {
+/// cleans up after the others (bounded: each attempt is). `progress`, if given, learns when
+/// a router has answered before its mapping is made ([`State::Heard`]).
+async fn attempt(
+    bound: SocketAddrV4,
+    lease: Duration,
+    progress: Option<Arc<watch::Sender<State>>>,
+) -> (Option<Lease>, JoinHandle<()>) {
     let mut set = JoinSet::new();
     let Some(port) = NonZeroU16::new(bound.port()) else {
         return (None, tokio::spawn(async {}));
@@ -423,7 +436,18 @@ async fn attempt(bound: SocketAddrV4, lease: Duration) -> (Option<Lease>, JoinHa
         }
         None => tracing::debug!(error = %PortMapError::NoGateway, "PCP and NAT-PMP not asked"),
     }
-    set.spawn(bounded(via_upnp(ip, port, lease, decided.clone())));
+    let heard = move || {
+        if let Some(state) = progress {
+            state.send_if_modified(|s| {
+                let first = *s == State::Trying;
+                if first {
+                    *s = State::Heard;
+                }
+                first
+            });
+        }
+    };
+    set.spawn(bounded(via_upnp(ip, port, lease, decided.clone(), heard)));
     let won = first_success(&mut set, Instant::now() + ATTEMPT_TIMEOUT).await;
     // Whatever is still running maps nothing more (past the point of no return, it is
     // removed by `tidy`).
@@ -445,6 +469,8 @@ async fn bounded(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Trying,
+    /// A router answered the UPnP search; its mapping exchanges are under way.
+    Heard,
     Mapped(Mapping),
     Unavailable,
 }
@@ -453,6 +479,7 @@ enum State {
 /// lease, and removes it when released.
 #[derive(Debug)]
 pub struct Mapper {
+    started: Instant,
     state: watch::Receiver<State>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -466,23 +493,36 @@ impl Mapper {
         let (stop, stop_rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             match bound {
-                SocketAddr::V4(v4) => keep(v4, state_tx, stop_rx).await,
+                SocketAddr::V4(v4) => keep(v4, Arc::new(state_tx), stop_rx).await,
                 SocketAddr::V6(_) => {
                     state_tx.send_replace(State::Unavailable);
                 }
             }
         });
         Mapper {
+            started: Instant::now(),
             state,
             stop: Some(stop),
             task,
         }
     }
 
-    /// The mapping, once the attempt is over (within [`ATTEMPT_TIMEOUT`]); `None` when no
-    /// router gave one.
+    /// The mapping, once the attempt is over; `None` when no router gave one, or none had
+    /// answered [`QUIET_GRACE`] after the start. A router that has answered is waited for
+    /// (within [`ATTEMPT_TIMEOUT`]). The attempt goes on after a `None` for silence: a
+    /// mapping that comes later is kept, renewed and removed at exit like any other.
     pub async fn mapping(&mut self) -> Option<Mapping> {
-        match *self.state.wait_for(|s| *s != State::Trying).await.ok()? {
+        let quiet_until = self.started + QUIET_GRACE;
+        let answered = |s: &State| *s != State::Trying;
+        if tokio::time::timeout_at(quiet_until.into(), self.state.wait_for(answered))
+            .await
+            .is_err()
+        {
+            tracing::info!(after = ?self.started.elapsed(), "no router answered port mapping yet; the ticket goes without one");
+            return None;
+        }
+        let decided = |s: &State| !matches!(s, State::Trying | State::Heard);
+        match *self.state.wait_for(decided).await.ok()? {
             State::Mapped(m) => Some(m),
             _ => None,
         }
@@ -505,9 +545,13 @@ impl Mapper {
 }
 
 /// The mapper's task: attempt, then renew until stopped, then remove.
-async fn keep(bound: SocketAddrV4, state: watch::Sender<State>, mut stop: oneshot::Receiver<()>) {
+async fn keep(
+    bound: SocketAddrV4,
+    state: Arc<watch::Sender<State>>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let started = Instant::now();
-    let (won, tidying) = attempt(bound, LEASE).await;
+    let (won, tidying) = attempt(bound, LEASE, Some(state.clone())).await;
     let Some(mut lease) = won else {
         tracing::info!(after = ?started.elapsed(), "no port mapping: no router answered PCP, NAT-PMP or UPnP");
         state.send_replace(State::Unavailable);
@@ -571,7 +615,7 @@ pub async fn check(bound: SocketAddr) -> Option<Check> {
     let SocketAddr::V4(bound) = bound else {
         return None;
     };
-    let (won, tidying) = attempt(bound, TEST_LEASE).await;
+    let (won, tidying) = attempt(bound, TEST_LEASE, None).await;
     let _ = tokio::time::timeout(ATTEMPT_TIMEOUT + RELEASE_TIMEOUT, tidying).await;
     let lease = won?;
     let mapping = lease.mapping;
