@@ -13,6 +13,10 @@
 //! escapes, which a program parses back exactly). p2pcopy's own words hold no backslash or
 //! control character, so escaping a whole line changes only what came from elsewhere, and a
 //! message added later is covered without anyone remembering to.
+//!
+//! Log lines (`tracing`) are the exception that callers handle: tracing-subscriber neutralises
+//! ESC, BEL and C1 itself but not line breaks or bidi controls, so a log field holding a name,
+//! a router's error text or a stranger's close reason is written as `%shown(..)`.
 
 use std::fmt;
 
