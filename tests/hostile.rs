@@ -507,3 +507,38 @@ async fn a_receiver_s_close_reason_is_shown_escaped() {
         let _ = receiver.await;
     }
 }
+
+#[tokio::test]
+async fn refused_names_and_link_targets_are_shown_escaped() {
+    // A refusal quotes what the sender announced: the error keeps it exact, the screen
+    // gets it escaped.
+    let evil_path = file("../\x1b]0;PWNED\x07\u{202e}x", 5);
+    let evil_link = Entry {
+        kind: EntryKind::Symlink,
+        path: "l\x1b[2J".into(),
+        size: 0,
+        target: "../../\x1b[31m\u{202e}etc".into(),
+        ..file("", 0)
+    };
+    for (e, shown) in [
+        (evil_path, r"../\e]0;PWNED\a\u{202e}x"),
+        (
+            evil_link,
+            r#"link "l\e[2J" points outside the output folder ("../../\e[31m\u{202e}etc")"#,
+        ),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let err = run_evil(
+            vec![offer_for(std::slice::from_ref(&e)), Frame::Entry(e.clone())],
+            vec![],
+            out.path(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 10, "{err:?}");
+        let line = p2pcopy::events::error_line(&err.to_string());
+        assert!(line.contains(shown), "{line}");
+        assert!(!line.chars().any(p2pcopy::shown::is_unsafe), "{line:?}");
+        assert!(err.to_string().contains(&e.path), "{err:?}");
+    }
+}
