@@ -795,8 +795,9 @@ async fn doctor(args: &DoctorArgs, out: Output) -> Result<(), Error> {
         !args.no_portmap,
     )
     .await?;
-    let text = crate::doctor::render(&findings);
-    out.print(format_args!("{}", text.strip_suffix('\n').unwrap_or(&text)));
+    for line in crate::doctor::render(&findings) {
+        out.print(format_args!("{line}"));
+    }
     out.emit(|| Event::doctor(&findings));
     if findings.servers.iter().all(|s| s.mapped.is_none()) {
         return Err(Error::Stun {
@@ -901,7 +902,8 @@ async fn prompt_for_peer(ours: &FullTicket, out: Output) -> Result<Ticket, Error
         {
             Ok(t) => return Ok(t),
             // On a terminal a typo deserves another try; in a script it is an error.
-            Err(e) if interactive => eprintln!("p2pcopy: {e}"),
+            // The line may hold what was pasted: escaped like every other error.
+            Err(e) if interactive => eprintln!("{}", crate::events::error_line(&e.to_string())),
             Err(e) => return Err(e),
         }
     }

@@ -14,7 +14,6 @@
 //!
 //! [`verdict`] turns the findings into words; it is pure and unit-tested.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -349,12 +348,13 @@ fn port_mapping_line(f: &Findings) -> String {
     line
 }
 
-/// The report a user reads.
-pub fn render(f: &Findings) -> String {
-    let mut out = String::new();
+/// The report a user reads, one line per entry: the names in it come from the command line
+/// and are escaped where the lines are printed ([`crate::events::Output::print`]), so a
+/// line break in one cannot start a line of its own.
+pub fn render(f: &Findings) -> Vec<String> {
+    let mut out = Vec::new();
     let ips: Vec<String> = f.host_ips.iter().map(ToString::to_string).collect();
-    let _ = writeln!(
-        out,
+    out.push(format!(
         "Local addresses: {} (UDP port {})",
         if ips.is_empty() {
             "none".into()
@@ -362,13 +362,12 @@ pub fn render(f: &Findings) -> String {
             ips.join(", ")
         },
         f.local.port()
-    );
+    ));
     for s in &f.servers {
-        let _ = match (s.addr, s.mapped) {
-            (None, _) => writeln!(out, "STUN {}: does not resolve", s.name),
-            (Some(a), None) => writeln!(out, "STUN {} ({a}): no answer", s.name),
-            (Some(a), Some(m)) => writeln!(
-                out,
+        out.push(match (s.addr, s.mapped) {
+            (None, _) => format!("STUN {}: does not resolve", s.name),
+            (Some(a), None) => format!("STUN {} ({a}): no answer", s.name),
+            (Some(a), Some(m)) => format!(
                 "STUN {} ({a}): {} ms, you appear as {m}{}",
                 s.name,
                 s.rtt.unwrap_or_default().as_millis(),
@@ -376,7 +375,7 @@ pub fn render(f: &Findings) -> String {
                     .map(|o| format!(" (RFC 5780: other address {o})"))
                     .unwrap_or_default()
             ),
-        };
+        });
     }
     let mapping = match f.nat {
         NatKind::None => "none (your address is public)",
@@ -388,7 +387,7 @@ pub fn render(f: &Findings) -> String {
         }
         NatKind::Unknown => "unknown (needs two STUN answers)",
     };
-    let _ = writeln!(out, "Mapping: {mapping}");
+    out.push(format!("Mapping: {mapping}"));
     let filtering = match f.filtering {
         Some(Filtering::EndpointIndependent) => "endpoint-independent (full cone): anyone may answer",
         Some(Filtering::AddressDependent) => "address-dependent (restricted cone): only hosts you sent to",
@@ -398,13 +397,13 @@ pub fn render(f: &Findings) -> String {
         None if f.nat == NatKind::None => "none (no NAT)",
         None => "not tested (needs a STUN server with RFC 5780, e.g. `p2pcopy stun-server --alternate-ip`)",
     };
-    let _ = writeln!(out, "Filtering: {filtering}");
+    out.push(format!("Filtering: {filtering}"));
     let hairpin = match f.hairpin {
         Some(true) => "yes",
         Some(false) => "no (two peers behind this router still connect, over their LAN addresses)",
         None => "not applicable",
     };
-    let _ = writeln!(out, "Hairpinning: {hairpin}");
+    out.push(format!("Hairpinning: {hairpin}"));
     if !f.nat_hops.is_empty() {
         let routers: Vec<String> = f
             .nat_hops
@@ -412,8 +411,7 @@ pub fn render(f: &Findings) -> String {
             .map(|h| h.map_or_else(|| "(silent)".to_owned(), |ip| ip.to_string()))
             .collect();
         let ttl = crate::hops::opener_ttl_for(&f.nat_hops);
-        let _ = writeln!(
-            out,
+        out.push(format!(
             "Routers on the way out: {} (openers use TTL {ttl}{})",
             routers.join(", "),
             if ttl > crate::punch::DEFAULT_OPENER_TTL {
@@ -421,49 +419,49 @@ pub fn render(f: &Findings) -> String {
             } else {
                 ""
             }
-        );
+        ));
     }
-    let _ = if f.ipv6.is_empty() {
-        writeln!(out, "IPv6: no global address")
+    out.push(if f.ipv6.is_empty() {
+        "IPv6: no global address".to_owned()
     } else {
         let ips: Vec<String> = f.ipv6.iter().map(ToString::to_string).collect();
-        writeln!(
-            out,
+        format!(
             "IPv6: {} (no NAT: a peer with IPv6 reaches you whatever your IPv4 NAT, punching through a firewall)",
             ips.join(", ")
         )
-    };
-    let _ = match &f.ntp {
-        Some((server, rtt, offset)) => writeln!(
-            out,
+    });
+    out.push(match &f.ntp {
+        Some((server, rtt, offset)) => format!(
             "NTP: {server} answered in {} ms; this clock is {:.3} s {}",
             rtt.as_millis(),
             offset.abs(),
             if *offset > 0.0 { "slow" } else { "fast" }
         ),
-        None if !f.ntp_checked => writeln!(out, "NTP: not checked"),
-        None => writeln!(
-            out,
+        None if !f.ntp_checked => "NTP: not checked".to_owned(),
+        None => {
             "NTP: no answer (p2pcopy then trusts this clock; rounds may miss if it is off by seconds)"
-        ),
-    };
-    let _ = writeln!(
-        out,
+                .to_owned()
+        }
+    });
+    out.push(format!(
         "Port mapping (UPnP, NAT-PMP, PCP): {}",
         port_mapping_line(f)
-    );
+    ));
     let udp = f.servers.iter().any(|s| s.mapped.is_some());
-    let _ = writeln!(
-        out,
+    out.push(format!(
         "Verdict: {}",
         verdict(f.nat, f.filtering, udp, f.usable_port_mapping())
-    );
+    ));
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text_of(f: &Findings) -> String {
+        render(f).join("\n")
+    }
 
     #[test]
     fn verdicts_name_what_can_be_reached() {
@@ -535,15 +533,41 @@ mod tests {
     }
 
     #[test]
+    fn a_name_with_a_line_break_stays_on_its_line_and_is_escaped_when_printed() {
+        let mut f = findings("198.51.100.7:40001", "198.51.100.7:4300", true);
+        f.servers[0].name = "evil\nVerdict: fake\x1b[2J".into();
+        f.ntp = Some(("ntp\x1b]0;x\x07".into(), Duration::from_millis(3), 0.5));
+        let lines = render(&f);
+        assert_eq!(
+            lines.len(),
+            render(&findings("198.51.100.7:40001", "198.51.100.7:4300", true)).len()
+        );
+        let shown: Vec<String> = lines
+            .iter()
+            .map(|l| crate::events::human_line(format_args!("{l}")))
+            .collect();
+        assert!(
+            shown.contains(&r"STUN evil\nVerdict: fake\e[2J (192.0.2.1:3478): 5 ms, you appear as 198.51.100.7:40001".to_owned()),
+            "{shown:#?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|l| l.starts_with(r"NTP: ntp\e]0;x\a answered in 3 ms")),
+            "{shown:#?}"
+        );
+    }
+
+    #[test]
     fn nats_on_the_way_out_are_listed() {
         let mut f = findings("198.51.100.7:40001", "198.51.100.7:4300", true);
-        assert!(!render(&f).contains("Routers on the way out"));
+        assert!(!text_of(&f).contains("Routers on the way out"));
         f.nat_hops = vec![
             Some("10.1.0.1".parse().unwrap()),
             Some("100.64.1.1".parse().unwrap()),
             None,
         ];
-        assert!(render(&f).contains(
+        assert!(text_of(&f).contains(
             "Routers on the way out: 10.1.0.1, 100.64.1.1, (silent) (openers use TTL 3: more than one NAT"
         ));
     }
@@ -552,7 +576,7 @@ mod tests {
     fn port_mapping_is_reported_and_judged() {
         let f = findings("198.51.100.7:40001", "198.51.100.7:4300", true);
         assert_eq!(f.usable_port_mapping(), Some(portmap::Protocol::NatPmp));
-        let text = render(&f);
+        let text = text_of(&f);
         assert!(
             text.contains("Port mapping (UPnP, NAT-PMP, PCP): NAT-PMP forwards 198.51.100.7:4300 to 10.1.0.2:4300; test mapping removed"),
             "{text}"
@@ -564,7 +588,7 @@ mod tests {
         // Behind a second NAT the router's external address is not the public one.
         let f = findings("198.51.100.7:40001", "100.64.0.9:4300", false);
         assert_eq!(f.usable_port_mapping(), None);
-        let text = render(&f);
+        let text = text_of(&f);
         assert!(
             text.contains("another NAT is in front of your router"),
             "{text}"
@@ -576,12 +600,12 @@ mod tests {
             port_mapping: None,
             ..f.clone()
         };
-        assert!(render(&none).contains("PCP): no router answered"));
+        assert!(text_of(&none).contains("PCP): no router answered"));
         let unasked = Findings {
             port_mapping_checked: false,
             ..none
         };
-        assert!(render(&unasked).contains("PCP): not checked"));
+        assert!(text_of(&unasked).contains("PCP): not checked"));
     }
 
     #[tokio::test]
@@ -617,7 +641,7 @@ mod tests {
         assert_eq!(f.nat, NatKind::None);
         assert_eq!(f.filtering, None);
         assert!(!f.port_mapping_checked);
-        let text = render(&f);
+        let text = text_of(&f);
         assert!(text.contains("Verdict: no NAT"), "{text}");
         assert!(
             text.contains("RFC 5780: other address 127.0.0.2:"),

@@ -17,6 +17,7 @@ use serde::{Serialize, Serializer};
 use crate::doctor::{Filtering, Findings};
 use crate::portmap::Protocol;
 use crate::punch::PathKind;
+use crate::shown::{is_unsafe, shown};
 use crate::ticket::{Candidate, CandidateKind, NatKind, Role};
 use crate::wire::FileStatus;
 
@@ -395,8 +396,38 @@ struct Line<'a> {
 
 /// `event` as one JSON line (no newline) at `t` seconds.
 pub fn to_line(event: &Event, t: f64) -> String {
+    let mut buf = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, Inert);
     // Events hold only strings, numbers, addresses and options: serializing cannot fail.
-    serde_json::to_string(&Line { t, event }).expect("events always serialize")
+    Line { t, event }
+        .serialize(&mut ser)
+        .expect("events always serialize");
+    String::from_utf8(buf).expect("JSON is UTF-8")
+}
+
+/// serde_json's compact output, with the characters a terminal acts on that JSON leaves raw
+/// (DEL, C1 and the bidi controls; it escapes C0 itself) written as `\uXXXX` too: a program
+/// parses the exact names all the same, and a person watching the stream on a terminal sees
+/// nothing the terminal would act on.
+struct Inert;
+
+impl serde_json::ser::Formatter for Inert {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut plain = 0;
+        for (i, c) in fragment.char_indices() {
+            if is_unsafe(c) {
+                w.write_all(&fragment.as_bytes()[plain..i])?;
+                // All of them are in the Basic Multilingual Plane: four digits suffice.
+                write!(w, "\\u{:04x}", u32::from(c))?;
+                plain = i + c.len_utf8();
+            }
+        }
+        w.write_all(&fragment.as_bytes()[plain..])
+    }
 }
 
 /// Where a run reports: to a person (stderr lines, a progress bar, the ticket on stdout) or
@@ -444,19 +475,21 @@ impl Output {
         self.mode == Mode::Human { quiet: false }
     }
 
-    /// An informational line on stderr, for a person who did not ask for --quiet.
+    /// An informational line on stderr, for a person who did not ask for --quiet; what
+    /// it holds from elsewhere (names, the peer's words) is escaped here (see
+    /// [`crate::shown`]).
     pub fn say(&self, args: fmt::Arguments<'_>) {
         if self.is_chatty() {
-            eprintln!("{args}");
+            eprintln!("{}", human_line(args));
         }
     }
 
     /// A line on stdout for a person, even with --quiet (the ticket, which scripts read with
-    /// `head -1`).
+    /// `head -1`); escaped like [`Output::say`].
     pub fn print(&self, args: fmt::Arguments<'_>) {
         if let Mode::Human { .. } = self.mode {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{args}");
+            let _ = writeln!(out, "{}", human_line(args));
             let _ = out.flush();
         }
     }
@@ -473,17 +506,32 @@ impl Output {
         }
     }
 
-    /// Reports what ends the run with exit code `code`: `p2pcopy: message` on stderr, or an
-    /// `error` event.
+    /// Reports what ends the run with exit code `code`: [`error_line`] on stderr, or an
+    /// `error` event with the exact message.
     pub fn fail(&self, code: u8, message: &str) {
         match self.mode {
-            Mode::Human { .. } => eprintln!("p2pcopy: {message}"),
+            Mode::Human { .. } => eprintln!("{}", error_line(message)),
             Mode::Json => self.emit(|| Event::Error {
                 code,
                 message: message.to_owned(),
             }),
         }
     }
+}
+
+/// One line of the human screen: `args` with what a terminal would act on escaped (see
+/// [`crate::shown`]).
+pub fn human_line(args: fmt::Arguments<'_>) -> String {
+    match args.as_str() {
+        Some(s) => shown(s).to_string(),
+        None => shown(&args.to_string()).to_string(),
+    }
+}
+
+/// The line a person sees for an error `message` (`p2pcopy: ...`), escaped: the message
+/// may carry a file name or the peer's own words. The `error` event keeps them exact.
+pub fn error_line(message: &str) -> String {
+    format!("p2pcopy: {}", shown(message))
 }
 
 #[cfg(test)]
@@ -1005,6 +1053,49 @@ mod tests {
             &[("addr", "string")],
         );
         assert_eq!(v["addr"], "192.0.2.10:3478");
+    }
+
+    #[test]
+    fn people_see_escapes_and_programs_the_exact_text() {
+        let name = "evil\x1b]0;PWNED\x07\x1b[2J\u{9b}31m\u{202e}fdp.exe";
+        assert_eq!(
+            human_line(format_args!("Received {name} (5 B)")),
+            r"Received evil\e]0;PWNED\a\e[2J\u{9b}31m\u{202e}fdp.exe (5 B)"
+        );
+        assert_eq!(
+            human_line(format_args!("Using local port: 4300")),
+            "Using local port: 4300"
+        );
+        assert_eq!(
+            error_line(&format!("your peer stopped: {name}")),
+            r"p2pcopy: your peer stopped: evil\e]0;PWNED\a\e[2J\u{9b}31m\u{202e}fdp.exe"
+        );
+        let event = Event::FileDone {
+            path: name.into(),
+            size: 5,
+            blake3: String::new(),
+            status: FileStatus::Stored,
+            saved_as: Some(format!("./{name}")),
+        };
+        let line = to_line(&event, 0.0);
+        // Nothing a terminal acts on is in the line itself...
+        assert!(!line.chars().any(is_unsafe), "{line:?}");
+        assert!(
+            line.contains(r#""path":"evil\u001b]0;PWNED\u0007\u001b[2J\u009b31m\u202efdp.exe""#),
+            "{line}"
+        );
+        // ...and a program reads the exact name.
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["path"], name);
+        assert_eq!(v["saved_as"], format!("./{name}"));
+        // Plain Unicode stays readable in the JSON too.
+        let plain = to_line(
+            &Event::Warning {
+                message: "Grüße 日本.txt".into(),
+            },
+            0.0,
+        );
+        assert!(plain.contains("Grüße 日本.txt"), "{plain}");
     }
 
     #[test]

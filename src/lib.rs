@@ -16,6 +16,8 @@
 //! - [`transfer`]: a job (files, folders, links) over a connection, resumable;
 //! - [`doctor`]: the network check (`p2pcopy doctor`): mapping, filtering, hairpinning, NTP;
 //! - [`events`]: what a run reports, to a person or as JSON lines (`--json`);
+//! - [`shown`]: names and the peer's words made safe for a terminal (every human line passes
+//!   through it);
 //! - [`cli`]: the command line, in the order a run happens.
 //!
 //! Errors are one enum, [`Error`], whose [`Error::exit_code`] is the binary's exit code.
@@ -34,6 +36,7 @@ pub mod ntp;
 pub mod portmap;
 pub mod progress;
 pub mod punch;
+pub mod shown;
 pub mod stun;
 pub mod ticket;
 pub mod tls;

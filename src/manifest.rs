@@ -61,7 +61,7 @@ pub fn scan(paths: &[PathBuf]) -> Result<Scan, Error> {
         let name = top_name(path).map_err(err)?;
         if tops.contains(&name) {
             return Err(Error::Usage(format!(
-                "two of the paths to send are both called {name:?}; send them from different runs or rename one"
+                "two of the paths to send are both called \"{name}\"; send them from different runs or rename one"
             )));
         }
         tops.push(name.clone());
@@ -222,16 +222,16 @@ fn mode_of(meta: &Metadata) -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     /// Empty, absolute, or with an empty component.
-    #[error("{0:?} is not a relative path")]
+    #[error("\"{0}\" is not a relative path")]
     NotRelative(String),
     /// `.` or `..` as a component.
-    #[error("{0:?} climbs out of its folder")]
+    #[error("\"{0}\" climbs out of its folder")]
     Climbs(String),
     /// A component with a separator or NUL byte in it.
-    #[error("{0:?} has a forbidden character")]
+    #[error("\"{0}\" has a forbidden character")]
     Forbidden(String),
     /// Over [`MAX_NAME_LEN`] in one component, or nested over [`MAX_DEPTH`].
-    #[error("{0:?} is too long or too deep")]
+    #[error("\"{0}\" is too long or too deep")]
     TooLong(String),
 }
 

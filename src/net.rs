@@ -23,6 +23,7 @@ use crate::punch::{
     Birthday, PathKind, PunchConfig, PunchEvent, Puncher, SocketId, Target, Transmit,
     BIRTHDAY_SOCKETS, MAIN_SOCKET, V6_SOCKET,
 };
+use crate::shown::shown;
 use crate::ticket::{CandidateKind, FullTicket, Ticket};
 use crate::wire::is_probe;
 
@@ -942,7 +943,8 @@ impl Dialer {
                 Some(done) = handshakes.join_next(), if !handshakes.is_empty() => match done {
                     Ok((_, Ok(conn))) => break Ok(conn),
                     // Someone who is not the ticket's owner, or a broken handshake: keep waiting.
-                    Ok((from, Err(e))) => tracing::warn!(%from, error = %e, "rejected a connection attempt"),
+                    // A stranger's close reason is in `e`, shown by default: escaped.
+                    Ok((from, Err(e))) => tracing::warn!(%from, error = %shown(&e.to_string()), "rejected a connection attempt"),
                     Err(e) => tracing::warn!(error = %e, "handshake task failed"),
                 },
             }
@@ -1004,7 +1006,7 @@ async fn dial(
             )))
         }
         Ok(Err(e)) => {
-            tracing::info!(%remote, error = %e, "handshake failed; trying other paths");
+            tracing::info!(%remote, error = %shown(&e.to_string()), "handshake failed; trying other paths");
             Ok(None)
         }
         Err(_) => {

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::shown::shown;
+
 /// Lease asked for (the RFCs' recommended two hours); renewed at half of what is granted.
 pub const LEASE: Duration = Duration::from_secs(2 * 60 * 60);
 /// Lease asked for by `doctor`'s test mapping, which it removes at once anyway: the shortest
@@ -394,7 +396,9 @@ async fn first_success<T: 'static>(
             }
             Ok(None) => return None,
             Ok(Some(Ok(Ok(won)))) => return Some(won),
-            Ok(Some(Ok(Err(e)))) => tracing::debug!(error = %e, "port mapping attempt failed"),
+            Ok(Some(Ok(Err(e)))) => {
+                tracing::debug!(error = %shown(&e.to_string()), "port mapping attempt failed")
+            }
             Ok(Some(Err(e))) => tracing::debug!(error = %e, "port mapping task failed"),
         }
     }
@@ -575,7 +579,7 @@ async fn keep(
                     Ok(()) if lease.mapping.external != before => tracing::warn!(%before, now = %lease.mapping.external, "the router moved our port mapping; the ticket names the old one"),
                     Ok(()) => tracing::debug!(lease = ?lease.mapping.lease, "port mapping renewed"),
                     Err(e) => {
-                        tracing::info!(error = %e, "could not renew the port mapping; trying again in a minute");
+                        tracing::info!(error = %shown(&e.to_string()), "could not renew the port mapping; trying again in a minute");
                         lease.renew_at = Some(Instant::now() + RENEW_RETRY);
                     }
                 }
@@ -592,7 +596,7 @@ async fn remove(lease: Lease) {
     match tokio::time::timeout(RELEASE_TIMEOUT, lease.remove()).await {
         Ok(Ok(())) => tracing::info!(%protocol, %external, "port mapping removed"),
         Ok(Err(e)) => {
-            tracing::info!(%protocol, %external, error = %e, "could not remove the port mapping; the router drops it when its lease ends")
+            tracing::info!(%protocol, %external, error = %shown(&e.to_string()), "could not remove the port mapping; the router drops it when its lease ends")
         }
         Err(_) => {
             tracing::info!(%protocol, %external, "removing the port mapping timed out; the router drops it when its lease ends")

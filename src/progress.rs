@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::events::{Event, Output};
+use crate::shown::shown;
 
 /// How often plain progress lines are printed when stderr is not a terminal.
 const LINE_INTERVAL: Duration = Duration::from_secs(5);
@@ -110,10 +111,11 @@ impl Progress {
         self.done
     }
 
-    /// Names what is being moved now (the current file).
+    /// Names what is being moved now (the current file), escaped on the bar (see
+    /// [`crate::shown`]) and exact in `progress` events.
     pub fn set_message(&mut self, msg: &str) {
         match &mut self.mode {
-            Mode::Bar(bar) => bar.set_message(msg.to_owned()),
+            Mode::Bar(bar) => bar.set_message(shown(msg).to_string()),
             Mode::Events { file, .. } => *file = Some(msg.to_owned()),
             _ => {}
         }

@@ -452,3 +452,93 @@ async fn a_receiver_that_gives_up_is_reported_with_its_reason() {
     assert!(err.to_string().contains("not enough space"), "{err}");
     let _ = receiver.await;
 }
+
+#[tokio::test]
+async fn a_receiver_s_close_reason_is_shown_escaped() {
+    // A hostile receiver closes with a reason full of escape sequences, under each code the
+    // sender turns into its own error (9 store, 8 verify, 10 protocol, else "stopped"). The
+    // sender's screen gets the reason escaped; `--json` gets it exact.
+    let reason = "disk\x1b]0;PWNED\x07\x1b[2J\x1b[31m full\u{202e}\nfake line";
+    let shown = r"disk\e]0;PWNED\a\e[2J\e[31m full\u{202e}\nfake line";
+    for code in [9u32, 8, 10, 7] {
+        let (_se, server_conn, _ce, client_conn) = connected_pair().await;
+        let src = tempfile::tempdir().unwrap();
+        let path = src.path().join("f.bin");
+        std::fs::write(&path, vec![1u8; 100_000]).unwrap();
+        let mut job = p2pcopy::transfer::Outgoing::new(p2pcopy::manifest::scan(&[path]).unwrap());
+        let receiver = tokio::spawn(async move {
+            let (send, mut recv) = server_conn.accept_bi().await.unwrap();
+            let mut b = [0u8; 64];
+            let _ = recv.read(&mut b).await;
+            drop((send, recv));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            server_conn.close(code.into(), reason.as_bytes());
+            server_conn
+        });
+        let opts = Options {
+            authenticated: true,
+            out: Output::human(true),
+        };
+        let err = tokio::time::timeout(Duration::from_secs(10), job.run(&client_conn, opts))
+            .await
+            .expect("sender hung")
+            .unwrap_err();
+        assert_eq!(u32::from(err.exit_code()), code, "{err:?}");
+        // The line `Output::fail` prints on the sender's terminal.
+        let line = p2pcopy::events::error_line(&err.to_string());
+        assert!(line.contains(shown), "{code}: {line}");
+        assert!(
+            !line.chars().any(p2pcopy::shown::is_unsafe),
+            "{code}: {line:?}"
+        );
+        // The `error` event: a program reads the exact reason, and the line itself holds
+        // nothing a terminal would act on.
+        let event = p2pcopy::events::Event::Error {
+            code: err.exit_code(),
+            message: err.to_string(),
+        };
+        let json = p2pcopy::events::to_line(&event, 0.0);
+        assert!(!json.chars().any(p2pcopy::shown::is_unsafe), "{json:?}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert!(
+            v["message"].as_str().unwrap().contains(reason),
+            "{code}: {json}"
+        );
+        let _ = receiver.await;
+    }
+}
+
+#[tokio::test]
+async fn refused_names_and_link_targets_are_shown_escaped() {
+    // A refusal quotes what the sender announced: the error keeps it exact, the screen
+    // gets it escaped.
+    let evil_path = file("../\x1b]0;PWNED\x07\u{202e}x", 5);
+    let evil_link = Entry {
+        kind: EntryKind::Symlink,
+        path: "l\x1b[2J".into(),
+        size: 0,
+        target: "../../\x1b[31m\u{202e}etc".into(),
+        ..file("", 0)
+    };
+    for (e, shown) in [
+        (evil_path, r"../\e]0;PWNED\a\u{202e}x"),
+        (
+            evil_link,
+            r#"link "l\e[2J" points outside the output folder ("../../\e[31m\u{202e}etc")"#,
+        ),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let err = run_evil(
+            vec![offer_for(std::slice::from_ref(&e)), Frame::Entry(e.clone())],
+            vec![],
+            out.path(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 10, "{err:?}");
+        let line = p2pcopy::events::error_line(&err.to_string());
+        assert!(line.contains(shown), "{line}");
+        assert!(!line.chars().any(p2pcopy::shown::is_unsafe), "{line:?}");
+        assert!(err.to_string().contains(&e.path), "{err:?}");
+    }
+}

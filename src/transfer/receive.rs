@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::events::Event;
 use crate::manifest::{confine, link_stays_inside};
 use crate::progress::Progress;
+use crate::shown::shown;
 use crate::wire::{
     segment_end, Claim, DataHead, Entry, EntryKind, FileStatus, Frame, Trailer, DATA_HEAD_LEN,
     FLAG_AUTHENTICATED, RESET_SOURCE_CHANGED, STOP_STORE_FAILED, TRAILER_LEN,
@@ -347,15 +348,18 @@ fn prepare(
         let rel = confine(&e.path).map_err(|err| refuse(err.to_string()))?;
         if e.kind == EntryKind::Symlink && !link_stays_inside(&e.path, &e.target) {
             return Err(refuse(format!(
-                "link {:?} points outside the output folder ({:?})",
+                "link \"{}\" points outside the output folder (\"{}\")",
                 e.path, e.target
             )));
         }
         if e.kind != EntryKind::File && e.size != 0 {
-            return Err(refuse(format!("{:?} is not a file but has a size", e.path)));
+            return Err(refuse(format!(
+                "\"{}\" is not a file but has a size",
+                e.path
+            )));
         }
         if !seen.insert(rel.clone()) {
-            return Err(refuse(format!("{:?} is announced twice", e.path)));
+            return Err(refuse(format!("\"{}\" is announced twice", e.path)));
         }
         checked.push(Checked {
             entry: e.clone(),
@@ -466,7 +470,7 @@ async fn receive_file(
     let status = match trailer {
         Trailer::SourceChanged => FileStatus::SourceChanged,
         Trailer::Complete(theirs) if theirs != *ours.as_bytes() => {
-            tracing::warn!(path = %c.entry.path, "BLAKE3 mismatch; discarding");
+            tracing::warn!(path = %shown(&c.entry.path), "BLAKE3 mismatch; discarding");
             FileStatus::HashMismatch
         }
         Trailer::Complete(_) => {

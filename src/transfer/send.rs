@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::events::{Event, Output};
 use crate::manifest::{split_time, Scan};
 use crate::progress::Progress;
+use crate::shown::shown;
 use crate::wire::{
     segment_end, Claim, DataHead, EntryKind, FileStatus, Frame, Offer, Trailer, FLAG_AUTHENTICATED,
     RESET_SOURCE_CHANGED,
@@ -431,7 +432,7 @@ fn read_one(job: Job, tx: &mpsc::Sender<DiskEvent>) -> io::Result<bool> {
         if n == c.offset && *hasher.finalize().as_bytes() == c.hash {
             start = c.offset;
         } else {
-            tracing::info!(path = %job.path.display(), "resume claim does not match; sending the whole file");
+            tracing::info!(path = %shown(&job.path.to_string_lossy()), "resume claim does not match; sending the whole file");
             hasher.reset();
             file.seek(SeekFrom::Start(0))?;
         }
@@ -459,7 +460,7 @@ fn read_one(job: Job, tx: &mpsc::Sender<DiskEvent>) -> io::Result<bool> {
     let trailer = if unchanged {
         Trailer::Complete(*hasher.finalize().as_bytes())
     } else {
-        tracing::info!(path = %job.path.display(), "changed while being read");
+        tracing::info!(path = %shown(&job.path.to_string_lossy()), "changed while being read");
         Trailer::SourceChanged
     };
     Ok(send(DiskEvent::End(trailer)))
