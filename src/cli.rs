@@ -774,14 +774,26 @@ fn write_checksums(
     path: &std::path::Path,
     hashes: impl Iterator<Item = (String, blake3::Hash)>,
 ) -> Result<(), Error> {
-    let mut text = String::new();
-    for (p, h) in hashes {
-        text.push_str(&format!("{h}  {p}\n"));
-    }
+    let text: String = hashes.map(|(p, h)| checksum_line(&p, &h)).collect();
     std::fs::write(path, text).map_err(|e| Error::Output {
         path: path.to_owned(),
         source: e,
     })
+}
+
+/// One `b3sum` line for `path`. A name holding a backslash or a line break is written the
+/// way b3sum writes it (and `b3sum --check` reads it back): the line starts with a backslash and
+/// those characters are escaped, so such a name cannot break the file into false lines.
+fn checksum_line(path: &str, hash: &blake3::Hash) -> String {
+    if path.contains(['\\', '\n', '\r']) {
+        let escaped = path
+            .replace('\\', "\\\\")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r");
+        format!("\\{hash}  {escaped}\n")
+    } else {
+        format!("{hash}  {path}\n")
+    }
 }
 
 async fn doctor(args: &DoctorArgs, out: Output) -> Result<(), Error> {
@@ -913,6 +925,25 @@ async fn prompt_for_peer(ours: &FullTicket, out: Output) -> Result<Ticket, Error
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn checksum_lines_escape_names_the_way_b3sum_does() {
+        // Expected lines as b3sum 1.2 (Debian) printed them for files holding "x", "y", "z".
+        let h = |data: &[u8]| blake3::hash(data);
+        assert_eq!(
+            checksum_line("a\\b", &h(b"x")),
+            "\\3ae7d805f6789a6402acb70ad4096a85a56bf6804eaf25c0493ac697548d30b5  a\\\\b\n"
+        );
+        assert_eq!(
+            checksum_line("c\nd", &h(b"y")),
+            "\\08112a9e334ce73042b531c25668cf5cb12a1ee040a4326afeac065461079a06  c\\nd\n"
+        );
+        assert_eq!(
+            checksum_line("plain", &h(b"z")),
+            "1104908ab930e671002c7cd7f3fc921570b1bf64ecfa12fe363585c630eaca6b  plain\n"
+        );
+        assert!(checksum_line("x\ry", &h(b"")).ends_with("  x\\ry\n"));
+    }
 
     #[test]
     fn cli_is_well_formed() {
