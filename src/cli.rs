@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::error::Error;
 use crate::events::{millis, Event, Output};
@@ -64,6 +64,14 @@ pub enum Command {
     /// Check what this network allows: STUN reachability and latency, NAT mapping and
     /// filtering (RFC 5780), hairpinning, NTP; ends with which peers you can reach.
     Doctor(DoctorArgs),
+    /// Print a shell completion script for SHELL on stdout, e.g.
+    /// `p2pcopy completions bash > ~/.local/share/bash-completion/completions/p2pcopy`.
+    Completions {
+        /// The shell: bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout, e.g. `p2pcopy man > p2pcopy.1`.
+    Man,
 }
 
 /// Flags of `p2pcopy doctor`.
@@ -178,6 +186,18 @@ macro_rules! say {
 /// Runs one p2pcopy command to completion, reporting through `out`; the caller reports the
 /// error that ends it.
 pub async fn run(cli: Cli, out: Output) -> Result<(), Error> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            return print_generated(|w| {
+                clap_complete::generate(*shell, &mut Cli::command(), "p2pcopy", w);
+                Ok(())
+            })
+        }
+        Command::Man => {
+            return print_generated(|w| clap_mangen::Man::new(Cli::command()).render(w))
+        }
+        _ => {}
+    }
     if let Command::StunServer(args) = &cli.command {
         return tokio::select! {
             r = serve_stun(args, out) => r,
@@ -386,9 +406,10 @@ async fn connect_phase(
                 Job::Receive(Box::new(transfer::Incoming::new(store)), a.checksums),
             )
         }
-        Command::StunServer(_) | Command::Doctor(_) => {
-            return Err(Error::Internal("not a transfer command".into()))
-        }
+        Command::StunServer(_)
+        | Command::Doctor(_)
+        | Command::Completions { .. }
+        | Command::Man => return Err(Error::Internal("not a transfer command".into())),
     };
     let identity = Identity::generate()?;
     let socket = net::bind(net_args.bind, net_args.localport)?;
@@ -766,6 +787,23 @@ fn single_name(r: &transfer::Report) -> String {
     match (r.files + r.dirs + r.links, r.hashes.first()) {
         (1, Some((p, _))) => format!("{p} "),
         _ => String::new(),
+    }
+}
+
+/// Writes what `generate` makes to stdout; a reader that stops early (`| head`) is no error.
+/// Made in memory first: clap_complete panics on a failed write.
+fn print_generated(
+    generate: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>,
+) -> Result<(), Error> {
+    let mut text = Vec::new();
+    generate(&mut text).map_err(|e| Error::Internal(e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Output {
+            path: "standard output".into(),
+            source: e,
+        }),
+        _ => Ok(()),
     }
 }
 
