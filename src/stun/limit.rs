@@ -89,10 +89,10 @@ impl Bucket {
     }
 }
 
-/// How often a full table is swept of sources that have been quiet long enough to hold no
-/// information (their bucket is full again), so a flood of new sources costs no scan of the
-/// table per datagram.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often, at most, a full table is swept before a new source evicts another: often
+/// enough to make room for newcomers, rarely enough that a flood of new sources costs no
+/// scan of the table per datagram.
+const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Token buckets per source address, plus a global one.
 #[derive(Debug)]
@@ -149,13 +149,8 @@ impl RateLimiter {
         if self.sources.len() < self.limits.sources.max(1) {
             return;
         }
-        if self
-            .last_sweep
-            .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_INTERVAL)
-        {
-            let rate = self.limits.per_source;
-            self.sources.retain(|_, b| !b.is_full(rate, now));
-            self.last_sweep = Some(now);
+        if self.swept_before(now, FULL_SWEEP_INTERVAL) {
+            self.sweep(now);
         }
         if self.sources.len() >= self.limits.sources.max(1) {
             // Still full of active sources: a flood from many addresses. Forget one (any:
@@ -165,6 +160,25 @@ impl RateLimiter {
                 self.sources.remove(&victim);
             }
         }
+    }
+}
+
+impl RateLimiter {
+    fn swept_before(&self, now: Instant, interval: Duration) -> bool {
+        self.last_sweep
+            .is_none_or(|t| now.saturating_duration_since(t) >= interval)
+    }
+
+    /// Forgets the sources whose bucket is full again: they hold no information the limit
+    /// needs. Call it now and then so that addresses are not kept longer than that.
+    pub fn forget_quiet(&mut self, now: Instant) {
+        self.sweep(now);
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let rate = self.limits.per_source;
+        self.sources.retain(|_, b| !b.is_full(rate, now));
+        self.last_sweep = Some(now);
     }
 }
 
@@ -308,6 +322,15 @@ mod tests {
         assert_eq!(l.tracked(), 8);
         assert!(l.sources.contains_key(&ip(1)));
         assert!(!l.sources.contains_key(&ip(0)), "ip 0 was idle and full");
+        // Quiet sources are forgotten as soon as their bucket is full again.
+        // (ip 1-7 were empty at t1 and refill by t1 + 2 s; ip 100 took one token at t2.)
+        l.forget_quiet(t2 + Duration::from_millis(250));
+        assert_eq!(l.tracked(), 8, "none has refilled yet");
+        l.forget_quiet(t2 + Duration::from_millis(500));
+        assert_eq!(l.tracked(), 7, "ip 100 has refilled");
+        assert!(!l.sources.contains_key(&ip(100)));
+        l.forget_quiet(t2 + Duration::from_secs(1));
+        assert_eq!(l.tracked(), 0);
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub fn reply(
     })
 }
 
+/// How often the rate limiter forgets sources that have been quiet long enough.
+const FORGET_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How often, at most, a line says that requests went unanswered because of the rate limit.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -183,6 +186,15 @@ impl Server {
             DropLog::new(DROP_LOG_INTERVAL),
         )));
         let mut tasks = tokio::task::JoinSet::new();
+        let forgetter = limiter.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(FORGET_INTERVAL);
+            loop {
+                tick.tick().await;
+                let mut guard = forgetter.lock().unwrap_or_else(PoisonError::into_inner);
+                guard.0.forget_quiet(Instant::now());
+            }
+        });
         for i in 0..self.sockets.len() {
             let sockets = self.sockets.clone();
             let addrs = self.addrs.clone();
