@@ -1,4 +1,4 @@
-//! How often the STUN server answers: a token bucket per source IP address, in a table of
+//! How often the STUN server answers: a token bucket per source (IPv4 address or IPv6 /64), in a table of
 //! bounded size, and one global bucket. Sans-IO: time is an argument, so tests run on a
 //! virtual clock.
 //!
@@ -122,6 +122,7 @@ impl RateLimiter {
     /// Whether a request from `source` at `now` may be answered; if so, it is counted.
     pub fn check(&mut self, now: Instant, source: IpAddr) -> Verdict {
         let limits = self.limits;
+        let source = source_key(source);
         if !self.sources.contains_key(&source) {
             self.make_room(now);
         }
@@ -160,6 +161,19 @@ impl RateLimiter {
                 self.sources.remove(&victim);
             }
         }
+    }
+}
+
+/// What a source is counted as: its IPv4 address, or its IPv6 /64 (one host usually has a
+/// whole /64 to pick addresses from, so counting single IPv6 addresses would let it take a
+/// fresh burst with each).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
     }
 }
 
@@ -271,6 +285,27 @@ mod tests {
         // A quiet spell refills the burst, and no more than it.
         let later = t0 + Duration::from_secs(60);
         assert_eq!(allowed(&mut l, later, ip(1), 10), 4);
+    }
+
+    #[test]
+    fn an_ipv6_source_is_its_64() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            global: Rate {
+                per_second: 1e9,
+                burst: 1e9,
+            },
+            ..small()
+        };
+        let mut l = RateLimiter::new(limits, t0);
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(allowed(&mut l, t0, v6("2001:db8:1:2::1"), 3), 3);
+        assert_eq!(allowed(&mut l, t0, v6("2001:db8:1:2:ffff::9"), 3), 1);
+        assert_eq!(allowed(&mut l, t0, v6("2001:db8:1:3::1"), 3), 3);
+        // An IPv4-mapped address counts as the IPv4 address.
+        assert_eq!(allowed(&mut l, t0, v6("::ffff:198.18.0.1"), 3), 3);
+        assert_eq!(allowed(&mut l, t0, ip(1), 3), 1);
+        assert_eq!(l.tracked(), 3);
     }
 
     #[test]
