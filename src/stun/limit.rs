@@ -1,6 +1,6 @@
-//! How often the STUN server answers: a token bucket per source (IPv4 address or IPv6 /64), in a table of
-//! bounded size, and one global bucket. Sans-IO: time is an argument, so tests run on a
-//! virtual clock.
+//! How often the STUN server answers: a token bucket per source (IPv4 address or IPv6 /64),
+//! in a table of bounded size, and one global bucket. Sans-IO: time is an argument, so tests
+//! run on a virtual clock.
 //!
 //! Why both: the per-source bucket keeps one client (or one victim whose address is spoofed)
 //! from getting more than a trickle of answers; the global bucket bounds the total when a
