@@ -1,6 +1,7 @@
 //! STUN: asking servers which public address our socket maps to, the message codec, and a
 //! small server of our own.
 
+pub mod limit;
 pub mod message;
 pub mod server;
 
