@@ -7,8 +7,9 @@
 //! transaction ids whose XOR-MAPPED-ADDRESS is this host's own address. It paces itself
 //! to a rate and stops by itself after a count or a time, whichever comes first.
 //!
-//! Usage: `p2pcopy-lab-flood IP:PORT [--pps N] [--seconds S] [--count N]`
-//! (defaults 20000 pps, 30 s, 1,000,000 datagrams). Only lab addresses are accepted as
+//! Usage: `p2pcopy-lab-flood IP:PORT [--pps N] [--seconds S] [--count N] [--while-pid PID]`
+//! (defaults 20000 pps, 30 s, 1,000,000 datagrams; with `--while-pid`, it also stops when
+//! that process has exited: the flood then covers exactly one p2pcopy run). Only lab addresses are accepted as
 //! targets: 198.18.0.0/15 (the lab's "internet") and loopback.
 //! Prints one line when done: what was sent, in how long, and the rate achieved.
 
@@ -29,6 +30,7 @@ struct Opts {
     pps: u64,
     duration: Duration,
     count: u64,
+    while_pid: Option<u32>,
 }
 
 /// xorshift64*: plenty for junk, and no dependency.
@@ -70,7 +72,7 @@ fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let target: SocketAddr = args
         .next()
-        .ok_or("usage: p2pcopy-lab-flood IP:PORT [--pps N] [--seconds S] [--count N]")?
+        .ok_or("usage: p2pcopy-lab-flood IP:PORT [--pps N] [--seconds S] [--count N] [--while-pid PID]")?
         .parse()
         .map_err(|e| format!("target: {e}"))?;
     if !lab_address(target.ip()) {
@@ -83,6 +85,7 @@ fn parse() -> Result<Opts, String> {
         pps: 20_000,
         duration: Duration::from_secs(30),
         count: 1_000_000,
+        while_pid: None,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -93,6 +96,7 @@ fn parse() -> Result<Opts, String> {
                 o.duration = Duration::from_secs_f64(num(&value)?.clamp(0.0, MAX_SECONDS))
             }
             "--count" => o.count = (num(&value)? as u64).min(MAX_COUNT),
+            "--while-pid" => o.while_pid = Some(value.parse().map_err(|e| format!("{flag}: {e}"))?),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -172,10 +176,22 @@ fn run(o: &Opts) -> Result<String, String> {
     let start = Instant::now();
     let mut total = 0u64;
     let mut k = 0usize;
+    let proc_dir = o
+        .while_pid
+        .map(|p| std::path::PathBuf::from(format!("/proc/{p}")));
+    let mut last_check = start;
     while total < o.count {
         let elapsed = start.elapsed();
         if elapsed >= o.duration {
             break;
+        }
+        if let Some(dir) = &proc_dir {
+            if last_check.elapsed() >= Duration::from_millis(20) {
+                last_check = Instant::now();
+                if !dir.exists() {
+                    break;
+                }
+            }
         }
         // Send what the rate allows by now, then nap: bursts of ~1 ms worth.
         let due = ((elapsed.as_secs_f64() * o.pps as f64) as u64 + 1).min(o.count);
