@@ -20,6 +20,9 @@
 #   LAB_DELAY_MS  one-way delay of every link to the core (default 0); home NATs are
 #                 then 2 x LAB_DELAY_MS apart, through p2pcopy-lab-netem (needs ethtool)
 #   LAB_NETEM_BIN the delay line; built from lab/netem if unset
+#   LAB_FLOOD_BIN the flood scenario's generator (default: p2pcopy-lab-flood next to
+#                 the p2pcopy binary; built from lab/netem if missing)
+#   LAB_FLOOD_PPS its rate (default 20000 datagrams/s)
 #
 # Nothing here touches an address outside the namespaces it creates:
 # 198.18.0.0/15 is the lab "internet", 10.N.0.0/24 its LANs and 100.64.N.0/24
