@@ -11,6 +11,7 @@
 //! - [`hops`]: how many NATs are on our side, for the openers' TTL;
 //! - [`congestion`]: the congestion controller, sized for quinn's pacer;
 //! - [`tls`]: per-run certificates and fingerprint pinning for QUIC;
+//! - [`guard`]: what the shared socket lets through, and the tally of what it drops;
 //! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint;
 //! - [`manifest`]: what a job contains, and confinement of the peer's paths;
 //! - [`transfer`]: a job (files, folders, links) over a connection, resumable;
@@ -28,6 +29,7 @@ pub mod congestion;
 pub mod doctor;
 pub mod error;
 pub mod events;
+pub mod guard;
 pub mod hops;
 pub mod manifest;
 pub mod nat;

@@ -18,6 +18,7 @@ use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::Error;
+use crate::guard::{self, DropLog, Dropped, SessionTag, Verdict};
 use crate::nat::BirthdayPart;
 use crate::punch::{
     Birthday, PathKind, PunchConfig, PunchEvent, Puncher, SocketId, Target, Transmit,
@@ -25,7 +26,6 @@ use crate::punch::{
 };
 use crate::shown::shown;
 use crate::ticket::{CandidateKind, FullTicket, Ticket};
-use crate::wire::is_probe;
 
 /// Socket buffer size asked for; fast paths drop packets in the receive buffer otherwise.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -184,6 +184,10 @@ struct Slot {
 
 /// quinn's socket with probes filtered out and forwarded to the puncher.
 ///
+/// Only this session's probes reach the puncher, and only QUIC from addresses the peer's
+/// probes came from reaches quinn; the rest is dropped here and counted ([`guard`]), so a
+/// flood from someone who read a ticket costs a look at each datagram and nothing more.
+///
 /// Usually it wraps just the main socket. For the birthday technique it also reads the
 /// extra sockets, and QUIC then sends from whichever socket the puncher kept (the
 /// "primary"), so the connection uses the NAT mapping that worked.
@@ -201,6 +205,12 @@ pub struct DemuxSocket {
     /// Where the next read starts, so no socket starves the others.
     next: AtomicUsize,
     probes: mpsc::Sender<(SocketId, SocketAddr, Vec<u8>)>,
+    /// What a probe of this session carries.
+    tag: SessionTag,
+    /// Where the peer's probes came from (as received, IPv4 as IPv4): QUIC from elsewhere
+    /// never reaches quinn.
+    peers: RwLock<Vec<SocketAddr>>,
+    drops: Mutex<DropLog>,
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -213,6 +223,7 @@ impl DemuxSocket {
     fn new(
         main: Arc<dyn AsyncUdpSocket>,
         probes: mpsc::Sender<(SocketId, SocketAddr, Vec<u8>)>,
+        tag: SessionTag,
     ) -> Self {
         let slot = Slot {
             id: MAIN_SOCKET,
@@ -226,6 +237,42 @@ impl DemuxSocket {
             waker: Mutex::new(None),
             next: AtomicUsize::new(0),
             probes,
+            tag,
+            peers: RwLock::new(Vec::new()),
+            drops: Mutex::new(DropLog::default()),
+        }
+    }
+
+    /// Whether the peer's probes came from `addr` (IPv4 as IPv4).
+    fn is_peer(&self, addr: SocketAddr) -> bool {
+        self.peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&addr)
+    }
+
+    fn drop_log(&self) -> std::sync::MutexGuard<'_, DropLog> {
+        self.drops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a handshake quinn was asked to start from an address that is no peer path.
+    fn count_stranger(&self, from: SocketAddr) {
+        let now = Instant::now();
+        let mut log = self.drop_log();
+        log.record(now, Dropped::QuicStranger, from.ip(), 1);
+        if let Some(s) = log.poll_summary(now) {
+            tracing::info!("{s}");
+        }
+    }
+
+    /// Logs what is left of the drop tally and the run's totals.
+    fn report_drops(&self) {
+        let mut log = self.drop_log();
+        if let Some(s) = log.flush(Instant::now()) {
+            tracing::info!("{s}");
+        }
+        if let Some(s) = log.totals() {
+            tracing::info!("{s}");
         }
     }
 
@@ -314,10 +361,13 @@ impl DemuxSocket {
         })
     }
 
-    /// Removes probes from a batch of received buffers, compacting what is left.
+    /// Removes probes (forwarded to the puncher) and everything [`guard`] rejects from a
+    /// batch of received buffers, compacting what is left.
     ///
     /// With GRO one buffer holds several datagrams of `stride` bytes (the last may be
-    /// shorter); removing any of them keeps that shape, so compaction is safe.
+    /// shorter) from one source; removing any of them keeps that shape, so compaction is
+    /// safe. The source is looked up once per buffer; QUIC from the peer then costs a look
+    /// at each datagram's first byte.
     fn filter(
         &self,
         socket: SocketId,
@@ -326,22 +376,40 @@ impl DemuxSocket {
         n: usize,
     ) -> usize {
         let mut kept = 0;
+        // Taken at the first drop only: the clean path reads no clock and takes no lock.
+        let mut drops: Option<(Instant, std::sync::MutexGuard<'_, DropLog>)> = None;
         for i in 0..n {
             let m = meta[i];
             let stride = if m.stride == 0 { m.len } else { m.stride };
+            let mut known = self.is_peer(m.addr);
             let buf = &mut bufs[i][..m.len];
             let (mut read, mut write) = (0, 0);
             while read < m.len {
                 let seg = read..(read + stride).min(m.len);
                 let len = seg.len();
-                if is_probe(&buf[seg.clone()]) {
-                    // A full channel means a flood; dropping probes then is fine.
-                    let _ = self.probes.try_send((socket, m.addr, buf[seg].to_vec()));
-                } else {
-                    if write != read {
-                        buf.copy_within(seg, write);
+                match guard::classify_from(&self.tag, known, &buf[seg.clone()]) {
+                    Verdict::Quic => {
+                        if write != read {
+                            buf.copy_within(seg, write);
+                        }
+                        write += len;
                     }
-                    write += len;
+                    Verdict::Probe => {
+                        if !known {
+                            let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+                            if guard::remember(&mut peers, m.addr) {
+                                tracing::debug!(from = %m.addr, "peer path: QUIC from it reaches quinn");
+                            }
+                            known = true;
+                        }
+                        // A full channel means a flood; dropping probes then is fine.
+                        let _ = self.probes.try_send((socket, m.addr, buf[seg].to_vec()));
+                    }
+                    Verdict::Drop(why) => {
+                        let (now, log) =
+                            drops.get_or_insert_with(|| (Instant::now(), self.drop_log()));
+                        log.record(*now, why, m.addr.ip(), 1);
+                    }
                 }
                 read += len;
             }
@@ -350,6 +418,11 @@ impl DemuxSocket {
                 meta.swap(kept, i);
                 bufs.swap(kept, i);
                 kept += 1;
+            }
+        }
+        if let Some((now, mut log)) = drops {
+            if let Some(s) = log.poll_summary(now) {
+                tracing::info!("{s}");
             }
         }
         kept
@@ -717,6 +790,12 @@ pub struct Dialer {
     last_path: Option<(SocketId, SocketAddr)>,
 }
 
+impl Drop for Dialer {
+    fn drop(&mut self) {
+        self.demux.report_drops();
+    }
+}
+
 impl Dialer {
     /// Makes the bound socket (STUN already done on it) a QUIC endpoint for talking to
     /// `peer`: a client for the sender (`is_client`), a server for the receiver.
@@ -746,7 +825,11 @@ impl Dialer {
         let inner = runtime
             .wrap_udp_socket(socket)
             .map_err(|e| Error::Internal(format!("socket: {e}")))?;
-        let demux = Arc::new(DemuxSocket::new(inner, probe_tx));
+        let tag = SessionTag {
+            local: identity.short_id(),
+            peer: peer_fp.as_ref().map(crate::tls::short_id),
+        };
+        let demux = Arc::new(DemuxSocket::new(inner, probe_tx, tag));
         if let Some(v6) = v6 {
             let io = runtime
                 .wrap_udp_socket(v6)
@@ -936,6 +1019,13 @@ impl Dialer {
                 incoming = endpoint.accept(), if !self.is_client => {
                     let Some(incoming) = incoming else { break Err(fatal(Error::Internal("endpoint closed".into()))) };
                     let from = incoming.remote_address();
+                    // The socket passes QUIC from peer paths only; this catches whatever
+                    // slips past it (a path forgotten since), before quinn does any work.
+                    if !self.demux.is_peer(canonical(from)) {
+                        self.demux.count_stranger(canonical(from));
+                        incoming.ignore();
+                        continue;
+                    }
                     // Handshakes run side by side: one that stalls (a stranger's, or a first
                     // attempt whose packets were lost) must not hold up the real one.
                     handshakes.spawn(async move { (from, incoming.await) });
@@ -1150,7 +1240,11 @@ mod tests {
         let extra = bind(loopback, 0).unwrap();
         let (main_addr, extra_addr) = (main.local_addr().unwrap(), extra.local_addr().unwrap());
         let (tx, mut probes) = mpsc::channel(8);
-        let demux = DemuxSocket::new(wrap(main), tx);
+        let tag = SessionTag {
+            local: [2; 8],
+            peer: Some([1; 8]),
+        };
+        let demux = DemuxSocket::new(wrap(main), tx, tag);
         demux.add(7, wrap(extra));
         let peer = tokio::net::UdpSocket::bind((loopback, 0)).await.unwrap();
         let peer_addr = peer.local_addr().unwrap();
@@ -1172,6 +1266,26 @@ mod tests {
         assert_eq!((socket, from, &data[..]), (7, peer_addr, &probe[..]));
         peer.send_to(b"\x40main", main_addr).await.unwrap();
         assert_eq!(recv_one(&demux).await, (peer_addr, b"\x40main".to_vec()));
+
+        // A stranger's Initial, forged probe and junk reach neither quinn nor the puncher:
+        // the next thing either sees is the peer's.
+        let stranger = tokio::net::UdpSocket::bind((loopback, 0)).await.unwrap();
+        let mut initial = vec![0xc3, 0, 0, 0, 1];
+        initial.resize(1200, 7);
+        let forged = crate::wire::Probe {
+            from: [9; 8],
+            ..crate::wire::Probe::decode(&probe).unwrap()
+        }
+        .encode();
+        for d in [&initial[..], &forged[..], b"junk"] {
+            stranger.send_to(d, main_addr).await.unwrap();
+        }
+        peer.send_to(&probe, main_addr).await.unwrap();
+        peer.send_to(b"\x40after", main_addr).await.unwrap();
+        assert_eq!(recv_one(&demux).await, (peer_addr, b"\x40after".to_vec()));
+        assert_eq!(probes.recv().await.unwrap().1, peer_addr);
+        let totals = demux.drop_log().totals().unwrap();
+        assert_eq!(totals.counts, [1, 1, 1, 0]);
 
         // QUIC leaves from the main socket until the puncher picks another.
         let send = |d: &DemuxSocket| {
