@@ -166,6 +166,10 @@ pub struct NetArgs {
     /// and reconnecting after this many seconds from the moment a path is lost.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
+    /// Give up when the peer keeps the connection alive but moves nothing for this many
+    /// seconds: no file list, no data, no verdict (0: wait for ever).
+    #[arg(long, value_name = "SECS", default_value_t = transfer::DEFAULT_STALL_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub stall_timeout: u64,
 }
 
 /// Prints an informational line on stderr for a person (not with --quiet or --json).
@@ -227,6 +231,14 @@ async fn transfer_run(
     }
     let (code, reason) = match &result {
         Ok(()) => (0, "done".to_owned()),
+        // Our message speaks of "your peer"; the peer prints this after "your peer stopped: ".
+        Err(e @ Error::Stalled(_)) => (
+            e.exit_code(),
+            format!(
+                "it saw no progress from you for {} s (its --stall-timeout)",
+                ctx.stall_timeout.unwrap_or_default().as_secs()
+            ),
+        ),
         Err(e) => (e.exit_code(), e.to_string()),
     };
     // Tell the peer at once, with our exit code and message, instead of letting it wait
@@ -262,6 +274,8 @@ struct Ctx {
     out: Output,
     clock: ntp::Clock,
     timeout: u64,
+    /// `--stall-timeout`, `None` for 0.
+    stall_timeout: Option<Duration>,
     needs_rounds: bool,
     nat: NatKind,
     peer_nat: Option<NatKind>,
@@ -568,6 +582,8 @@ async fn connect_phase(
         out,
         clock,
         timeout: net_args.timeout,
+        stall_timeout: (net_args.stall_timeout > 0)
+            .then(|| Duration::from_secs(net_args.stall_timeout)),
         needs_rounds,
         nat: nat_kind,
         peer_nat,
@@ -641,8 +657,8 @@ async fn transfer_phase(
     let mut reconnects = 0;
     loop {
         let opts = transfer::Options {
-            authenticated: link.authenticated,
-            out,
+            stall_timeout: ctx.stall_timeout,
+            ..transfer::Options::new(link.authenticated, out)
         };
         let result = match job {
             Job::Send(sending, _) => sending.run(&link.connection, opts).await,
@@ -923,6 +939,7 @@ mod tests {
                 assert_eq!(a.net.localport, 4300);
                 assert_eq!(a.file, [PathBuf::from("x.tif")]);
                 assert_eq!(a.net.timeout, 120);
+                assert_eq!(a.net.stall_timeout, 120);
             }
             _ => panic!(),
         }
@@ -955,6 +972,8 @@ mod tests {
         for args in [
             vec!["p2pcopy", "receiver", "--localport", "70000"],
             vec!["p2pcopy", "receiver", "--timeout", "0"],
+            vec!["p2pcopy", "receiver", "--stall-timeout", "-1"],
+            vec!["p2pcopy", "receiver", "--stall-timeout", "86401"],
             vec!["p2pcopy", "sender"],
             vec![
                 "p2pcopy",

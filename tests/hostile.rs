@@ -116,10 +116,7 @@ async fn run_evil(frames: Vec<Frame>, data: Vec<Data>, out: &Path) -> Result<(),
         }
         let _ = tokio::time::timeout(Duration::from_secs(3), client_conn.closed()).await;
     });
-    let opts = Options {
-        authenticated: true,
-        out: Output::human(true),
-    };
+    let opts = Options::new(true, Output::human(true));
     let mut incoming = Incoming::new(Store::new(out.to_owned(), false));
     let r = tokio::time::timeout(Duration::from_secs(10), incoming.run(&server_conn, opts))
         .await
@@ -440,10 +437,7 @@ async fn a_receiver_that_gives_up_is_reported_with_its_reason() {
         server_conn.close(9u32.into(), b"not enough space in /out");
         server_conn
     });
-    let opts = Options {
-        authenticated: true,
-        out: Output::human(true),
-    };
+    let opts = Options::new(true, Output::human(true));
     let err = tokio::time::timeout(Duration::from_secs(10), job.run(&client_conn, opts))
         .await
         .expect("sender hung")
@@ -451,4 +445,333 @@ async fn a_receiver_that_gives_up_is_reported_with_its_reason() {
     assert_eq!(err.exit_code(), 9, "{err}");
     assert!(err.to_string().contains("not enough space"), "{err}");
     let _ = receiver.await;
+}
+
+/// The stall bound the watchdog tests use; each test gives up (fails) at ten times it.
+const STALL: Duration = Duration::from_secs(1);
+
+fn stall_opts() -> Options {
+    Options {
+        stall_timeout: Some(STALL),
+        ..Options::new(true, Output::human(true))
+    }
+}
+
+/// Asserts a stall: exit code 7, the wait named, and given up about `STALL` after the peer
+/// went quiet (`quiet` is how long the peer's own part took at most).
+fn assert_stalled(r: Result<(), Error>, elapsed: Duration, wait: &str, quiet: Duration) {
+    let err = r.unwrap_err();
+    assert!(matches!(err, Error::Stalled(_)), "{err:?}");
+    assert_eq!(err.exit_code(), 7, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(wait) && text.contains("--stall-timeout"),
+        "{text}"
+    );
+    assert!(elapsed >= STALL, "gave up after {elapsed:?}");
+    assert!(
+        elapsed < quiet + 5 * STALL,
+        "gave up only after {elapsed:?}"
+    );
+}
+
+/// Runs the real receiver (stall bound `STALL`) against `evil`, which plays the sender and
+/// keeps the connection open. Returns the receiver's result and how long it took.
+async fn receiver_against<F, Fut>(out: &Path, evil: F) -> (Result<(), Error>, Duration)
+where
+    F: FnOnce(quinn::Connection) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let (_se, server_conn, _ce, client_conn) = connected_pair().await;
+    let sender = tokio::spawn(async move {
+        evil(client_conn.clone()).await;
+        // Silent but alive: keep-alives flow, so only the watchdog can end the wait.
+        let _ = tokio::time::timeout(20 * STALL, client_conn.closed()).await;
+    });
+    let mut incoming = Incoming::new(Store::new(out.to_owned(), false));
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(10 * STALL, incoming.run(&server_conn, stall_opts()))
+        .await
+        .expect("receiver hung: no watchdog");
+    let elapsed = started.elapsed();
+    server_conn.close(7u32.into(), b"stalled");
+    let _ = sender.await;
+    (r, elapsed)
+}
+
+fn encode(frames: &[Frame]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for f in frames {
+        f.encode(&mut b);
+    }
+    b
+}
+
+#[tokio::test]
+async fn a_sender_that_never_offers_is_given_up() {
+    let out = tempfile::tempdir().unwrap();
+    // Connected, and not a word.
+    let (r, t) = receiver_against(out.path(), |_conn| async {}).await;
+    assert_stalled(r, t, "no offer", Duration::ZERO);
+    // Half a file list, then nothing.
+    let entries: Vec<Entry> = (0..4).map(|i| file(&format!("f{i}"), 1)).collect();
+    let (r, t) = receiver_against(out.path(), move |conn| async move {
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        let half = [offer_for(&entries), Frame::Entry(entries[0].clone())];
+        send.write_all(&encode(&half)).await.unwrap();
+        // The streams stay open (not finished) while the connection lives.
+        let _ = tokio::time::timeout(20 * STALL, conn.closed()).await;
+    })
+    .await;
+    assert_stalled(r, t, "file list", Duration::ZERO);
+    assert!(visible(out.path()).is_empty());
+}
+
+#[tokio::test]
+async fn a_sender_that_stops_mid_file_is_given_up_and_the_part_is_kept() {
+    let out = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let e = file("x.bin", data.len() as u64);
+    let sent = 1_500_000;
+    let head = data[..sent].to_vec();
+    let (r, t) = receiver_against(out.path(), move |conn| async move {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&encode(&[
+            offer_for(std::slice::from_ref(&e)),
+            Frame::Entry(e),
+        ]))
+        .await
+        .unwrap();
+        // The plan (no claims), then part of the first segment and silence.
+        let mut plan = [0u8; 64];
+        let _ = recv.read(&mut plan).await;
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&DataHead { index: 0, start: 0 }.encode())
+            .await
+            .unwrap();
+        s.write_all(&head[..SEGMENT_LEN as usize]).await.unwrap();
+        s.finish().unwrap();
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(
+            &DataHead {
+                index: 0,
+                start: SEGMENT_LEN,
+            }
+            .encode(),
+        )
+        .await
+        .unwrap();
+        s.write_all(&head[SEGMENT_LEN as usize..]).await.unwrap();
+        let _ = tokio::time::timeout(20 * STALL, conn.closed()).await;
+        drop((s, send, recv));
+    })
+    .await;
+    assert_stalled(r, t, "mid-file", Duration::from_secs(2));
+    // Everything that arrived is in the part file, for a resume.
+    let part = out.path().join(p2pcopy::transfer::part_name("x.bin"));
+    assert_eq!(std::fs::read(part).unwrap(), &data[..sent]);
+    assert!(visible(out.path()).is_empty());
+}
+
+/// What the evil receiver does after reading the sender's offer and manifest.
+#[derive(Clone, Copy, Debug)]
+enum EvilReceiver {
+    NeverAccepts,
+    /// Says it is busy (heartbeats) for three bounds, then goes silent.
+    BusyThenSilent,
+    StopsReadingMidFile,
+    NeverConfirms,
+}
+
+/// Runs the real sender (stall bound `STALL`) with one file of `size` bytes against an
+/// evil receiver. Returns the sender's result and how long it took.
+async fn sender_against(evil: EvilReceiver, size: usize) -> (Result<(), Error>, Duration) {
+    let (_se, server_conn, _ce, client_conn) = connected_pair().await;
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("f.bin");
+    std::fs::write(&path, vec![7u8; size]).unwrap();
+    let mut job = p2pcopy::transfer::Outgoing::new(p2pcopy::manifest::scan(&[path]).unwrap());
+    let receiver = tokio::spawn(async move {
+        let conn = server_conn;
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        // Offer and one entry.
+        let mut got = Vec::new();
+        let mut frames = 0;
+        while frames < 2 {
+            let mut b = [0u8; 4096];
+            let n = recv.read(&mut b).await.unwrap().unwrap();
+            got.extend_from_slice(&b[..n]);
+            frames = 0;
+            let mut at = 0;
+            while let Ok(Some((_, used))) = Frame::decode(&got[at..]) {
+                at += used;
+                frames += 1;
+            }
+        }
+        if let EvilReceiver::BusyThenSilent = evil {
+            for _ in 0..10 {
+                send.write_all(&encode(&[Frame::Busy])).await.unwrap();
+                tokio::time::sleep(STALL * 3 / 10).await;
+            }
+        }
+        if let EvilReceiver::NeverAccepts | EvilReceiver::BusyThenSilent = evil {
+            let _ = tokio::time::timeout(20 * STALL, conn.closed()).await;
+            return;
+        }
+        let plan = encode(&[Frame::Accept { flags: 1 }, Frame::PlanEnd]);
+        send.write_all(&plan).await.unwrap();
+        match evil {
+            EvilReceiver::StopsReadingMidFile => {
+                let mut s = conn.accept_uni().await.unwrap();
+                let mut b = vec![0u8; 100_000];
+                let _ = s.read_exact(&mut b).await;
+                // Holds the stream, reads no more, accepts no other.
+                let _ = tokio::time::timeout(20 * STALL, conn.closed()).await;
+                drop(s);
+            }
+            EvilReceiver::NeverConfirms => {
+                // Reads every data stream to its end, and says nothing.
+                let reader = async {
+                    while let Ok(mut s) = conn.accept_uni().await {
+                        let _ = s.read_to_end(usize::MAX).await;
+                    }
+                };
+                let _ = tokio::time::timeout(20 * STALL, reader).await;
+            }
+            EvilReceiver::NeverAccepts | EvilReceiver::BusyThenSilent => unreachable!(),
+        }
+        drop((send, recv));
+    });
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(10 * STALL, job.run(&client_conn, stall_opts()))
+        .await
+        .expect("sender hung: no watchdog");
+    let elapsed = started.elapsed();
+    client_conn.close(7u32.into(), b"stalled");
+    let _ = receiver.await;
+    (r, elapsed)
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_accepts_is_given_up() {
+    let (r, t) = sender_against(EvilReceiver::NeverAccepts, 1000).await;
+    assert_stalled(r, t, "did not answer the offer", Duration::ZERO);
+}
+
+#[tokio::test]
+async fn heartbeats_are_progress_until_they_stop() {
+    let (r, t) = sender_against(EvilReceiver::BusyThenSilent, 1000).await;
+    assert!(t >= 3 * STALL, "heartbeats ignored: gave up after {t:?}");
+    assert_stalled(r, t, "did not answer the offer", 3 * STALL);
+}
+
+#[tokio::test]
+async fn a_receiver_that_stops_reading_mid_file_is_given_up() {
+    // More than the receive window (32 MiB) and the send window (at most 32 MiB) hold.
+    let (r, t) = sender_against(EvilReceiver::StopsReadingMidFile, 80 << 20).await;
+    assert_stalled(r, t, "stopped reading", Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_confirms_is_given_up() {
+    let (r, t) = sender_against(EvilReceiver::NeverConfirms, 3 << 20).await;
+    assert_stalled(r, t, "did not confirm", Duration::from_secs(2));
+}
+
+/// A client and server connected through a UDP forwarder on loopback that drops every
+/// datagram once `cut` is set; the server's idle timeout is 3 s (QUIC takes the shorter).
+async fn pair_over_a_cuttable_path(
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::Endpoint,
+    quinn::Connection,
+) {
+    use std::sync::atomic::Ordering;
+    let (s_id, c_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let mut cfg = server_config(&s_id, Some(*c_id.fingerprint())).unwrap();
+    let mut t = p2pcopy::tls::transport_config();
+    t.max_idle_timeout(Some(Duration::from_secs(3).try_into().unwrap()));
+    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    cfg.transport_config(std::sync::Arc::new(t));
+    let server = quinn::Endpoint::server(cfg, loopback).unwrap();
+    let front = tokio::net::UdpSocket::bind(loopback).await.unwrap();
+    let back = tokio::net::UdpSocket::bind(loopback).await.unwrap();
+    back.connect(server.local_addr().unwrap()).await.unwrap();
+    let via = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+        let mut client = None;
+        loop {
+            tokio::select! {
+                Ok((n, from)) = front.recv_from(&mut a) => {
+                    client = Some(from);
+                    if !cut.load(Ordering::Relaxed) {
+                        let _ = back.send(&a[..n]).await;
+                    }
+                }
+                Ok(n) = back.recv(&mut b) => {
+                    if let (Some(c), false) = (client, cut.load(Ordering::Relaxed)) {
+                        let _ = front.send_to(&b[..n], c).await;
+                    }
+                }
+            }
+        }
+    });
+    let client = quinn::Endpoint::client(loopback).unwrap();
+    let ccfg = client_config(&c_id, Some(*s_id.fingerprint())).unwrap();
+    let (c, s) = tokio::join!(
+        async {
+            client
+                .connect_with(ccfg, via, SERVER_NAME)
+                .unwrap()
+                .await
+                .unwrap()
+        },
+        async { server.accept().await.unwrap().await.unwrap() }
+    );
+    (server, s, client, c)
+}
+
+#[tokio::test]
+async fn a_dead_path_is_a_lost_connection_not_a_stall() {
+    // Silence because the path died is the idle timeout's to report, as a lost connection
+    // (which the CLI answers by reconnecting and resuming), even with a shorter stall bound.
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (_se, server_conn, _ce, client_conn) = pair_over_a_cuttable_path(cut.clone()).await;
+    let out = tempfile::tempdir().unwrap();
+    let e = file("x.bin", 3_000_000);
+    let sender = tokio::spawn(async move {
+        let conn = client_conn;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&encode(&[
+            offer_for(std::slice::from_ref(&e)),
+            Frame::Entry(e),
+        ]))
+        .await
+        .unwrap();
+        let mut plan = [0u8; 64];
+        let _ = recv.read(&mut plan).await;
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&DataHead { index: 0, start: 0 }.encode())
+            .await
+            .unwrap();
+        s.write_all(&[1u8; 100_000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        drop((s, send, recv));
+    });
+    let mut incoming = Incoming::new(Store::new(out.path().to_owned(), false));
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        incoming.run(&server_conn, stall_opts()),
+    )
+    .await
+    .expect("receiver hung")
+    .unwrap_err();
+    assert!(matches!(err, Error::ConnectionLost(_)), "{err:?}");
+    let _ = sender.await;
 }
