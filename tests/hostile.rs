@@ -10,7 +10,10 @@ use std::time::Duration;
 use p2pcopy::events::Output;
 use p2pcopy::tls::{client_config, server_config, Identity, SERVER_NAME};
 use p2pcopy::transfer::{Incoming, Options, Store};
-use p2pcopy::wire::{DataHead, Entry, EntryKind, Frame, Offer, Trailer, MAX_ENTRIES, SEGMENT_LEN};
+use p2pcopy::wire::{
+    entry_cost, DataHead, Entry, EntryKind, Frame, Offer, Trailer, MAX_ENTRIES, MAX_PATH_LEN,
+    SEGMENT_LEN,
+};
 use p2pcopy::Error;
 
 async fn connected_pair() -> (
@@ -72,6 +75,16 @@ fn offer_for(entries: &[Entry]) -> Frame {
 
 /// Plays the evil sender against a real receiver writing into `out`.
 async fn run_evil(frames: Vec<Frame>, data: Vec<Data>, out: &Path) -> Result<(), Error> {
+    run_evil_with(frames, data, out, Options::new(true, Output::human(true))).await
+}
+
+/// [`run_evil`] with the receiver's options.
+async fn run_evil_with(
+    frames: Vec<Frame>,
+    data: Vec<Data>,
+    out: &Path,
+    opts: Options,
+) -> Result<(), Error> {
     let (_se, server_conn, _ce, client_conn) = connected_pair().await;
     let sender = tokio::spawn(async move {
         let (mut send, mut recv) = client_conn.open_bi().await.unwrap();
@@ -116,7 +129,6 @@ async fn run_evil(frames: Vec<Frame>, data: Vec<Data>, out: &Path) -> Result<(),
         }
         let _ = tokio::time::timeout(Duration::from_secs(3), client_conn.closed()).await;
     });
-    let opts = Options::new(true, Output::human(true));
     let mut incoming = Incoming::new(Store::new(out.to_owned(), false));
     let r = tokio::time::timeout(Duration::from_secs(10), incoming.run(&server_conn, opts))
         .await
@@ -774,4 +786,172 @@ async fn a_dead_path_is_a_lost_connection_not_a_stall() {
     .unwrap_err();
     assert!(matches!(err, Error::ConnectionLost(_)), "{err:?}");
     let _ = sender.await;
+}
+
+/// A unique relative path of exactly `len` bytes: 255-byte folder names, then a leaf
+/// ending in `i`.
+fn long_path(i: usize, len: usize) -> String {
+    let mut p = String::new();
+    while len - p.len() > 256 {
+        p.push_str(&"d".repeat(255));
+        p.push('/');
+    }
+    let leaf = len - p.len();
+    p.push_str(&format!("{i:0>leaf$}"));
+    assert_eq!(p.len(), len);
+    p
+}
+
+fn dir(path: String) -> Entry {
+    Entry {
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        ..file(&path, 0)
+    }
+}
+
+#[tokio::test]
+async fn a_manifest_past_the_memory_limit_is_refused_naming_it() {
+    // A small limit; the default (64 MiB) is the same code, only slower to reach.
+    let limit = 1 << 20;
+    let opts = Options {
+        manifest_limit: limit,
+        ..Options::new(true, Output::human(true))
+    };
+    // The longest paths the protocol carries cost the most; the accepted ones must also
+    // fit the OS's path limit under the output folder.
+    let fit = |len| limit / entry_cost(&dir(long_path(0, len)));
+    let n = fit(4000) as usize;
+    assert!(n > 10, "{n}");
+    let entries: Vec<Entry> = (0..n).map(|i| dir(long_path(i, 4000))).collect();
+    let frames = |entries: &[Entry]| {
+        let mut f = vec![offer_for(entries)];
+        f.extend(entries.iter().cloned().map(Frame::Entry));
+        f
+    };
+    let out = tempfile::tempdir().unwrap();
+    run_evil_with(frames(&entries), vec![], out.path(), opts)
+        .await
+        .unwrap();
+    assert_eq!(visible(out.path()), ["d".repeat(255)]);
+    // One entry more is refused, with the limit named, before anything is created.
+    let longest = fit(MAX_PATH_LEN) as usize + 1;
+    let too_many: Vec<Entry> = (0..longest)
+        .map(|i| dir(long_path(i, MAX_PATH_LEN)))
+        .collect();
+    for entries in [&[&entries[..], &entries[..1]].concat(), &too_many] {
+        let out = tempfile::tempdir().unwrap();
+        let err = run_evil_with(frames(entries), vec![], out.path(), opts)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 10, "{err}");
+        let text = err.to_string();
+        assert!(text.contains("limit is 1.00 MiB"), "{text}");
+        assert!(text.contains("several runs"), "{text}");
+        assert!(visible(out.path()).is_empty());
+    }
+}
+
+/// The receiver's peak memory for the largest manifests it accepts by default: short paths
+/// (the most entries) and long ones (the most bytes), every entry a file so that all
+/// per-file state is built. The figure is the growth of this process's peak RSS (VmHWM)
+/// over its size when the receiver starts, the evil sender's frames already built.
+/// Slow in debug; run with
+/// `cargo test --release --test hostile manifest_memory -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn manifest_memory_at_the_limit() {
+    fn status(key: &str) -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = s.lines().find(|l| l.starts_with(key)).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            << 10
+    }
+    let empty = *blake3::hash(b"").as_bytes();
+    for (what, len) in [("short paths", 12), ("long paths", 4000)] {
+        let cost = entry_cost(&file(&long_path(0, len), 0));
+        let n = (p2pcopy::wire::MAX_MANIFEST_COST / cost) as usize;
+        let entries: Vec<Entry> = (0..n)
+            .map(|i| {
+                let path = if len < 256 {
+                    format!("f/{i:0>10}")
+                } else {
+                    long_path(i, len)
+                };
+                file(&path, 0)
+            })
+            .collect();
+        assert!(entries.iter().all(|e| entry_cost(e) == cost));
+        let mut frames = vec![offer_for(&entries)];
+        frames.extend(entries.iter().cloned().map(Frame::Entry));
+        let data: Vec<Data> = (0..n)
+            .map(|i| Data {
+                head: DataHead {
+                    index: i as u32,
+                    start: 0,
+                },
+                bytes: vec![],
+                trailer: Some(Trailer::Complete(empty)),
+                extra: vec![],
+            })
+            .collect();
+        drop(entries);
+        let root = if Path::new("/dev/shm").is_dir() {
+            tempfile::tempdir_in("/dev/shm").unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        };
+        // Reset the peak to what the process holds now.
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let base = status("VmHWM:");
+        let started = std::time::Instant::now();
+        let opts = Options::new(true, Output::human(true));
+        let (_se, server_conn, _ce, client_conn) = connected_pair().await;
+        let sender = tokio::spawn(async move {
+            let (mut send, mut recv) = client_conn.open_bi().await.unwrap();
+            let mut buf = Vec::new();
+            for f in &frames {
+                f.encode(&mut buf);
+                if buf.len() > 1 << 20 {
+                    send.write_all(&buf).await.unwrap();
+                    buf.clear();
+                }
+            }
+            send.write_all(&buf).await.unwrap();
+            drop(frames);
+            let mut sink = [0u8; 65536];
+            let reader =
+                tokio::spawn(async move { while let Ok(Some(_)) = recv.read(&mut sink).await {} });
+            for d in data {
+                let mut s = client_conn.open_uni().await.unwrap();
+                s.write_all(&d.head.encode()).await.unwrap();
+                s.write_all(&d.trailer.unwrap().encode()).await.unwrap();
+                s.finish().unwrap();
+            }
+            let _ = reader.await;
+        });
+        let mut incoming = Incoming::new(Store::new(root.path().to_owned(), false));
+        incoming.run(&server_conn, opts).await.unwrap();
+        let peak = status("VmHWM:");
+        server_conn.close(0u32.into(), b"");
+        let _ = sender.await;
+        eprintln!(
+            "{what}: {n} files of {len}-byte paths ({} MiB by entry_cost): receiver grew the peak RSS from {:.1} to {:.1} MiB (+{:.1} MiB) in {:.1} s",
+            (n as u64 * cost) >> 20,
+            base as f64 / 1048576.0,
+            peak as f64 / 1048576.0,
+            (peak - base) as f64 / 1048576.0,
+            started.elapsed().as_secs_f64(),
+        );
+        assert!(
+            peak - base <= 64 << 20,
+            "{what}: {} MiB",
+            (peak - base) >> 20
+        );
+        assert_eq!(incoming.report().files, n as u64);
+    }
 }
