@@ -968,6 +968,15 @@ mod tests {
     }
 
     #[test]
+    fn stall_timeout_flag() {
+        for (given, want) in [("0", 0), ("1", 1), ("600", 600)] {
+            let cli =
+                Cli::try_parse_from(["p2pcopy", "receiver", "--stall-timeout", given]).unwrap();
+            assert!(matches!(cli.command, Command::Receiver(ref a) if a.net.stall_timeout == want));
+        }
+    }
+
+    #[test]
     fn bad_flags_are_usage_errors() {
         for args in [
             vec!["p2pcopy", "receiver", "--localport", "70000"],

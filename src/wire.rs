@@ -316,7 +316,9 @@ pub enum Frame {
     /// Either side, to a peer that set [`FLAG_HEARTBEAT`]: still working on its own disk
     /// (hashing what it holds, flushing a file, proving a claim). Carries nothing; its
     /// arrival keeps the peer's stall watchdog quiet. The receiver sends it anywhere among
-    /// its control frames; the sender only after its manifest.
+    /// its control frames; the sender only after its manifest, where the receiver no longer
+    /// reads (the frames only count as they arrive; at one per 2 s, the receiver's 2 MiB
+    /// stream window would fill after a week of a disk that never answers).
     Busy,
 }
 

@@ -585,6 +585,34 @@ async fn a_sender_that_stops_mid_file_is_given_up_and_the_part_is_kept() {
     assert!(visible(out.path()).is_empty());
 }
 
+#[tokio::test]
+async fn a_sender_busy_on_its_disk_is_not_given_up_until_it_stops_saying_so() {
+    let out = tempfile::tempdir().unwrap();
+    let e = file("x.bin", 10);
+    let (r, t) = receiver_against(out.path(), move |conn| async move {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&encode(&[
+            offer_for(std::slice::from_ref(&e)),
+            Frame::Entry(e),
+        ]))
+        .await
+        .unwrap();
+        let mut plan = [0u8; 64];
+        let _ = recv.read(&mut plan).await;
+        // "Still proving a claim", for three bounds, on the control stream the receiver no
+        // longer reads: their arrival alone must count.
+        for _ in 0..10 {
+            send.write_all(&encode(&[Frame::Busy])).await.unwrap();
+            tokio::time::sleep(STALL * 3 / 10).await;
+        }
+        let _ = tokio::time::timeout(20 * STALL, conn.closed()).await;
+        drop((send, recv));
+    })
+    .await;
+    assert!(t >= 3 * STALL, "heartbeats ignored: gave up after {t:?}");
+    assert_stalled(r, t, "between files", 3 * STALL);
+}
+
 /// What the evil receiver does after reading the sender's offer and manifest.
 #[derive(Clone, Copy, Debug)]
 enum EvilReceiver {

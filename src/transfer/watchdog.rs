@@ -31,8 +31,9 @@ use crate::error::Error;
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Longest gap between heartbeats a side sends while its own disk is busy (hashing what it
-/// holds, flushing a file, proving a resume claim), so that the peer's watchdog sees it alive.
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// holds, flushing a file, proving a resume claim), so that the peer's watchdog sees it
+/// alive even if the peer's `--stall-timeout` is much shorter than ours (down to ~5 s).
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// What we were waiting for when the peer stopped; names the stall in the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,6 +276,10 @@ mod tests {
     fn heartbeats_come_well_within_the_bound() {
         assert_eq!(heartbeat_every(None), HEARTBEAT);
         assert_eq!(heartbeat_every(Some(Duration::from_secs(120))), HEARTBEAT);
+        assert_eq!(
+            heartbeat_every(Some(Duration::from_secs(3))),
+            Duration::from_secs(1)
+        );
         assert_eq!(
             heartbeat_every(Some(Duration::from_secs(1))),
             Duration::from_millis(333) + Duration::from_nanos(333_333)
