@@ -112,8 +112,9 @@ pub const STREAM_MAGIC: [u8; 8] = *b"p2pcopy\0";
 pub const STREAM_VERSION: u8 = 2;
 /// Longest relative path (and symlink target) accepted from the peer, in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
-/// Most entries (files, folders, links) one job may announce. Bounds the receiver's memory
-/// for the manifest (a few hundred bytes per entry) whatever the peer claims.
+/// Most entries (files, folders, links) one job may announce, whatever else; the memory
+/// the entries cost the receiver is bounded by [`MAX_MANIFEST_COST`], which with short
+/// paths is reached at about 85,000 entries.
 pub const MAX_ENTRIES: u32 = 1_000_000;
 /// Most memory a receiver lets one job's manifest cost it, as counted by [`entry_cost`]
 /// while the entries arrive (and what a sender checks its own job against before

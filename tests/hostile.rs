@@ -862,6 +862,19 @@ async fn a_manifest_past_the_memory_limit_is_refused_naming_it() {
         .await
         .unwrap();
     assert_eq!(visible(out.path()), ["d".repeat(255)]);
+    // An offer of more entries than could fit, however short, is refused before reading
+    // them.
+    let most = limit / entry_cost(&dir(String::new()));
+    let offer = Frame::Offer(Offer {
+        flags: 1,
+        entries: most as u32 + 1,
+        total: 0,
+    });
+    let err = run_evil_with(vec![offer], vec![], out.path(), opts)
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 10, "{err}");
+    assert!(err.to_string().contains("limit is 1.00 MiB"), "{err}");
     // One entry more is refused, with the limit named, before anything is created.
     let longest = fit(MAX_PATH_LEN) as usize + 1;
     let too_many: Vec<Entry> = (0..longest)

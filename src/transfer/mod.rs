@@ -50,7 +50,8 @@ pub struct Options {
     /// How long a peer may keep the connection alive without moving the job before the
     /// run ends with [`Error::Stalled`]; `None` waits for ever.
     pub stall_timeout: Option<Duration>,
-    /// Most memory the receiver lets a manifest cost (see [`crate::wire::entry_cost`]).
+    /// Most memory the receiver lets a manifest cost (see [`crate::wire::entry_cost`]);
+    /// the sender checks its job against [`MAX_MANIFEST_COST`] while scanning instead.
     pub manifest_limit: u64,
 }
 

@@ -384,6 +384,25 @@ async fn read_manifest(
     total: u64,
     limit: u64,
 ) -> Result<Vec<Entry>, Error> {
+    let too_large = |at: String| {
+        Error::Protocol(format!(
+            "the sender's file list is larger than this receiver accepts (the limit is {} of memory for the list; {at}); send the files in several runs",
+            indicatif::HumanBytes(limit),
+        ))
+    };
+    // Even the shortest entries would not fit: no need to read them.
+    let least = entry_cost(&Entry {
+        kind: EntryKind::Dir,
+        path: String::new(),
+        size: 0,
+        mode: 0,
+        mtime_secs: 0,
+        mtime_nanos: 0,
+        target: String::new(),
+    });
+    if u64::from(n) * least > limit {
+        return Err(too_large(format!("{n} entries announced")));
+    }
     let mut entries = Vec::with_capacity(n.min(4096) as usize);
     let mut sum: u64 = 0;
     let mut cost: u64 = 0;
@@ -395,10 +414,9 @@ async fn read_manifest(
                     .ok_or_else(|| Error::Protocol("the announced file sizes overflow".into()))?;
                 cost += entry_cost(&e);
                 if cost > limit {
-                    return Err(Error::Protocol(format!(
-                        "the sender's file list is larger than this receiver accepts (the limit is {} of memory for the list; entry {} of {n} passed it); send the files in several runs",
-                        indicatif::HumanBytes(limit),
-                        entries.len() + 1,
+                    return Err(too_large(format!(
+                        "entry {} of {n} passed it",
+                        entries.len() + 1
                     )));
                 }
                 entries.push(e);
