@@ -173,12 +173,17 @@ impl Incoming {
 
         // Folders first, then what is already here: both touch the disk, off the runtime.
         let store = self.store.clone();
-        let verified = self.verified.clone();
-        let (entries, held) = ctl
+        // Lent to the disk thread rather than copied: it holds a path per file. Lost only
+        // if this connection fails meanwhile; a reconnect then hashes those files again.
+        let verified = std::mem::take(&mut self.verified);
+        let (prepared, verified) = ctl
             .busy(tokio::task::spawn_blocking(move || {
-                prepare(&store, entries, &verified)
+                let prepared = prepare(&store, entries, &verified);
+                (prepared, verified)
             }))
-            .await??;
+            .await?;
+        self.verified = verified;
+        let (entries, held) = prepared?;
 
         let have: u64 = held.values().map(|h| h.offset).sum();
         let need = offer.total.saturating_sub(have);
