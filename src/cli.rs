@@ -174,6 +174,10 @@ pub struct NetArgs {
     /// and reconnecting after this many seconds from the moment a path is lost.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
+    /// Give up when the peer keeps the connection alive but moves nothing for this many
+    /// seconds: no file list, no data, no verdict (0: wait for ever).
+    #[arg(long, value_name = "SECS", default_value_t = transfer::DEFAULT_STALL_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub stall_timeout: u64,
 }
 
 /// Prints an informational line on stderr for a person (not with --quiet or --json).
@@ -247,6 +251,14 @@ async fn transfer_run(
     }
     let (code, reason) = match &result {
         Ok(()) => (0, "done".to_owned()),
+        // Our message speaks of "your peer"; the peer prints this after "your peer stopped: ".
+        Err(e @ Error::Stalled(_)) => (
+            e.exit_code(),
+            format!(
+                "it saw no progress from you for {} s (its --stall-timeout)",
+                ctx.stall_timeout.unwrap_or_default().as_secs()
+            ),
+        ),
         Err(e) => (e.exit_code(), e.to_string()),
     };
     // Tell the peer at once, with our exit code and message, instead of letting it wait
@@ -282,6 +294,8 @@ struct Ctx {
     out: Output,
     clock: ntp::Clock,
     timeout: u64,
+    /// `--stall-timeout`, `None` for 0.
+    stall_timeout: Option<Duration>,
     needs_rounds: bool,
     nat: NatKind,
     peer_nat: Option<NatKind>,
@@ -599,6 +613,8 @@ async fn connect_phase(
         out,
         clock,
         timeout: net_args.timeout,
+        stall_timeout: (net_args.stall_timeout > 0)
+            .then(|| Duration::from_secs(net_args.stall_timeout)),
         needs_rounds,
         nat: nat_kind,
         peer_nat,
@@ -672,8 +688,8 @@ async fn transfer_phase(
     let mut reconnects = 0;
     loop {
         let opts = transfer::Options {
-            authenticated: link.authenticated,
-            out,
+            stall_timeout: ctx.stall_timeout,
+            ..transfer::Options::new(link.authenticated, out)
         };
         let result = match job {
             Job::Send(sending, _) => sending.run(&link.connection, opts).await,
@@ -1004,6 +1020,7 @@ mod tests {
                 assert_eq!(a.net.localport, 4300);
                 assert_eq!(a.file, [PathBuf::from("x.tif")]);
                 assert_eq!(a.net.timeout, 120);
+                assert_eq!(a.net.stall_timeout, 120);
             }
             _ => panic!(),
         }
@@ -1032,10 +1049,21 @@ mod tests {
     }
 
     #[test]
+    fn stall_timeout_flag() {
+        for (given, want) in [("0", 0), ("1", 1), ("600", 600)] {
+            let cli =
+                Cli::try_parse_from(["p2pcopy", "receiver", "--stall-timeout", given]).unwrap();
+            assert!(matches!(cli.command, Command::Receiver(ref a) if a.net.stall_timeout == want));
+        }
+    }
+
+    #[test]
     fn bad_flags_are_usage_errors() {
         for args in [
             vec!["p2pcopy", "receiver", "--localport", "70000"],
             vec!["p2pcopy", "receiver", "--timeout", "0"],
+            vec!["p2pcopy", "receiver", "--stall-timeout", "-1"],
+            vec!["p2pcopy", "receiver", "--stall-timeout", "86401"],
             vec!["p2pcopy", "sender"],
             vec![
                 "p2pcopy",

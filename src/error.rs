@@ -60,6 +60,9 @@ pub enum Error {
     /// unlike a lost path, reconnecting cannot help.
     #[error("your peer stopped: {0}")]
     PeerStopped(String),
+    /// The peer kept the connection alive but made no progress for `--stall-timeout`.
+    #[error("{0} (--stall-timeout): giving up; run both commands again to resume")]
+    Stalled(String),
     /// The received data does not match the sender's BLAKE3 hash.
     #[error("verification failed: {0}")]
     Verify(String),
@@ -111,7 +114,7 @@ impl Error {
             Error::Input { .. } | Error::Output { .. } => 4,
             Error::Bind { .. } | Error::Stun { .. } => 5,
             Error::Connect(_) => 6,
-            Error::ConnectionLost(_) | Error::PeerStopped(_) => 7,
+            Error::ConnectionLost(_) | Error::PeerStopped(_) | Error::Stalled(_) => 7,
             Error::Verify(_) => 8,
             Error::DiskFull { .. }
             | Error::NoSpace { .. }

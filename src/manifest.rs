@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
-use crate::wire::{Entry, EntryKind, MAX_ENTRIES, MAX_PATH_LEN};
+use crate::wire::{entry_cost, Entry, EntryKind, MAX_ENTRIES, MAX_MANIFEST_COST, MAX_PATH_LEN};
 
 /// Longest single name accepted (the limit of common file systems).
 pub const MAX_NAME_LEN: usize = 255;
@@ -27,6 +27,8 @@ pub struct Scan {
     pub sources: Vec<PathBuf>,
     /// Things found but not sent, with the reason (shown to the user).
     pub skipped: Vec<(PathBuf, &'static str)>,
+    /// What the entries will cost the receiver (see [`crate::wire::entry_cost`]).
+    pub cost: u64,
 }
 
 impl Scan {
@@ -114,7 +116,7 @@ fn push(
         });
     }
     let (mtime_secs, mtime_nanos) = meta.modified().map(split_time).unwrap_or((0, 0));
-    scan.entries.push(Entry {
+    let entry = Entry {
         kind,
         path,
         size: if kind == EntryKind::File {
@@ -126,9 +128,26 @@ fn push(
         mtime_secs,
         mtime_nanos,
         target: target.to_owned(),
-    });
+    };
+    scan.cost = add_cost(scan.cost, &entry, scan.entries.len(), MAX_MANIFEST_COST)?;
+    scan.entries.push(entry);
     scan.sources.push(local.to_owned());
     Ok(())
+}
+
+/// Adds `e`, the job's entry number `count + 1`, to the job's cost for the receiver;
+/// refuses a job that a receiver would refuse, before connecting, rather than after.
+fn add_cost(cost: u64, e: &Entry, count: usize, limit: u64) -> Result<u64, Error> {
+    let cost = cost + entry_cost(e);
+    if cost > limit {
+        return Err(Error::Usage(format!(
+            "too many files and folders for one run: their list would take more than the receiver's limit of {} of memory (reached at entry {}, {:?}); send them in several runs",
+            indicatif::HumanBytes(limit),
+            count + 1,
+            e.path,
+        )));
+    }
+    Ok(cost)
 }
 
 fn walk(scan: &mut Scan, dir: &Path, rel: &str, depth: usize) -> Result<(), Error> {
@@ -336,6 +355,38 @@ pub fn link_stays_inside(path: &str, target: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_a_receiver_would_refuse_is_refused_before_connecting() {
+        let e = |path: &str| Entry {
+            kind: EntryKind::File,
+            path: path.into(),
+            size: 1,
+            mode: 0o644,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+            target: String::new(),
+        };
+        let long = e(&"a".repeat(MAX_PATH_LEN));
+        let limit = 3 * entry_cost(&long);
+        let mut cost = 0;
+        for i in 0..3 {
+            cost = add_cost(cost, &long, i, limit).unwrap();
+        }
+        assert_eq!(cost, limit);
+        let err = add_cost(cost, &e("x"), 3, limit).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert!(
+            text.contains("limit of ") && text.contains("entry 4"),
+            "{text}"
+        );
+        assert!(text.contains("several runs"), "{text}");
+        // The default limit holds tens of thousands of ordinary entries, and fewer long ones.
+        let ordinary = e("photos/2024/IMG_0001.JPG");
+        assert!(MAX_MANIFEST_COST / entry_cost(&ordinary) > 50_000);
+        assert!(MAX_MANIFEST_COST / entry_cost(&long) > 3_000);
+    }
 
     #[test]
     fn hostile_paths_are_refused() {

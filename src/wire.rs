@@ -112,9 +112,35 @@ pub const STREAM_MAGIC: [u8; 8] = *b"p2pcopy\0";
 pub const STREAM_VERSION: u8 = 2;
 /// Longest relative path (and symlink target) accepted from the peer, in bytes.
 pub const MAX_PATH_LEN: usize = 4096;
-/// Most entries (files, folders, links) one job may announce. Bounds the receiver's memory
-/// for the manifest (a few hundred bytes per entry) whatever the peer claims.
+/// Most entries (files, folders, links) one job may announce, whatever else; the memory
+/// the entries cost the receiver is bounded by [`MAX_MANIFEST_COST`], which with short
+/// paths is reached at about 85,000 entries.
 pub const MAX_ENTRIES: u32 = 1_000_000;
+/// Most memory a receiver lets one job's manifest cost it, as counted by [`entry_cost`]
+/// while the entries arrive (and what a sender checks its own job against before
+/// connecting). [`MAX_ENTRIES`] alone would let a hostile manifest of long paths cost
+/// gigabytes.
+pub const MAX_MANIFEST_COST: u64 = 64 << 20;
+/// What the receiver keeps per entry besides its path: the entry and its confined path
+/// (104 bytes), and per file the claim map (about 150 with hash-table slack), the pending
+/// set, the verdict list, the verified map (150), the reported and stored sets, and the
+/// checksum list (56).
+const ENTRY_COST_FIXED: u64 = 576;
+/// Copies of a path the receiver keeps over a job (as sent, confined, in the verified map
+/// and in the checksum list), each with the allocator's overhead.
+const PATH_COPIES: u64 = 4;
+/// An allocator's overhead per heap block, rounded up.
+const ALLOC_OVERHEAD: u64 = 32;
+
+/// An upper bound on the memory the receiver holds for `e` over a job; see
+/// [`MAX_MANIFEST_COST`].
+pub fn entry_cost(e: &Entry) -> u64 {
+    ENTRY_COST_FIXED
+        + PATH_COPIES * (e.path.len() as u64 + ALLOC_OVERHEAD)
+        + e.target.len() as u64
+        + ALLOC_OVERHEAD
+}
+
 /// Bytes before a frame's payload: type (1) and payload length (4, big-endian).
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Largest payload of any control frame: an entry with the longest path and target.
@@ -126,6 +152,9 @@ pub const TRAILER_LEN: usize = 33;
 
 /// Flag: the side that sent this message checked the peer's certificate against a ticket.
 pub const FLAG_AUTHENTICATED: u8 = 1;
+/// Flag: the side that sent this message understands [`Frame::Busy`] on the control stream.
+/// Older versions ignore unknown flag bits, and are never sent a `Busy`.
+pub const FLAG_HEARTBEAT: u8 = 2;
 
 /// Code with which the receiver stops a data stream when it cannot store the file, so the
 /// sender stops sending at once and can say why.
@@ -285,6 +314,13 @@ pub enum Frame {
     },
     /// Receiver: every entry is in place (folders' times and links included).
     JobDone,
+    /// Either side, to a peer that set [`FLAG_HEARTBEAT`]: still working on its own disk
+    /// (hashing what it holds, flushing a file, proving a claim). Carries nothing; its
+    /// arrival keeps the peer's stall watchdog quiet. The receiver sends it anywhere among
+    /// its control frames; the sender only after its manifest, where the receiver no longer
+    /// reads (the frames only count as they arrive; at one per 2 s, the receiver's 2 MiB
+    /// stream window would fill after a week of a disk that never answers).
+    Busy,
 }
 
 const T_OFFER: u8 = 1;
@@ -294,6 +330,7 @@ const T_CLAIM: u8 = 4;
 const T_PLAN_END: u8 = 5;
 const T_FILE_DONE: u8 = 6;
 const T_JOB_DONE: u8 = 7;
+const T_BUSY: u8 = 8;
 
 impl Frame {
     /// Appends the encoded frame to `out`.
@@ -341,6 +378,7 @@ impl Frame {
                 T_FILE_DONE
             }
             Frame::JobDone => T_JOB_DONE,
+            Frame::Busy => T_BUSY,
         };
         let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
         out[start] = ty;
@@ -350,7 +388,7 @@ impl Frame {
     /// Checks a frame header; returns the type and payload length to read next.
     pub fn decode_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<(u8, usize), WireError> {
         let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
-        if !(T_OFFER..=T_JOB_DONE).contains(&h[0]) {
+        if !(T_OFFER..=T_BUSY).contains(&h[0]) {
             return Err(WireError::FrameType(h[0]));
         }
         if len as usize > MAX_FRAME_PAYLOAD {
@@ -437,6 +475,7 @@ impl Frame {
                 Frame::FileDone { index, status }
             }
             T_JOB_DONE => Frame::JobDone,
+            T_BUSY => Frame::Busy,
             other => return Err(WireError::FrameType(other)),
         };
         if !r.0.is_empty() {
@@ -665,6 +704,7 @@ mod tests {
                 status: FileStatus::AlreadyThere,
             },
             Frame::JobDone,
+            Frame::Busy,
         ]
     }
 

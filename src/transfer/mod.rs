@@ -14,11 +14,13 @@
 mod receive;
 mod send;
 mod store;
+pub mod watchdog;
 pub mod window;
 
 pub use receive::Incoming;
 pub use send::Outgoing;
 pub use store::{check_output_dir, numbered, part_name, Store};
+pub use watchdog::{Waiting, DEFAULT_STALL_TIMEOUT};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,7 +31,8 @@ use crate::error::Error;
 use crate::events::{Event, Output};
 use crate::progress::Progress;
 use crate::wire::{
-    Entry, EntryKind, Frame, WireError, FLAG_AUTHENTICATED, FRAME_HEADER_LEN, STOP_STORE_FAILED,
+    Entry, EntryKind, Frame, WireError, FLAG_AUTHENTICATED, FLAG_HEARTBEAT, FRAME_HEADER_LEN,
+    MAX_MANIFEST_COST, STOP_STORE_FAILED,
 };
 
 /// Size of one chunk read from disk and handed to QUIC.
@@ -44,16 +47,33 @@ pub struct Options {
     pub authenticated: bool,
     /// Where progress and per-file events go.
     pub out: Output,
+    /// How long a peer may keep the connection alive without moving the job before the
+    /// run ends with [`Error::Stalled`]; `None` waits for ever.
+    pub stall_timeout: Option<Duration>,
+    /// Most memory the receiver lets a manifest cost (see [`crate::wire::entry_cost`]);
+    /// the sender checks its job against [`MAX_MANIFEST_COST`] while scanning instead.
+    pub manifest_limit: u64,
 }
 
 impl Options {
+    /// Options with the defaults: [`DEFAULT_STALL_TIMEOUT`], [`MAX_MANIFEST_COST`].
+    pub fn new(authenticated: bool, out: Output) -> Options {
+        Options {
+            authenticated,
+            out,
+            stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
+            manifest_limit: MAX_MANIFEST_COST,
+        }
+    }
+
     /// The `FLAG_*` bits this side announces.
     fn flags(&self) -> u8 {
-        if self.authenticated {
+        let auth = if self.authenticated {
             FLAG_AUTHENTICATED
         } else {
             0
-        }
+        };
+        auth | FLAG_HEARTBEAT
     }
 }
 

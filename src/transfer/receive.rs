@@ -3,11 +3,14 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
-use quinn::{Connection, ReadError, RecvStream};
+use quinn::{Connection, ReadError, RecvStream, SendStream};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::store::{Held, Store};
+use super::watchdog::{heartbeat_every, Waiting, Watch};
 use super::{
     closed, explain, lost_read, lost_write, read_exact_err, read_frame, wire, Options, Report,
     CHUNK, PIPELINE,
@@ -18,8 +21,9 @@ use crate::manifest::{confine, link_stays_inside};
 use crate::progress::Progress;
 use crate::shown::shown;
 use crate::wire::{
-    segment_end, Claim, DataHead, Entry, EntryKind, FileStatus, Frame, Trailer, DATA_HEAD_LEN,
-    FLAG_AUTHENTICATED, RESET_SOURCE_CHANGED, STOP_STORE_FAILED, TRAILER_LEN,
+    entry_cost, segment_end, Claim, DataHead, Entry, EntryKind, FileStatus, Frame, Trailer,
+    DATA_HEAD_LEN, FLAG_AUTHENTICATED, FLAG_HEARTBEAT, RESET_SOURCE_CHANGED, STOP_STORE_FAILED,
+    TRAILER_LEN,
 };
 
 /// A job being received, kept across reconnects.
@@ -42,6 +46,48 @@ pub struct Incoming {
 struct Checked {
     entry: Entry,
     rel: PathBuf,
+}
+
+/// The control stream back to the sender, and how to keep it informed.
+struct Control<'a> {
+    send: &'a mut SendStream,
+    watch: &'a Watch,
+    /// How often to tell the sender we are busy on our disk; `None` if it does not
+    /// understand heartbeats.
+    heartbeat: Option<Duration>,
+}
+
+impl Control<'_> {
+    /// Writes control frames, watching that the sender reads them.
+    async fn write(&mut self, frames: &[u8]) -> Result<(), Error> {
+        let send = &mut *self.send;
+        self.watch
+            .guard(Waiting::Reading, async {
+                send.write_all(frames).await.map_err(lost_write)
+            })
+            .await
+    }
+
+    /// Waits for local work on a blocking thread, sending heartbeats meanwhile: hashing a
+    /// large held file or flushing one to a slow disk takes longer than the sender's
+    /// patience, and QUIC keep-alives alone do not tell it we are still working.
+    async fn busy<T>(&mut self, work: JoinHandle<T>) -> Result<T, Error> {
+        let mut work = std::pin::pin!(work);
+        let internal = |e: tokio::task::JoinError| Error::Internal(e.to_string());
+        let Some(every) = self.heartbeat else {
+            return work.await.map_err(internal);
+        };
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat = Vec::new();
+        Frame::Busy.encode(&mut beat);
+        loop {
+            tokio::select! {
+                r = &mut work => return r.map_err(internal),
+                _ = tick.tick() => self.write(&beat).await?,
+            }
+        }
+    }
 }
 
 impl Incoming {
@@ -100,22 +146,45 @@ impl Incoming {
 
     async fn run_once(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
         let first = self.report.connection_started();
-        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| closed(&e))?;
-        let offer = match read_frame(&mut recv).await? {
+        let watch = Watch::new(conn, opts.stall_timeout);
+        let (mut send, mut recv) = watch
+            .guard(Waiting::Offer, async {
+                conn.accept_bi().await.map_err(|e| closed(&e))
+            })
+            .await?;
+        let offer = match watch.guard(Waiting::Offer, read_frame(&mut recv)).await? {
             Frame::Offer(o) => o,
             other => return Err(unexpected(&other)),
         };
         self.report.peer_authenticated = offer.flags & FLAG_AUTHENTICATED != 0;
-        let entries = read_manifest(&mut recv, offer.entries, offer.total).await?;
+        let limit = opts.manifest_limit;
+        let entries = watch
+            .guard(
+                Waiting::Manifest,
+                read_manifest(&mut recv, offer.entries, offer.total, limit),
+            )
+            .await?;
         self.report.tally(&entries);
+        let mut ctl = Control {
+            send: &mut send,
+            watch: &watch,
+            heartbeat: (offer.flags & FLAG_HEARTBEAT != 0)
+                .then(|| heartbeat_every(opts.stall_timeout)),
+        };
 
         // Folders first, then what is already here: both touch the disk, off the runtime.
         let store = self.store.clone();
-        let verified = self.verified.clone();
-        let (entries, held) =
-            tokio::task::spawn_blocking(move || prepare(&store, &entries, &verified))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+        // Lent to the disk thread rather than copied: it holds a path per file. Lost only
+        // if this connection fails meanwhile; a reconnect then hashes those files again.
+        let verified = std::mem::take(&mut self.verified);
+        let (prepared, verified) = ctl
+            .busy(tokio::task::spawn_blocking(move || {
+                let prepared = prepare(&store, entries, &verified);
+                (prepared, verified)
+            }))
+            .await?;
+        self.verified = verified;
+        let (entries, held) = prepared?;
 
         let have: u64 = held.values().map(|h| h.offset).sum();
         let need = offer.total.saturating_sub(have);
@@ -145,7 +214,7 @@ impl Incoming {
             .encode(&mut buf);
         }
         Frame::PlanEnd.encode(&mut buf);
-        send.write_all(&buf).await.map_err(lost_write)?;
+        ctl.write(&buf).await?;
         opts.out.emit(|| self.report.plan(have));
 
         let progress = self
@@ -159,9 +228,9 @@ impl Incoming {
             .filter(|(_, c)| c.entry.kind == EntryKind::File)
             .map(|(i, _)| i as u32)
             .collect();
-        let mut statuses: Vec<(u32, FileStatus, blake3::Hash)> = Vec::new();
+        let mut statuses: Vec<(u32, FileStatus, blake3::Hash)> = Vec::with_capacity(pending.len());
         while !pending.is_empty() {
-            let (mut stream, head) = accept_data(conn).await?;
+            let (mut stream, head) = watch.guard(Waiting::NextFile, accept_data(conn)).await?;
             if !pending.remove(&head.index) {
                 return Err(Error::Protocol(format!(
                     "the sender sent data for entry {} which is not an awaited file",
@@ -183,6 +252,7 @@ impl Incoming {
             let got = receive_file(
                 &self.store,
                 conn,
+                &mut ctl,
                 &mut stream,
                 head.index,
                 c,
@@ -234,21 +304,21 @@ impl Incoming {
                 status,
             }
             .encode(&mut b);
-            send.write_all(&b).await.map_err(lost_write)?;
+            ctl.write(&b).await?;
         }
 
         let store = self.store.clone();
-        let (entries, link_renames) = tokio::task::spawn_blocking(move || {
-            finish_tree(&store, &entries).map(|renamed| (entries, renamed))
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+        let (entries, link_renames) = ctl
+            .busy(tokio::task::spawn_blocking(move || {
+                finish_tree(&store, &entries).map(|renamed| (entries, renamed))
+            }))
+            .await??;
         for (path, at) in link_renames {
             self.renamed.insert(path, at);
         }
         let mut b = Vec::new();
         Frame::JobDone.encode(&mut b);
-        send.write_all(&b).await.map_err(lost_write)?;
+        ctl.write(&b).await?;
         let _ = send.finish();
         progress.finish();
         self.report.finished();
@@ -262,6 +332,7 @@ impl Incoming {
     ) -> Result<(), Error> {
         let r = &mut self.report;
         r.hashes.clear();
+        r.hashes.reserve_exact(statuses.len());
         r.failed.clear();
         r.already_there = 0;
         for &(index, status, hash) in statuses {
@@ -311,16 +382,49 @@ fn unexpected(f: &Frame) -> Error {
     Error::Protocol(format!("unexpected message from the sender: {f:?}"))
 }
 
-/// Reads and checks the sender's entries; nothing touches the disk yet.
-async fn read_manifest(recv: &mut RecvStream, n: u32, total: u64) -> Result<Vec<Entry>, Error> {
+/// Reads and checks the sender's entries; nothing touches the disk yet. What the entries
+/// will cost us over the job is counted as they arrive, and refused past `limit`.
+async fn read_manifest(
+    recv: &mut RecvStream,
+    n: u32,
+    total: u64,
+    limit: u64,
+) -> Result<Vec<Entry>, Error> {
+    let too_large = |at: String| {
+        Error::Protocol(format!(
+            "the sender's file list is larger than this receiver accepts (the limit is {} of memory for the list; {at}); send the files in several runs",
+            indicatif::HumanBytes(limit),
+        ))
+    };
+    // Even the shortest entries would not fit: no need to read them.
+    let least = entry_cost(&Entry {
+        kind: EntryKind::Dir,
+        path: String::new(),
+        size: 0,
+        mode: 0,
+        mtime_secs: 0,
+        mtime_nanos: 0,
+        target: String::new(),
+    });
+    if u64::from(n) * least > limit {
+        return Err(too_large(format!("{n} entries announced")));
+    }
     let mut entries = Vec::with_capacity(n.min(4096) as usize);
     let mut sum: u64 = 0;
+    let mut cost: u64 = 0;
     for _ in 0..n {
         match read_frame(recv).await? {
             Frame::Entry(e) => {
                 sum = sum
                     .checked_add(e.size)
                     .ok_or_else(|| Error::Protocol("the announced file sizes overflow".into()))?;
+                cost += entry_cost(&e);
+                if cost > limit {
+                    return Err(too_large(format!(
+                        "entry {} of {n} passed it",
+                        entries.len() + 1
+                    )));
+                }
                 entries.push(e);
             }
             other => return Err(unexpected(&other)),
@@ -338,11 +442,10 @@ async fn read_manifest(recv: &mut RecvStream, n: u32, total: u64) -> Result<Vec<
 /// blocking thread.
 fn prepare(
     store: &Store,
-    entries: &[Entry],
+    entries: Vec<Entry>,
     verified: &HashMap<(PathBuf, u64), blake3::Hash>,
 ) -> Result<(Vec<Checked>, HashMap<u32, Held>), Error> {
     let mut checked = Vec::with_capacity(entries.len());
-    let mut seen = HashSet::with_capacity(entries.len());
     for e in entries {
         let refuse = |why: String| Error::Protocol(format!("refused an unsafe entry: {why}"));
         let rel = confine(&e.path).map_err(|err| refuse(err.to_string()))?;
@@ -358,14 +461,21 @@ fn prepare(
                 e.path
             )));
         }
-        if !seen.insert(rel.clone()) {
-            return Err(refuse(format!("\"{}\" is announced twice", e.path)));
-        }
-        checked.push(Checked {
-            entry: e.clone(),
-            rel,
-        });
+        checked.push(Checked { entry: e, rel });
     }
+    // Sorted indices find a path announced twice without a second copy of every path.
+    let mut order: Vec<u32> = (0..checked.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| checked[a as usize].rel.cmp(&checked[b as usize].rel));
+    if let Some(w) = order
+        .windows(2)
+        .find(|w| checked[w[0] as usize].rel == checked[w[1] as usize].rel)
+    {
+        return Err(Error::Protocol(format!(
+            "refused an unsafe entry: \"{}\" is announced twice",
+            checked[w[1] as usize].entry.path
+        )));
+    }
+    drop(order);
     let mut held = HashMap::new();
     for (i, c) in checked.iter().enumerate() {
         match c.entry.kind {
@@ -408,6 +518,7 @@ enum Outcome {
 async fn receive_file(
     store: &Store,
     conn: &Connection,
+    ctl: &mut Control<'_>,
     stream: &mut RecvStream,
     index: u32,
     c: &Checked,
@@ -418,8 +529,9 @@ async fn receive_file(
 ) -> Result<(Outcome, blake3::Hash), Error> {
     let size = c.entry.size;
     // "Already there": the sender proved our complete copy; nothing is written.
+    let watch = ctl.watch;
     if let Some(h) = claim.as_ref().filter(|h| h.complete && start == size) {
-        let status = match read_trailer(stream).await? {
+        let status = match watch.guard(Waiting::MidFile, read_trailer(stream)).await? {
             Trailer::Complete(theirs) if theirs == *h.hash.as_bytes() => FileStatus::AlreadyThere,
             Trailer::Complete(_) => {
                 return Err(Error::Protocol(format!(
@@ -434,7 +546,7 @@ async fn receive_file(
     let hasher = match claim {
         Some(Held {
             hasher: Some(h), ..
-        }) if start > 0 => h,
+        }) if start > 0 => *h,
         _ => blake3::Hasher::new(),
     };
     let part = store.open_part(&c.rel, start)?;
@@ -448,12 +560,12 @@ async fn receive_file(
     let mut at = start;
     let got = loop {
         let end = segment_end(at, size);
-        let got = pump(stream, &tx, &mut spare, end - at, progress, moved).await;
+        let got = pump(stream, &tx, &mut spare, end - at, progress, moved, watch).await;
         if got.is_err() || end == size {
             break got;
         }
         at = end;
-        match next_segment(conn, stream, index, at).await {
+        match next_segment(conn, stream, index, at, watch).await {
             Ok(next) => *stream = next,
             Err(e) => break Err(e),
         }
@@ -463,7 +575,7 @@ async fn receive_file(
     // On a write error the part data stays for the next run: the disk is the problem.
     let ours = written.map_err(|e| Error::write(part.path.clone(), e))?;
     let trailer = match got {
-        Ok(()) => read_trailer(stream).await?,
+        Ok(()) => watch.guard(Waiting::MidFile, read_trailer(stream)).await?,
         Err(Pumped::SourceChanged) => Trailer::SourceChanged,
         Err(Pumped::Failed(e)) => return Err(e),
     };
@@ -474,7 +586,11 @@ async fn receive_file(
             FileStatus::HashMismatch
         }
         Trailer::Complete(_) => {
-            let at = store.persist(part, &c.rel, &c.entry)?;
+            // The flush can take long on a slow disk: off the runtime, which drives the
+            // connection (its keep-alives and our heartbeats).
+            let (store, rel, entry) = (store.clone(), c.rel.clone(), c.entry.clone());
+            let persisted = tokio::task::spawn_blocking(move || store.persist(part, &rel, &entry));
+            let at = ctl.busy(persisted).await??;
             return Ok((Outcome::Stored(at), ours));
         }
     };
@@ -497,8 +613,15 @@ async fn next_segment(
     stream: &mut RecvStream,
     index: u32,
     at: u64,
+    watch: &Watch,
 ) -> Result<RecvStream, Pumped> {
-    match stream.read_chunk(1, true).await.map_err(read_failed)? {
+    let end = watch
+        .guard(Waiting::MidFile, async {
+            Ok(stream.read_chunk(1, true).await)
+        })
+        .await
+        .map_err(Pumped::Failed)?;
+    match end.map_err(read_failed)? {
         None => {}
         Some(_) => {
             return Err(Pumped::Failed(Error::Protocol(
@@ -506,7 +629,10 @@ async fn next_segment(
             )))
         }
     }
-    let (next, head) = accept_data(conn).await.map_err(Pumped::Failed)?;
+    let (next, head) = watch
+        .guard(Waiting::MidFile, accept_data(conn))
+        .await
+        .map_err(Pumped::Failed)?;
     if head.index != index || head.start != at {
         return Err(Pumped::Failed(Error::Protocol(format!(
             "the sender interrupted entry {index} at byte {at} with a stream for entry {} at byte {}",
@@ -562,8 +688,14 @@ async fn pump(
     len: u64,
     progress: &mut Progress,
     moved: &mut u64,
+    watch: &Watch,
 ) -> Result<(), Pumped> {
     let mut remaining = len;
+    // One timer for the whole segment, not one per read (a read is about a packet), moved
+    // on only when it fires and the peer has made progress meanwhile.
+    let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
+    let mut dog = watch.start();
+    let mut alarm = std::pin::pin!(tokio::time::sleep_until(dog.map_or(far, |d| d.deadline())));
     while remaining > 0 {
         let want = remaining.min(CHUNK as u64) as usize;
         let mut buf = spare.try_recv().unwrap_or_default();
@@ -573,7 +705,24 @@ async fn pump(
         let mut filled = 0;
         let mut failed = None;
         while filled < want {
-            match stream.read(&mut buf[filled..want]).await {
+            let read = tokio::select! {
+                biased;
+                r = stream.read(&mut buf[filled..want]) => r,
+                _ = &mut alarm, if dog.is_some() => {
+                    let Some(d) = dog.as_mut() else { continue };
+                    match watch.check(d, Waiting::MidFile) {
+                        Ok(next) => {
+                            alarm.as_mut().reset(next);
+                            continue;
+                        }
+                        Err(stall) => {
+                            failed = Some(Pumped::Failed(stall));
+                            break;
+                        }
+                    }
+                }
+            };
+            match read {
                 Ok(Some(n)) => {
                     filled += n;
                     *moved += n as u64;
@@ -601,6 +750,13 @@ async fn pump(
             return Err(f);
         }
         remaining -= want as u64;
+        // Waiting for our own disk is not the peer stalling: watch afresh from here.
+        if dog.is_some() {
+            dog = watch.start();
+            if let Some(d) = &dog {
+                alarm.as_mut().reset(d.deadline());
+            }
+        }
     }
     Ok(())
 }

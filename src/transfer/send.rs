@@ -10,6 +10,7 @@ use bytes::Bytes;
 use quinn::Connection;
 use tokio::sync::mpsc;
 
+use super::watchdog::{heartbeat_every, Waiting, Watch};
 use super::window::SendWindow;
 use super::{closed, explain, lost, lost_write, read_frame, Options, Report, CHUNK, PIPELINE};
 use crate::error::Error;
@@ -19,7 +20,7 @@ use crate::progress::Progress;
 use crate::shown::shown;
 use crate::wire::{
     segment_end, Claim, DataHead, EntryKind, FileStatus, Frame, Offer, Trailer, FLAG_AUTHENTICATED,
-    RESET_SOURCE_CHANGED,
+    FLAG_HEARTBEAT, RESET_SOURCE_CHANGED,
 };
 
 /// A job being sent: the scan, plus what this run learned, kept across reconnects.
@@ -85,6 +86,7 @@ impl Outgoing {
 
     async fn run_once(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
         let first = self.report.connection_started();
+        let watch = Watch::new(conn, opts.stall_timeout);
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
         let mut buf = Vec::with_capacity(64 << 10);
         Frame::Offer(Offer {
@@ -96,20 +98,26 @@ impl Outgoing {
         for e in &self.scan.entries {
             Frame::Entry(e.clone()).encode(&mut buf);
             if buf.len() >= 60 << 10 {
-                send.write_all(&buf).await.map_err(lost_write)?;
+                write_control(&watch, &mut send, &buf).await?;
                 buf.clear();
             }
         }
-        send.write_all(&buf).await.map_err(lost_write)?;
+        write_control(&watch, &mut send, &buf).await?;
 
-        let flags = match read_frame(&mut recv).await? {
+        let flags = match watch
+            .guard(Waiting::Accept, read_control(&mut recv))
+            .await?
+        {
             Frame::Accept { flags } => flags,
             other => return Err(unexpected(&other)),
         };
         self.report.peer_authenticated = flags & FLAG_AUTHENTICATED != 0;
         let mut claims: HashMap<u32, Claim> = HashMap::new();
         loop {
-            match read_frame(&mut recv).await? {
+            match watch
+                .guard(Waiting::Accept, read_control(&mut recv))
+                .await?
+            {
                 Frame::Claim(c) => {
                     let ok = self
                         .scan
@@ -167,20 +175,47 @@ impl Outgoing {
         let mut window = SendWindow::default();
         let mut current: Option<Sending> = None;
         let mut sending_done = false;
+        // While our disk is slow (proving a large claim, say) the receiver hears nothing
+        // from us: a receiver that understands it is told we are busy.
+        let every = heartbeat_every(opts.stall_timeout);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let beats = flags & FLAG_HEARTBEAT != 0;
+        let mut beat = Vec::new();
+        Frame::Busy.encode(&mut beat);
+        // Once everything is sent, the receiver's verdicts are what we wait for.
+        let mut verdict_dog = None;
+        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(365 * 86_400);
+        let mut verdict_alarm = std::pin::pin!(tokio::time::sleep_until(far));
         let outcome: Result<Vec<(u32, FileStatus)>, Error> = loop {
             tokio::select! {
                 r = &mut results => break r,
+                _ = heartbeat.tick(), if beats && !sending_done => {
+                    write_control(&watch, &mut send, &beat).await?;
+                }
+                _ = &mut verdict_alarm, if verdict_dog.is_some() => {
+                    if let Some(d) = verdict_dog.as_mut() {
+                        let next = watch.check(d, Waiting::Verdict)?;
+                        verdict_alarm.as_mut().reset(next);
+                    }
+                }
                 Some((index, status)) = verdicts.recv() => {
                     file_done(opts.out, &self.scan, &self.known, &mut self.reported, index, status);
                 }
                 ev = rx.recv(), if !sending_done => match ev {
-                    None => sending_done = true,
+                    None => {
+                        sending_done = true;
+                        verdict_dog = watch.start();
+                        if let Some(d) = &verdict_dog {
+                            verdict_alarm.as_mut().reset(d.deadline());
+                        }
+                    }
                     Some(DiskEvent::Start(head)) => {
                         let entry = &self.scan.entries[head.index as usize];
                         let claimed = claims.get(&head.index).map_or(0, |c| c.offset.min(entry.size));
                         self.report.file_started(progress, first, claimed, head.start);
                         progress.set_message(&entry.path);
-                        stream = Some(open_segment(conn, head, priority.next()).await?);
+                        stream = Some(open_segment(conn, &watch, head, priority.next()).await?);
                         current = Some(Sending {
                             index: head.index,
                             at: head.start,
@@ -205,12 +240,15 @@ impl Outgoing {
                                     s.finish().map_err(lost)?;
                                 }
                                 let head = DataHead { index: cur.index, start: cur.at };
-                                stream = Some(open_segment(conn, head, priority.next()).await?);
+                                stream = Some(open_segment(conn, &watch, head, priority.next()).await?);
                                 cur.segment_end = segment_end(cur.at, cur.size);
                             }
                             let s = stream.as_mut().ok_or_else(|| Error::Internal("no data stream".into()))?;
                             let take = (cur.segment_end - cur.at).min(chunk.len() as u64);
-                            s.write_chunk(chunk.split_to(take as usize)).await.map_err(lost_write)?;
+                            let piece = chunk.split_to(take as usize);
+                            watch.guard(Waiting::Credit, async {
+                                s.write_chunk(piece).await.map_err(lost_write)
+                            }).await?;
                             cur.at += take;
                         }
                         self.report.moved += n;
@@ -222,7 +260,9 @@ impl Outgoing {
                         match trailer {
                             Trailer::Complete(h) => {
                                 self.known.insert(index, blake3::Hash::from_bytes(h));
-                                s.write_all(&trailer.encode()).await.map_err(lost_write)?;
+                                watch.guard(Waiting::Credit, async {
+                                    s.write_all(&trailer.encode()).await.map_err(lost_write)
+                                }).await?;
                                 s.finish().map_err(lost)?;
                             }
                             Trailer::SourceChanged => {
@@ -334,14 +374,44 @@ impl SegmentPriority {
 /// Opens the data stream for the segment that `head` starts.
 async fn open_segment(
     conn: &Connection,
+    watch: &Watch,
     head: DataHead,
     priority: i32,
 ) -> Result<quinn::SendStream, Error> {
-    let mut s = conn.open_uni().await.map_err(|e| closed(&e))?;
-    s.set_priority(priority)
-        .map_err(|_| Error::Internal("data stream closed at open".into()))?;
-    s.write_all(&head.encode()).await.map_err(lost_write)?;
-    Ok(s)
+    // Opening waits for the receiver to accept earlier streams.
+    watch
+        .guard(Waiting::Credit, async {
+            let mut s = conn.open_uni().await.map_err(|e| closed(&e))?;
+            s.set_priority(priority)
+                .map_err(|_| Error::Internal("data stream closed at open".into()))?;
+            s.write_all(&head.encode()).await.map_err(lost_write)?;
+            Ok(s)
+        })
+        .await
+}
+
+/// Writes control frames, watching that the receiver reads them.
+async fn write_control(
+    watch: &Watch,
+    send: &mut quinn::SendStream,
+    frames: &[u8],
+) -> Result<(), Error> {
+    watch
+        .guard(Waiting::Reading, async {
+            send.write_all(frames).await.map_err(lost_write)
+        })
+        .await
+}
+
+/// Reads the receiver's next control frame, passing over heartbeats (whose arrival the
+/// watchdog has already counted).
+async fn read_control(recv: &mut quinn::RecvStream) -> Result<Frame, Error> {
+    loop {
+        match read_frame(recv).await? {
+            Frame::Busy => {}
+            f => return Ok(f),
+        }
+    }
 }
 
 fn unexpected(f: &Frame) -> Error {
@@ -384,7 +454,7 @@ async fn collect(
 ) -> Result<Vec<(u32, FileStatus)>, Error> {
     let mut done = Vec::with_capacity(files);
     loop {
-        match read_frame(recv).await? {
+        match read_control(recv).await? {
             Frame::FileDone { index, status } => {
                 let _ = verdicts.send((index, status));
                 done.push((index, status));

@@ -33,7 +33,8 @@ pub struct Held {
     /// Their BLAKE3.
     pub hash: blake3::Hash,
     /// The hasher after those bytes, to continue with the rest (part files only).
-    pub hasher: Option<blake3::Hasher>,
+    /// Boxed: a hasher is ~1.9 KB, and a re-run holds an entry for every file already there.
+    pub hasher: Option<Box<blake3::Hasher>>,
     /// True when the held bytes are a complete file under its final name.
     pub complete: bool,
 }
@@ -117,7 +118,7 @@ impl Store {
                 return Ok(Some(Held {
                     offset: m.len(),
                     hash,
-                    hasher: Some(hasher),
+                    hasher: Some(Box::new(hasher)),
                     complete: false,
                 }));
             }
