@@ -590,4 +590,33 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn fuzz_seeds_decode_and_print_back_unchanged() {
+        for text in [
+            include_str!("../fuzz/seeds/ticket/cli-sender"),
+            include_str!("../fuzz/seeds/ticket/full-receiver-v4-v6"),
+            include_str!("../fuzz/seeds/ticket/bare-v4"),
+            include_str!("../fuzz/seeds/ticket/bare-v6"),
+        ] {
+            let t: Ticket = text.parse().unwrap();
+            assert_eq!(t.to_string(), text);
+        }
+        for (record, fingerprint) in [
+            (
+                &include_bytes!("../fuzz/seeds/ticket/record-cli-sender")[..],
+                "c07b94f10fc593f10b6a892eb078a69f6e29c150a1e76afc09633f2714dde986",
+            ),
+            (
+                &include_bytes!("../fuzz/seeds/ticket/record-receiver-v4-v6")[..],
+                "0707070707070707070707070707070707070707070707070707070707070707",
+            ),
+        ] {
+            let t = FullTicket::decode_record(record).unwrap();
+            let fp: &[u8] = t.fingerprint.as_ref();
+            let hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, fingerprint);
+            assert_eq!(t.encode_record(), record);
+        }
+    }
 }
