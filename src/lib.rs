@@ -21,7 +21,8 @@
 //!   through it);
 //! - [`cli`]: the command line, in the order a run happens.
 //!
-//! Errors are one enum, [`Error`], whose [`Error::exit_code`] is the binary's exit code.
+//! Errors are one enum, [`Error`], whose [`Error::exit_code`] is the binary's exit code and,
+//! as [`Error::close_code`], the QUIC close code that tells the peer.
 #![warn(missing_docs)]
 
 pub mod cli;

@@ -5,6 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use p2pcopy::error::CloseCode;
 use p2pcopy::tls::{client_config, server_config, Identity, SERVER_NAME};
 
 async fn handshake(
@@ -48,7 +49,7 @@ async fn handshake(
             .map_or(Ok(()), |e| Err(e.to_string())),
         Err(e) => Err(e.to_string()),
     };
-    client.close(0u32.into(), b"");
+    client.close(CloseCode::NO_ERROR.into(), b"");
     let server_result = tokio::time::timeout(Duration::from_secs(5), accept)
         .await
         .map_err(|_| "server timeout".to_string())?
