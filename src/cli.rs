@@ -979,6 +979,7 @@ async fn prompt_for_peer(ours: &FullTicket, out: Output) -> Result<Ticket, Error
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::Fingerprint;
     use clap::CommandFactory;
 
     #[test]
@@ -1084,14 +1085,14 @@ mod tests {
         let ours = FullTicket {
             role: Role::Sender,
             nat: NatKind::Unknown,
-            fingerprint: [1; 32],
+            fingerprint: Fingerprint::from_bytes([1; 32]),
             candidates: vec![Candidate {
                 kind: CandidateKind::Host,
                 addr: "10.0.0.1:1".parse().unwrap(),
             }],
         };
         let same = Ticket::Full(FullTicket {
-            fingerprint: [2; 32],
+            fingerprint: Fingerprint::from_bytes([2; 32]),
             ..ours.clone()
         });
         assert!(matches!(check_peer(same, &ours), Err(Error::Roles(m)) if m.contains("receiver")));
@@ -1099,7 +1100,7 @@ mod tests {
             matches!(check_peer(Ticket::Full(ours.clone()), &ours), Err(Error::Roles(m)) if m.contains("own ticket"))
         );
         let good = Ticket::Full(FullTicket {
-            fingerprint: [2; 32],
+            fingerprint: Fingerprint::from_bytes([2; 32]),
             role: Role::Receiver,
             ..ours.clone()
         });

@@ -782,7 +782,7 @@ pub struct Dialer {
     is_client: bool,
     identity: crate::tls::Identity,
     peer: Ticket,
-    peer_fp: Option<[u8; 32]>,
+    peer_fp: Option<crate::fingerprint::Fingerprint>,
     client_cfg: Option<quinn::ClientConfig>,
     opener_ttl: Option<u32>,
     /// Where the last connection ran (our socket, its address); probed at once on a
@@ -1116,7 +1116,7 @@ mod tests {
         let t = FullTicket {
             role: Role::Sender,
             nat: NatKind::EndpointIndependent,
-            fingerprint: [0; 32],
+            fingerprint: crate::fingerprint::Fingerprint::default(),
             candidates: vec![
                 Candidate {
                     kind: CandidateKind::Mapped,
@@ -1190,7 +1190,7 @@ mod tests {
         let t = FullTicket {
             role: Role::Sender,
             nat: NatKind::EndpointDependent,
-            fingerprint: [0; 32],
+            fingerprint: crate::fingerprint::Fingerprint::default(),
             candidates: vec![
                 Candidate {
                     kind: CandidateKind::Mapped,

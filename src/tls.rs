@@ -8,27 +8,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::Error;
+use crate::fingerprint::Fingerprint;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use sha2::{Digest, Sha256};
-
-use crate::error::Error;
 
 /// ALPN protocol id; bumped together with the transfer framing version.
 pub const ALPN: &[u8] = b"p2pcopy/3";
 /// Name the client asks for; only the pinned fingerprint matters.
 pub const SERVER_NAME: &str = "p2pcopy";
-
-/// SHA-256 of a DER certificate.
-pub type Fingerprint = [u8; 32];
-
-/// Computes a certificate's fingerprint.
-pub fn fingerprint(cert: &[u8]) -> Fingerprint {
-    Sha256::digest(cert).into()
-}
 
 /// The certificate and key of this run.
 #[derive(Debug)]
@@ -45,7 +36,7 @@ impl Identity {
             .map_err(|e| Error::Internal(format!("cannot generate a certificate: {e}")))?;
         let cert = ck.cert.der().clone();
         let key = PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
-        let fingerprint = fingerprint(&cert);
+        let fingerprint = Fingerprint::of_certificate(&cert);
         Ok(Identity {
             cert,
             key,
@@ -70,7 +61,7 @@ impl Identity {
 
 /// Short id of a fingerprint, as carried by probes.
 pub fn short_id(fp: &Fingerprint) -> [u8; 8] {
-    fp[..8].try_into().expect("8 bytes")
+    fp.as_bytes()[..8].try_into().expect("8 bytes")
 }
 
 /// A code both users can compare to detect a man in the middle when a bare `ip:port` was
@@ -79,8 +70,8 @@ pub fn short_id(fp: &Fingerprint) -> [u8; 8] {
 pub fn verification_code(a: &Fingerprint, b: &Fingerprint) -> String {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
     let mut h = blake3::Hasher::new_derive_key("p2pcopy 2026-11 verification code");
-    h.update(lo);
-    h.update(hi);
+    h.update(lo.as_bytes());
+    h.update(hi.as_bytes());
     let n =
         u32::from_be_bytes(h.finalize().as_bytes()[..4].try_into().expect("4 bytes")) % 100_000_000;
     format!("{:04}-{:04}", n / 10_000, n % 10_000)
@@ -101,9 +92,9 @@ struct Pinned {
 impl Pinned {
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
         match self.expected {
-            Some(fp) if fingerprint(end_entity) != fp => Err(rustls::Error::General(
-                "peer certificate does not match the ticket".into(),
-            )),
+            Some(fp) if Fingerprint::of_certificate(end_entity) != fp => Err(
+                rustls::Error::General("peer certificate does not match the ticket".into()),
+            ),
             _ => Ok(()),
         }
     }
@@ -272,7 +263,7 @@ pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
         .peer_identity()?
         .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
-    certs.first().map(|c| fingerprint(c))
+    certs.first().map(|c| Fingerprint::of_certificate(c))
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -285,9 +276,9 @@ mod tests {
 
     #[test]
     fn verification_code_is_symmetric_and_sensitive() {
-        let a = [1u8; 32];
-        let b = [2u8; 32];
-        let c = [3u8; 32];
+        let a = Fingerprint::from_bytes([1; 32]);
+        let b = Fingerprint::from_bytes([2; 32]);
+        let c = Fingerprint::from_bytes([3; 32]);
         assert_eq!(verification_code(&a, &b), verification_code(&b, &a));
         assert_ne!(verification_code(&a, &b), verification_code(&a, &c));
         let code = verification_code(&a, &b);

@@ -6,13 +6,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use p2pcopy::error::CloseCode;
+use p2pcopy::fingerprint::Fingerprint;
 use p2pcopy::tls::{client_config, server_config, Identity, SERVER_NAME};
 
 async fn handshake(
     server_id: &Identity,
-    server_pins: [u8; 32],
+    server_pins: Fingerprint,
     client_id: &Identity,
-    client_pins: [u8; 32],
+    client_pins: Fingerprint,
 ) -> Result<(), String> {
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let server = quinn::Endpoint::server(
