@@ -811,6 +811,7 @@ impl Dialer {
         birthday: Option<BirthdayPart>,
     ) -> Result<Dialer, Error> {
         let peer_fp = peer.fingerprint();
+        let auth = crate::tls::PeerAuth::for_ticket(&peer);
         let bind_ip = socket
             .local_addr()
             .map_err(|e| Error::Internal(e.to_string()))?
@@ -842,10 +843,10 @@ impl Dialer {
         let server_cfg = if is_client {
             None
         } else {
-            Some(crate::tls::server_config(&identity, peer_fp)?)
+            Some(crate::tls::server_config(&identity, auth)?)
         };
         let client_cfg = if is_client {
-            Some(crate::tls::client_config(&identity, peer_fp)?)
+            Some(crate::tls::client_config(&identity, auth)?)
         } else {
             None
         };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use p2pcopy::error::CloseCode;
 use p2pcopy::events::Output;
-use p2pcopy::tls::{client_config, server_config, Identity, SERVER_NAME};
+use p2pcopy::tls::{client_config, server_config, Identity, PeerAuth, SERVER_NAME};
 use p2pcopy::transfer::{Incoming, Options, Store};
 use p2pcopy::wire::{
     entry_cost, DataHead, Entry, EntryKind, Frame, Offer, Trailer, MAX_ENTRIES, MAX_PATH_LEN,
@@ -26,13 +26,13 @@ async fn connected_pair() -> (
     let (s_id, c_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let server = quinn::Endpoint::server(
-        server_config(&s_id, Some(*c_id.fingerprint())).unwrap(),
+        server_config(&s_id, PeerAuth::Pinned(*c_id.fingerprint())).unwrap(),
         loopback,
     )
     .unwrap();
     let client = quinn::Endpoint::client(loopback).unwrap();
     let addr = server.local_addr().unwrap();
-    let cfg = client_config(&c_id, Some(*s_id.fingerprint())).unwrap();
+    let cfg = client_config(&c_id, PeerAuth::Pinned(*s_id.fingerprint())).unwrap();
     let (c, s) = tokio::join!(
         async {
             client
@@ -807,7 +807,7 @@ async fn pair_over_a_cuttable_path(
     use std::sync::atomic::Ordering;
     let (s_id, c_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let mut cfg = server_config(&s_id, Some(*c_id.fingerprint())).unwrap();
+    let mut cfg = server_config(&s_id, PeerAuth::Pinned(*c_id.fingerprint())).unwrap();
     let mut t = p2pcopy::tls::transport_config();
     t.max_idle_timeout(Some(Duration::from_secs(3).try_into().unwrap()));
     t.keep_alive_interval(Some(Duration::from_millis(500)));
@@ -837,7 +837,7 @@ async fn pair_over_a_cuttable_path(
         }
     });
     let client = quinn::Endpoint::client(loopback).unwrap();
-    let ccfg = client_config(&c_id, Some(*s_id.fingerprint())).unwrap();
+    let ccfg = client_config(&c_id, PeerAuth::Pinned(*s_id.fingerprint())).unwrap();
     let (c, s) = tokio::join!(
         async {
             client
