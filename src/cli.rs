@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::error::Error;
+use crate::error::{CloseCode, Error};
 use crate::events::{millis, Event, Output};
 use crate::net::{self, ConnectFailure, Dialer, Link, Progress as NetProgress};
 use crate::punch::{self, PathKind, DEFAULT_OPENER_TTL};
@@ -242,7 +242,7 @@ async fn transfer_run(
     };
     if let (Err(e), Job::Receive(inc, _)) = (&result, &job) {
         let r = inc.report();
-        if r.moved > 0 && e.exit_code() != 8 {
+        if r.moved > 0 && !matches!(e, Error::Verify(_)) {
             say!(
                 ctx.out,
                 "p2pcopy: what arrived is kept; run both commands again to resume"
@@ -250,20 +250,21 @@ async fn transfer_run(
         }
     }
     let (code, reason) = match &result {
-        Ok(()) => (0, "done".to_owned()),
+        Ok(()) => (CloseCode::NO_ERROR, "done".to_owned()),
         // Our message speaks of "your peer"; the peer prints this after "your peer stopped: ".
         Err(e @ Error::Stalled(_)) => (
-            e.exit_code(),
+            e.close_code(),
             format!(
                 "it saw no progress from you for {} s (its --stall-timeout)",
                 ctx.stall_timeout.unwrap_or_default().as_secs()
             ),
         ),
-        Err(e) => (e.exit_code(), e.to_string()),
+        Err(e) => (e.close_code(), e.to_string()),
     };
-    // Tell the peer at once, with our exit code and message, instead of letting it wait
-    // for the idle timeout. The link lives out here, not in the transfer future, because
-    // dropping the last handle would close the connection first, silently, with code 0.
+    // Tell the peer at once, with our close code (the exit code) and message, instead of
+    // letting it wait for the idle timeout. The link lives out here, not in the transfer
+    // future, because dropping the last handle would close the connection first, silently,
+    // with code 0.
     let reason = &reason.as_bytes()[..reason.len().min(200)];
     // A peer that closed first needs nothing more from us (QUIC's draining state sends
     // nothing), so the wait below, three probe timeouts (~0.8 s on a 200 ms path), is
@@ -275,8 +276,8 @@ async fn transfer_run(
                 | quinn::ConnectionError::ConnectionClosed(_)
         )
     );
-    link.connection.close(u32::from(code).into(), reason);
-    dialer.endpoint().close(u32::from(code).into(), reason);
+    link.connection.close(code.into(), reason);
+    dialer.endpoint().close(code.into(), reason);
     if !peer_closed {
         let _ = tokio::time::timeout(Duration::from_secs(2), dialer.endpoint().wait_idle()).await;
     }
@@ -708,7 +709,7 @@ async fn transfer_phase(
                     reason: why.clone(),
                     timeout_s: ctx.timeout,
                 });
-                link.connection.close(0u32.into(), b"lost");
+                link.connection.close(CloseCode::NO_ERROR.into(), b"lost");
                 let deadline = Instant::now() + Duration::from_secs(ctx.timeout);
                 reconnects += 1;
                 *link = ctx.connect(dialer, deadline, reconnects).await.map_err(|e| match e {
@@ -740,7 +741,7 @@ async fn transfer_phase(
             }
             // Last, so that a program sees `summary` only when nothing can fail any more.
             out.emit(|| summary(Role::Sender, r, link));
-            link.connection.close(0u32.into(), b"done");
+            link.connection.close(CloseCode::NO_ERROR.into(), b"done");
         }
         Job::Receive(inc, checksums) => {
             let r = inc.report();
@@ -978,6 +979,7 @@ async fn prompt_for_peer(ours: &FullTicket, out: Output) -> Result<Ticket, Error
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::Fingerprint;
     use clap::CommandFactory;
 
     #[test]
@@ -1083,14 +1085,14 @@ mod tests {
         let ours = FullTicket {
             role: Role::Sender,
             nat: NatKind::Unknown,
-            fingerprint: [1; 32],
+            fingerprint: Fingerprint::from_bytes([1; 32]),
             candidates: vec![Candidate {
                 kind: CandidateKind::Host,
                 addr: "10.0.0.1:1".parse().unwrap(),
             }],
         };
         let same = Ticket::Full(FullTicket {
-            fingerprint: [2; 32],
+            fingerprint: Fingerprint::from_bytes([2; 32]),
             ..ours.clone()
         });
         assert!(matches!(check_peer(same, &ours), Err(Error::Roles(m)) if m.contains("receiver")));
@@ -1098,7 +1100,7 @@ mod tests {
             matches!(check_peer(Ticket::Full(ours.clone()), &ours), Err(Error::Roles(m)) if m.contains("own ticket"))
         );
         let good = Ticket::Full(FullTicket {
-            fingerprint: [2; 32],
+            fingerprint: Fingerprint::from_bytes([2; 32]),
             role: Role::Receiver,
             ..ours.clone()
         });

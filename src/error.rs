@@ -1,10 +1,13 @@
 //! The one error type of the crate and the exit codes it maps to.
 //!
 //! Exit codes are decided here and nowhere else, so the README table, the lab tests and the
-//! binary cannot drift apart.
+//! binary cannot drift apart. The same table is the QUIC close code a run ends its connection
+//! with ([`Error::close_code`]), and [`Error::from_peer_close`] reads a peer's back.
 
 use std::io;
 use std::path::PathBuf;
+
+use quinn::VarInt;
 
 use crate::ticket::TicketError;
 
@@ -125,6 +128,30 @@ impl Error {
         }
     }
 
+    /// The QUIC application close code that tells the peer how this run ended: the exit code.
+    pub fn close_code(&self) -> CloseCode {
+        CloseCode(VarInt::from_u32(self.exit_code().into()))
+    }
+
+    /// The error for a peer that closed the connection with `code` and `reason` (its own
+    /// message, as the peer's [`Error::close_code`] and `to_string` made them).
+    ///
+    /// A full disk or a failed verification on the other side is reported as such, not as a
+    /// lost connection; any other code is the peer stopping, with its reason, and a close
+    /// without a reason is a connection closed under us.
+    pub fn from_peer_close(code: CloseCode, reason: &[u8]) -> Error {
+        let reason = String::from_utf8_lossy(reason).into_owned();
+        match code {
+            CloseCode::STORE_FAILED => Error::PeerStore(reason),
+            CloseCode::VERIFY_FAILED => Error::Verify(format!("on the receiver: {reason}")),
+            CloseCode::PROTOCOL => Error::Protocol(format!("your peer refused: {reason}")),
+            _ if reason.is_empty() => {
+                Error::ConnectionLost("your peer closed the connection".into())
+            }
+            _ => Error::PeerStopped(reason),
+        }
+    }
+
     /// Classifies a failed write into the output file: a full disk gets its own error.
     pub fn write(path: PathBuf, source: io::Error) -> Self {
         // ENOSPC and EDQUOT both mean "no room"; io::ErrorKind::StorageFull covers ENOSPC.
@@ -135,6 +162,41 @@ impl Error {
         } else {
             Error::Write { path, source }
         }
+    }
+}
+
+/// The application code a p2pcopy peer closes its QUIC connection with: its exit code, so 0
+/// when it ends without an error (done, or dropping a dead path to reconnect).
+///
+/// [`Error::close_code`] makes one from an error and [`Error::from_peer_close`] reads one
+/// back; the named codes are the ones the reading side tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CloseCode(VarInt);
+
+impl CloseCode {
+    /// No error: the run is done, or the connection is dropped to reconnect.
+    pub const NO_ERROR: CloseCode = CloseCode(VarInt::from_u32(0));
+    /// The receiver saw no progress for `--stall-timeout` ([`Error::Stalled`]).
+    pub const STALLED: CloseCode = CloseCode(VarInt::from_u32(7));
+    /// The received data did not match its BLAKE3 hash ([`Error::Verify`]).
+    pub const VERIFY_FAILED: CloseCode = CloseCode(VarInt::from_u32(8));
+    /// The receiver could not store the file: disk full, no space, a failed write.
+    pub const STORE_FAILED: CloseCode = CloseCode(VarInt::from_u32(9));
+    /// The peer spoke something we do not understand, or refused the transfer.
+    pub const PROTOCOL: CloseCode = CloseCode(VarInt::from_u32(10));
+    /// The user pressed Ctrl-C ([`Error::Interrupted`]).
+    pub const INTERRUPTED: CloseCode = CloseCode(VarInt::from_u32(130));
+}
+
+impl From<VarInt> for CloseCode {
+    fn from(code: VarInt) -> Self {
+        CloseCode(code)
+    }
+}
+
+impl From<CloseCode> for VarInt {
+    fn from(code: CloseCode) -> Self {
+        code.0
     }
 }
 
@@ -171,6 +233,118 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), samples.len());
         assert!(!codes.contains(&0));
+    }
+
+    /// Every error a run can end with, one per variant.
+    fn one_of_each() -> Vec<Error> {
+        let io = || io::Error::from(io::ErrorKind::PermissionDenied);
+        vec![
+            Error::Usage("u".into()),
+            Error::Ticket(TicketError::Empty),
+            Error::Roles("r".into()),
+            Error::Input {
+                path: "i".into(),
+                source: io(),
+            },
+            Error::Output {
+                path: "o".into(),
+                source: io(),
+            },
+            Error::Bind {
+                port: 1,
+                source: io(),
+            },
+            Error::Stun { tried: "s".into() },
+            Error::Connect("c".into()),
+            Error::ConnectionLost("l".into()),
+            Error::PeerStopped("p".into()),
+            Error::Stalled("st".into()),
+            Error::Verify("v".into()),
+            Error::DiskFull { path: "d".into() },
+            Error::NoSpace {
+                path: "n".into(),
+                need: 2,
+                free: 1,
+            },
+            Error::Write {
+                path: "w".into(),
+                source: io(),
+            },
+            Error::PeerStore("ps".into()),
+            Error::Protocol("pr".into()),
+            Error::Interrupted("interrupted".into()),
+            Error::Internal("x".into()),
+        ]
+    }
+
+    #[test]
+    fn named_close_codes_are_the_exit_codes_of_their_errors() {
+        let named = [
+            (CloseCode::STALLED, Error::Stalled(String::new())),
+            (CloseCode::VERIFY_FAILED, Error::Verify(String::new())),
+            (
+                CloseCode::STORE_FAILED,
+                Error::DiskFull { path: "d".into() },
+            ),
+            (CloseCode::STORE_FAILED, Error::PeerStore(String::new())),
+            (CloseCode::PROTOCOL, Error::Protocol(String::new())),
+            (CloseCode::INTERRUPTED, Error::Interrupted(String::new())),
+        ];
+        for (code, e) in named {
+            assert_eq!(e.close_code(), code, "{e:?}");
+        }
+        for e in one_of_each() {
+            assert_eq!(
+                u64::from(VarInt::from(e.close_code())),
+                u64::from(e.exit_code()),
+                "{e:?}"
+            );
+        }
+        assert_eq!(VarInt::from(CloseCode::NO_ERROR), VarInt::from_u32(0));
+    }
+
+    #[test]
+    fn a_peer_s_close_code_round_trips_to_the_same_class() {
+        // What the peer ends with (its close code and message) and what we end with.
+        for sent in one_of_each() {
+            let reason = sent.to_string();
+            let got = Error::from_peer_close(sent.close_code(), reason.as_bytes());
+            let expected = match sent.exit_code() {
+                9 => format!("the receiver could not store the file: {reason}"),
+                8 => format!("verification failed: on the receiver: {reason}"),
+                10 => format!("protocol error: your peer refused: {reason}"),
+                _ => format!("your peer stopped: {reason}"),
+            };
+            assert_eq!(got.to_string(), expected, "{sent:?} became {got:?}");
+            match sent.exit_code() {
+                8..=10 => assert_eq!(got.exit_code(), sent.exit_code(), "{sent:?}"),
+                _ => assert!(matches!(got, Error::PeerStopped(_)), "{sent:?}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_close_codes_are_the_peer_stopping_with_its_reason() {
+        for code in [0u32, 1, 2, 7, 11, 129, 131, 255, 256, 1 << 30] {
+            let got = Error::from_peer_close(VarInt::from_u32(code).into(), b"its reason");
+            assert!(
+                matches!(&got, Error::PeerStopped(r) if r == "its reason"),
+                "{code}: {got:?}"
+            );
+            let got = Error::from_peer_close(VarInt::from_u32(code).into(), b"");
+            assert!(matches!(got, Error::ConnectionLost(_)), "{code}: {got:?}");
+        }
+        let huge = VarInt::from_u64((1 << 62) - 1).unwrap();
+        assert!(matches!(
+            Error::from_peer_close(huge.into(), b"r"),
+            Error::PeerStopped(_)
+        ));
+        // Not UTF-8: kept, lossily.
+        let got = Error::from_peer_close(CloseCode::STORE_FAILED, b"disk \xff full");
+        assert_eq!(
+            got.to_string(),
+            "the receiver could not store the file: disk \u{fffd} full"
+        );
     }
 
     #[test]

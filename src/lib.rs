@@ -10,6 +10,7 @@
 //! - [`portmap`]: asking the home router to forward a port (PCP, NAT-PMP, UPnP-IGD);
 //! - [`hops`]: how many NATs are on our side, for the openers' TTL;
 //! - [`congestion`]: the congestion controller, sized for quinn's pacer;
+//! - [`fingerprint`]: a certificate's SHA-256, as tickets carry it and pinning checks it;
 //! - [`tls`]: per-run certificates and fingerprint pinning for QUIC;
 //! - [`guard`]: what the shared socket lets through, and the tally of what it drops;
 //! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint;
@@ -21,7 +22,8 @@
 //!   through it);
 //! - [`cli`]: the command line, in the order a run happens.
 //!
-//! Errors are one enum, [`Error`], whose [`Error::exit_code`] is the binary's exit code.
+//! Errors are one enum, [`Error`], whose [`Error::exit_code`] is the binary's exit code and,
+//! as [`Error::close_code`], the QUIC close code that tells the peer.
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -29,6 +31,7 @@ pub mod congestion;
 pub mod doctor;
 pub mod error;
 pub mod events;
+pub mod fingerprint;
 pub mod guard;
 pub mod hops;
 pub mod manifest;

@@ -782,7 +782,7 @@ pub struct Dialer {
     is_client: bool,
     identity: crate::tls::Identity,
     peer: Ticket,
-    peer_fp: Option<[u8; 32]>,
+    peer_fp: Option<crate::fingerprint::Fingerprint>,
     client_cfg: Option<quinn::ClientConfig>,
     opener_ttl: Option<u32>,
     /// Where the last connection ran (our socket, its address); probed at once on a
@@ -811,6 +811,7 @@ impl Dialer {
         birthday: Option<BirthdayPart>,
     ) -> Result<Dialer, Error> {
         let peer_fp = peer.fingerprint();
+        let auth = crate::tls::PeerAuth::for_ticket(&peer);
         let bind_ip = socket
             .local_addr()
             .map_err(|e| Error::Internal(e.to_string()))?
@@ -842,10 +843,10 @@ impl Dialer {
         let server_cfg = if is_client {
             None
         } else {
-            Some(crate::tls::server_config(&identity, peer_fp)?)
+            Some(crate::tls::server_config(&identity, auth)?)
         };
         let client_cfg = if is_client {
-            Some(crate::tls::client_config(&identity, peer_fp)?)
+            Some(crate::tls::client_config(&identity, auth)?)
         } else {
             None
         };
@@ -1116,7 +1117,7 @@ mod tests {
         let t = FullTicket {
             role: Role::Sender,
             nat: NatKind::EndpointIndependent,
-            fingerprint: [0; 32],
+            fingerprint: crate::fingerprint::Fingerprint::default(),
             candidates: vec![
                 Candidate {
                     kind: CandidateKind::Mapped,
@@ -1190,7 +1191,7 @@ mod tests {
         let t = FullTicket {
             role: Role::Sender,
             nat: NatKind::EndpointDependent,
-            fingerprint: [0; 32],
+            fingerprint: crate::fingerprint::Fingerprint::default(),
             candidates: vec![
                 Candidate {
                     kind: CandidateKind::Mapped,

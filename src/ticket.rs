@@ -16,6 +16,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
+use crate::fingerprint::Fingerprint;
+
 /// Text prefix of every ticket; the version lives inside the encoded record.
 pub const PREFIX: &str = "p2pc";
 /// Newest record version this p2pcopy reads and writes.
@@ -156,7 +158,7 @@ pub struct FullTicket {
     /// Its NAT's mapping behaviour.
     pub nat: NatKind,
     /// SHA-256 of its certificate (DER).
-    pub fingerprint: [u8; 32],
+    pub fingerprint: Fingerprint,
     /// Its candidate addresses, most preferred first.
     pub candidates: Vec<Candidate>,
 }
@@ -208,7 +210,7 @@ impl FullTicket {
             Role::Receiver => 1,
         };
         out.push(role_bit | (self.nat.to_bits() << 1));
-        out.extend_from_slice(&self.fingerprint);
+        out.extend_from_slice(self.fingerprint.as_bytes());
         out.push(candidates.len() as u8);
         for c in candidates {
             let kind = c.kind.to_bits();
@@ -243,7 +245,11 @@ impl FullTicket {
             Role::Receiver
         };
         let nat = NatKind::from_bits((flags >> 1) & 0b111)?;
-        let fingerprint: [u8; 32] = r.take(32)?.try_into().expect("took 32 bytes");
+        let fingerprint = Fingerprint::from_bytes(
+            r.take(Fingerprint::LEN)?
+                .try_into()
+                .expect("took a fingerprint's bytes"),
+        );
         let n = r.u8()? as usize;
         if n > MAX_CANDIDATES {
             return Err(TicketError::Malformed("too many addresses"));
@@ -315,7 +321,7 @@ impl fmt::Display for FullTicket {
 
 impl Ticket {
     /// The certificate fingerprint to pin; `None` for a bare `ip:port`.
-    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
         match self {
             Ticket::Full(t) => Some(t.fingerprint),
             Ticket::Bare(_) => None,
@@ -392,7 +398,7 @@ mod tests {
         FullTicket {
             role: Role::Receiver,
             nat: NatKind::EndpointDependent,
-            fingerprint: [7; 32],
+            fingerprint: Fingerprint::from_bytes([7; 32]),
             candidates: vec![
                 Candidate {
                     kind: CandidateKind::Mapped,
@@ -588,6 +594,34 @@ mod tests {
                 r[i] = v;
                 let _ = FullTicket::decode_record(&r);
             }
+        }
+    }
+
+    #[test]
+    fn fuzz_seeds_decode_and_print_back_unchanged() {
+        for text in [
+            include_str!("../fuzz/seeds/ticket/cli-sender"),
+            include_str!("../fuzz/seeds/ticket/full-receiver-v4-v6"),
+            include_str!("../fuzz/seeds/ticket/bare-v4"),
+            include_str!("../fuzz/seeds/ticket/bare-v6"),
+        ] {
+            let t: Ticket = text.parse().unwrap();
+            assert_eq!(t.to_string(), text);
+        }
+        for (record, fingerprint) in [
+            (
+                &include_bytes!("../fuzz/seeds/ticket/record-cli-sender")[..],
+                "c07b94f10fc593f10b6a892eb078a69f6e29c150a1e76afc09633f2714dde986",
+            ),
+            (
+                &include_bytes!("../fuzz/seeds/ticket/record-receiver-v4-v6")[..],
+                "0707070707070707070707070707070707070707070707070707070707070707",
+            ),
+        ] {
+            let t = FullTicket::decode_record(record).unwrap();
+            assert_eq!(t.fingerprint.to_string(), fingerprint);
+            assert_eq!(t.fingerprint.as_bytes()[..], record[2..34]);
+            assert_eq!(t.encode_record(), record);
         }
     }
 }

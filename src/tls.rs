@@ -4,31 +4,25 @@
 //! ticket, and each side accepts exactly the certificate whose fingerprint it was given. The
 //! handshake signature is still verified against that certificate: certificates are public,
 //! so checking the fingerprint alone would let anyone who saw a ticket impersonate its owner.
+//! A bare `ip:port` carries no fingerprint: [`PeerAuth::Unverified`] then takes any
+//! certificate, and the users compare a [`verification_code`] instead.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::Error;
+use crate::fingerprint::Fingerprint;
+use crate::ticket::Ticket;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use sha2::{Digest, Sha256};
-
-use crate::error::Error;
 
 /// ALPN protocol id; bumped together with the transfer framing version.
 pub const ALPN: &[u8] = b"p2pcopy/3";
 /// Name the client asks for; only the pinned fingerprint matters.
 pub const SERVER_NAME: &str = "p2pcopy";
-
-/// SHA-256 of a DER certificate.
-pub type Fingerprint = [u8; 32];
-
-/// Computes a certificate's fingerprint.
-pub fn fingerprint(cert: &[u8]) -> Fingerprint {
-    Sha256::digest(cert).into()
-}
 
 /// The certificate and key of this run.
 #[derive(Debug)]
@@ -45,7 +39,7 @@ impl Identity {
             .map_err(|e| Error::Internal(format!("cannot generate a certificate: {e}")))?;
         let cert = ck.cert.der().clone();
         let key = PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
-        let fingerprint = fingerprint(&cert);
+        let fingerprint = Fingerprint::of_certificate(&cert);
         Ok(Identity {
             cert,
             key,
@@ -70,7 +64,7 @@ impl Identity {
 
 /// Short id of a fingerprint, as carried by probes.
 pub fn short_id(fp: &Fingerprint) -> [u8; 8] {
-    fp[..8].try_into().expect("8 bytes")
+    fp.as_bytes()[..8].try_into().expect("8 bytes")
 }
 
 /// A code both users can compare to detect a man in the middle when a bare `ip:port` was
@@ -79,8 +73,8 @@ pub fn short_id(fp: &Fingerprint) -> [u8; 8] {
 pub fn verification_code(a: &Fingerprint, b: &Fingerprint) -> String {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
     let mut h = blake3::Hasher::new_derive_key("p2pcopy 2026-11 verification code");
-    h.update(lo);
-    h.update(hi);
+    h.update(lo.as_bytes());
+    h.update(hi.as_bytes());
     let n =
         u32::from_be_bytes(h.finalize().as_bytes()[..4].try_into().expect("4 bytes")) % 100_000_000;
     format!("{:04}-{:04}", n / 10_000, n % 10_000)
@@ -91,20 +85,45 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Accepts exactly one certificate (or, with `None`, any certificate: bare tickets).
+/// Which certificate the peer must present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAuth {
+    /// Exactly the certificate with this fingerprint, from the peer's ticket: the peer is
+    /// authenticated.
+    Pinned(Fingerprint),
+    /// Any certificate: the link is encrypted but NOT authenticated, so whoever sits on the
+    /// path can be in the middle. This is what a bare `ip:port` gets, as it carries no
+    /// fingerprint; the two users must then compare the [`verification_code`] to know they
+    /// reached each other.
+    Unverified,
+}
+
+impl PeerAuth {
+    /// Pins a full ticket's fingerprint; a bare `ip:port` carries none, so it is
+    /// [`PeerAuth::Unverified`].
+    pub fn for_ticket(ticket: &Ticket) -> PeerAuth {
+        match ticket.fingerprint() {
+            Some(fp) => PeerAuth::Pinned(fp),
+            None => PeerAuth::Unverified,
+        }
+    }
+}
+
+/// The certificate verifier of both roles: checks the peer's certificate against its
+/// [`PeerAuth`].
 #[derive(Debug)]
-struct Pinned {
-    expected: Option<Fingerprint>,
+struct PeerVerifier {
+    auth: PeerAuth,
     provider: Arc<CryptoProvider>,
 }
 
-impl Pinned {
+impl PeerVerifier {
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-        match self.expected {
-            Some(fp) if fingerprint(end_entity) != fp => Err(rustls::Error::General(
-                "peer certificate does not match the ticket".into(),
-            )),
-            _ => Ok(()),
+        match self.auth {
+            PeerAuth::Pinned(fp) if Fingerprint::of_certificate(end_entity) != fp => Err(
+                rustls::Error::General("peer certificate does not match the ticket".into()),
+            ),
+            PeerAuth::Pinned(_) | PeerAuth::Unverified => Ok(()),
         }
     }
 }
@@ -149,7 +168,7 @@ macro_rules! signature_checks {
     };
 }
 
-impl ServerCertVerifier for Pinned {
+impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -165,7 +184,7 @@ impl ServerCertVerifier for Pinned {
     signature_checks!();
 }
 
-impl ClientCertVerifier for Pinned {
+impl ClientCertVerifier for PeerVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
@@ -213,14 +232,11 @@ pub fn transport_config() -> quinn::TransportConfig {
     t
 }
 
-/// Client (sender side) configuration that accepts only `peer` (or anyone, for `None`).
-pub fn client_config(
-    id: &Identity,
-    peer: Option<Fingerprint>,
-) -> Result<quinn::ClientConfig, Error> {
+/// Client (sender side) configuration that accepts the server certificate `peer` allows.
+pub fn client_config(id: &Identity, peer: PeerAuth) -> Result<quinn::ClientConfig, Error> {
     let provider = provider();
-    let verifier = Arc::new(Pinned {
-        expected: peer,
+    let verifier = Arc::new(PeerVerifier {
+        auth: peer,
         provider: provider.clone(),
     });
     let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
@@ -237,14 +253,12 @@ pub fn client_config(
     Ok(cfg)
 }
 
-/// Server (receiver side) configuration that requires a client certificate matching `peer`.
-pub fn server_config(
-    id: &Identity,
-    peer: Option<Fingerprint>,
-) -> Result<quinn::ServerConfig, Error> {
+/// Server (receiver side) configuration that requires a client certificate, one that `peer`
+/// allows.
+pub fn server_config(id: &Identity, peer: PeerAuth) -> Result<quinn::ServerConfig, Error> {
     let provider = provider();
-    let verifier = Arc::new(Pinned {
-        expected: peer,
+    let verifier = Arc::new(PeerVerifier {
+        auth: peer,
         provider: provider.clone(),
     });
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
@@ -272,7 +286,7 @@ pub fn peer_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
         .peer_identity()?
         .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
-    certs.first().map(|c| fingerprint(c))
+    certs.first().map(|c| Fingerprint::of_certificate(c))
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -285,9 +299,9 @@ mod tests {
 
     #[test]
     fn verification_code_is_symmetric_and_sensitive() {
-        let a = [1u8; 32];
-        let b = [2u8; 32];
-        let c = [3u8; 32];
+        let a = Fingerprint::from_bytes([1; 32]);
+        let b = Fingerprint::from_bytes([2; 32]);
+        let c = Fingerprint::from_bytes([3; 32]);
         assert_eq!(verification_code(&a, &b), verification_code(&b, &a));
         assert_ne!(verification_code(&a, &b), verification_code(&a, &c));
         let code = verification_code(&a, &b);
@@ -300,8 +314,35 @@ mod tests {
         let a = Identity::generate().unwrap();
         let b = Identity::generate().unwrap();
         assert_ne!(a.fingerprint(), b.fingerprint());
-        client_config(&a, Some(*b.fingerprint())).unwrap();
-        server_config(&b, Some(*a.fingerprint())).unwrap();
-        server_config(&b, None).unwrap();
+        client_config(&a, PeerAuth::Pinned(*b.fingerprint())).unwrap();
+        server_config(&b, PeerAuth::Pinned(*a.fingerprint())).unwrap();
+        server_config(&b, PeerAuth::Unverified).unwrap();
+        client_config(&a, PeerAuth::Unverified).unwrap();
+    }
+
+    #[test]
+    fn only_a_full_ticket_pins() {
+        let full: Ticket = include_str!("../fuzz/seeds/ticket/cli-sender")
+            .parse()
+            .unwrap();
+        let fp = full.fingerprint().unwrap();
+        assert_eq!(PeerAuth::for_ticket(&full), PeerAuth::Pinned(fp));
+        let bare: Ticket = "192.0.2.1:4000".parse().unwrap();
+        assert_eq!(PeerAuth::for_ticket(&bare), PeerAuth::Unverified);
+    }
+
+    #[test]
+    fn a_pin_refuses_other_certificates_and_unverified_takes_any() {
+        let (a, b) = (Identity::generate().unwrap(), Identity::generate().unwrap());
+        let verifier = |auth| PeerVerifier {
+            auth,
+            provider: provider(),
+        };
+        let pinned = verifier(PeerAuth::Pinned(*a.fingerprint()));
+        assert!(pinned.check(&a.cert).is_ok());
+        assert!(pinned.check(&b.cert).is_err());
+        let unverified = verifier(PeerAuth::Unverified);
+        assert!(unverified.check(&a.cert).is_ok());
+        assert!(unverified.check(&b.cert).is_ok());
     }
 }

@@ -7,8 +7,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use p2pcopy::error::CloseCode;
 use p2pcopy::events::Output;
-use p2pcopy::tls::{client_config, server_config, Identity, SERVER_NAME};
+use p2pcopy::tls::{client_config, server_config, Identity, PeerAuth, SERVER_NAME};
 use p2pcopy::transfer::{Incoming, Options, Store};
 use p2pcopy::wire::{
     entry_cost, DataHead, Entry, EntryKind, Frame, Offer, Trailer, MAX_ENTRIES, MAX_PATH_LEN,
@@ -25,13 +26,13 @@ async fn connected_pair() -> (
     let (s_id, c_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let server = quinn::Endpoint::server(
-        server_config(&s_id, Some(*c_id.fingerprint())).unwrap(),
+        server_config(&s_id, PeerAuth::Pinned(*c_id.fingerprint())).unwrap(),
         loopback,
     )
     .unwrap();
     let client = quinn::Endpoint::client(loopback).unwrap();
     let addr = server.local_addr().unwrap();
-    let cfg = client_config(&c_id, Some(*s_id.fingerprint())).unwrap();
+    let cfg = client_config(&c_id, PeerAuth::Pinned(*s_id.fingerprint())).unwrap();
     let (c, s) = tokio::join!(
         async {
             client
@@ -133,7 +134,7 @@ async fn run_evil_with(
     let r = tokio::time::timeout(Duration::from_secs(10), incoming.run(&server_conn, opts))
         .await
         .expect("receiver hung");
-    server_conn.close(0u32.into(), b"");
+    server_conn.close(CloseCode::NO_ERROR.into(), b"");
     let _ = sender.await;
     r
 }
@@ -581,7 +582,7 @@ where
         .await
         .expect("receiver hung: no watchdog");
     let elapsed = started.elapsed();
-    server_conn.close(7u32.into(), b"stalled");
+    server_conn.close(CloseCode::STALLED.into(), b"stalled");
     let _ = sender.await;
     (r, elapsed)
 }
@@ -762,7 +763,7 @@ async fn sender_against(evil: EvilReceiver, size: usize) -> (Result<(), Error>, 
         .await
         .expect("sender hung: no watchdog");
     let elapsed = started.elapsed();
-    client_conn.close(7u32.into(), b"stalled");
+    client_conn.close(CloseCode::STALLED.into(), b"stalled");
     let _ = receiver.await;
     (r, elapsed)
 }
@@ -806,7 +807,7 @@ async fn pair_over_a_cuttable_path(
     use std::sync::atomic::Ordering;
     let (s_id, c_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let mut cfg = server_config(&s_id, Some(*c_id.fingerprint())).unwrap();
+    let mut cfg = server_config(&s_id, PeerAuth::Pinned(*c_id.fingerprint())).unwrap();
     let mut t = p2pcopy::tls::transport_config();
     t.max_idle_timeout(Some(Duration::from_secs(3).try_into().unwrap()));
     t.keep_alive_interval(Some(Duration::from_millis(500)));
@@ -836,7 +837,7 @@ async fn pair_over_a_cuttable_path(
         }
     });
     let client = quinn::Endpoint::client(loopback).unwrap();
-    let ccfg = client_config(&c_id, Some(*s_id.fingerprint())).unwrap();
+    let ccfg = client_config(&c_id, PeerAuth::Pinned(*s_id.fingerprint())).unwrap();
     let (c, s) = tokio::join!(
         async {
             client
@@ -1053,7 +1054,7 @@ async fn manifest_memory_at_the_limit() {
         let mut incoming = Incoming::new(Store::new(root.path().to_owned(), false));
         incoming.run(&server_conn, opts).await.unwrap();
         let peak = status("VmHWM:");
-        server_conn.close(0u32.into(), b"");
+        server_conn.close(CloseCode::NO_ERROR.into(), b"");
         let _ = sender.await;
         eprintln!(
             "{what}: {n} files of {len}-byte paths ({} MiB by entry_cost): receiver grew the peak RSS from {:.1} to {:.1} MiB (+{:.1} MiB) in {:.1} s",

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use quinn::{Connection, ConnectionError, ReadError, ReadExactError, RecvStream, WriteError};
 
-use crate::error::Error;
+use crate::error::{CloseCode, Error};
 use crate::events::{Event, Output};
 use crate::progress::Progress;
 use crate::wire::{
@@ -215,29 +215,11 @@ fn lost(e: impl std::fmt::Display) -> Error {
 ///
 /// A p2pcopy peer that fails closes the connection with its own exit code and its error
 /// message as reason, so a full disk or a failed verification on the other side is reported
-/// as such here, not as a lost connection.
+/// as such here, not as a lost connection ([`Error::from_peer_close`]).
 pub fn closed(e: &ConnectionError) -> Error {
     match e {
         ConnectionError::ApplicationClosed(c) => {
-            let reason = String::from_utf8_lossy(&c.reason).into_owned();
-            let code = u64::from(c.error_code);
-            let store_failed = u64::from(
-                Error::DiskFull {
-                    path: PathBuf::new(),
-                }
-                .exit_code(),
-            );
-            let verify_failed = u64::from(Error::Verify(String::new()).exit_code());
-            let protocol = u64::from(Error::Protocol(String::new()).exit_code());
-            match code {
-                _ if code == store_failed => Error::PeerStore(reason),
-                _ if code == verify_failed => Error::Verify(format!("on the receiver: {reason}")),
-                _ if code == protocol => Error::Protocol(format!("your peer refused: {reason}")),
-                _ if reason.is_empty() => {
-                    Error::ConnectionLost("your peer closed the connection".into())
-                }
-                _ => Error::PeerStopped(reason),
-            }
+            Error::from_peer_close(c.error_code.into(), &c.reason)
         }
         ConnectionError::TimedOut => Error::ConnectionLost(format!(
             "no answer from your peer for {} s (network gone, or the peer's computer asleep?)",
@@ -306,7 +288,9 @@ async fn explain(conn: &Connection, e: Error) -> Error {
         return e;
     }
     match tokio::time::timeout(Duration::from_millis(500), conn.closed()).await {
-        Ok(ConnectionError::ApplicationClosed(c)) if c.error_code != 0u32.into() => {
+        Ok(ConnectionError::ApplicationClosed(c))
+            if CloseCode::from(c.error_code) != CloseCode::NO_ERROR =>
+        {
             closed(&ConnectionError::ApplicationClosed(c))
         }
         _ => e,
