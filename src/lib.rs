@@ -40,6 +40,7 @@ pub mod progress;
 pub mod punch;
 pub mod shown;
 pub mod stun;
+pub mod sys;
 pub mod ticket;
 pub mod tls;
 pub mod transfer;

@@ -587,65 +587,22 @@ fn send_probe(sock: &tokio::net::UdpSocket, tx: &Transmit) -> io::Result<()> {
     match tx.ttl {
         None => sock.try_send_to(&tx.contents, tx.destination).map(drop),
         Some(ttl) => sock.try_io(tokio::io::Interest::WRITABLE, || {
-            send_with_ttl(sock, tx.destination, &tx.contents, ttl)
+            let sent = crate::sys::send_with_ttl(
+                socket2::SockRef::from(sock),
+                tx.destination,
+                &tx.contents,
+                ttl,
+            );
+            match sent {
+                // Without per-packet TTL the opener is a plain probe; rounds still work, minus
+                // the protection against the other side's first probe arriving first.
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    sock.try_send_to(&tx.contents, tx.destination).map(drop)
+                }
+                sent => sent,
+            }
         }),
     }
-}
-
-#[cfg(target_os = "linux")]
-fn send_with_ttl(
-    sock: &tokio::net::UdpSocket,
-    dst: SocketAddr,
-    data: &[u8],
-    ttl: u32,
-) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let addr = socket2::SockAddr::from(dst);
-    let (level, kind) = match dst {
-        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_TTL),
-        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT),
-    };
-    let value = ttl as libc::c_int;
-    // u64 words keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; 8];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: every pointer in msghdr refers to a live local buffer of the stated length, and
-    // the control buffer is larger than CMSG_SPACE(sizeof(int)).
-    let rc = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = addr.as_ptr() as *mut libc::c_void;
-        msg.msg_namelen = addr.len();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = level;
-        (*cmsg).cmsg_type = kind;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::c_int, value);
-        libc::sendmsg(sock.as_raw_fd(), &msg, 0)
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn send_with_ttl(
-    sock: &tokio::net::UdpSocket,
-    dst: SocketAddr,
-    data: &[u8],
-    _ttl: u32,
-) -> io::Result<()> {
-    // Without per-packet TTL the opener is a plain probe; rounds still work, minus the
-    // protection against the other side's first probe arriving first.
-    sock.try_send_to(data, dst).map(drop)
 }
 
 /// The probe side of the sockets, handed to each punching run and back.
@@ -699,34 +656,6 @@ async fn drive(
             _ = stop.changed() => return io,
         }
     }
-}
-
-/// Lets this process open the birthday technique's sockets: the usual soft limit of 1024
-/// open files is too tight for a few hundred sockets plus what tokio and quinn hold.
-#[cfg(unix)]
-fn raise_open_file_limit(want: u64) -> u64 {
-    // SAFETY: plain syscalls on a stack-local struct.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if (lim.rlim_cur as u64) < want {
-            let raised = libc::rlimit {
-                rlim_cur: (want as libc::rlim_t).min(lim.rlim_max),
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim = raised;
-            }
-        }
-        lim.rlim_cur as u64
-    }
-}
-
-#[cfg(not(unix))]
-fn raise_open_file_limit(_want: u64) -> u64 {
-    512
 }
 
 /// Progress notes for the user while connecting.
@@ -886,7 +815,9 @@ impl Dialer {
     /// Opens the symmetric side's extra sockets for one connect attempt; fewer when the
     /// system runs short of sockets (each one still helps).
     fn open_extra_sockets(&mut self) -> Vec<SocketId> {
-        let limit = raise_open_file_limit(4096);
+        // The usual soft limit of 1024 open files is too tight for a few hundred sockets plus
+        // what tokio and quinn hold.
+        let limit = crate::sys::raise_open_file_limit(4096);
         // Leave room for everything else this process holds open.
         let count = BIRTHDAY_SOCKETS.min(limit.saturating_sub(256) as usize);
         let mut ids = Vec::with_capacity(count);
