@@ -10,6 +10,7 @@
 //! - [`portmap`]: asking the home router to forward a port (PCP, NAT-PMP, UPnP-IGD);
 //! - [`hops`]: how many NATs are on our side, for the openers' TTL;
 //! - [`congestion`]: the congestion controller, sized for quinn's pacer;
+//! - [`quic`]: QUIC transport settings (windows, keep-alive, idle timeout, congestion);
 //! - [`tls`]: per-run certificates and fingerprint pinning for QUIC;
 //! - [`guard`]: what the shared socket lets through, and the tally of what it drops;
 //! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint;
@@ -19,7 +20,9 @@
 //! - [`events`]: what a run reports, to a person or as JSON lines (`--json`);
 //! - [`shown`]: names and the peer's words made safe for a terminal (every human line passes
 //!   through it);
-//! - [`cli`]: the command line, in the order a run happens.
+//! - [`cli`]: the command line, in the order a run happens;
+//! - [`sys`]: platform syscalls (per-packet TTL, the error queue, open-file limit, free
+//!   space), the only `unsafe` code, with a portable fallback.
 //!
 //! Errors are one enum, [`Error`], whose [`Error::exit_code`] is the binary's exit code.
 #![warn(missing_docs)]
@@ -38,6 +41,7 @@ pub mod ntp;
 pub mod portmap;
 pub mod progress;
 pub mod punch;
+pub mod quic;
 pub mod shown;
 pub mod stun;
 pub mod sys;
