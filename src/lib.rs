@@ -12,8 +12,8 @@
 //! - [`congestion`]: the congestion controller, sized for quinn's pacer;
 //! - [`quic`]: QUIC transport settings (windows, keep-alive, idle timeout, congestion);
 //! - [`tls`]: per-run certificates and fingerprint pinning for QUIC;
-//! - [`guard`]: what the shared socket lets through, and the tally of what it drops;
-//! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint;
+//! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint,
+//!   with its guard against strangers (rooms listed in its doc);
 //! - [`manifest`]: what a job contains, and confinement of the peer's paths;
 //! - [`transfer`]: a job (files, folders, links) over a connection, resumable;
 //! - [`doctor`]: the network check (`p2pcopy doctor`): mapping, filtering, hairpinning, NTP;
@@ -32,7 +32,6 @@ pub mod congestion;
 pub mod doctor;
 pub mod error;
 pub mod events;
-pub mod guard;
 pub mod hops;
 pub mod manifest;
 pub mod nat;

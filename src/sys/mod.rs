@@ -2,8 +2,8 @@
 //! `unsafe` code.
 //!
 //! Like quinn-udp's `unix.rs` and `fallback.rs`, each platform's calls sit in a file of its
-//! own behind the safe functions below: [`linux`] (per-packet TTL, the socket error queue),
-//! [`unix`] (open-file limit, free disk space) and [`fallback`] (what the others do where
+//! own behind the safe functions below: `linux.rs` (per-packet TTL, the socket error queue),
+//! `unix.rs` (open-file limit, free disk space) and `fallback.rs` (what the others do where
 //! the call does not exist: "unsupported", or a safe default). A port to another system
 //! touches this folder and nothing else.
 //!
