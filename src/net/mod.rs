@@ -14,7 +14,7 @@
 //! - `driver`: the puncher's task, sending its probes and feeding it what arrives
 //!   (`tokio`, `demux`, [`crate::sys`] for per-packet TTL);
 //! - `dialer`: [`Dialer`], the QUIC endpoint that punches, then connects or accepts
-//!   (`quinn`, [`crate::tls`], the rooms above).
+//!   (`quinn`, [`crate::tls`], the rooms above, [`crate::sys`] for the open-file limit).
 //!
 //! Which of the peer's addresses to probe is decided by pure rules beside the puncher
 //! ([`crate::punch::targets`](mod@crate::punch::targets)); the QUIC transport settings are
