@@ -26,6 +26,8 @@
 //!
 //! Errors are one enum, [`Error`], whose [`Error::exit_code`] is the binary's exit code.
 #![warn(missing_docs)]
+// Syscalls live in `sys`, the one module allowed `unsafe`.
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod congestion;
@@ -43,6 +45,7 @@ pub mod punch;
 pub mod quic;
 pub mod shown;
 pub mod stun;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod ticket;
 pub mod tls;
