@@ -11,10 +11,12 @@
 //! the inside of some NAT; the first router with a public address is beyond the last one.
 //! [`opener_ttl_for`] turns the answers into a TTL; it is pure and unit-tested.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 
 use crate::punch::DEFAULT_OPENER_TTL;
+use crate::sys::{self, IpOption};
 
 /// Hops probed at most; a TTL above this would be guessing.
 pub const MAX_HOPS: u32 = 4;
@@ -44,7 +46,7 @@ pub fn opener_ttl_for(hops: &[Option<Ipv4Addr>]) -> u32 {
 ///
 /// Returns the routers that answered, by TTL; empty where this cannot be measured.
 pub async fn trace(bind: IpAddr, server: SocketAddr) -> Vec<Option<Ipv4Addr>> {
-    match tokio::task::spawn_blocking(move || imp::trace(bind, server)).await {
+    match tokio::task::spawn_blocking(move || trace_blocking(bind, server)).await {
         Ok(Ok(hops)) => hops,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "cannot count the NATs on the way out");
@@ -54,148 +56,64 @@ pub async fn trace(bind: IpAddr, server: SocketAddr) -> Vec<Option<Ipv4Addr>> {
     }
 }
 
-#[cfg(target_os = "linux")]
-mod imp {
-    use std::io;
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-    use std::os::fd::AsRawFd;
-    use std::time::Instant;
-
-    use super::{HOP_TIMEOUT, MAX_HOPS};
-
-    /// A STUN Binding request, so a probe that does reach the server is one it understands.
-    fn binding_request() -> [u8; 20] {
-        let mut b = [0u8; 20];
-        b[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
-        b[4..8].copy_from_slice(&0x2112_a442u32.to_be_bytes());
-        b[8..20].copy_from_slice(&rand::random::<[u8; 12]>());
-        b
-    }
-
-    fn set_int(
-        sock: &UdpSocket,
-        level: libc::c_int,
-        name: libc::c_int,
-        v: libc::c_int,
-    ) -> io::Result<()> {
-        // SAFETY: a plain setsockopt with a pointer to a local int of the stated size.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                level,
-                name,
-                &v as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    /// One entry of the socket's error queue: who sent an ICMP "time exceeded", if that is
-    /// what it was.
-    fn read_error_queue(sock: &UdpSocket) -> io::Result<Option<Ipv4Addr>> {
-        let mut data = [0u8; 64];
-        let mut iov = libc::iovec {
-            iov_base: data.as_mut_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        };
-        // u64 words keep the control buffer aligned for cmsghdr.
-        let mut control = [0u64; 64];
-        // SAFETY: msghdr points at live local buffers of the stated sizes; the kernel fills
-        // at most msg_controllen bytes, and each cmsg is read within that range.
-        unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-            msg.msg_controllen = std::mem::size_of_val(&control) as _;
-            let rc = libc::recvmsg(
-                sock.as_raw_fd(),
-                &mut msg,
-                libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
-            );
-            if rc < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_RECVERR {
-                    let ee = libc::CMSG_DATA(cmsg) as *const libc::sock_extended_err;
-                    let ee_v = std::ptr::read_unaligned(ee);
-                    // ICMP type 11: time exceeded in transit.
-                    if ee_v.ee_origin == libc::SO_EE_ORIGIN_ICMP && ee_v.ee_type == 11 {
-                        let from = libc::SO_EE_OFFENDER(ee) as *const libc::sockaddr_in;
-                        let from = std::ptr::read_unaligned(from);
-                        if from.sin_family == libc::AF_INET as libc::sa_family_t {
-                            return Ok(Some(Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr))));
-                        }
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            }
-            Ok(None)
-        }
-    }
-
-    pub(super) fn trace(bind: IpAddr, server: SocketAddr) -> io::Result<Vec<Option<Ipv4Addr>>> {
-        let SocketAddr::V4(_) = server else {
-            return Ok(Vec::new());
-        };
-        let sock = UdpSocket::bind(SocketAddr::new(bind, 0))?;
-        sock.connect(server)?;
-        sock.set_nonblocking(true)?;
-        set_int(&sock, libc::IPPROTO_IP, libc::IP_RECVERR, 1)?;
-        let mut hops = Vec::new();
-        let mut buf = [0u8; 1500];
-        for ttl in 1..=MAX_HOPS {
-            set_int(&sock, libc::IPPROTO_IP, libc::IP_TTL, ttl as libc::c_int)?;
-            // With IP_RECVERR a queued error may fail the send; it is read below.
-            let _ = sock.send(&binding_request());
-            let start = Instant::now();
-            let answer = loop {
-                match read_error_queue(&sock) {
-                    Ok(Some(router)) => break Some(Some(router)),
-                    Ok(None) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-                // The server itself answered: nothing further to count.
-                if sock.recv(&mut buf).is_ok() {
-                    break None;
-                }
-                if start.elapsed() > HOP_TIMEOUT {
-                    break Some(None);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            };
-            match answer {
-                // Beyond the first public router there is no NAT of ours left to count,
-                // and a silent one hides what lies beyond it.
-                Some(Some(router)) if super::inside_a_nat(router) => hops.push(Some(router)),
-                Some(hop) => {
-                    hops.push(hop);
-                    break;
-                }
-                None => break,
-            }
-        }
-        Ok(hops)
-    }
+/// A STUN Binding request, so a probe that does reach the server is one it understands.
+fn binding_request() -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
+    b[4..8].copy_from_slice(&0x2112_a442u32.to_be_bytes());
+    b[8..20].copy_from_slice(&rand::random::<[u8; 12]>());
+    b
 }
 
-#[cfg(not(target_os = "linux"))]
-mod imp {
-    use std::io;
-    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-
-    pub(super) fn trace(_bind: IpAddr, _server: SocketAddr) -> io::Result<Vec<Option<Ipv4Addr>>> {
+/// The traceroute itself, blocking; the ICMP errors come from the socket's error queue
+/// ([`sys::time_exceeded_from`]), which only Linux has: elsewhere nothing is measured.
+fn trace_blocking(bind: IpAddr, server: SocketAddr) -> io::Result<Vec<Option<Ipv4Addr>>> {
+    let SocketAddr::V4(_) = server else {
+        return Ok(Vec::new());
+    };
+    let sock = UdpSocket::bind(SocketAddr::new(bind, 0))?;
+    sock.connect(server)?;
+    sock.set_nonblocking(true)?;
+    match sys::set_ip_option(&sock, IpOption::RecvErr, 1) {
         // Reading ICMP errors per socket is Linux's IP_RECVERR; elsewhere the default TTL.
-        Ok(Vec::new())
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => return Ok(Vec::new()),
+        r => r?,
     }
+    let mut hops = Vec::new();
+    let mut buf = [0u8; 1500];
+    for ttl in 1..=MAX_HOPS {
+        sys::set_ip_option(&sock, IpOption::Ttl, ttl)?;
+        // With IP_RECVERR a queued error may fail the send; it is read below.
+        let _ = sock.send(&binding_request());
+        let start = Instant::now();
+        let answer = loop {
+            match sys::time_exceeded_from(&sock) {
+                Ok(Some(router)) => break Some(Some(router)),
+                Ok(None) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            // The server itself answered: nothing further to count.
+            if sock.recv(&mut buf).is_ok() {
+                break None;
+            }
+            if start.elapsed() > HOP_TIMEOUT {
+                break Some(None);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        match answer {
+            // Beyond the first public router there is no NAT of ours left to count,
+            // and a silent one hides what lies beyond it.
+            Some(Some(router)) if inside_a_nat(router) => hops.push(Some(router)),
+            Some(hop) => {
+                hops.push(hop);
+                break;
+            }
+            None => break,
+        }
+    }
+    Ok(hops)
 }
 
 #[cfg(test)]

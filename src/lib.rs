@@ -11,20 +11,25 @@
 //! - [`hops`]: how many NATs are on our side, for the openers' TTL;
 //! - [`congestion`]: the congestion controller, sized for quinn's pacer;
 //! - [`fingerprint`]: a certificate's SHA-256, as tickets carry it and pinning checks it;
+//! - [`quic`]: QUIC transport settings (windows, keep-alive, idle timeout, congestion);
 //! - [`tls`]: per-run certificates and fingerprint pinning for QUIC;
-//! - [`guard`]: what the shared socket lets through, and the tally of what it drops;
-//! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint;
+//! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint,
+//!   with its guard against strangers (rooms listed in its doc);
 //! - [`manifest`]: what a job contains, and confinement of the peer's paths;
 //! - [`transfer`]: a job (files, folders, links) over a connection, resumable;
 //! - [`doctor`]: the network check (`p2pcopy doctor`): mapping, filtering, hairpinning, NTP;
 //! - [`events`]: what a run reports, to a person or as JSON lines (`--json`);
 //! - [`shown`]: names and the peer's words made safe for a terminal (every human line passes
 //!   through it);
-//! - [`cli`]: the command line, in the order a run happens.
+//! - [`cli`]: the command line, in the order a run happens;
+//! - [`sys`]: platform syscalls (per-packet TTL, the error queue, open-file limit, free
+//!   space), the only `unsafe` code, with a portable fallback.
 //!
 //! Errors are one enum, [`Error`], whose [`Error::exit_code`] is the binary's exit code and,
 //! as [`Error::close_code`], the QUIC close code that tells the peer.
 #![warn(missing_docs)]
+// Syscalls live in `sys`, the one module allowed `unsafe`.
+#![deny(unsafe_code)]
 
 pub mod cli;
 pub mod congestion;
@@ -32,7 +37,6 @@ pub mod doctor;
 pub mod error;
 pub mod events;
 pub mod fingerprint;
-pub mod guard;
 pub mod hops;
 pub mod manifest;
 pub mod nat;
@@ -41,8 +45,11 @@ pub mod ntp;
 pub mod portmap;
 pub mod progress;
 pub mod punch;
+pub mod quic;
 pub mod shown;
 pub mod stun;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod ticket;
 pub mod tls;
 pub mod transfer;

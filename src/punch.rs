@@ -41,6 +41,9 @@ use std::time::{Duration, Instant};
 
 use crate::wire::{Probe, ProbeKind, PROBE_LEN};
 
+pub mod targets;
+pub use targets::{attempt_targets, both_have_ipv6, on_our_networks, targets};
+
 /// Wall-clock boundaries are multiples of this (what the original p2pcopy used).
 pub const BOUNDARY: Duration = Duration::from_secs(10);
 /// Time between two rounds: every fourth boundary, longer than the 30 s a stale NAT entry

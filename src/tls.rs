@@ -8,7 +8,6 @@
 //! certificate, and the users compare a [`verification_code`] instead.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
@@ -202,36 +201,6 @@ impl ClientCertVerifier for PeerVerifier {
     signature_checks!();
 }
 
-/// Silence after which a connection counts as lost.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// QUIC transport settings shared by both roles.
-pub fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    // Keep NAT mappings alive (most expire after 30 s of silence) and notice a dead path
-    // soon: the CLI then re-punches and resumes on a new connection, which recovers far
-    // faster than a connection waiting out QUIC's exponentially backed-off retransmissions.
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
-    t.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("in range")));
-    // A file travels as 1 MiB segments on streams of their own (wire::SEGMENT_LEN), so a
-    // stream needs little more than one segment of credit. The connection window bounds
-    // the bytes in flight and what the receiver buffers behind a lost packet while it
-    // reads in order. Repairs go out before new segments (transfer::send's
-    // SegmentPriority), so a hole lasts about a round trip; 32 MiB then covers
-    // 1 Gbit/s x 100 ms (12.5 MB) with room for recovery and keeps a 10 GiB transfer under
-    // 64 MiB of RSS per side. The sender then shrinks its send window to what the path
-    // needs (transfer::window).
-    t.stream_receive_window((2u32 << 20).into());
-    t.receive_window((32u32 << 20).into());
-    t.send_window(crate::transfer::window::MAX_SEND_WINDOW);
-    // Random loss is not congestion: Cubic (quinn's default) fell to ~3 Mbit/s on a
-    // 50 ms path with 1 % loss, as loss-based TCP does. quinn's BBR kept ~88 % there but
-    // paced at ~2.5x the bottleneck under quinn's pacer, which overflows any bottleneck
-    // queue shorter than a BDP; see crate::congestion. Fairness is discussed in the README.
-    t.congestion_controller_factory(Arc::new(crate::congestion::PaceConfig));
-    t
-}
-
 /// Client (sender side) configuration that accepts the server certificate `peer` allows.
 pub fn client_config(id: &Identity, peer: PeerAuth) -> Result<quinn::ClientConfig, Error> {
     let provider = provider();
@@ -249,7 +218,7 @@ pub fn client_config(id: &Identity, peer: PeerAuth) -> Result<quinn::ClientConfi
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(internal)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config()));
+    cfg.transport_config(Arc::new(crate::quic::transport_config()));
     Ok(cfg)
 }
 
@@ -270,7 +239,7 @@ pub fn server_config(id: &Identity, peer: PeerAuth) -> Result<quinn::ServerConfi
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(internal)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport_config()));
+    cfg.transport_config(Arc::new(crate::quic::transport_config()));
     // Stray handshakes cost nothing here: one transfer, one peer.
     cfg.max_incoming(16);
     // When the sender's NAT gives it a new public port mid-transfer (a rebinding), QUIC

@@ -223,7 +223,7 @@ pub fn closed(e: &ConnectionError) -> Error {
         }
         ConnectionError::TimedOut => Error::ConnectionLost(format!(
             "no answer from your peer for {} s (network gone, or the peer's computer asleep?)",
-            crate::tls::IDLE_TIMEOUT.as_secs()
+            crate::quic::IDLE_TIMEOUT.as_secs()
         )),
         ConnectionError::Reset => Error::PeerStopped(
             "the peer no longer knows this connection (it was restarted?)".into(),

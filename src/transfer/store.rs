@@ -268,7 +268,7 @@ impl Store {
 
     /// Bytes free for us under the root, if the OS says.
     pub fn free_space(&self) -> Option<u64> {
-        free_space(&self.root)
+        crate::sys::free_space(&self.root)
     }
 }
 
@@ -321,23 +321,6 @@ fn symlink(target: &str, at: &Path) -> io::Result<()> {
 #[cfg(not(unix))]
 fn symlink(_target: &str, _at: &Path) -> io::Result<()> {
     Err(io::Error::other("symbolic links are not supported here"))
-}
-
-#[cfg(unix)]
-fn free_space(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid C string and `st` a properly sized out-parameter.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
-#[cfg(not(unix))]
-fn free_space(_dir: &Path) -> Option<u64> {
-    None
 }
 
 /// `name` for n = 0, else `stem (n).ext`.

@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 /// The smallest window: a few milliseconds at LAN speed, more than a round trip's worth
 /// on any path slow enough to need less.
 pub const MIN_SEND_WINDOW: u64 = 4 << 20;
-/// The largest window, and the one a connection starts with: 1 Gbit/s × 100 ms (12.5 MB)
-/// with room for recovery, inside the 64 MiB memory target.
-pub const MAX_SEND_WINDOW: u64 = 32 << 20;
+/// The largest window, and the one a connection starts with (a QUIC transport setting).
+pub use crate::quic::MAX_SEND_WINDOW;
 /// The window in round trips' worth of sent bytes. Two would let a slow start double each
 /// round trip while measured a round trip late; two more cover a lost packet's detection
 /// and repair.

@@ -1,0 +1,34 @@
+//! The async shell around the puncher: one UDP socket shared by hole punching and QUIC.
+//!
+//! quinn owns the socket through [`DemuxSocket`], which hands every probe datagram to the
+//! puncher task and everything else to QUIC, so probes keep flowing while the handshake runs
+//! and the NAT mapping that STUN measured is the one QUIC uses.
+//!
+//! The rooms, each with what it may use besides `std`:
+//! - `socket`: binding the run's sockets and reading the host's interface addresses
+//!   (`socket2`, `if_addrs`; the pure rules in [`crate::punch`]);
+//! - [`guard`]: what the shared socket lets through and the tally of what it drops (pure:
+//!   [`crate::wire`], [`crate::stun`]'s message codec);
+//! - `demux`: [`DemuxSocket`], the socket quinn and the puncher share (`quinn`'s socket
+//!   traits, `guard`);
+//! - `driver`: the puncher's task, sending its probes and feeding it what arrives
+//!   (`tokio`, `demux`, [`crate::sys`] for per-packet TTL);
+//! - `dialer`: [`Dialer`], the QUIC endpoint that punches, then connects or accepts
+//!   (`quinn`, [`crate::tls`], the rooms above, [`crate::sys`] for the open-file limit).
+//!
+//! Which of the peer's addresses to probe is decided by pure rules beside the puncher
+//! ([`crate::punch::targets`](mod@crate::punch::targets)); the QUIC transport settings are
+//! [`crate::quic`]'s, and every syscall past what `std` and `socket2` offer is
+//! [`crate::sys`]'s.
+
+mod demux;
+mod dialer;
+mod driver;
+pub mod guard;
+mod socket;
+
+pub use demux::{canonical, DemuxSocket};
+pub use dialer::{ConnectFailure, Dialer, Link, Progress};
+pub use socket::{bind, host_ips, host_ips_v6, shares_a_network};
+// The target rules live beside the puncher now; the CLI still finds them here.
+pub use crate::punch::{both_have_ipv6, targets};
