@@ -535,6 +535,21 @@ async fn refused_names_and_link_targets_are_shown_escaped() {
     }
 }
 
+/// Opens the control stream, offers the one file `e` and reads the receiver's plan: where
+/// the evil senders of the stall tests start.
+async fn offer_one(conn: &quinn::Connection, e: Entry) -> (quinn::SendStream, quinn::RecvStream) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode(&[
+        offer_for(std::slice::from_ref(&e)),
+        Frame::Entry(e),
+    ]))
+    .await
+    .unwrap();
+    let mut plan = [0u8; 64];
+    let _ = recv.read(&mut plan).await;
+    (send, recv)
+}
+
 /// The stall bound the watchdog tests use; each test gives up (fails) at ten times it.
 const STALL: Duration = Duration::from_secs(1);
 
@@ -623,16 +638,8 @@ async fn a_sender_that_stops_mid_file_is_given_up_and_the_part_is_kept() {
     let sent = 1_500_000;
     let head = data[..sent].to_vec();
     let (r, t) = receiver_against(out.path(), move |conn| async move {
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(&encode(&[
-            offer_for(std::slice::from_ref(&e)),
-            Frame::Entry(e),
-        ]))
-        .await
-        .unwrap();
         // The plan (no claims), then part of the first segment and silence.
-        let mut plan = [0u8; 64];
-        let _ = recv.read(&mut plan).await;
+        let (send, recv) = offer_one(&conn, e).await;
         let mut s = conn.open_uni().await.unwrap();
         s.write_all(&DataHead { index: 0, start: 0 }.encode())
             .await
@@ -666,15 +673,7 @@ async fn a_sender_busy_on_its_disk_is_not_given_up_until_it_stops_saying_so() {
     let out = tempfile::tempdir().unwrap();
     let e = file("x.bin", 10);
     let (r, t) = receiver_against(out.path(), move |conn| async move {
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(&encode(&[
-            offer_for(std::slice::from_ref(&e)),
-            Frame::Entry(e),
-        ]))
-        .await
-        .unwrap();
-        let mut plan = [0u8; 64];
-        let _ = recv.read(&mut plan).await;
+        let (mut send, recv) = offer_one(&conn, e).await;
         // "Still proving a claim", for three bounds, on the control stream the receiver no
         // longer reads: their arrival alone must count.
         for _ in 0..10 {
@@ -861,15 +860,7 @@ async fn a_dead_path_is_a_lost_connection_not_a_stall() {
     let e = file("x.bin", 3_000_000);
     let sender = tokio::spawn(async move {
         let conn = client_conn;
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(&encode(&[
-            offer_for(std::slice::from_ref(&e)),
-            Frame::Entry(e),
-        ]))
-        .await
-        .unwrap();
-        let mut plan = [0u8; 64];
-        let _ = recv.read(&mut plan).await;
+        let (send, recv) = offer_one(&conn, e).await;
         let mut s = conn.open_uni().await.unwrap();
         s.write_all(&DataHead { index: 0, start: 0 }.encode())
             .await
