@@ -121,47 +121,43 @@ mod tests {
     use crate::punch::MAIN_SOCKET;
     use crate::ticket::Role;
 
+    /// A sender's ticket behind `nat` with `candidates` as (kind, "addr") pairs.
+    fn ticket(nat: NatKind, candidates: &[(CandidateKind, &str)]) -> FullTicket {
+        FullTicket {
+            role: Role::Sender,
+            nat,
+            fingerprint: crate::fingerprint::Fingerprint::default(),
+            candidates: candidates
+                .iter()
+                .map(|&(kind, addr)| Candidate {
+                    kind,
+                    addr: addr.parse().unwrap(),
+                })
+                .collect(),
+        }
+    }
+
     #[test]
     fn ticket_addresses_become_targets() {
-        let t = FullTicket {
-            role: Role::Sender,
-            nat: NatKind::EndpointIndependent,
-            fingerprint: crate::fingerprint::Fingerprint::default(),
-            candidates: vec![
-                Candidate {
-                    kind: CandidateKind::Mapped,
-                    addr: "198.18.1.2:4300".parse().unwrap(),
-                },
-                Candidate {
-                    kind: CandidateKind::Host,
-                    addr: "10.1.0.2:4300".parse().unwrap(),
-                },
+        let t = ticket(
+            NatKind::EndpointIndependent,
+            &[
+                (CandidateKind::Mapped, "198.18.1.2:4300"),
+                (CandidateKind::Host, "10.1.0.2:4300"),
             ],
-        };
+        );
         let kinds: Vec<PathKind> = full_targets(&t).iter().map(|t| t.kind).collect();
         assert_eq!(kinds, [PathKind::Mapped, PathKind::Lan]);
         // A port mapping comes first and makes a STUN-mapped twin of it redundant.
-        let forwarded = FullTicket {
-            candidates: vec![
-                Candidate {
-                    kind: CandidateKind::PortMapped,
-                    addr: "198.18.1.2:4300".parse().unwrap(),
-                },
-                Candidate {
-                    kind: CandidateKind::Mapped,
-                    addr: "198.18.1.2:4300".parse().unwrap(),
-                },
-                Candidate {
-                    kind: CandidateKind::Mapped,
-                    addr: "198.18.1.2:51000".parse().unwrap(),
-                },
-                Candidate {
-                    kind: CandidateKind::Host,
-                    addr: "10.1.0.2:4300".parse().unwrap(),
-                },
+        let forwarded = ticket(
+            t.nat,
+            &[
+                (CandidateKind::PortMapped, "198.18.1.2:4300"),
+                (CandidateKind::Mapped, "198.18.1.2:4300"),
+                (CandidateKind::Mapped, "198.18.1.2:51000"),
+                (CandidateKind::Host, "10.1.0.2:4300"),
             ],
-            ..t.clone()
-        };
+        );
         let targets = full_targets(&forwarded);
         let kinds: Vec<(PathKind, u16)> = targets.iter().map(|t| (t.kind, t.addr.port())).collect();
         assert_eq!(
@@ -172,20 +168,13 @@ mod tests {
                 (PathKind::Lan, 4300)
             ]
         );
-        let public = FullTicket {
-            nat: NatKind::None,
-            candidates: vec![
-                Candidate {
-                    kind: CandidateKind::Mapped,
-                    addr: "198.18.5.2:4300".parse().unwrap(),
-                },
-                Candidate {
-                    kind: CandidateKind::Host,
-                    addr: "198.18.5.2:4300".parse().unwrap(),
-                },
+        let public = ticket(
+            NatKind::None,
+            &[
+                (CandidateKind::Mapped, "198.18.5.2:4300"),
+                (CandidateKind::Host, "198.18.5.2:4300"),
             ],
-            ..t
-        };
+        );
         let targets = full_targets(&public);
         assert_eq!(targets.len(), 1);
         assert_eq!(targets[0].kind, PathKind::Public);
@@ -197,21 +186,13 @@ mod tests {
 
     #[test]
     fn ipv6_candidates_are_their_own_kind() {
-        let t = FullTicket {
-            role: Role::Sender,
-            nat: NatKind::EndpointDependent,
-            fingerprint: crate::fingerprint::Fingerprint::default(),
-            candidates: vec![
-                Candidate {
-                    kind: CandidateKind::Mapped,
-                    addr: "198.18.1.2:4300".parse().unwrap(),
-                },
-                Candidate {
-                    kind: CandidateKind::Host,
-                    addr: "[2001:db8:1::2]:4300".parse().unwrap(),
-                },
+        let t = ticket(
+            NatKind::EndpointDependent,
+            &[
+                (CandidateKind::Mapped, "198.18.1.2:4300"),
+                (CandidateKind::Host, "[2001:db8:1::2]:4300"),
             ],
-        };
+        );
         let kinds: Vec<PathKind> = full_targets(&t).iter().map(|t| t.kind).collect();
         assert_eq!(kinds, [PathKind::Mapped, PathKind::Ipv6]);
         let v4_only = FullTicket {
@@ -225,21 +206,13 @@ mod tests {
 
     #[test]
     fn an_attempt_probes_the_last_path_first_and_ipv6_from_its_socket() {
-        let t = FullTicket {
-            role: Role::Sender,
-            nat: NatKind::EndpointDependent,
-            fingerprint: crate::fingerprint::Fingerprint::default(),
-            candidates: vec![
-                Candidate {
-                    kind: CandidateKind::Mapped,
-                    addr: "198.18.1.2:4300".parse().unwrap(),
-                },
-                Candidate {
-                    kind: CandidateKind::Host,
-                    addr: "[2001:db8:1::2]:4300".parse().unwrap(),
-                },
+        let t = ticket(
+            NatKind::EndpointDependent,
+            &[
+                (CandidateKind::Mapped, "198.18.1.2:4300"),
+                (CandidateKind::Host, "[2001:db8:1::2]:4300"),
             ],
-        };
+        );
         let peer = Ticket::Full(t);
         let plan = |has_v6, last| -> Vec<(SocketAddr, PathKind, SocketId)> {
             attempt_targets(&peer, has_v6, last)
@@ -270,21 +243,13 @@ mod tests {
 
     #[test]
     fn a_shared_network_is_one_of_the_peers_lan_addresses_in_ours() {
-        let peer = Ticket::Full(FullTicket {
-            role: Role::Sender,
-            nat: NatKind::EndpointIndependent,
-            fingerprint: crate::fingerprint::Fingerprint::default(),
-            candidates: vec![
-                Candidate {
-                    kind: CandidateKind::Mapped,
-                    addr: "198.18.1.2:4300".parse().unwrap(),
-                },
-                Candidate {
-                    kind: CandidateKind::Host,
-                    addr: "10.1.0.2:4300".parse().unwrap(),
-                },
+        let peer = Ticket::Full(ticket(
+            NatKind::EndpointIndependent,
+            &[
+                (CandidateKind::Mapped, "198.18.1.2:4300"),
+                (CandidateKind::Host, "10.1.0.2:4300"),
             ],
-        });
+        ));
         let net = |ip: &str, mask: &str| (ip.parse().unwrap(), mask.parse().unwrap());
         assert!(on_our_networks(&peer, &[net("10.1.0.9", "255.255.255.0")]));
         assert!(!on_our_networks(&peer, &[net("10.2.0.9", "255.255.255.0")]));
