@@ -13,7 +13,7 @@ use crate::net::{self, ConnectFailure, Dialer, Link, Progress as NetProgress};
 use crate::punch::{self, PathKind, DEFAULT_OPENER_TTL};
 use crate::ticket::{Candidate, CandidateKind, FullTicket, NatKind, Role, Ticket};
 use crate::tls::Identity;
-use crate::{nat, ntp, portmap, stun, transfer};
+use crate::{nat, ntp, portmap, progress, stun, transfer};
 
 /// Copy files and folders straight from one computer to another, across NATs, with no server
 /// in between.
@@ -235,9 +235,15 @@ async fn transfer_run(
         r = connect_phase(cli, out, mapper) => r?,
         _ = tokio::signal::ctrl_c() => return Err(interrupted()),
     };
+    // Kept, like the job, until the run ends: the bar stays up until then.
+    let label = match job {
+        Job::Send(..) => "Sending",
+        Job::Receive(..) => "Receiving",
+    };
+    let mut reporter = progress::Reporter::new(ctx.out, label);
     let result = tokio::select! {
         // Dropping the transfer leaves part files in place for a later run to resume.
-        r = transfer_phase(&mut dialer, &mut link, &mut job, &ctx) => r,
+        r = transfer_phase(&mut dialer, &mut link, &mut job, &mut reporter, &ctx) => r,
         _ = tokio::signal::ctrl_c() => Err(interrupted()),
     };
     if let (Err(e), Job::Receive(inc, _)) = (&result, &job) {
@@ -683,6 +689,7 @@ async fn transfer_phase(
     dialer: &mut Dialer,
     link: &mut Link,
     job: &mut Job,
+    reporter: &mut progress::Reporter,
     ctx: &Ctx,
 ) -> Result<(), Error> {
     let out = ctx.out;
@@ -690,11 +697,11 @@ async fn transfer_phase(
     loop {
         let opts = transfer::Options {
             stall_timeout: ctx.stall_timeout,
-            ..transfer::Options::new(link.authenticated, out)
+            ..transfer::Options::new(link.authenticated)
         };
         let result = match job {
-            Job::Send(sending, _) => sending.run(&link.connection, opts).await,
-            Job::Receive(inc, _) => inc.run(&link.connection, opts).await,
+            Job::Send(sending, _) => sending.run(&link.connection, opts, reporter).await,
+            Job::Receive(inc, _) => inc.run(&link.connection, opts, reporter).await,
         };
         transfer::log_path_stats(&link.connection);
         match result {

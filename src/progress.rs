@@ -1,6 +1,6 @@
 //! Progress display: one indicatif bar for the whole job on a terminal (with the current
 //! file's name), a plain line every few seconds otherwise, or `progress` events for
-//! `--json`.
+//! `--json`; and [`Reporter`], the CLI's [`Observer`] of a transfer, which drives it.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -9,6 +9,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::events::{Event, Output};
 use crate::shown::shown;
+use crate::transfer::{FileDone, Observer, Plan};
 
 /// How often plain progress lines are printed when stderr is not a terminal.
 const LINE_INTERVAL: Duration = Duration::from_secs(5);
@@ -156,6 +157,72 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+/// The CLI's [`Observer`] of a transfer: `plan` and `file_done` events, and the job's
+/// [`Progress`] (made at the first plan and kept across reconnects, like the job).
+pub struct Reporter {
+    out: Output,
+    label: &'static str,
+    progress: Option<Progress>,
+}
+
+impl Reporter {
+    /// Reports through `out`; `label` names the job on the bar (`Sending`, `Receiving`).
+    pub fn new(out: Output, label: &'static str) -> Reporter {
+        Reporter {
+            out,
+            label,
+            progress: None,
+        }
+    }
+}
+
+impl Observer for Reporter {
+    fn plan(&mut self, plan: &Plan) {
+        self.out.emit(|| Event::Plan {
+            files: plan.files,
+            folders: plan.dirs,
+            links: plan.links,
+            total_bytes: plan.total,
+            held_bytes: plan.held,
+        });
+        let (out, label) = (self.out, self.label);
+        self.progress
+            .get_or_insert_with(|| Progress::new(plan.total, label, out))
+            .set(plan.held);
+    }
+
+    fn file_started(&mut self, path: &str, done: u64) {
+        if let Some(p) = &mut self.progress {
+            if done != p.done() {
+                p.set(done);
+            }
+            p.set_message(path);
+        }
+    }
+
+    fn moved(&mut self, n: u64, _done: u64) {
+        if let Some(p) = &mut self.progress {
+            p.inc(n);
+        }
+    }
+
+    fn file_done(&mut self, file: &FileDone<'_>) {
+        self.out.emit(|| Event::FileDone {
+            path: file.path.to_owned(),
+            size: file.size,
+            blake3: file.hash.to_hex().to_string(),
+            status: file.status,
+            saved_as: file.saved_as.map(|p| p.display().to_string()),
+        });
+    }
+
+    fn finish(&mut self) {
+        if let Some(p) = &mut self.progress {
+            p.finish();
+        }
     }
 }
 

@@ -8,9 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use p2pcopy::error::CloseCode;
-use p2pcopy::events::Output;
 use p2pcopy::tls::{client_config, server_config, Identity, PeerAuth, SERVER_NAME};
-use p2pcopy::transfer::{Incoming, Options, Store};
+use p2pcopy::transfer::{Incoming, Options, Silent, Store};
 use p2pcopy::wire::{
     entry_cost, DataHead, Entry, EntryKind, Frame, Offer, Trailer, MAX_ENTRIES, MAX_PATH_LEN,
     SEGMENT_LEN,
@@ -76,7 +75,7 @@ fn offer_for(entries: &[Entry]) -> Frame {
 
 /// Plays the evil sender against a real receiver writing into `out`.
 async fn run_evil(frames: Vec<Frame>, data: Vec<Data>, out: &Path) -> Result<(), Error> {
-    run_evil_with(frames, data, out, Options::new(true, Output::human(true))).await
+    run_evil_with(frames, data, out, Options::new(true)).await
 }
 
 /// [`run_evil`] with the receiver's options.
@@ -131,9 +130,12 @@ async fn run_evil_with(
         let _ = tokio::time::timeout(Duration::from_secs(3), client_conn.closed()).await;
     });
     let mut incoming = Incoming::new(Store::new(out.to_owned(), false));
-    let r = tokio::time::timeout(Duration::from_secs(10), incoming.run(&server_conn, opts))
-        .await
-        .expect("receiver hung");
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        incoming.run(&server_conn, opts, &mut Silent),
+    )
+    .await
+    .expect("receiver hung");
     server_conn.close(CloseCode::NO_ERROR.into(), b"");
     let _ = sender.await;
     r
@@ -449,11 +451,14 @@ async fn sender_error_when_the_receiver_closes(code: u32, reason: &'static [u8])
         server_conn.close(code.into(), reason);
         server_conn
     });
-    let opts = Options::new(true, Output::human(true));
-    let err = tokio::time::timeout(Duration::from_secs(10), job.run(&client_conn, opts))
-        .await
-        .expect("sender hung")
-        .unwrap_err();
+    let opts = Options::new(true);
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        job.run(&client_conn, opts, &mut Silent),
+    )
+    .await
+    .expect("sender hung")
+    .unwrap_err();
     let _ = receiver.await;
     err
 }
@@ -556,7 +561,7 @@ const STALL: Duration = Duration::from_secs(1);
 fn stall_opts() -> Options {
     Options {
         stall_timeout: Some(STALL),
-        ..Options::new(true, Output::human(true))
+        ..Options::new(true)
     }
 }
 
@@ -593,9 +598,12 @@ where
     });
     let mut incoming = Incoming::new(Store::new(out.to_owned(), false));
     let started = std::time::Instant::now();
-    let r = tokio::time::timeout(10 * STALL, incoming.run(&server_conn, stall_opts()))
-        .await
-        .expect("receiver hung: no watchdog");
+    let r = tokio::time::timeout(
+        10 * STALL,
+        incoming.run(&server_conn, stall_opts(), &mut Silent),
+    )
+    .await
+    .expect("receiver hung: no watchdog");
     let elapsed = started.elapsed();
     server_conn.close(CloseCode::STALLED.into(), b"stalled");
     let _ = sender.await;
@@ -758,7 +766,7 @@ async fn sender_against(evil: EvilReceiver, size: usize) -> (Result<(), Error>, 
         drop((send, recv));
     });
     let started = std::time::Instant::now();
-    let r = tokio::time::timeout(10 * STALL, job.run(&client_conn, stall_opts()))
+    let r = tokio::time::timeout(10 * STALL, job.run(&client_conn, stall_opts(), &mut Silent))
         .await
         .expect("sender hung: no watchdog");
     let elapsed = started.elapsed();
@@ -874,7 +882,7 @@ async fn a_dead_path_is_a_lost_connection_not_a_stall() {
     let mut incoming = Incoming::new(Store::new(out.path().to_owned(), false));
     let err = tokio::time::timeout(
         Duration::from_secs(10),
-        incoming.run(&server_conn, stall_opts()),
+        incoming.run(&server_conn, stall_opts(), &mut Silent),
     )
     .await
     .expect("receiver hung")
@@ -911,7 +919,7 @@ async fn a_manifest_past_the_memory_limit_is_refused_naming_it() {
     let limit = 1 << 20;
     let opts = Options {
         manifest_limit: limit,
-        ..Options::new(true, Output::human(true))
+        ..Options::new(true)
     };
     // The longest paths the protocol carries cost the most; the accepted ones must also
     // fit the OS's path limit under the output folder.
@@ -1017,7 +1025,7 @@ async fn manifest_memory_at_the_limit() {
         std::fs::write("/proc/self/clear_refs", "5").unwrap();
         let base = status("VmHWM:");
         let started = std::time::Instant::now();
-        let opts = Options::new(true, Output::human(true));
+        let opts = Options::new(true);
         let (_se, server_conn, _ce, client_conn) = connected_pair().await;
         let sender = tokio::spawn(async move {
             let (mut send, mut recv) = client_conn.open_bi().await.unwrap();
@@ -1043,7 +1051,7 @@ async fn manifest_memory_at_the_limit() {
             let _ = reader.await;
         });
         let mut incoming = Incoming::new(Store::new(root.path().to_owned(), false));
-        incoming.run(&server_conn, opts).await.unwrap();
+        incoming.run(&server_conn, opts, &mut Silent).await.unwrap();
         let peak = status("VmHWM:");
         server_conn.close(CloseCode::NO_ERROR.into(), b"");
         let _ = sender.await;

@@ -10,6 +10,11 @@
 //! receiver holds, exactly as a new run of both commands would. File I/O and hashing run on
 //! blocking threads behind small bounded channels, so memory stays at a few chunks and the
 //! network task never waits for the disk.
+//!
+//! The engine knows nothing of terminals or JSON: it tells an [`Observer`] what happens (the
+//! plan, bytes moving, each verified file), the way ripgrep's searcher reports to a `Sink`.
+//! The CLI's observer draws the progress bar and prints `--json` events; [`Silent`] ignores
+//! everything, for a program that only wants the [`Report`].
 
 mod receive;
 mod send;
@@ -22,17 +27,15 @@ pub use send::Outgoing;
 pub use store::{check_output_dir, numbered, part_name, Store};
 pub use watchdog::{Waiting, DEFAULT_STALL_TIMEOUT};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, ConnectionError, ReadError, ReadExactError, RecvStream, WriteError};
 
 use crate::error::{CloseCode, Error};
-use crate::events::{Event, Output};
-use crate::progress::Progress;
 use crate::wire::{
-    Entry, EntryKind, Frame, WireError, FLAG_AUTHENTICATED, FLAG_HEARTBEAT, FRAME_HEADER_LEN,
-    MAX_MANIFEST_COST, STOP_STORE_FAILED,
+    Entry, EntryKind, FileStatus, Frame, WireError, FLAG_AUTHENTICATED, FLAG_HEARTBEAT,
+    FRAME_HEADER_LEN, MAX_MANIFEST_COST, STOP_STORE_FAILED,
 };
 
 /// Size of one chunk read from disk and handed to QUIC.
@@ -45,8 +48,6 @@ const PIPELINE: usize = 4;
 pub struct Options {
     /// We checked the peer's certificate against its ticket.
     pub authenticated: bool,
-    /// Where progress and per-file events go.
-    pub out: Output,
     /// How long a peer may keep the connection alive without moving the job before the
     /// run ends with [`Error::Stalled`]; `None` waits for ever.
     pub stall_timeout: Option<Duration>,
@@ -57,10 +58,9 @@ pub struct Options {
 
 impl Options {
     /// Options with the defaults: [`DEFAULT_STALL_TIMEOUT`], [`MAX_MANIFEST_COST`].
-    pub fn new(authenticated: bool, out: Output) -> Options {
+    pub fn new(authenticated: bool) -> Options {
         Options {
             authenticated,
-            out,
             stall_timeout: Some(DEFAULT_STALL_TIMEOUT),
             manifest_limit: MAX_MANIFEST_COST,
         }
@@ -75,6 +75,78 @@ impl Options {
         };
         auth | FLAG_HEARTBEAT
     }
+}
+
+/// What a transfer tells the program running it, as it happens; every method does nothing
+/// unless implemented.
+///
+/// One observer serves a job across its connections: after a reconnect the engine starts
+/// again with [`Observer::plan`], its byte count back at what the receiver holds.
+pub trait Observer: Send {
+    /// Both sides agreed what moves on this connection; no byte has moved yet, and the job
+    /// stands at `plan.held` bytes.
+    fn plan(&mut self, plan: &Plan) {
+        let _ = plan;
+    }
+
+    /// The file announced as `path` starts moving, with the job at `done` bytes: fewer than
+    /// before when the receiver claimed part of this file and the sender's hash of that
+    /// part differed, so the file moves again from the start.
+    fn file_started(&mut self, path: &str, done: u64) {
+        let _ = (path, done);
+    }
+
+    /// `n` more bytes of the current file crossed the network; the job is at `done` bytes.
+    fn moved(&mut self, n: u64, done: u64) {
+        let _ = (n, done);
+    }
+
+    /// A file arrived and the receiver verified it (or already had it, identical); told
+    /// once per file and run, a reconnect does not repeat it.
+    fn file_done(&mut self, file: &FileDone<'_>) {
+        let _ = file;
+    }
+
+    /// No more bytes move: every file is verified or failed, and `run` returns next.
+    fn finish(&mut self) {}
+}
+
+/// An [`Observer`] that ignores everything, for programs and tests that only want the
+/// [`Report`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Silent;
+
+impl Observer for Silent {}
+
+/// What moves on a connection, as both sides agreed it ([`Observer::plan`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Regular files in the job.
+    pub files: u64,
+    /// Folders in the job.
+    pub dirs: u64,
+    /// Links in the job.
+    pub links: u64,
+    /// Sum of all file sizes.
+    pub total: u64,
+    /// Bytes the receiver says it already holds; the sender checks each claim by hash and
+    /// sends a file again from the start if it differs.
+    pub held: u64,
+}
+
+/// A file that arrived and was verified ([`Observer::file_done`]).
+#[derive(Clone, Copy, Debug)]
+pub struct FileDone<'a> {
+    /// The file's path as announced (relative, `/`-separated).
+    pub path: &'a str,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its BLAKE3: the sender's, which the receiver found equal to its own.
+    pub hash: blake3::Hash,
+    /// [`FileStatus::Stored`] or [`FileStatus::AlreadyThere`].
+    pub status: FileStatus,
+    /// Receiver: where the file is on disk; sender: `None`.
+    pub saved_as: Option<&'a Path>,
 }
 
 /// What a job did, summed over all connections of one run.
@@ -109,6 +181,8 @@ pub struct Report {
     pub peer_authenticated: bool,
     /// When the run's first connection started.
     started: Option<Instant>,
+    /// Bytes of the job the receiver has now, as the observer was told.
+    done: u64,
 }
 
 impl Report {
@@ -132,27 +206,41 @@ impl Report {
         }
     }
 
-    /// Notes that a file's data starts at `start` where `claimed` bytes were claimed: a
-    /// refused claim moves the progress back, and on the run's first connection the proven
+    /// Tells `observer` the plan of a connection on which the receiver holds `held` bytes.
+    fn plan(&mut self, observer: &mut dyn Observer, held: u64) {
+        self.done = held;
+        observer.plan(&Plan {
+            files: self.files,
+            dirs: self.dirs,
+            links: self.links,
+            total: self.total,
+            held,
+        });
+    }
+
+    /// Notes that the file `path` starts at `start` where `claimed` bytes were claimed: a
+    /// refused claim moves the count back, and on the run's first connection the proven
     /// bytes count as resumed from an earlier run.
-    fn file_started(&mut self, progress: &mut Progress, first: bool, claimed: u64, start: u64) {
-        if start < claimed {
-            progress.set(progress.done() - (claimed - start));
-        }
+    fn file_started(
+        &mut self,
+        observer: &mut dyn Observer,
+        path: &str,
+        first: bool,
+        claimed: u64,
+        start: u64,
+    ) {
+        self.done = self.done.saturating_sub(claimed.saturating_sub(start));
         if first {
             self.resumed += start;
         }
+        observer.file_started(path, self.done);
     }
 
-    /// The `plan` event for a connection on which the receiver holds `held` bytes.
-    fn plan(&self, held: u64) -> Event {
-        Event::Plan {
-            files: self.files,
-            folders: self.dirs,
-            links: self.links,
-            total_bytes: self.total,
-            held_bytes: held,
-        }
+    /// Notes that `n` more bytes crossed the network.
+    fn moved(&mut self, observer: &mut dyn Observer, n: u64) {
+        self.moved += n;
+        self.done += n;
+        observer.moved(n, self.done);
     }
 
     /// Notes that the job is done, for `elapsed`.

@@ -12,13 +12,11 @@ use tokio::task::JoinHandle;
 use super::store::{Held, Store};
 use super::watchdog::{heartbeat_every, Waiting, Watch};
 use super::{
-    closed, explain, lost_read, lost_write, read_exact_err, read_frame, wire, Options, Report,
-    CHUNK, PIPELINE,
+    closed, explain, lost_read, lost_write, read_exact_err, read_frame, wire, FileDone, Observer,
+    Options, Report, CHUNK, PIPELINE,
 };
 use crate::error::Error;
-use crate::events::Event;
 use crate::manifest::{confine, link_stays_inside};
-use crate::progress::Progress;
 use crate::shown::shown;
 use crate::wire::{
     entry_cost, segment_end, Claim, DataHead, Entry, EntryKind, FileStatus, Frame, Trailer,
@@ -32,13 +30,12 @@ pub struct Incoming {
     /// Files verified in this run: (path, size) → hash. A reconnect claims them without
     /// hashing them again.
     verified: HashMap<(PathBuf, u64), blake3::Hash>,
-    progress: Option<Progress>,
     report: Report,
     renamed: HashMap<String, PathBuf>,
     /// Entries stored in this run (on any connection).
     stored_now: HashSet<u32>,
-    /// Entries a `file_done` event went out for: a reconnect reports them again as
-    /// already there, which is no news.
+    /// Entries the observer was told are done: a reconnect reports them again as already
+    /// there, which is no news.
     reported: HashSet<u32>,
 }
 
@@ -96,7 +93,6 @@ impl Incoming {
         Incoming {
             store,
             verified: HashMap::new(),
-            progress: None,
             report: Report::default(),
             renamed: HashMap::new(),
             stored_now: HashSet::new(),
@@ -136,15 +132,26 @@ impl Incoming {
         })
     }
 
-    /// Receives the job the peer offers on `conn`; called again after a reconnect.
-    pub async fn run(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
-        match self.run_once(conn, opts).await {
+    /// Receives the job the peer offers on `conn`, telling `observer` how it goes; called
+    /// again after a reconnect.
+    pub async fn run(
+        &mut self,
+        conn: &Connection,
+        opts: Options,
+        observer: &mut dyn Observer,
+    ) -> Result<(), Error> {
+        match self.run_once(conn, opts, observer).await {
             Err(e) => Err(explain(conn, e).await),
             ok => ok,
         }
     }
 
-    async fn run_once(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
+    async fn run_once(
+        &mut self,
+        conn: &Connection,
+        opts: Options,
+        observer: &mut dyn Observer,
+    ) -> Result<(), Error> {
         let first = self.report.connection_started();
         let watch = Watch::new(conn, opts.stall_timeout);
         let (mut send, mut recv) = watch
@@ -215,12 +222,8 @@ impl Incoming {
         }
         Frame::PlanEnd.encode(&mut buf);
         ctl.write(&buf).await?;
-        opts.out.emit(|| self.report.plan(have));
+        self.report.plan(observer, have);
 
-        let progress = self
-            .progress
-            .get_or_insert_with(|| Progress::new(offer.total, "Receiving", opts.out));
-        progress.set(have);
         let mut held = held;
         let mut pending: HashSet<u32> = entries
             .iter()
@@ -247,8 +250,7 @@ impl Incoming {
                 )));
             }
             self.report
-                .file_started(progress, first, claimed, head.start);
-            progress.set_message(&c.entry.path);
+                .file_started(observer, &c.entry.path, first, claimed, head.start);
             let got = receive_file(
                 &self.store,
                 conn,
@@ -258,8 +260,8 @@ impl Incoming {
                 c,
                 head.start,
                 claim,
-                progress,
-                &mut self.report.moved,
+                observer,
+                &mut self.report,
             )
             .await;
             let (outcome, hash) = match got {
@@ -288,12 +290,12 @@ impl Incoming {
             if matches!(status, FileStatus::Stored | FileStatus::AlreadyThere) {
                 self.verified.insert((c.rel.clone(), c.entry.size), hash);
                 if self.reported.insert(head.index) {
-                    opts.out.emit(|| Event::FileDone {
-                        path: c.entry.path.clone(),
+                    observer.file_done(&FileDone {
+                        path: &c.entry.path,
                         size: c.entry.size,
-                        blake3: hash.to_hex().to_string(),
+                        hash,
                         status,
-                        saved_as: Some(saved_as.display().to_string()),
+                        saved_as: Some(&saved_as),
                     });
                 }
             }
@@ -320,7 +322,7 @@ impl Incoming {
         Frame::JobDone.encode(&mut b);
         ctl.write(&b).await?;
         let _ = send.finish();
-        progress.finish();
+        observer.finish();
         self.report.finished();
         self.summarise(&entries, &statuses)
     }
@@ -524,8 +526,8 @@ async fn receive_file(
     c: &Checked,
     start: u64,
     claim: Option<Held>,
-    progress: &mut Progress,
-    moved: &mut u64,
+    observer: &mut dyn Observer,
+    report: &mut Report,
 ) -> Result<(Outcome, blake3::Hash), Error> {
     let size = c.entry.size;
     // "Already there": the sender proved our complete copy; nothing is written.
@@ -560,7 +562,7 @@ async fn receive_file(
     let mut at = start;
     let got = loop {
         let end = segment_end(at, size);
-        let got = pump(stream, &tx, &mut spare, end - at, progress, moved, watch).await;
+        let got = pump(stream, &tx, &mut spare, end - at, observer, report, watch).await;
         if got.is_err() || end == size {
             break got;
         }
@@ -686,8 +688,8 @@ async fn pump(
     tx: &mpsc::Sender<Filled>,
     spare: &mut mpsc::UnboundedReceiver<Vec<u8>>,
     len: u64,
-    progress: &mut Progress,
-    moved: &mut u64,
+    observer: &mut dyn Observer,
+    report: &mut Report,
     watch: &Watch,
 ) -> Result<(), Pumped> {
     let mut remaining = len;
@@ -725,8 +727,7 @@ async fn pump(
             match read {
                 Ok(Some(n)) => {
                     filled += n;
-                    *moved += n as u64;
-                    progress.inc(n as u64);
+                    report.moved(observer, n as u64);
                 }
                 Ok(None) => {
                     failed = Some(Pumped::Failed(Error::Protocol(format!(

@@ -12,11 +12,12 @@ use tokio::sync::mpsc;
 
 use super::watchdog::{heartbeat_every, Waiting, Watch};
 use super::window::SendWindow;
-use super::{closed, explain, lost, lost_write, read_frame, Options, Report, CHUNK, PIPELINE};
+use super::{
+    closed, explain, lost, lost_write, read_frame, FileDone, Observer, Options, Report, CHUNK,
+    PIPELINE,
+};
 use crate::error::Error;
-use crate::events::{Event, Output};
 use crate::manifest::{split_time, Scan};
-use crate::progress::Progress;
 use crate::shown::shown;
 use crate::wire::{
     segment_end, Claim, DataHead, EntryKind, FileStatus, Frame, Offer, Trailer, FLAG_AUTHENTICATED,
@@ -31,9 +32,8 @@ pub struct Outgoing {
     known: HashMap<u32, blake3::Hash>,
     /// How each file ended on the receiver, as far as it told us.
     status: HashMap<u32, FileStatus>,
-    /// Files a `file_done` event went out for, so a reconnect does not repeat them.
+    /// Files the observer was told are done, so a reconnect does not repeat them.
     reported: HashSet<u32>,
-    progress: Option<Progress>,
     report: Report,
 }
 
@@ -65,7 +65,6 @@ impl Outgoing {
             known: HashMap::new(),
             status: HashMap::new(),
             reported: HashSet::new(),
-            progress: None,
             report,
         }
     }
@@ -75,16 +74,27 @@ impl Outgoing {
         &self.report
     }
 
-    /// Sends the job over `conn` until the receiver confirms every entry. Called again with
-    /// a new connection after a lost one, it continues where the receiver stands.
-    pub async fn run(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
-        match self.run_once(conn, opts).await {
+    /// Sends the job over `conn` until the receiver confirms every entry, telling `observer`
+    /// how it goes. Called again with a new connection after a lost one, it continues where
+    /// the receiver stands.
+    pub async fn run(
+        &mut self,
+        conn: &Connection,
+        opts: Options,
+        observer: &mut dyn Observer,
+    ) -> Result<(), Error> {
+        match self.run_once(conn, opts, observer).await {
             Err(e) => Err(explain(conn, e).await),
             ok => ok,
         }
     }
 
-    async fn run_once(&mut self, conn: &Connection, opts: Options) -> Result<(), Error> {
+    async fn run_once(
+        &mut self,
+        conn: &Connection,
+        opts: Options,
+        observer: &mut dyn Observer,
+    ) -> Result<(), Error> {
         let first = self.report.connection_started();
         let watch = Watch::new(conn, opts.stall_timeout);
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
@@ -153,17 +163,13 @@ impl Outgoing {
             })
             .collect();
         let pending = jobs.len();
-        // The bar starts at what the receiver says it holds; a claim that fails its proof
+        // The count starts at what the receiver says it holds; a claim that fails its proof
         // moves it back when that file starts.
         let held: u64 = jobs
             .iter()
             .filter_map(|j| j.claim.map(|c| c.offset.min(j.size)))
             .sum();
-        opts.out.emit(|| self.report.plan(held));
-        let progress = self
-            .progress
-            .get_or_insert_with(|| Progress::new(self.report.total, "Sending", opts.out));
-        progress.set(held);
+        self.report.plan(observer, held);
 
         let (tx, mut rx) = mpsc::channel::<DiskEvent>(PIPELINE);
         let reader = tokio::task::spawn_blocking(move || read_all(jobs, tx));
@@ -200,7 +206,7 @@ impl Outgoing {
                     }
                 }
                 Some((index, status)) = verdicts.recv() => {
-                    file_done(opts.out, &self.scan, &self.known, &mut self.reported, index, status);
+                    file_done(observer, &self.scan, &self.known, &mut self.reported, index, status);
                 }
                 ev = rx.recv(), if !sending_done => match ev {
                     None => {
@@ -213,8 +219,7 @@ impl Outgoing {
                     Some(DiskEvent::Start(head)) => {
                         let entry = &self.scan.entries[head.index as usize];
                         let claimed = claims.get(&head.index).map_or(0, |c| c.offset.min(entry.size));
-                        self.report.file_started(progress, first, claimed, head.start);
-                        progress.set_message(&entry.path);
+                        self.report.file_started(observer, &entry.path, first, claimed, head.start);
                         stream = Some(open_segment(conn, &watch, head, priority.next()).await?);
                         current = Some(Sending {
                             index: head.index,
@@ -251,8 +256,7 @@ impl Outgoing {
                             }).await?;
                             cur.at += take;
                         }
-                        self.report.moved += n;
-                        progress.inc(n);
+                        self.report.moved(observer, n);
                     }
                     Some(DiskEvent::End(trailer)) => {
                         let mut s = stream.take().ok_or_else(|| Error::Internal("end before start".into()))?;
@@ -280,7 +284,7 @@ impl Outgoing {
         let _ = reader.await;
         while let Ok((index, status)) = verdicts.try_recv() {
             file_done(
-                opts.out,
+                observer,
                 &self.scan,
                 &self.known,
                 &mut self.reported,
@@ -297,7 +301,7 @@ impl Outgoing {
                 self.status.insert(index, status);
             }
         }
-        progress.finish();
+        observer.finish();
         self.finish_report();
         self.report.finished();
         if self.report.failed.is_empty() {
@@ -418,10 +422,10 @@ fn unexpected(f: &Frame) -> Error {
     Error::Protocol(format!("unexpected message from the receiver: {f:?}"))
 }
 
-/// Emits the `file_done` event for a file the receiver verified (or already had), once
-/// per file and run; the hash is ours, which the receiver found equal to its own.
+/// Tells the observer of a file the receiver verified (or already had), once per file and
+/// run; the hash is ours, which the receiver found equal to its own.
 fn file_done(
-    out: Output,
+    observer: &mut dyn Observer,
     scan: &Scan,
     known: &HashMap<u32, blake3::Hash>,
     reported: &mut HashSet<u32>,
@@ -435,10 +439,10 @@ fn file_done(
         return;
     };
     if reported.insert(index) {
-        out.emit(|| Event::FileDone {
-            path: entry.path.clone(),
+        observer.file_done(&FileDone {
+            path: &entry.path,
             size: entry.size,
-            blake3: hash.to_hex().to_string(),
+            hash: *hash,
             status,
             saved_as: None,
         });
