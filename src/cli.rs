@@ -806,6 +806,52 @@ fn summary(role: Role, r: &transfer::Report, link: &Link) -> Event {
     }
 }
 
+/// `3 files (181.64 MiB) in 16.3 s, 11.14 MiB/s` for the closing line.
+fn amount_and_rate(r: &transfer::Report) -> String {
+    let rate = progress::rate(r.moved, r.elapsed);
+    let what = match (r.files, r.dirs) {
+        (1, 0) => String::new(),
+        (f, 0) => format!("{f} files "),
+        (f, d) => format!(
+            "{f} file{} in {d} folder{} ",
+            if f == 1 { "" } else { "s" },
+            if d == 1 { "" } else { "s" }
+        ),
+    };
+    format!(
+        "{what}({}) in {:.1} s, {}/s",
+        indicatif::HumanBytes(r.total),
+        r.elapsed.as_secs_f64(),
+        indicatif::HumanBytes(rate)
+    )
+}
+
+/// What was not sent because the receiver had it, or `None` when everything was sent.
+fn reuse_note(r: &transfer::Report) -> Option<String> {
+    let mut parts = Vec::new();
+    if r.resumed > 0 {
+        parts.push(format!(
+            "{} resumed from an earlier run",
+            indicatif::HumanBytes(r.resumed)
+        ));
+    }
+    if r.already_there > 0 {
+        parts.push(format!(
+            "{} file{} already there",
+            r.already_there,
+            if r.already_there == 1 { "" } else { "s" }
+        ));
+    }
+    if r.reconnects > 0 {
+        parts.push(format!(
+            "reconnected {} time{}",
+            r.reconnects,
+            if r.reconnects == 1 { "" } else { "s" }
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 /// `x.tif ` for a one-file job, else nothing (the amount names the count).
 fn single_name(r: &transfer::Report) -> String {
     match (r.files + r.dirs + r.links, r.hashes.first()) {
@@ -907,8 +953,8 @@ fn say_done(out: Output, link: &Link, verb: &str, r: &transfer::Report) {
     if let Some(code) = code_to_compare(link, r.peer_authenticated) {
         say!(out, "Verification code: {code} (an ip:port was used instead of a ticket, so compare this code with your peer; if it differs, someone is in the middle)");
     }
-    say!(out, "{verb} {}{}", single_name(r), r.amount_and_rate());
-    if let Some(note) = r.reuse_note() {
+    say!(out, "{verb} {}{}", single_name(r), amount_and_rate(r));
+    if let Some(note) = reuse_note(r) {
         say!(out, "({note})");
     }
 }

@@ -247,52 +247,6 @@ impl Report {
     fn finished(&mut self) {
         self.elapsed = self.started.map(|s| s.elapsed()).unwrap_or_default();
     }
-
-    /// `3 files (181.64 MiB) in 16.3 s, 11.14 MiB/s` for the closing line.
-    pub fn amount_and_rate(&self) -> String {
-        let rate = crate::progress::rate(self.moved, self.elapsed);
-        let what = match (self.files, self.dirs) {
-            (1, 0) => String::new(),
-            (f, 0) => format!("{f} files "),
-            (f, d) => format!(
-                "{f} file{} in {d} folder{} ",
-                if f == 1 { "" } else { "s" },
-                if d == 1 { "" } else { "s" }
-            ),
-        };
-        format!(
-            "{what}({}) in {:.1} s, {}/s",
-            indicatif::HumanBytes(self.total),
-            self.elapsed.as_secs_f64(),
-            indicatif::HumanBytes(rate)
-        )
-    }
-
-    /// What was not sent because the receiver had it, or `None` when everything was sent.
-    pub fn reuse_note(&self) -> Option<String> {
-        let mut parts = Vec::new();
-        if self.resumed > 0 {
-            parts.push(format!(
-                "{} resumed from an earlier run",
-                indicatif::HumanBytes(self.resumed)
-            ));
-        }
-        if self.already_there > 0 {
-            parts.push(format!(
-                "{} file{} already there",
-                self.already_there,
-                if self.already_there == 1 { "" } else { "s" }
-            ));
-        }
-        if self.reconnects > 0 {
-            parts.push(format!(
-                "reconnected {} time{}",
-                self.reconnects,
-                if self.reconnects == 1 { "" } else { "s" }
-            ));
-        }
-        (!parts.is_empty()).then(|| parts.join(", "))
-    }
 }
 
 fn lost(e: impl std::fmt::Display) -> Error {
