@@ -918,7 +918,7 @@ async fn doctor(args: &DoctorArgs, out: Output) -> Result<(), Error> {
     for line in crate::doctor::render(&findings) {
         out.print(format_args!("{line}"));
     }
-    out.emit(|| Event::doctor(&findings));
+    out.emit(|| findings.event());
     if findings.servers.iter().all(|s| s.mapped.is_none()) {
         return Err(Error::Stun {
             tried: stun.join(", "),

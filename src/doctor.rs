@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
 use crate::error::Error;
+use crate::events::{millis, Event, NtpCheck, PortMapCheck, StunCheck};
 use crate::portmap;
 use crate::stun::message::{decode_response, encode_request, BindingResponse};
 use crate::ticket::NatKind;
@@ -29,17 +30,7 @@ const TEST_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Gap between retransmissions of one request.
 const RETRY: Duration = Duration::from_millis(300);
 
-/// How the NAT treats inbound packets (RFC 4787 filtering).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Filtering {
-    /// Anyone may send to the mapped port once it exists ("full cone").
-    EndpointIndependent,
-    /// Only hosts we sent to, from any port ("restricted cone").
-    AddressDependent,
-    /// Only the exact address and port we sent to ("port-restricted cone"; Linux's
-    /// conntrack and most home routers).
-    AddressAndPortDependent,
-}
+pub use crate::nat::Filtering;
 
 /// One STUN server's answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -455,9 +446,54 @@ pub fn render(f: &Findings) -> Vec<String> {
     out
 }
 
+impl Findings {
+    /// The `doctor` event of these findings, with the same verdict the human report ends
+    /// with.
+    pub fn event(&self) -> Event {
+        let f = self;
+        let udp_works = f.servers.iter().any(|s| s.mapped.is_some());
+        Event::Doctor {
+            local: f.local,
+            host_ips: f.host_ips.clone(),
+            ipv6: f.ipv6.clone(),
+            servers: f
+                .servers
+                .iter()
+                .map(|s| StunCheck {
+                    name: s.name.clone(),
+                    addr: s.addr,
+                    rtt_ms: s.rtt.map(millis),
+                    mapped: s.mapped,
+                    other: s.other,
+                })
+                .collect(),
+            nat: f.nat,
+            filtering: f.filtering,
+            hairpin: f.hairpin,
+            nat_hops: f.nat_hops.clone(),
+            ntp: f.ntp.as_ref().map(|(server, rtt, offset)| NtpCheck {
+                server: server.clone(),
+                rtt_ms: millis(*rtt),
+                offset_s: *offset,
+            }),
+            ntp_checked: f.ntp_checked,
+            port_mapping: f.port_mapping.map(|c| PortMapCheck {
+                protocol: c.mapping.protocol,
+                external: c.mapping.external.into(),
+                usable: f.usable_port_mapping().is_some(),
+                removed: c.removed,
+            }),
+            port_mapping_checked: f.port_mapping_checked,
+            verdict: verdict(f.nat, f.filtering, udp_works, f.usable_port_mapping()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::tests::{addr, check};
+    use crate::portmap::Protocol;
 
     fn text_of(f: &Findings) -> String {
         render(f).join("\n")
@@ -648,5 +684,99 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("does not resolve"), "{text}");
+    }
+
+    #[test]
+    fn doctor_event() {
+        let f = Findings {
+            local: addr("0.0.0.0:4300"),
+            host_ips: vec!["192.168.1.20".parse().unwrap()],
+            ipv6: vec!["2001:db8::20".parse().unwrap()],
+            servers: vec![
+                ServerCheck {
+                    name: "stun.example:3478".into(),
+                    addr: Some(addr("192.0.2.1:3478")),
+                    rtt: Some(Duration::from_micros(21_700)),
+                    mapped: Some(addr("198.51.100.7:4300")),
+                    other: None,
+                },
+                ServerCheck {
+                    name: "gone.invalid:3478".into(),
+                    addr: None,
+                    rtt: None,
+                    mapped: None,
+                    other: None,
+                },
+            ],
+            nat: NatKind::EndpointIndependent,
+            filtering: Some(Filtering::AddressAndPortDependent),
+            hairpin: Some(false),
+            nat_hops: vec![Some("192.168.1.1".parse().unwrap()), None],
+            ntp: Some(("pool.ntp.org".into(), Duration::from_millis(31), -0.012)),
+            ntp_checked: true,
+            port_mapping: Some(crate::portmap::Check {
+                mapping: crate::portmap::Mapping {
+                    protocol: Protocol::Upnp,
+                    external: "198.51.100.7:4300".parse().unwrap(),
+                    internal: "192.168.1.20:4300".parse().unwrap(),
+                    lease: Duration::from_secs(120),
+                },
+                removed: true,
+            }),
+            port_mapping_checked: true,
+        };
+        let keys = [
+            ("local", "string"),
+            ("host_ips", "array"),
+            ("ipv6", "array"),
+            ("servers", "array"),
+            ("nat", "string"),
+            ("filtering", "string"),
+            ("hairpin", "bool"),
+            ("nat_hops", "array"),
+            ("ntp", "object"),
+            ("ntp_checked", "bool"),
+            ("port_mapping", "object"),
+            ("port_mapping_checked", "bool"),
+            ("verdict", "string"),
+        ];
+        let v = check(f.event(), "doctor", &keys);
+        assert_eq!(v["host_ips"], serde_json::json!(["192.168.1.20"]));
+        assert_eq!(v["ipv6"], serde_json::json!(["2001:db8::20"]));
+        assert_eq!(
+            v["servers"],
+            serde_json::json!([
+                {"name": "stun.example:3478", "addr": "192.0.2.1:3478", "rtt_ms": 21,
+                 "mapped": "198.51.100.7:4300", "other": null},
+                {"name": "gone.invalid:3478", "addr": null, "rtt_ms": null,
+                 "mapped": null, "other": null},
+            ])
+        );
+        assert_eq!(v["filtering"], "address_and_port_dependent");
+        assert_eq!(v["nat_hops"], serde_json::json!(["192.168.1.1", null]));
+        assert_eq!(
+            v["ntp"],
+            serde_json::json!({"server": "pool.ntp.org", "rtt_ms": 31, "offset_s": -0.012})
+        );
+        assert_eq!(
+            v["port_mapping"],
+            serde_json::json!({"protocol": "upnp", "external": "198.51.100.7:4300",
+                               "usable": true, "removed": true})
+        );
+        assert!(v["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("cone NAT with port mapping (UPnP)"));
+        // Nothing answered: null.
+        let v = check(
+            Findings {
+                port_mapping: None,
+                ..f
+            }
+            .event(),
+            "doctor",
+            &[keys.as_slice(), &[("port_mapping", "null")]].concat(),
+        );
+        assert!(v["verdict"].as_str().unwrap().starts_with("cone NAT:"));
     }
 }

@@ -4,6 +4,18 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::ticket::NatKind;
 
+/// How the NAT treats inbound packets (RFC 4787 filtering).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filtering {
+    /// Anyone may send to the mapped port once it exists ("full cone").
+    EndpointIndependent,
+    /// Only hosts we sent to, from any port ("restricted cone").
+    AddressDependent,
+    /// Only the exact address and port we sent to ("port-restricted cone"; Linux's
+    /// conntrack and most home routers).
+    AddressAndPortDependent,
+}
+
 /// Classifies the NAT from the addresses STUN servers saw for one local socket.
 ///
 /// `local_ips` are the host's own interface addresses. Two servers are needed to tell
