@@ -6,7 +6,7 @@
 //! - [`punch`]: hole punching as a sans-IO state machine, with the round schedule;
 //! - [`wire`]: probe and transfer framing (pure encode/decode);
 //! - [`stun`], [`ntp`], [`nat`]: learning the public address, the shared clock, and what the
-//!   NAT kinds of two peers allow;
+//!   NAT kinds (mapping and filtering) of two peers allow;
 //! - [`portmap`]: asking the home router to forward a port (PCP, NAT-PMP, UPnP-IGD);
 //! - [`hops`]: how many NATs are on our side, for the openers' TTL;
 //! - [`congestion`]: the congestion controller, sized for quinn's pacer;
@@ -16,9 +16,15 @@
 //! - [`net`]: the async shell: one UDP socket shared by the puncher and a quinn endpoint,
 //!   with its guard against strangers (rooms listed in its doc);
 //! - [`manifest`]: what a job contains, and confinement of the peer's paths;
-//! - [`transfer`]: a job (files, folders, links) over a connection, resumable;
+//! - [`transfer`]: a job (files, folders, links) over a connection, resumable; it reports
+//!   to a [`transfer::Observer`] and knows no screen or JSON (as ripgrep's searcher reports
+//!   to a `Sink`);
+//! - [`events`]: what a run reports: the `--json` schema (every event and spelling), and
+//!   [`events::Output`], which writes to a person or as JSON lines;
 //! - [`doctor`]: the network check (`p2pcopy doctor`): mapping, filtering, hairpinning, NTP;
-//! - [`events`]: what a run reports, to a person or as JSON lines (`--json`);
+//!   its findings make the `doctor` event;
+//! - [`progress`]: the CLI's [`transfer::Observer`]: the progress bar, plain progress lines
+//!   or `progress` events, and the `plan` and `file_done` events;
 //! - [`shown`]: names and the peer's words made safe for a terminal (every human line passes
 //!   through it);
 //! - [`cli`]: the command line, in the order a run happens;
