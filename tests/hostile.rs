@@ -1,14 +1,16 @@
-//! A receiver facing a sender that lies: a test-only peer built on the library, speaking the
-//! wire protocol by hand over a real QUIC connection on loopback, with evil manifests and
-//! evil data. Whatever it does, the receiver must end with a clear error and exit code, and
-//! create nothing outside its output folder and nothing under a final name that is wrong.
+//! A real sender or receiver facing a peer that lies or stalls: a test-only peer built on the
+//! library, speaking the wire protocol by hand over a real QUIC connection on loopback, with
+//! evil manifests, evil data, escape sequences and silence. Whatever it does, the real side
+//! must end with a clear error and exit code, and create nothing outside its output folder
+//! and nothing under a final name that is wrong.
 
-use std::net::{Ipv4Addr, SocketAddr};
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
 use p2pcopy::error::CloseCode;
-use p2pcopy::tls::{client_config, server_config, Identity, PeerAuth, SERVER_NAME};
+use p2pcopy::tls::{server_config, PeerAuth};
 use p2pcopy::transfer::{Incoming, Options, Silent, Store};
 use p2pcopy::wire::{
     entry_cost, DataHead, Entry, EntryKind, Frame, Offer, Trailer, MAX_ENTRIES, MAX_PATH_LEN,
@@ -16,34 +18,7 @@ use p2pcopy::wire::{
 };
 use p2pcopy::Error;
 
-async fn connected_pair() -> (
-    quinn::Endpoint,
-    quinn::Connection,
-    quinn::Endpoint,
-    quinn::Connection,
-) {
-    let (s_id, c_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let server = quinn::Endpoint::server(
-        server_config(&s_id, PeerAuth::Pinned(*c_id.fingerprint())).unwrap(),
-        loopback,
-    )
-    .unwrap();
-    let client = quinn::Endpoint::client(loopback).unwrap();
-    let addr = server.local_addr().unwrap();
-    let cfg = client_config(&c_id, PeerAuth::Pinned(*s_id.fingerprint())).unwrap();
-    let (c, s) = tokio::join!(
-        async {
-            client
-                .connect_with(cfg, addr, SERVER_NAME)
-                .unwrap()
-                .await
-                .unwrap()
-        },
-        async { server.accept().await.unwrap().await.unwrap() }
-    );
-    (server, s, client, c)
-}
+use common::connected_pair;
 
 /// One data stream the evil sender writes: head, bytes, trailer (if any), then extra bytes.
 struct Data {
@@ -805,15 +780,10 @@ async fn a_receiver_that_never_confirms_is_given_up() {
 /// datagram once `cut` is set; the server's idle timeout is 3 s (QUIC takes the shorter).
 async fn pair_over_a_cuttable_path(
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (
-    quinn::Endpoint,
-    quinn::Connection,
-    quinn::Endpoint,
-    quinn::Connection,
-) {
+) -> common::Pair {
     use std::sync::atomic::Ordering;
-    let (s_id, c_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let (s_id, c_id) = common::identities();
+    let loopback = common::loopback();
     let mut cfg = server_config(&s_id, PeerAuth::Pinned(*c_id.fingerprint())).unwrap();
     let mut t = p2pcopy::quic::transport_config();
     t.max_idle_timeout(Some(Duration::from_secs(3).try_into().unwrap()));
@@ -843,19 +813,7 @@ async fn pair_over_a_cuttable_path(
             }
         }
     });
-    let client = quinn::Endpoint::client(loopback).unwrap();
-    let ccfg = client_config(&c_id, PeerAuth::Pinned(*s_id.fingerprint())).unwrap();
-    let (c, s) = tokio::join!(
-        async {
-            client
-                .connect_with(ccfg, via, SERVER_NAME)
-                .unwrap()
-                .await
-                .unwrap()
-        },
-        async { server.accept().await.unwrap().await.unwrap() }
-    );
-    (server, s, client, c)
+    common::connect(server, &s_id, &c_id, via).await
 }
 
 #[tokio::test]

@@ -1,11 +1,11 @@
 //! What a transfer tells its `transfer::Observer`: a real sender and receiver in one process,
 //! over QUIC on loopback, each with an observer that writes down every call.
 
-use std::net::{Ipv4Addr, SocketAddr};
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use p2pcopy::error::CloseCode;
-use p2pcopy::tls::{client_config, server_config, Identity, PeerAuth, SERVER_NAME};
 use p2pcopy::transfer::{FileDone, Incoming, Observer, Options, Outgoing, Plan, Store};
 use p2pcopy::wire::FileStatus;
 
@@ -96,34 +96,7 @@ impl Notes {
     }
 }
 
-async fn connected_pair() -> (
-    quinn::Endpoint,
-    quinn::Connection,
-    quinn::Endpoint,
-    quinn::Connection,
-) {
-    let (s_id, c_id) = (Identity::generate().unwrap(), Identity::generate().unwrap());
-    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let server = quinn::Endpoint::server(
-        server_config(&s_id, PeerAuth::Pinned(*c_id.fingerprint())).unwrap(),
-        loopback,
-    )
-    .unwrap();
-    let client = quinn::Endpoint::client(loopback).unwrap();
-    let addr = server.local_addr().unwrap();
-    let cfg = client_config(&c_id, PeerAuth::Pinned(*s_id.fingerprint())).unwrap();
-    let (c, s) = tokio::join!(
-        async {
-            client
-                .connect_with(cfg, addr, SERVER_NAME)
-                .unwrap()
-                .await
-                .unwrap()
-        },
-        async { server.accept().await.unwrap().await.unwrap() }
-    );
-    (server, s, client, c)
-}
+use common::connected_pair;
 
 /// Sends `src/job` into `out`; returns what the sender's and the receiver's observers heard.
 async fn send_job(src: &Path, out: &Path) -> (Notes, Notes) {
