@@ -10,9 +10,10 @@
 //! while STUN runs; the first answer wins and the attempt is bounded by [`ATTEMPT_TIMEOUT`].
 //! Each protocol waits up to [`SILENCE_TIMEOUT`] for a router's first answer, but the ticket
 //! waits only [`QUIET_GRACE`] for a router that has said nothing at all, so a network without
-//! one costs the ticket a quarter of a second; a mapping that comes later is still kept. The mapping is renewed at half its
-//! lease while the run lasts and removed when it ends ([`Mapper::release`]). Nothing here is
-//! ever an error for the user: a router that does not answer just means one candidate less.
+//! one costs the ticket a quarter of a second; a mapping that comes later is still kept. The
+//! mapping is renewed at half its lease while the run lasts and removed when it ends
+//! ([`Mapper::release`]). Nothing here is ever an error for the user: a router that does not
+//! answer just means one candidate less.
 //!
 //! The protocols themselves come from crates: `crab_nat` (PCP, falling back to NAT-PMP) and
 //! `igd-next` (UPnP). This module picks the gateway and our address as it sees us, runs the
