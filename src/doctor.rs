@@ -340,7 +340,7 @@ fn port_mapping_line(f: &Findings) -> String {
 }
 
 /// The report a user reads, one line per entry: the names in it come from the command line
-/// and are escaped where the lines are printed ([`crate::events::Output::print`]), so a
+/// and are escaped where the lines are printed (the CLI's writer), so a
 /// line break in one cannot start a line of its own.
 pub fn render(f: &Findings) -> Vec<String> {
     let mut out = Vec::new();
@@ -580,7 +580,7 @@ mod tests {
         );
         let shown: Vec<String> = lines
             .iter()
-            .map(|l| crate::events::human_line(format_args!("{l}")))
+            .map(|l| crate::shown::shown(l).to_string())
             .collect();
         assert!(
             shown.contains(&r"STUN evil\nVerdict: fake\e[2J (192.0.2.1:3478): 5 ms, you appear as 198.51.100.7:40001".to_owned()),

@@ -1,30 +1,44 @@
-//! Machine-readable output (`--json`): the event schema, and the [`Output`] sink through
-//! which a run reports, either to a person or to a program.
+//! What a run reports: the event schema behind `--json`, which a [`crate::session`] tells
+//! its [`crate::session::Events`] as things happen.
 //!
 //! This module is the one place that decides what a script sees: every event, every field
 //! name and every enum value's spelling is here, and the README's "Machine-readable output"
 //! section documents the same (a unit test holds the two together). A program reads one JSON
 //! object per line on stdout; each has `"event"` naming its type and `"t"`, the seconds since
-//! the process started.
+//! the process started. Writing them (to a person, or as JSON lines) is the CLI's business
+//! (`cli::output`); the library only builds them.
 
-use std::fmt;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
 use crate::nat::Filtering;
 use crate::portmap::Protocol;
 use crate::punch::PathKind;
-use crate::shown::{is_unsafe, shown};
+use crate::shown::is_unsafe;
 use crate::ticket::{Candidate, CandidateKind, NatKind, Role};
 use crate::wire::FileStatus;
 
 /// One thing that happened during a run, as `--json` prints it.
+///
+/// Two events are for a person's screen only and `--json` does not print them
+/// ([`Event::in_json`]): [`Event::Bound`] and [`Event::Measured`] come before the ticket,
+/// whose event carries the same data for a program.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// The run's UDP socket is bound (before STUN; not printed by `--json`).
+    Bound {
+        /// The local UDP port in use.
+        local_port: u16,
+    },
+    /// STUN answered: our NAT's mapping (not printed by `--json`; the `ticket` event says it).
+    Measured {
+        /// Our NAT's mapping as STUN saw it.
+        nat: NatKind,
+    },
     /// The router forwards a public port to our socket (PCP, NAT-PMP or UPnP); the ticket
     /// carries it as a `port_mapped` candidate. Only printed when there is one.
     PortMapping {
@@ -91,6 +105,10 @@ pub enum Event {
         verification_code: Option<String>,
         /// Connections before this one in this run (0 for the first).
         reconnects: u32,
+        /// Whether the peer reached us at the public port our router forwards (a port
+        /// mapping made the path); for the human line, not printed by `--json`.
+        #[serde(skip_serializing)]
+        via_port_mapping: bool,
     },
     /// The connection was lost; p2pcopy punches again.
     Reconnecting {
@@ -247,6 +265,23 @@ pub struct PortMapCheck {
     pub removed: bool,
 }
 
+impl Event {
+    /// Whether `--json` prints this event: all but the two a person's screen needs before
+    /// the ticket ([`Event::Bound`], [`Event::Measured`]).
+    pub fn in_json(&self) -> bool {
+        !matches!(self, Event::Bound { .. } | Event::Measured { .. })
+    }
+}
+
+/// Bytes per second.
+pub fn rate(bytes: u64, elapsed: Duration) -> u64 {
+    let secs = elapsed.as_secs_f64();
+    if secs <= 0.0 {
+        return 0;
+    }
+    (bytes as f64 / secs) as u64
+}
+
 /// Whole milliseconds, as the human output rounds them too.
 pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -353,7 +388,8 @@ struct Line<'a> {
     event: &'a Event,
 }
 
-/// `event` as one JSON line (no newline) at `t` seconds.
+/// `event` as one JSON line (no newline) at `t` seconds (see [`Event::in_json`] for the
+/// two events `--json` leaves out).
 pub fn to_line(event: &Event, t: f64) -> String {
     let mut buf = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(&mut buf, Inert);
@@ -387,110 +423,6 @@ impl serde_json::ser::Formatter for Inert {
         }
         w.write_all(&fragment.as_bytes()[plain..])
     }
-}
-
-/// Where a run reports: to a person (stderr lines, a progress bar, the ticket on stdout) or
-/// to a program (JSON lines on stdout, nothing else there).
-///
-/// Code that has something to tell calls both [`Output::say`] (the words) and
-/// [`Output::emit`] (the event) side by side; each does nothing in the other mode, so the
-/// human screen stays exactly as it was and no caller has to ask which mode is on.
-#[derive(Clone, Copy, Debug)]
-pub struct Output {
-    start: Instant,
-    mode: Mode,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    Human { quiet: bool },
-    Json,
-}
-
-impl Output {
-    /// The human screen; `quiet` keeps only the ticket, the prompt and errors.
-    pub fn human(quiet: bool) -> Output {
-        Output {
-            start: Instant::now(),
-            mode: Mode::Human { quiet },
-        }
-    }
-
-    /// JSON lines on stdout.
-    pub fn json() -> Output {
-        Output {
-            start: Instant::now(),
-            mode: Mode::Json,
-        }
-    }
-
-    /// Whether a program reads this run (no prompts, no retries at a terminal).
-    pub fn is_json(&self) -> bool {
-        self.mode == Mode::Json
-    }
-
-    /// Whether informational lines and the progress bar are shown.
-    pub fn is_chatty(&self) -> bool {
-        self.mode == Mode::Human { quiet: false }
-    }
-
-    /// An informational line on stderr, for a person who did not ask for --quiet; what
-    /// it holds from elsewhere (names, the peer's words) is escaped here (see
-    /// [`crate::shown`]).
-    pub fn say(&self, args: fmt::Arguments<'_>) {
-        if self.is_chatty() {
-            eprintln!("{}", human_line(args));
-        }
-    }
-
-    /// A line on stdout for a person, even with --quiet (the ticket, which scripts read with
-    /// `head -1`); escaped like [`Output::say`].
-    pub fn print(&self, args: fmt::Arguments<'_>) {
-        if let Mode::Human { .. } = self.mode {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", human_line(args));
-            let _ = out.flush();
-        }
-    }
-
-    /// Prints an event for a program; `event` is only built when one is listening.
-    pub fn emit(&self, event: impl FnOnce() -> Event) {
-        if self.is_json() {
-            let line = to_line(&event(), seconds(self.start.elapsed()));
-            let mut out = std::io::stdout().lock();
-            // A reader that went away must not turn into a second error; the exit code
-            // still tells how the run ended.
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
-        }
-    }
-
-    /// Reports what ends the run with exit code `code`: [`error_line`] on stderr, or an
-    /// `error` event with the exact message.
-    pub fn fail(&self, code: u8, message: &str) {
-        match self.mode {
-            Mode::Human { .. } => eprintln!("{}", error_line(message)),
-            Mode::Json => self.emit(|| Event::Error {
-                code,
-                message: message.to_owned(),
-            }),
-        }
-    }
-}
-
-/// One line of the human screen: `args` with what a terminal would act on escaped (see
-/// [`crate::shown`]).
-pub fn human_line(args: fmt::Arguments<'_>) -> String {
-    match args.as_str() {
-        Some(s) => shown(s).to_string(),
-        None => shown(&args.to_string()).to_string(),
-    }
-}
-
-/// The line a person sees for an error `message` (`p2pcopy: ...`), escaped: the message
-/// may carry a file name or the peer's own words. The `error` event keeps them exact.
-pub fn error_line(message: &str) -> String {
-    format!("p2pcopy: {}", shown(message))
 }
 
 #[cfg(test)]
@@ -711,6 +643,7 @@ pub(crate) mod tests {
                 authenticated: true,
                 verification_code: None,
                 reconnects: 0,
+                via_port_mapping: true,
             },
             "connected",
             &keys,
@@ -725,6 +658,7 @@ pub(crate) mod tests {
                 authenticated: false,
                 verification_code: Some("4821-0937".into()),
                 reconnects: 2,
+                via_port_mapping: false,
             },
             "connected",
             &[keys.as_slice(), &[("verification_code", "string")]].concat(),
@@ -739,6 +673,7 @@ pub(crate) mod tests {
                 authenticated: true,
                 verification_code: None,
                 reconnects: 0,
+                via_port_mapping: true,
             },
             "connected",
             &keys,
@@ -922,20 +857,8 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn people_see_escapes_and_programs_the_exact_text() {
+    fn programs_see_the_exact_text_and_nothing_a_terminal_acts_on() {
         let name = "evil\x1b]0;PWNED\x07\x1b[2J\u{9b}31m\u{202e}fdp.exe";
-        assert_eq!(
-            human_line(format_args!("Received {name} (5 B)")),
-            r"Received evil\e]0;PWNED\a\e[2J\u{9b}31m\u{202e}fdp.exe (5 B)"
-        );
-        assert_eq!(
-            human_line(format_args!("Using local port: 4300")),
-            "Using local port: 4300"
-        );
-        assert_eq!(
-            error_line(&format!("your peer stopped: {name}")),
-            r"p2pcopy: your peer stopped: evil\e]0;PWNED\a\e[2J\u{9b}31m\u{202e}fdp.exe"
-        );
         let event = Event::FileDone {
             path: name.into(),
             size: 5,
@@ -1026,6 +949,7 @@ pub(crate) mod tests {
                 authenticated: true,
                 verification_code: None,
                 reconnects: 0,
+                via_port_mapping: false,
             },
             Event::Reconnecting {
                 reason: String::new(),

@@ -19,15 +19,13 @@
 //! - [`transfer`]: a job (files, folders, links) over a connection, resumable; it reports
 //!   to a [`transfer::Observer`] and knows no screen or JSON (as ripgrep's searcher reports
 //!   to a `Sink`);
-//! - [`events`]: what a run reports: the `--json` schema (every event and spelling), and
-//!   [`events::Output`], which writes to a person or as JSON lines;
+//! - [`events`]: what a run reports: the `--json` schema (every event and spelling);
 //! - [`doctor`]: the network check (`p2pcopy doctor`): mapping, filtering, hairpinning, NTP;
 //!   its findings make the `doctor` event;
-//! - [`progress`]: the CLI's [`transfer::Observer`]: the progress bar, plain progress lines
-//!   or `progress` events, and the `plan` and `file_done` events;
 //! - [`shown`]: names and the peer's words made safe for a terminal (every human line passes
 //!   through it);
-//! - [`cli`]: the command line, in the order a run happens;
+//! - [`cli`]: the command line, in the order a run happens; its writer (`cli::output`) puts
+//!   lines on a person's screen or JSON lines on stdout, and `cli::progress` draws the bar;
 //! - [`sys`]: platform syscalls (per-packet TTL, the error queue, open-file limit, free
 //!   space), the only `unsafe` code, with a portable fallback.
 //!
@@ -49,7 +47,6 @@ pub mod nat;
 pub mod net;
 pub mod ntp;
 pub mod portmap;
-pub mod progress;
 pub mod punch;
 pub mod quic;
 pub mod shown;

@@ -4,8 +4,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use p2pcopy::cli::output::Output;
 use p2pcopy::cli::{self, Cli};
-use p2pcopy::events::Output;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -6,7 +6,7 @@
 //! writes every character a terminal would act on, or that would make a line read other than
 //! it is, as a visible escape instead, on one line.
 //!
-//! The escaping happens where text meets the screen, and only there: [`crate::events::Output`]
+//! The escaping happens where text meets the screen, and only there: the CLI's writer (`cli::output`)
 //! passes every human line (`say`, `print`, `fail`) through it, and the progress bar the
 //! current file's name. Callers hand over raw text, so nothing is escaped twice and `--json`
 //! keeps the exact names (its writer turns the same characters into JSON's own `\uXXXX`

@@ -458,7 +458,7 @@ async fn a_receiver_s_close_reason_is_shown_escaped() {
         let err = sender_error_when_the_receiver_closes(code, reason.as_bytes()).await;
         assert_eq!(u32::from(err.exit_code()), code, "{err:?}");
         // The line `Output::fail` prints on the sender's terminal.
-        let line = p2pcopy::events::error_line(&err.to_string());
+        let line = p2pcopy::cli::output::error_line(&err.to_string());
         assert!(line.contains(shown), "{code}: {line}");
         assert!(
             !line.chars().any(p2pcopy::shown::is_unsafe),
@@ -508,7 +508,7 @@ async fn refused_names_and_link_targets_are_shown_escaped() {
         .await
         .unwrap_err();
         assert_eq!(err.exit_code(), 10, "{err:?}");
-        let line = p2pcopy::events::error_line(&err.to_string());
+        let line = p2pcopy::cli::output::error_line(&err.to_string());
         assert!(line.contains(shown), "{line}");
         assert!(!line.chars().any(p2pcopy::shown::is_unsafe), "{line:?}");
         assert!(err.to_string().contains(&e.path), "{err:?}");

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::events::{Event, Output};
+use super::output::Output;
+use crate::events::{rate, Event};
 use crate::shown::shown;
 use crate::transfer::{FileDone, Observer, Plan};
 
@@ -247,15 +248,6 @@ pub fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
         HumanBytes(total),
         HumanBytes(rate(done, elapsed))
     )
-}
-
-/// Bytes per second.
-pub fn rate(bytes: u64, elapsed: Duration) -> u64 {
-    let secs = elapsed.as_secs_f64();
-    if secs <= 0.0 {
-        return 0;
-    }
-    (bytes as f64 / secs) as u64
 }
 
 #[cfg(test)]

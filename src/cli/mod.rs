@@ -1,5 +1,8 @@
 //! Command-line interface: flags, the user's screen, and the order of a run.
 
+pub mod output;
+pub mod progress;
+
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -8,12 +11,13 @@ use std::time::{Duration, Instant};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::error::{CloseCode, Error};
-use crate::events::{millis, Event, Output};
+use crate::events::{millis, Event};
 use crate::net::{self, ConnectFailure, Dialer, Link, Progress as NetProgress};
 use crate::punch::{self, PathKind, DEFAULT_OPENER_TTL};
 use crate::ticket::{Candidate, CandidateKind, FullTicket, NatKind, Role, Ticket};
 use crate::tls::Identity;
-use crate::{nat, ntp, portmap, progress, stun, transfer};
+use crate::{nat, ntp, portmap, stun, transfer};
+use output::Output;
 
 /// Copy files and folders straight from one computer to another, across NATs, with no server
 /// in between.
@@ -391,6 +395,7 @@ impl Ctx {
             authenticated: link.authenticated,
             verification_code: (!link.authenticated).then(|| link.verification_code.clone()),
             reconnects,
+            via_port_mapping: via_ours,
         });
         Ok(link)
     }
@@ -801,14 +806,14 @@ fn summary(role: Role, r: &transfer::Report, link: &Link) -> Event {
         already_there: r.already_there,
         reconnects: r.reconnects,
         elapsed_s: crate::events::seconds(r.elapsed),
-        bytes_per_s: crate::progress::rate(r.moved, r.elapsed),
+        bytes_per_s: crate::events::rate(r.moved, r.elapsed),
         verification_code: code_to_compare(link, r.peer_authenticated).map(str::to_owned),
     }
 }
 
 /// `3 files (181.64 MiB) in 16.3 s, 11.14 MiB/s` for the closing line.
 fn amount_and_rate(r: &transfer::Report) -> String {
-    let rate = progress::rate(r.moved, r.elapsed);
+    let rate = crate::events::rate(r.moved, r.elapsed);
     let what = match (r.files, r.dirs) {
         (1, 0) => String::new(),
         (f, 0) => format!("{f} files "),
@@ -1023,7 +1028,7 @@ async fn prompt_for_peer(ours: &FullTicket, out: Output) -> Result<Ticket, Error
             Ok(t) => return Ok(t),
             // On a terminal a typo deserves another try; in a script it is an error.
             // The line may hold what was pasted: escaped like every other error.
-            Err(e) if interactive => eprintln!("{}", crate::events::error_line(&e.to_string())),
+            Err(e) if interactive => eprintln!("{}", output::error_line(&e.to_string())),
             Err(e) => return Err(e),
         }
     }

@@ -1,0 +1,135 @@
+//! The CLI's writer: every line a person sees and every JSON line a program reads goes out
+//! here, as `--json` and `--quiet` ask (the schema itself is [`crate::events`]).
+
+use std::fmt;
+use std::io::Write;
+use std::time::Instant;
+
+use crate::events::{seconds, to_line, Event};
+use crate::shown::shown;
+
+/// Where a run reports: to a person (stderr lines, a progress bar, the ticket on stdout) or
+/// to a program (JSON lines on stdout, nothing else there).
+///
+/// Code that has something to tell calls both [`Output::say`] (the words) and
+/// [`Output::emit`] (the event) side by side; each does nothing in the other mode, so the
+/// human screen stays exactly as it was and no caller has to ask which mode is on.
+#[derive(Clone, Copy, Debug)]
+pub struct Output {
+    start: Instant,
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Human { quiet: bool },
+    Json,
+}
+
+impl Output {
+    /// The human screen; `quiet` keeps only the ticket, the prompt and errors.
+    pub fn human(quiet: bool) -> Output {
+        Output {
+            start: Instant::now(),
+            mode: Mode::Human { quiet },
+        }
+    }
+
+    /// JSON lines on stdout.
+    pub fn json() -> Output {
+        Output {
+            start: Instant::now(),
+            mode: Mode::Json,
+        }
+    }
+
+    /// Whether a program reads this run (no prompts, no retries at a terminal).
+    pub fn is_json(&self) -> bool {
+        self.mode == Mode::Json
+    }
+
+    /// Whether informational lines and the progress bar are shown.
+    pub fn is_chatty(&self) -> bool {
+        self.mode == Mode::Human { quiet: false }
+    }
+
+    /// An informational line on stderr, for a person who did not ask for --quiet; what
+    /// it holds from elsewhere (names, the peer's words) is escaped here (see
+    /// [`crate::shown`]).
+    pub fn say(&self, args: fmt::Arguments<'_>) {
+        if self.is_chatty() {
+            eprintln!("{}", human_line(args));
+        }
+    }
+
+    /// A line on stdout for a person, even with --quiet (the ticket, which scripts read with
+    /// `head -1`); escaped like [`Output::say`].
+    pub fn print(&self, args: fmt::Arguments<'_>) {
+        if let Mode::Human { .. } = self.mode {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", human_line(args));
+            let _ = out.flush();
+        }
+    }
+
+    /// Prints an event for a program; `event` is only built when one is listening.
+    pub fn emit(&self, event: impl FnOnce() -> Event) {
+        if self.is_json() {
+            let line = to_line(&event(), seconds(self.start.elapsed()));
+            let mut out = std::io::stdout().lock();
+            // A reader that went away must not turn into a second error; the exit code
+            // still tells how the run ended.
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+
+    /// Reports what ends the run with exit code `code`: [`error_line`] on stderr, or an
+    /// `error` event with the exact message.
+    pub fn fail(&self, code: u8, message: &str) {
+        match self.mode {
+            Mode::Human { .. } => eprintln!("{}", error_line(message)),
+            Mode::Json => self.emit(|| Event::Error {
+                code,
+                message: message.to_owned(),
+            }),
+        }
+    }
+}
+
+/// One line of the human screen: `args` with what a terminal would act on escaped (see
+/// [`crate::shown`]).
+pub fn human_line(args: fmt::Arguments<'_>) -> String {
+    match args.as_str() {
+        Some(s) => shown(s).to_string(),
+        None => shown(&args.to_string()).to_string(),
+    }
+}
+
+/// The line a person sees for an error `message` (`p2pcopy: ...`), escaped: the message
+/// may carry a file name or the peer's own words. The `error` event keeps them exact.
+pub fn error_line(message: &str) -> String {
+    format!("p2pcopy: {}", shown(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn people_see_escapes() {
+        let name = "evil\x1b]0;PWNED\x07\x1b[2J\u{9b}31m\u{202e}fdp.exe";
+        assert_eq!(
+            human_line(format_args!("Received {name} (5 B)")),
+            r"Received evil\e]0;PWNED\a\e[2J\u{9b}31m\u{202e}fdp.exe (5 B)"
+        );
+        assert_eq!(
+            human_line(format_args!("Using local port: 4300")),
+            "Using local port: 4300"
+        );
+        assert_eq!(
+            error_line(&format!("your peer stopped: {name}")),
+            r"p2pcopy: your peer stopped: evil\e]0;PWNED\a\e[2J\u{9b}31m\u{202e}fdp.exe"
+        );
+    }
+}
