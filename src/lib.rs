@@ -49,6 +49,7 @@ pub mod ntp;
 pub mod portmap;
 pub mod punch;
 pub mod quic;
+pub mod session;
 pub mod shown;
 pub mod stun;
 #[allow(unsafe_code)]
@@ -59,3 +60,4 @@ pub mod transfer;
 pub mod wire;
 
 pub use error::{Error, Result};
+pub use session::{Cleanup, Events, Job, Link, Session, SessionConfig};

@@ -6,14 +6,17 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::events::{seconds, to_line, Event};
+use crate::nat;
+use crate::session::Events;
 use crate::shown::shown;
 
 /// Where a run reports: to a person (stderr lines, a progress bar, the ticket on stdout) or
 /// to a program (JSON lines on stdout, nothing else there).
 ///
-/// Code that has something to tell calls both [`Output::say`] (the words) and
-/// [`Output::emit`] (the event) side by side; each does nothing in the other mode, so the
-/// human screen stays exactly as it was and no caller has to ask which mode is on.
+/// A session's events arrive through [`Events`]: a program gets each as a JSON line, a
+/// person the line [`human`] renders from it, so both come from one source. The CLI's own
+/// lines (the prompt, the closing lines) go through [`Output::say`] and [`Output::print`],
+/// which do nothing for a program.
 #[derive(Clone, Copy, Debug)]
 pub struct Output {
     start: Instant,
@@ -94,6 +97,89 @@ impl Output {
                 message: message.to_owned(),
             }),
         }
+    }
+}
+
+impl Events for Output {
+    fn event(&mut self, event: &Event) {
+        if self.is_json() {
+            if event.in_json() {
+                self.emit(|| event.clone());
+            }
+            return;
+        }
+        match human(event) {
+            Some(Human::Say(line)) => self.say(format_args!("{line}")),
+            Some(Human::Print(line)) => self.print(format_args!("{line}")),
+            None => {}
+        }
+    }
+}
+
+/// A line for a person, and where it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Human {
+    /// An informational line on stderr (not with --quiet).
+    Say(String),
+    /// A line on stdout, even with --quiet (the ticket, which scripts read with `head -1`).
+    Print(String),
+}
+
+/// The line a person sees for `event`, if any (unescaped: [`Output`] escapes it). Plans,
+/// progress and files show on the progress bar instead; the summary's numbers are the
+/// closing lines, which the CLI writes from the job's report.
+pub fn human(event: &Event) -> Option<Human> {
+    let say = |s: String| Some(Human::Say(s));
+    match event {
+        Event::Bound { local_port } => say(format!("Using local port: {local_port}")),
+        Event::Measured { nat } => say(format!("Your NAT: {}", nat::describe(*nat))),
+        Event::PortMapping {
+            protocol,
+            external,
+            lease_s,
+        } => {
+            let lease = match lease_s {
+                0 => String::new(),
+                s if s % 3600 == 0 => format!(", {} h lease renewed while p2pcopy runs", s / 3600),
+                s => format!(", {} min lease renewed while p2pcopy runs", s.div_ceil(60)),
+            };
+            say(format!("Port mapping: your router forwards {external} to this computer ({protocol}{lease}; removed at exit)"))
+        }
+        Event::Ticket { ticket, .. } => Some(Human::Print(format!("Tell this to your peer: {ticket}"))),
+        Event::Nat {
+            warning: Some(w), ..
+        } => say(format!("p2pcopy: warning: {w}")),
+        Event::Warning { message } => say(format!("p2pcopy: warning: {message}")),
+        Event::Connecting {
+            rounds: true,
+            round_period_s,
+            next_round_in_s,
+        } => say(format!(
+            "Connecting: synchronised rounds start every {} s; next in {} s",
+            round_period_s.unwrap_or_default(),
+            next_round_in_s.unwrap_or_default()
+        )),
+        Event::Connecting { rounds: false, .. } => say("Connecting...".into()),
+        Event::PunchRound { round } => say(format!("Round {round}: probing your peer...")),
+        Event::Connected {
+            path_kind,
+            remote,
+            rtt_ms,
+            via_port_mapping,
+            ..
+        } => say(format!(
+            "Connected directly to {remote} ({}{}), round trip {rtt_ms} ms",
+            path_kind.describe(),
+            if *via_port_mapping {
+                ", through your router's port mapping"
+            } else {
+                ""
+            },
+        )),
+        Event::Reconnecting { reason, timeout_s } => say(format!(
+            "Connection lost ({reason}); reconnecting for up to {timeout_s} s. Received data is kept."
+        )),
+        _ => None,
     }
 }
 

@@ -1,6 +1,7 @@
-//! Progress display: one indicatif bar for the whole job on a terminal (with the current
-//! file's name), a plain line every few seconds otherwise, or `progress` events for
-//! `--json`; and [`Reporter`], the CLI's [`Observer`] of a transfer, which drives it.
+//! Progress display for a person: one indicatif bar for the whole job on a terminal (with
+//! the current file's name), a plain line every few seconds otherwise; and [`Reporter`], the
+//! CLI's [`Observer`] of a transfer, which drives it. (For `--json`, the session itself
+//! reports `plan`, `progress` and `file_done` events.)
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -8,15 +9,12 @@ use std::time::{Duration, Instant};
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::output::Output;
-use crate::events::{rate, Event};
+use crate::events::rate;
 use crate::shown::shown;
-use crate::transfer::{FileDone, Observer, Plan};
+use crate::transfer::{Observer, Plan};
 
 /// How often plain progress lines are printed when stderr is not a terminal.
 const LINE_INTERVAL: Duration = Duration::from_secs(5);
-/// Least time between two `progress` events: often enough for a smooth bar in a GUI, rare
-/// enough that a fast LAN copy does not flood the reader.
-const EVENT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Byte progress of one job.
 pub struct Progress {
@@ -30,29 +28,14 @@ pub struct Progress {
 
 enum Mode {
     Bar(ProgressBar),
-    Lines {
-        label: String,
-        last: Instant,
-    },
-    Events {
-        out: Output,
-        /// When the last event went out, and the count it carried.
-        last: Option<(Instant, u64)>,
-        file: Option<String>,
-    },
+    Lines { label: String, last: Instant },
     Off,
 }
 
 impl Progress {
     /// A progress display for `total` bytes, in the form `out` asks for.
     pub fn new(total: u64, label: &str, out: Output) -> Progress {
-        let mode = if out.is_json() {
-            Mode::Events {
-                out,
-                last: None,
-                file: None,
-            }
-        } else if !out.is_chatty() {
+        let mode = if !out.is_chatty() {
             Mode::Off
         } else if std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -84,7 +67,6 @@ impl Progress {
     pub fn inc(&mut self, n: u64) {
         self.done += n;
         self.moved += n;
-        self.event(false);
         match &mut self.mode {
             Mode::Bar(bar) => bar.inc(n),
             Mode::Lines { label, last } if last.elapsed() >= LINE_INTERVAL => {
@@ -102,7 +84,6 @@ impl Progress {
     /// claim moves it back).
     pub fn set(&mut self, done: u64) {
         self.done = done;
-        self.event(false);
         if let Mode::Bar(bar) = &self.mode {
             bar.set_position(done);
         }
@@ -114,39 +95,18 @@ impl Progress {
     }
 
     /// Names what is being moved now (the current file), escaped on the bar (see
-    /// [`crate::shown`]) and exact in `progress` events.
+    /// [`crate::shown`]).
     pub fn set_message(&mut self, msg: &str) {
-        match &mut self.mode {
-            Mode::Bar(bar) => bar.set_message(shown(msg).to_string()),
-            Mode::Events { file, .. } => *file = Some(msg.to_owned()),
-            _ => {}
+        if let Mode::Bar(bar) = &mut self.mode {
+            bar.set_message(shown(msg).to_string());
         }
     }
 
-    /// Removes the bar, or sends the final count as an event.
+    /// Removes the bar.
     pub fn finish(&mut self) {
-        self.event(true);
         if let Mode::Bar(bar) = &self.mode {
             bar.finish_and_clear();
         }
-    }
-
-    /// Sends a `progress` event if one is due (see [`event_due`]).
-    fn event(&mut self, final_count: bool) {
-        let Mode::Events { out, last, file } = &mut self.mode else {
-            return;
-        };
-        let now = Instant::now();
-        if !event_due(*last, self.done, final_count, now) {
-            return;
-        }
-        *last = Some((now, self.done));
-        out.emit(|| Event::Progress {
-            done_bytes: self.done,
-            total_bytes: self.total,
-            bytes_per_s: rate(self.moved, self.start.elapsed()),
-            file: file.clone(),
-        });
     }
 
     /// Time since the display was created.
@@ -161,8 +121,8 @@ impl Drop for Progress {
     }
 }
 
-/// The CLI's [`Observer`] of a transfer: `plan` and `file_done` events, and the job's
-/// [`Progress`] (made at the first plan and kept across reconnects, like the job).
+/// The CLI's [`Observer`] of a transfer: the job's [`Progress`] (made at the first plan and
+/// kept across reconnects, like the job).
 pub struct Reporter {
     out: Output,
     label: &'static str,
@@ -182,13 +142,6 @@ impl Reporter {
 
 impl Observer for Reporter {
     fn plan(&mut self, plan: &Plan) {
-        self.out.emit(|| Event::Plan {
-            files: plan.files,
-            folders: plan.dirs,
-            links: plan.links,
-            total_bytes: plan.total,
-            held_bytes: plan.held,
-        });
         let (out, label) = (self.out, self.label);
         self.progress
             .get_or_insert_with(|| Progress::new(plan.total, label, out))
@@ -210,32 +163,10 @@ impl Observer for Reporter {
         }
     }
 
-    fn file_done(&mut self, file: &FileDone<'_>) {
-        self.out.emit(|| Event::FileDone {
-            path: file.path.to_owned(),
-            size: file.size,
-            blake3: file.hash.to_hex().to_string(),
-            status: file.status,
-            saved_as: file.saved_as.map(|p| p.display().to_string()),
-        });
-    }
-
     fn finish(&mut self) {
         if let Some(p) = &mut self.progress {
             p.finish();
         }
-    }
-}
-
-/// Whether a `progress` event for `done` bytes should go out at `now`, after the one sent
-/// at `last` (when, and its count): the first at once, then at most one per
-/// [`EVENT_INTERVAL`], and the final count unless it already went out, so a reader always
-/// sees where the job ended.
-fn event_due(last: Option<(Instant, u64)>, done: u64, final_count: bool, now: Instant) -> bool {
-    match last {
-        None => true,
-        Some((_, sent)) if final_count => sent != done,
-        Some((at, _)) => now.saturating_duration_since(at) >= EVENT_INTERVAL,
     }
 }
 
@@ -264,18 +195,5 @@ mod tests {
             progress_line(0, 0, Duration::ZERO),
             "100% (0 B of 0 B, 0 B/s)"
         );
-    }
-
-    #[test]
-    fn events_are_throttled_but_the_final_count_goes_out() {
-        let t0 = Instant::now();
-        let ms = |n| t0 + Duration::from_millis(n);
-        assert!(event_due(None, 0, false, t0));
-        assert!(!event_due(Some((t0, 0)), 5, false, ms(249)));
-        assert!(event_due(Some((t0, 0)), 5, false, ms(250)));
-        // The final count goes out at once, but only if it is news.
-        assert!(event_due(Some((t0, 0)), 5, true, ms(1)));
-        assert!(!event_due(Some((t0, 5)), 5, true, ms(1000)));
-        assert!(event_due(None, 5, true, t0));
     }
 }
