@@ -201,6 +201,116 @@ pub fn error_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::portmap::Protocol;
+    use crate::punch::PathKind;
+    use crate::ticket::NatKind;
+
+    fn said(e: Event) -> String {
+        match human(&e) {
+            Some(Human::Say(s)) => s,
+            other => panic!("{e:?}: {other:?}"),
+        }
+    }
+
+    /// The lines a person saw before the session reported events, word for word.
+    #[test]
+    fn events_render_the_human_lines() {
+        assert_eq!(
+            said(Event::Bound { local_port: 4300 }),
+            "Using local port: 4300"
+        );
+        assert_eq!(
+            said(Event::Measured {
+                nat: NatKind::EndpointIndependent
+            }),
+            format!("Your NAT: {}", nat::describe(NatKind::EndpointIndependent))
+        );
+        for (lease_s, tail) in [
+            (7200, ", 2 h lease renewed while p2pcopy runs"),
+            (90, ", 2 min lease renewed while p2pcopy runs"),
+            (0, ""),
+        ] {
+            assert_eq!(
+                said(Event::PortMapping {
+                    protocol: Protocol::Pcp,
+                    external: "198.51.100.7:4300".parse().unwrap(),
+                    lease_s,
+                }),
+                format!("Port mapping: your router forwards 198.51.100.7:4300 to this computer ({}{tail}; removed at exit)", Protocol::Pcp)
+            );
+        }
+        assert_eq!(
+            said(Event::Connecting {
+                rounds: true,
+                round_period_s: Some(40),
+                next_round_in_s: Some(16)
+            }),
+            "Connecting: synchronised rounds start every 40 s; next in 16 s"
+        );
+        assert_eq!(
+            said(Event::Connecting {
+                rounds: false,
+                round_period_s: None,
+                next_round_in_s: None
+            }),
+            "Connecting..."
+        );
+        assert_eq!(
+            said(Event::PunchRound { round: 2 }),
+            "Round 2: probing your peer..."
+        );
+        let connected = |via_port_mapping| Event::Connected {
+            path_kind: PathKind::Mapped,
+            remote: "203.0.113.9:21300".parse().unwrap(),
+            rtt_ms: 31,
+            authenticated: true,
+            verification_code: None,
+            reconnects: 0,
+            via_port_mapping,
+        };
+        let kind = PathKind::Mapped.describe();
+        assert_eq!(
+            said(connected(false)),
+            format!("Connected directly to 203.0.113.9:21300 ({kind}), round trip 31 ms")
+        );
+        assert_eq!(
+            said(connected(true)),
+            format!("Connected directly to 203.0.113.9:21300 ({kind}, through your router's port mapping), round trip 31 ms")
+        );
+        assert_eq!(
+            said(Event::Reconnecting {
+                reason: "gone".into(),
+                timeout_s: 120
+            }),
+            "Connection lost (gone); reconnecting for up to 120 s. Received data is kept."
+        );
+        assert_eq!(
+            said(Event::Warning {
+                message: "no NTP".into()
+            }),
+            "p2pcopy: warning: no NTP"
+        );
+        let nat = |warning: Option<&str>| Event::Nat {
+            ours: NatKind::EndpointDependent,
+            peer: Some(NatKind::EndpointIndependent),
+            warning: warning.map(str::to_owned),
+        };
+        assert_eq!(said(nat(Some("hard"))), "p2pcopy: warning: hard");
+        assert_eq!(human(&nat(None)), None);
+        assert_eq!(
+            human(&Event::Ticket {
+                role: crate::ticket::Role::Sender,
+                ticket: "p2pcX".into(),
+                local_port: 1,
+                nat: NatKind::Unknown,
+                candidates: vec![],
+            }),
+            Some(Human::Print("Tell this to your peer: p2pcX".into()))
+        );
+        assert!(!Event::Bound { local_port: 1 }.in_json());
+        assert!(!Event::Measured { nat: NatKind::None }.in_json());
+        assert!(Event::PunchRound { round: 1 }.in_json());
+    }
 
     #[test]
     fn people_see_escapes() {
