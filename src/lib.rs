@@ -1,7 +1,12 @@
 //! p2pcopy: copy files and folders straight from one computer to another across NATs, with no server
 //! in between.
 //!
-//! The crate is the `p2pcopy` binary's engine and can be used on its own:
+//! The crate is the `p2pcopy` binary's engine and can be used on its own, most simply
+//! through [`Session`] (see `examples/send_file.rs` and `examples/receive.rs`):
+//! - [`session`]: a run as a library: [`Session::bind`] gathers our addresses and makes our
+//!   ticket, [`Session::connect`] punches and connects to the peer's, and the [`Link`] moves
+//!   a job, reconnecting when the path dies, and closes; everything that happens is told to
+//!   one [`Events`] callback as an [`events::Event`], and nothing is printed;
 //! - [`ticket`]: the line two users paste to each other (codec);
 //! - [`punch`]: hole punching as a sans-IO state machine, with the round schedule;
 //! - [`wire`]: probe and transfer framing (pure encode/decode);
@@ -19,13 +24,15 @@
 //! - [`transfer`]: a job (files, folders, links) over a connection, resumable; it reports
 //!   to a [`transfer::Observer`] and knows no screen or JSON (as ripgrep's searcher reports
 //!   to a `Sink`);
-//! - [`events`]: what a run reports: the `--json` schema (every event and spelling);
+//! - [`events`]: what a run reports: the `--json` schema (every event and spelling), which
+//!   the session reports and the CLI writes;
 //! - [`doctor`]: the network check (`p2pcopy doctor`): mapping, filtering, hairpinning, NTP;
 //!   its findings make the `doctor` event;
 //! - [`shown`]: names and the peer's words made safe for a terminal (every human line passes
 //!   through it);
-//! - [`cli`]: the command line, in the order a run happens; its writer (`cli::output`) puts
-//!   lines on a person's screen or JSON lines on stdout, and `cli::progress` draws the bar;
+//! - [`cli`]: the command line: its flags, and each run as a thin shell over [`session`];
+//!   its writer (`cli::output`) puts the session's events on a person's screen or as JSON
+//!   lines on stdout, and `cli::progress` draws the bar;
 //! - [`sys`]: platform syscalls (per-packet TTL, the error queue, open-file limit, free
 //!   space), the only `unsafe` code, with a portable fallback.
 //!
