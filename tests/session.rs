@@ -310,3 +310,16 @@ async fn the_link_reconnects_after_a_cut_path() {
         assert_eq!(again, Some(1), "{role}");
     }
 }
+
+/// A program on a multi-threaded runtime can spawn every step.
+#[test]
+fn the_steps_are_send() {
+    fn send<T: Send>(_: &T) {}
+    fn steps(session: Session, mut link: Link, job: &mut Outgoing, ticket: Ticket) {
+        send(&Session::bind(config(Role::Sender), Notes::default()));
+        send(&session.connect(ticket));
+        send(&link.send(job, &mut Silent));
+        send(&link.close(&Ok(())));
+    }
+    let _ = steps;
+}
