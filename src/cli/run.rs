@@ -24,7 +24,6 @@ macro_rules! say {
 /// Runs one p2pcopy command to completion, reporting through `out`; the caller reports the
 /// error that ends it.
 pub async fn run(cli: Cli, out: Output) -> Result<(), Error> {
-    let interrupted = |what: &str| Error::Interrupted(what.into());
     match cli.command {
         Command::Completions { shell } => print_generated(|w| {
             clap_complete::generate(shell, &mut Cli::command(), "p2pcopy", w);
@@ -33,11 +32,11 @@ pub async fn run(cli: Cli, out: Output) -> Result<(), Error> {
         Command::Man => print_generated(|w| clap_mangen::Man::new(Cli::command()).render(w)),
         Command::StunServer(args) => tokio::select! {
             r = serve_stun(&args, out) => r,
-            _ = tokio::signal::ctrl_c() => Err(interrupted("stopped")),
+            _ = tokio::signal::ctrl_c() => Err(Error::Interrupted("stopped".into())),
         },
         Command::Doctor(args) => tokio::select! {
             r = doctor(&args, out) => r,
-            _ = tokio::signal::ctrl_c() => Err(interrupted("interrupted")),
+            _ = tokio::signal::ctrl_c() => Err(interrupted()),
         },
         command => {
             // The router's port mapping, if any, outlives the run's futures so it is removed
@@ -54,6 +53,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<(), Error> {
     }
 }
 
+/// What Ctrl-C ends a run with (exit code 130).
 fn interrupted() -> Error {
     Error::Interrupted("interrupted".into())
 }
