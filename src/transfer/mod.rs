@@ -16,6 +16,7 @@
 //! The CLI's observer draws the progress bar and prints `--json` events; [`Silent`] ignores
 //! everything, for a program that only wants the [`Report`].
 
+pub mod control;
 mod receive;
 mod send;
 mod store;
