@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
-use p2pcopy::transfer::control::{RecvPhase, Receiver, Segment, SendEvent, SendPhase, Sender};
+use p2pcopy::transfer::control::{Receiver, RecvPhase, Segment, SendEvent, SendPhase, Sender};
 use p2pcopy::wire::{
     entry_cost, Claim, DataHead, Entry, EntryKind, FileStatus, Frame, DATA_HEAD_LEN,
     MAX_MANIFEST_COST,
@@ -46,7 +46,11 @@ fn refused(e: p2pcopy::Error) {
 }
 
 fn receiver(shape: u8, mut rest: &[u8]) {
-    let limit = if shape & 0x40 != 0 { 64 << 10 } else { MAX_MANIFEST_COST };
+    let limit = if shape & 0x40 != 0 {
+        64 << 10
+    } else {
+        MAX_MANIFEST_COST
+    };
     let mut rx = Receiver::new(3, limit);
     let mut started = HashSet::new();
     let mut current: Option<u32> = None;
@@ -95,7 +99,8 @@ fn receiver(shape: u8, mut rest: &[u8]) {
                 let Some(index) = current.take() else {
                     continue;
                 };
-                rx.file_finished(index, status(b)).expect("finishing the current file");
+                rx.file_finished(index, status(b))
+                    .expect("finishing the current file");
                 Ok(())
             }
             _ => {
@@ -164,14 +169,22 @@ fn sender(shape: u8, mut rest: &[u8]) {
                 EntryKind::File
             },
             path: format!("f{i}"),
-            size: if shape >> (3 + i % 4) & 1 != 0 { 0 } else { i as u64 * 1000 },
+            size: if shape >> (3 + i % 4) & 1 != 0 {
+                0
+            } else {
+                i as u64 * 1000
+            },
             mode: 0o644,
             mtime_secs: 0,
             mtime_nanos: 0,
             target: String::new(),
         })
         .collect();
-    let is_file = |i: u32| entries.get(i as usize).is_some_and(|e| e.kind == EntryKind::File);
+    let is_file = |i: u32| {
+        entries
+            .get(i as usize)
+            .is_some_and(|e| e.kind == EntryKind::File)
+    };
     let files = entries.iter().filter(|e| e.kind == EntryKind::File).count();
     let mut tx = Sender::new(&entries);
     assert_eq!(tx.files(), files);

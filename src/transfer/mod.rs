@@ -4,6 +4,8 @@
 //! (see [`crate::wire::Frame`] for the order); each file's bytes then travel on a
 //! unidirectional stream of their own, framed by a [`crate::wire::DataHead`] and a
 //! [`crate::wire::Trailer`] with the file's BLAKE3.
+//! The order of it all is [`control`]'s, a sans-IO state machine per side that the
+//! sending and receiving halves feed what they read and obey.
 //!
 //! [`Outgoing`] and [`Incoming`] keep a job's state across connections: when a path dies and
 //! the CLI reconnects, calling `run` again with the new connection resumes from what the
