@@ -15,7 +15,7 @@
 //! `poll_transmit`, the plan, files to open, verdicts to report). So every order rule is
 //! unit-tested here and fuzzed (`fuzz/fuzz_targets/control.rs`) without a connection.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
@@ -301,10 +301,10 @@ pub struct Receiver {
     manifest: Arc<Vec<Entry>>,
     sum: u64,
     cost: u64,
-    /// Our claims, by entry: the offset each file may resume at.
-    claimed: HashMap<u32, u64>,
-    /// Files whose data has not started yet.
-    pending: HashSet<u32>,
+    /// Files whose data has not started yet, with the offset our claim said each may
+    /// resume at (0 without a claim). One map for both: the receiver's memory per entry is
+    /// budgeted (`wire::entry_cost`), and this replaced a pending set of the same size.
+    pending: HashMap<u32, u64>,
     current: Option<Current>,
     transmits: VecDeque<Frame>,
 }
@@ -322,8 +322,7 @@ impl Receiver {
             manifest: Arc::default(),
             sum: 0,
             cost: 0,
-            claimed: HashMap::new(),
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             current: None,
             transmits: VecDeque::new(),
         }
@@ -443,14 +442,24 @@ impl Receiver {
         }
         self.pending = (0..self.manifest.len() as u32)
             .filter(|&i| self.manifest[i as usize].kind == EntryKind::File)
+            .map(|i| (i, 0))
             .collect();
         claims.sort_by_key(|c| c.index);
         self.transmits
             .push_back(Frame::Accept { flags: self.flags });
         for c in claims {
-            let fits = self.pending.contains(&c.index)
-                && c.offset <= self.manifest[c.index as usize].size
-                && self.claimed.insert(c.index, c.offset).is_none();
+            let size = self.manifest.get(c.index as usize).map_or(0, |e| e.size);
+            let fits = match self.pending.get_mut(&c.index) {
+                // Sorted: a second claim for a file would follow the first.
+                Some(at)
+                    if c.offset <= size
+                        && !matches!(self.transmits.back(), Some(Frame::Claim(p)) if p.index == c.index) =>
+                {
+                    *at = c.offset;
+                    true
+                }
+                _ => false,
+            };
             if !fits {
                 return Err(Error::Internal(format!("bad claim for entry {}", c.index)));
             }
@@ -482,14 +491,13 @@ impl Receiver {
             cur.at = at;
             return Ok(Segment::Next);
         }
-        if !self.pending.remove(&head.index) {
+        let Some(claimed) = self.pending.remove(&head.index) else {
             return Err(Error::Protocol(format!(
                 "the sender sent data for entry {} which is not an awaited file",
                 head.index
             )));
-        }
+        };
         let entry = &self.manifest[head.index as usize];
-        let claimed = self.claimed.remove(&head.index).unwrap_or(0);
         if head.start != 0 && head.start != claimed {
             return Err(Error::Protocol(format!(
                 "the sender continues {} at byte {} but {} were claimed",

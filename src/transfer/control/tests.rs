@@ -497,11 +497,16 @@ fn the_shell_s_mistakes_are_internal_errors() {
     let mut rx = receiver_in(RecvPhase::Manifest);
     assert!(matches!(rx.prepared(vec![]), Err(Error::Internal(_))));
     assert!(matches!(rx.tree_finished(), Err(Error::Internal(_))));
-    let mut rx = receiver_in(RecvPhase::Prepare);
-    assert!(matches!(
-        rx.prepared(vec![claim(1, 0)]),
-        Err(Error::Internal(_))
-    ));
+    for claims in [
+        vec![claim(1, 0)],
+        vec![claim(7, 0)],
+        vec![claim(0, 2)],
+        vec![claim(0, 1), claim(0, 0)],
+    ] {
+        let mut rx = receiver_in(RecvPhase::Prepare);
+        let r = rx.prepared(claims.clone());
+        assert!(matches!(r, Err(Error::Internal(_))), "{claims:?}: {r:?}");
+    }
     let mut rx = receiver_in(RecvPhase::Files);
     assert!(matches!(
         rx.file_finished(0, FileStatus::Stored),
