@@ -6,8 +6,9 @@
 //! what is not a file or twice, `JobDone` before every verdict, anything after it.
 //!
 //! The first byte picks the side (bit 7: the sender, else the receiver) and the job's shape.
-//! The receiver reads operations: 0 a frame, 1 a 12-byte data head, 2 "the current file
-//! ended" with a status byte, 3 "the disk side is done" (the plan, or the tree). The sender
+//! The receiver reads operations: 0 a frame, 1 a 12-byte data head, 2 with a status byte
+//! "the current file is received" or, between files, "a received file ended" (with that
+//! status), 3 "the disk side is done" (the plan, or the tree). The sender
 //! reads frames only, as it does on its control stream.
 #![no_main]
 
@@ -54,6 +55,8 @@ fn receiver(shape: u8, mut rest: &[u8]) {
     let mut rx = Receiver::new(3, limit);
     let mut started = HashSet::new();
     let mut current: Option<u32> = None;
+    // Received files whose verdict is still to come.
+    let mut received = Vec::new();
     let mut done = 0usize;
     while let Some((&op, tail)) = rest.split_first() {
         rest = tail;
@@ -96,11 +99,14 @@ fn receiver(shape: u8, mut rest: &[u8]) {
                     return;
                 };
                 rest = tail;
-                let Some(index) = current.take() else {
-                    continue;
-                };
-                rx.file_finished(index, status(b))
-                    .expect("finishing the current file");
+                if let Some(index) = current.take() {
+                    rx.file_received(index).expect("receiving the current file");
+                    received.push(index);
+                } else if !received.is_empty() {
+                    let index = received.swap_remove(b as usize % received.len());
+                    rx.file_finished(index, status(b))
+                        .expect("finishing a received file");
+                }
                 Ok(())
             }
             _ => {

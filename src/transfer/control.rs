@@ -15,7 +15,7 @@
 //! `poll_transmit`, the plan, files to open, verdicts to report). So every order rule is
 //! unit-tested here and fuzzed (`fuzz/fuzz_targets/control.rs`) without a connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
@@ -288,7 +288,8 @@ struct Current {
 ///
 /// Frames from the control stream go to [`Receiver::handle_frame`] until the phase is
 /// [`RecvPhase::Prepare`]; [`Receiver::prepared`] queues the plan; each data stream's head
-/// goes to [`Receiver::handle_data_head`], each file's end to [`Receiver::file_finished`].
+/// goes to [`Receiver::handle_data_head`], each file's end to [`Receiver::file_received`]
+/// and its verdict (then or later) to [`Receiver::file_finished`].
 /// What to send comes out of [`Receiver::poll_transmit`].
 #[derive(Debug)]
 pub struct Receiver {
@@ -306,6 +307,9 @@ pub struct Receiver {
     /// budgeted (`wire::entry_cost`), and this replaced a pending set of the same size.
     pending: HashMap<u32, u64>,
     current: Option<Current>,
+    /// Files whose data is complete and whose verdict is still to come (verified files
+    /// wait for their durability round before they get their final names).
+    unconfirmed: HashSet<u32>,
     transmits: VecDeque<Frame>,
 }
 
@@ -324,6 +328,7 @@ impl Receiver {
             cost: 0,
             pending: HashMap::new(),
             current: None,
+            unconfirmed: HashSet::new(),
             transmits: VecDeque::new(),
         }
     }
@@ -512,24 +517,42 @@ impl Receiver {
         Ok(Segment::First { claimed })
     }
 
-    /// The file being received ended as `status`: queues its `FileDone`.
-    pub fn file_finished(&mut self, index: u32, status: FileStatus) -> Result<(), Error> {
+    /// All data of the file being received is in (its trailer read): the next file's data
+    /// may start. Its verdict follows with [`Receiver::file_finished`].
+    pub fn file_received(&mut self, index: u32) -> Result<(), Error> {
         match self.current.take() {
-            Some(c) if c.index == index => {}
+            Some(c) if c.index == index => {
+                self.unconfirmed.insert(index);
+                Ok(())
+            }
             other => {
                 self.current = other;
-                return Err(Error::Internal(format!(
-                    "entry {index} finished but was not being received"
-                )));
+                Err(Error::Internal(format!(
+                    "entry {index} received but was not being received"
+                )))
             }
+        }
+    }
+
+    /// A received file ended as `status`: queues its `FileDone`.
+    pub fn file_finished(&mut self, index: u32, status: FileStatus) -> Result<(), Error> {
+        if !self.unconfirmed.remove(&index) {
+            return Err(Error::Internal(format!(
+                "entry {index} finished but was not received"
+            )));
         }
         self.transmits.push_back(Frame::FileDone { index, status });
         self.next_phase_after_file();
         Ok(())
     }
 
+    /// Files received whose verdict is still to come.
+    pub fn unconfirmed(&self) -> usize {
+        self.unconfirmed.len()
+    }
+
     fn next_phase_after_file(&mut self) {
-        if self.pending.is_empty() && self.current.is_none() {
+        if self.pending.is_empty() && self.current.is_none() && self.unconfirmed.is_empty() {
             self.phase = RecvPhase::Tree;
         }
     }

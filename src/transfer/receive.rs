@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::control::{self, RecvPhase, Segment};
-use super::store::{Held, Store};
+use super::store::{Held, Part, Store};
 use super::watchdog::{heartbeat_every, Waiting, Watch};
 use super::{
     closed, explain, lost_read, lost_write, read_exact_err, read_frame, wire, FileDone, Observer,
@@ -57,7 +57,19 @@ struct Files<'a, 'b> {
     held: HashMap<u32, Held>,
     /// This is the run's first connection.
     first: bool,
+    /// Verified files waiting for their durability round, in the order they arrived.
+    batch: Vec<(u32, Part, blake3::Hash)>,
+    /// How each file ended, with its hash.
+    statuses: Vec<(u32, FileStatus, blake3::Hash)>,
 }
+
+/// Files at most this large wait for a durability round with others (see
+/// [`Store::persist_all`]); a larger one is flushed on its own, and the waiting ones are
+/// named before it starts, so no verdict waits for a large file to cross.
+const SMALL_FILE: u64 = 1 << 20;
+/// Most files in one durability round: each is an open part file and a thread while it
+/// flushes.
+const BATCH_FILES: usize = 32;
 
 impl Files<'_, '_> {
     /// Sends what the sequence has queued.
@@ -213,8 +225,10 @@ impl Incoming {
             seq,
             held,
             first,
+            batch: Vec::new(),
+            statuses: Vec::new(),
         };
-        let statuses = self.receive_files(&mut rx, &rels, observer).await?;
+        self.receive_files(&mut rx, &rels, observer).await?;
 
         let (store, entries) = (self.store.clone(), Arc::clone(rx.seq.manifest()));
         let link_renames = rx
@@ -229,10 +243,14 @@ impl Incoming {
         rx.seq.tree_finished()?;
         rx.flush().await?;
         let entries = Arc::clone(rx.seq.manifest());
+        let mut statuses = std::mem::take(&mut rx.statuses);
         drop(rx);
         let _ = send.finish();
         observer.finish();
         self.report.finished();
+        // Job order, as the files were sent: a batch's verdicts come after a later file's
+        // failure.
+        statuses.sort_by_key(|&(index, _, _)| index);
         self.summarise(&entries, &statuses)
     }
 
@@ -286,9 +304,9 @@ impl Incoming {
         rx: &mut Files<'_, '_>,
         rels: &[PathBuf],
         observer: &mut dyn Observer,
-    ) -> Result<Vec<(u32, FileStatus, blake3::Hash)>, Error> {
+    ) -> Result<(), Error> {
         let entries = Arc::clone(rx.seq.manifest());
-        let mut statuses = Vec::with_capacity(rx.seq.pending());
+        rx.statuses.reserve(rx.seq.pending());
         while rx.seq.pending() > 0 {
             let watch = rx.ctl.watch;
             let (mut stream, head) = watch.guard(Waiting::NextFile, accept_data(rx.conn)).await?;
@@ -303,6 +321,12 @@ impl Incoming {
                 entry: &entries[index as usize],
                 rel: &rels[index as usize],
             };
+            let large = file.entry.size - head.start > SMALL_FILE;
+            if large {
+                self.commit(rx, rels, observer)
+                    .await
+                    .inspect_err(|e| stop_if_store_failed(&mut stream, e))?;
+            }
             let claim = rx.held.remove(&index);
             let (first, path) = (rx.first, &file.entry.path);
             self.report
@@ -318,40 +342,85 @@ impl Incoming {
                 &mut self.report,
             )
             .await;
-            let (outcome, hash) = got.inspect_err(|e| {
-                if matches!(
-                    e,
-                    Error::DiskFull { .. } | Error::Write { .. } | Error::Output { .. }
-                ) {
-                    let _ = stream.stop(STOP_STORE_FAILED.into());
+            let (outcome, hash) = got.inspect_err(|e| stop_if_store_failed(&mut stream, e))?;
+            rx.seq.file_received(index)?;
+            match outcome {
+                Outcome::Verified(part) => {
+                    rx.batch.push((index, part, hash));
+                    if large || rx.batch.len() >= BATCH_FILES || rx.seq.pending() == 0 {
+                        self.commit(rx, rels, observer)
+                            .await
+                            .inspect_err(|e| stop_if_store_failed(&mut stream, e))?;
+                    }
                 }
-            })?;
-            let status = self.record(&file, outcome, hash, observer);
-            statuses.push((index, status, hash));
-            rx.seq.file_finished(index, status)?;
-            rx.ctl.flush(&mut rx.seq).await?;
+                Outcome::Status(status) => {
+                    let status = self.record(&file, Err(status), hash, observer);
+                    rx.statuses.push((index, status, hash));
+                    rx.seq.file_finished(index, status)?;
+                }
+            }
+            rx.flush().await?;
         }
-        Ok(statuses)
+        self.commit(rx, rels, observer).await?;
+        rx.flush().await
     }
 
-    /// Notes where a file ended, and tells the observer of a verified one (once per run).
+    /// Gives the verified files of the batch their final names after one durability round,
+    /// and queues their verdicts.
+    async fn commit(
+        &mut self,
+        rx: &mut Files<'_, '_>,
+        rels: &[PathBuf],
+        observer: &mut dyn Observer,
+    ) -> Result<(), Error> {
+        if rx.batch.is_empty() {
+            return Ok(());
+        }
+        let entries = Arc::clone(rx.seq.manifest());
+        let mut verified = Vec::with_capacity(rx.batch.len());
+        let mut parts = Vec::with_capacity(rx.batch.len());
+        for (index, part, hash) in rx.batch.drain(..) {
+            let i = index as usize;
+            verified.push((index, hash));
+            parts.push((part, rels[i].clone(), entries[i].clone()));
+        }
+        // Flushing can take long on a slow disk: off the runtime, which drives the
+        // connection (its keep-alives and our heartbeats).
+        let store = self.store.clone();
+        let persisted = tokio::task::spawn_blocking(move || store.persist_all(parts));
+        let saved = rx.ctl.busy(persisted).await??;
+        for ((index, hash), at) in verified.into_iter().zip(saved) {
+            let file = FileRef {
+                index,
+                entry: &entries[index as usize],
+                rel: &rels[index as usize],
+            };
+            let status = self.record(&file, Ok(at), hash, observer);
+            rx.statuses.push((index, status, hash));
+            rx.seq.file_finished(index, status)?;
+        }
+        Ok(())
+    }
+
+    /// Notes where a file ended (stored where `saved` says, or not stored with that
+    /// status), and tells the observer of a verified one (once per run).
     fn record(
         &mut self,
         file: &FileRef<'_>,
-        outcome: Outcome,
+        saved: Result<PathBuf, FileStatus>,
         hash: blake3::Hash,
         observer: &mut dyn Observer,
     ) -> FileStatus {
         let (entry, own_name) = (file.entry, self.store.root().join(file.rel));
-        let (status, saved_as) = match outcome {
-            Outcome::Stored(p) => {
+        let (status, saved_as) = match saved {
+            Ok(p) => {
                 if p != own_name {
                     self.renamed.insert(entry.path.clone(), p.clone());
                 }
                 self.stored_now.insert(file.index);
                 (FileStatus::Stored, p)
             }
-            Outcome::Status(s) => (s, own_name),
+            Err(s) => (s, own_name),
         };
         if matches!(status, FileStatus::Stored | FileStatus::AlreadyThere) {
             self.verified
@@ -508,8 +577,8 @@ fn prepare(
 
 /// How one file ended.
 enum Outcome {
-    /// Verified and stored under this path.
-    Stored(PathBuf),
+    /// Verified, still in its part file.
+    Verified(Part),
     /// Anything else the sender is told.
     Status(FileStatus),
 }
@@ -586,17 +655,22 @@ async fn receive_file(
             tracing::warn!(path = %shown(&file.entry.path), "BLAKE3 mismatch; discarding");
             FileStatus::HashMismatch
         }
-        Trailer::Complete(_) => {
-            // The flush can take long on a slow disk: off the runtime, which drives the
-            // connection (its keep-alives and our heartbeats).
-            let (store, rel, entry) = (store.clone(), file.rel.to_owned(), file.entry.clone());
-            let persisted = tokio::task::spawn_blocking(move || store.persist(part, &rel, &entry));
-            let at = rx.ctl.busy(persisted).await??;
-            return Ok((Outcome::Stored(at), ours));
-        }
+        // Its final name comes with the next durability round (`Incoming::commit`).
+        Trailer::Complete(_) => return Ok((Outcome::Verified(part), ours)),
     };
     store.discard(part);
     Ok((Outcome::Status(status), ours))
+}
+
+/// Stops a data stream when we cannot store its file, so the sender stops sending at once
+/// and can say why.
+fn stop_if_store_failed(stream: &mut RecvStream, e: &Error) {
+    if matches!(
+        e,
+        Error::DiskFull { .. } | Error::Write { .. } | Error::Output { .. }
+    ) {
+        let _ = stream.stop(STOP_STORE_FAILED.into());
+    }
 }
 
 /// Accepts the next data stream and reads the head it starts with.

@@ -92,6 +92,7 @@ fn job(entries: &[Entry], claims: Vec<Claim>) -> Vec<SendEvent> {
             at = segment_end(at, e.size);
             assert_eq!(rx.handle_data_head(head(i, at)).unwrap(), Segment::Next);
         }
+        rx.file_received(i).unwrap();
         rx.file_finished(i, FileStatus::Stored).unwrap();
         feed(&mut tx, &mut rx);
     }
@@ -179,6 +180,36 @@ fn an_empty_job() {
     // Folders only: no file, no verdict.
     let dirs = [entry(EntryKind::Dir, "a", 0), entry(EntryKind::Dir, "b", 0)];
     assert_eq!(job(&dirs, vec![]).last(), Some(&SendEvent::JobDone));
+}
+
+#[test]
+fn verdicts_may_wait_while_the_next_files_arrive() {
+    // A batch of small files: each received, all confirmed together after one durability
+    // round; the job is over only when every verdict is out.
+    let e = [file("a", 1), file("b", 2), file("c", 3)];
+    let mut rx = receiver_with(&e);
+    rx.prepared(vec![]).unwrap();
+    drain(&mut rx);
+    for i in 0..3 {
+        rx.handle_data_head(head(i, 0)).unwrap();
+        rx.file_received(i).unwrap();
+    }
+    assert_eq!((rx.pending(), rx.unconfirmed()), (0, 3));
+    assert_eq!(rx.phase(), RecvPhase::Files);
+    assert!(drain(&mut rx).is_empty());
+    for i in [1, 0, 2] {
+        assert_eq!(rx.phase(), RecvPhase::Files);
+        rx.file_finished(i, FileStatus::Stored).unwrap();
+    }
+    assert_eq!(rx.phase(), RecvPhase::Tree);
+    let verdicts: Vec<Frame> = drain(&mut rx);
+    assert_eq!(
+        verdicts,
+        [1, 0, 2].map(|index| Frame::FileDone {
+            index,
+            status: FileStatus::Stored
+        })
+    );
 }
 
 #[test]
@@ -355,6 +386,7 @@ fn receiver_in(phase: RecvPhase) -> Receiver {
         return rx;
     }
     rx.handle_data_head(head(0, 0)).unwrap();
+    rx.file_received(0).unwrap();
     rx.file_finished(0, FileStatus::Stored).unwrap();
     if phase == RecvPhase::Tree {
         return rx;
@@ -443,7 +475,7 @@ fn the_receiver_refuses_data_out_of_order() {
     rx.handle_data_head(head(3, 0)).unwrap();
     let err = rx.handle_data_head(head(3, 0)).unwrap_err();
     assert!(err.to_string().contains("interrupted entry 3"), "{err}");
-    rx.file_finished(3, FileStatus::Stored).unwrap();
+    rx.file_received(3).unwrap();
     let err = rx.handle_data_head(head(3, 0)).unwrap_err();
     assert!(err.to_string().contains("not an awaited file"), "{err}");
 }
@@ -508,6 +540,20 @@ fn the_shell_s_mistakes_are_internal_errors() {
         assert!(matches!(r, Err(Error::Internal(_))), "{claims:?}: {r:?}");
     }
     let mut rx = receiver_in(RecvPhase::Files);
+    assert!(matches!(
+        rx.file_finished(0, FileStatus::Stored),
+        Err(Error::Internal(_))
+    ));
+    assert!(matches!(rx.file_received(0), Err(Error::Internal(_))));
+    rx.handle_data_head(head(0, 0)).unwrap();
+    assert!(matches!(
+        rx.file_finished(0, FileStatus::Stored),
+        Err(Error::Internal(_))
+    ));
+    assert!(matches!(rx.file_received(1), Err(Error::Internal(_))));
+    rx.file_received(0).unwrap();
+    assert!(matches!(rx.file_received(0), Err(Error::Internal(_))));
+    rx.file_finished(0, FileStatus::Stored).unwrap();
     assert!(matches!(
         rx.file_finished(0, FileStatus::Stored),
         Err(Error::Internal(_))
