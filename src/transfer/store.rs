@@ -195,10 +195,13 @@ impl Store {
     /// after a crash every final name holds the complete, verified file, as with
     /// [`Store::persist`]. A crash before the names leaves complete part files, which the
     /// next run claims at their full length, the sender proves by hash, and the receiver
-    /// names without the data crossing again. What the batch saves: concurrent fsyncs wait
-    /// for one journal commit together (ext4 and XFS let fsyncs that arrive while a commit
-    /// is being formed join it), where one after another each waits for a commit and a
-    /// cache flush of its own, which for small files costs more than their data.
+    /// names without the data crossing again. Names themselves are not flushed (neither
+    /// are they by `persist`): after a crash a name may be missing, never wrong.
+    ///
+    /// What the batch saves: fsyncs issued together can share one journal commit and disk
+    /// cache flush (ext4's and XFS's logs group the fsyncs that arrive while a commit
+    /// forms), where one after another each waits for a commit of its own, which for
+    /// small files costs more than writing their data.
     pub fn persist_all(&self, batch: Vec<(Part, PathBuf, Entry)>) -> Result<Vec<PathBuf>, Error> {
         for (part, _, entry) in &batch {
             self.seal(part, entry)?;
