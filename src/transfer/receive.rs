@@ -67,8 +67,7 @@ struct Files<'a, 'b> {
 /// [`Store::persist_all`]); a larger one is flushed on its own, and the waiting ones are
 /// named before it starts, so no verdict waits for a large file to cross.
 const SMALL_FILE: u64 = 1 << 20;
-/// Most files in one durability round: each is an open part file and a thread while it
-/// flushes.
+/// Most files in one durability round: each is an open part file until it is named.
 const BATCH_FILES: usize = 32;
 
 impl Files<'_, '_> {

@@ -313,22 +313,33 @@ impl Store {
     }
 }
 
-/// Flushes every part file to disk, each on a thread of its own, and waits for them all; the
-/// first failure is the result.
+/// Most threads one durability round flushes on: enough fsyncs at once for the file system
+/// to group them into few journal commits, few enough that spawning them costs little next
+/// to a flush (where fsync costs nothing, as on tmpfs, the threads are all the cost).
+const SYNC_THREADS: usize = 8;
+
+/// Flushes every part file to disk, on up to [`SYNC_THREADS`] threads at once, and waits for
+/// them all; the first failure is the result.
 fn sync_together(parts: &[&Part]) -> Result<(), Error> {
     let sync = |part: &Part| {
         part.file
             .sync_all()
             .map_err(|e| Error::write(part.path.clone(), e))
     };
+    let threads = parts.len().min(SYNC_THREADS);
+    if threads <= 1 {
+        return parts.iter().try_for_each(|part| sync(part));
+    }
+    // Thread t flushes parts t, t + threads, ...
+    let share = |t: usize| parts.iter().skip(t).step_by(threads);
     std::thread::scope(|scope| {
-        let mut waits = Vec::with_capacity(parts.len());
-        for &part in parts {
+        let mut waits = Vec::with_capacity(threads);
+        for t in 0..threads {
             let thread = std::thread::Builder::new().name("p2pcopy-fsync".into());
-            match thread.spawn_scoped(scope, move || sync(part)) {
+            match thread.spawn_scoped(scope, move || share(t).try_for_each(|part| sync(part))) {
                 Ok(wait) => waits.push(wait),
-                // No thread to spare: this one flushes it, only less at once.
-                Err(_) => sync(part)?,
+                // No thread to spare: this one flushes that share, only less at once.
+                Err(_) => share(t).try_for_each(|part| sync(part))?,
             }
         }
         for wait in waits {
