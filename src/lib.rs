@@ -23,7 +23,8 @@
 //! - [`manifest`]: what a job contains, and confinement of the peer's paths;
 //! - [`transfer`]: a job (files, folders, links) over a connection, resumable; it reports
 //!   to a [`transfer::Observer`] and knows no screen or JSON (as ripgrep's searcher reports
-//!   to a `Sink`);
+//!   to a `Sink`); the order of its control sequence is [`transfer::control`], a sans-IO
+//!   state machine per side;
 //! - [`events`]: what a run reports: the `--json` schema (every event and spelling), which
 //!   the session reports and the CLI writes;
 //! - [`doctor`]: the network check (`p2pcopy doctor`): mapping, filtering, hairpinning, NTP;

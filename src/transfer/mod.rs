@@ -4,6 +4,8 @@
 //! (see [`crate::wire::Frame`] for the order); each file's bytes then travel on a
 //! unidirectional stream of their own, framed by a [`crate::wire::DataHead`] and a
 //! [`crate::wire::Trailer`] with the file's BLAKE3.
+//! The order of it all is [`control`]'s, a sans-IO state machine per side that the
+//! sending and receiving halves feed what they read and obey.
 //!
 //! [`Outgoing`] and [`Incoming`] keep a job's state across connections: when a path dies and
 //! the CLI reconnects, calling `run` again with the new connection resumes from what the
@@ -16,6 +18,7 @@
 //! The CLI's observer draws the progress bar and prints `--json` events; [`Silent`] ignores
 //! everything, for a program that only wants the [`Report`].
 
+pub mod control;
 mod receive;
 mod send;
 mod store;

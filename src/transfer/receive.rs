@@ -2,14 +2,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, ReadError, RecvStream, SendStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::store::{Held, Store};
+use super::control::{self, RecvPhase, Segment};
+use super::store::{Held, Part, Store};
 use super::watchdog::{heartbeat_every, Waiting, Watch};
 use super::{
     closed, explain, lost_read, lost_write, read_exact_err, read_frame, wire, FileDone, Observer,
@@ -19,9 +21,8 @@ use crate::error::Error;
 use crate::manifest::{confine, link_stays_inside};
 use crate::shown::shown;
 use crate::wire::{
-    entry_cost, segment_end, Claim, DataHead, Entry, EntryKind, FileStatus, Frame, Trailer,
-    DATA_HEAD_LEN, FLAG_AUTHENTICATED, FLAG_HEARTBEAT, RESET_SOURCE_CHANGED, STOP_STORE_FAILED,
-    TRAILER_LEN,
+    segment_end, Claim, DataHead, Entry, EntryKind, FileStatus, Frame, Trailer, DATA_HEAD_LEN,
+    FLAG_AUTHENTICATED, FLAG_HEARTBEAT, RESET_SOURCE_CHANGED, STOP_STORE_FAILED, TRAILER_LEN,
 };
 
 /// A job being received, kept across reconnects.
@@ -39,10 +40,41 @@ pub struct Incoming {
     reported: HashSet<u32>,
 }
 
-/// One announced entry, checked.
-struct Checked {
-    entry: Entry,
-    rel: PathBuf,
+/// One announced file: its index, its entry, and its path under the output folder.
+struct FileRef<'a> {
+    index: u32,
+    entry: &'a Entry,
+    rel: &'a Path,
+}
+
+/// What receiving a connection's files needs: the control stream, and the sequence that
+/// checks every data stream against the plan.
+struct Files<'a, 'b> {
+    conn: &'a Connection,
+    ctl: Control<'b>,
+    seq: control::Receiver,
+    /// What we claimed to hold, by entry, until its file starts.
+    held: HashMap<u32, Held>,
+    /// This is the run's first connection.
+    first: bool,
+    /// Verified files waiting for their durability round, in the order they arrived.
+    batch: Vec<(u32, Part, blake3::Hash)>,
+    /// How each file ended, with its hash.
+    statuses: Vec<(u32, FileStatus, blake3::Hash)>,
+}
+
+/// Files at most this large wait for a durability round with others (see
+/// [`Store::persist_all`]); a larger one is flushed on its own, and the waiting ones are
+/// named before it starts, so no verdict waits for a large file to cross.
+const SMALL_FILE: u64 = 1 << 20;
+/// Most files in one durability round: each is an open part file until it is named.
+const BATCH_FILES: usize = 32;
+
+impl Files<'_, '_> {
+    /// Sends what the sequence has queued.
+    async fn flush(&mut self) -> Result<(), Error> {
+        self.ctl.flush(&mut self.seq).await
+    }
 }
 
 /// The control stream back to the sender, and how to keep it informed.
@@ -63,6 +95,18 @@ impl Control<'_> {
                 send.write_all(frames).await.map_err(lost_write)
             })
             .await
+    }
+
+    /// Sends the frames `seq` has queued, in one write.
+    async fn flush(&mut self, seq: &mut control::Receiver) -> Result<(), Error> {
+        let mut buf = Vec::new();
+        while let Some(f) = seq.poll_transmit() {
+            f.encode(&mut buf);
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.write(&buf).await
     }
 
     /// Waits for local work on a blocking thread, sending heartbeats meanwhile: hashing a
@@ -159,42 +203,81 @@ impl Incoming {
                 conn.accept_bi().await.map_err(|e| closed(&e))
             })
             .await?;
-        let offer = match watch.guard(Waiting::Offer, read_frame(&mut recv)).await? {
-            Frame::Offer(o) => o,
-            other => return Err(unexpected(&other)),
-        };
+        let mut seq = control::Receiver::new(opts.flags(), opts.manifest_limit);
+        read_manifest(&watch, &mut recv, &mut seq).await?;
+        let offer = seq
+            .offer()
+            .ok_or_else(|| Error::Internal("manifest without an offer".into()))?;
         self.report.peer_authenticated = offer.flags & FLAG_AUTHENTICATED != 0;
-        let limit = opts.manifest_limit;
-        let entries = watch
-            .guard(
-                Waiting::Manifest,
-                read_manifest(&mut recv, offer.entries, offer.total, limit),
-            )
-            .await?;
-        self.report.tally(&entries);
+        self.report.tally(seq.manifest());
         let mut ctl = Control {
             send: &mut send,
             watch: &watch,
             heartbeat: (offer.flags & FLAG_HEARTBEAT != 0)
                 .then(|| heartbeat_every(opts.stall_timeout)),
         };
+        let (rels, held, have) = self.plan(&mut ctl, &mut seq, offer.total).await?;
+        self.report.plan(observer, have);
+        let mut rx = Files {
+            conn,
+            ctl,
+            seq,
+            held,
+            first,
+            batch: Vec::new(),
+            statuses: Vec::new(),
+        };
+        self.receive_files(&mut rx, &rels, observer).await?;
 
+        let (store, entries) = (self.store.clone(), Arc::clone(rx.seq.manifest()));
+        let link_renames = rx
+            .ctl
+            .busy(tokio::task::spawn_blocking(move || {
+                finish_tree(&store, &entries, &rels)
+            }))
+            .await??;
+        for (path, at) in link_renames {
+            self.renamed.insert(path, at);
+        }
+        rx.seq.tree_finished()?;
+        rx.flush().await?;
+        let entries = Arc::clone(rx.seq.manifest());
+        let mut statuses = std::mem::take(&mut rx.statuses);
+        drop(rx);
+        let _ = send.finish();
+        observer.finish();
+        self.report.finished();
+        // Job order, as the files were sent: a batch's verdicts come after a later file's
+        // failure.
+        statuses.sort_by_key(|&(index, _, _)| index);
+        self.summarise(&entries, &statuses)
+    }
+
+    /// Prepares the disk for the manifest (folders, what is already here), checks the free
+    /// space, and sends the plan. Returns each entry's confined path, what we hold (by
+    /// entry) and its byte count.
+    async fn plan(
+        &mut self,
+        ctl: &mut Control<'_>,
+        seq: &mut control::Receiver,
+        total: u64,
+    ) -> Result<(Vec<PathBuf>, HashMap<u32, Held>, u64), Error> {
         // Folders first, then what is already here: both touch the disk, off the runtime.
-        let store = self.store.clone();
+        let (store, entries) = (self.store.clone(), Arc::clone(seq.manifest()));
         // Lent to the disk thread rather than copied: it holds a path per file. Lost only
         // if this connection fails meanwhile; a reconnect then hashes those files again.
         let verified = std::mem::take(&mut self.verified);
         let (prepared, verified) = ctl
             .busy(tokio::task::spawn_blocking(move || {
-                let prepared = prepare(&store, entries, &verified);
+                let prepared = prepare(&store, &entries, &verified);
                 (prepared, verified)
             }))
             .await?;
         self.verified = verified;
-        let (entries, held) = prepared?;
+        let (rels, held) = prepared?;
 
         let have: u64 = held.values().map(|h| h.offset).sum();
-        let need = offer.total.saturating_sub(have);
+        let need = total.saturating_sub(have);
         if let Some(free) = self.store.free_space() {
             if need > free {
                 return Err(Error::NoSpace {
@@ -204,132 +287,159 @@ impl Incoming {
                 });
             }
         }
+        let claims = held.iter().map(|(&index, h)| Claim {
+            index,
+            offset: h.offset,
+            hash: *h.hash.as_bytes(),
+        });
+        seq.prepared(claims.collect())?;
+        ctl.flush(seq).await?;
+        Ok((rels, held, have))
+    }
 
-        let mut buf = Vec::new();
-        Frame::Accept {
-            flags: opts.flags(),
-        }
-        .encode(&mut buf);
-        let mut claims: Vec<_> = held.iter().collect();
-        claims.sort_by_key(|(i, _)| **i);
-        for (&index, h) in claims {
-            Frame::Claim(Claim {
+    /// Receives the files in the order the sender sends them, telling it how each ended.
+    async fn receive_files(
+        &mut self,
+        rx: &mut Files<'_, '_>,
+        rels: &[PathBuf],
+        observer: &mut dyn Observer,
+    ) -> Result<(), Error> {
+        let entries = Arc::clone(rx.seq.manifest());
+        rx.statuses.reserve(rx.seq.pending());
+        while rx.seq.pending() > 0 {
+            let watch = rx.ctl.watch;
+            let (mut stream, head) = watch.guard(Waiting::NextFile, accept_data(rx.conn)).await?;
+            let Segment::First { claimed } = rx.seq.handle_data_head(head)? else {
+                return Err(Error::Internal(
+                    "a file's next segment between files".into(),
+                ));
+            };
+            let index = head.index;
+            let file = FileRef {
                 index,
-                offset: h.offset,
-                hash: *h.hash.as_bytes(),
-            })
-            .encode(&mut buf);
-        }
-        Frame::PlanEnd.encode(&mut buf);
-        ctl.write(&buf).await?;
-        self.report.plan(observer, have);
-
-        let mut held = held;
-        let mut pending: HashSet<u32> = entries
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.entry.kind == EntryKind::File)
-            .map(|(i, _)| i as u32)
-            .collect();
-        let mut statuses: Vec<(u32, FileStatus, blake3::Hash)> = Vec::with_capacity(pending.len());
-        while !pending.is_empty() {
-            let (mut stream, head) = watch.guard(Waiting::NextFile, accept_data(conn)).await?;
-            if !pending.remove(&head.index) {
-                return Err(Error::Protocol(format!(
-                    "the sender sent data for entry {} which is not an awaited file",
-                    head.index
-                )));
+                entry: &entries[index as usize],
+                rel: &rels[index as usize],
+            };
+            let large = file.entry.size - head.start > SMALL_FILE;
+            if large {
+                self.commit(rx, rels, observer)
+                    .await
+                    .inspect_err(|e| stop_if_store_failed(&mut stream, e))?;
             }
-            let c = &entries[head.index as usize];
-            let claim = held.remove(&head.index);
-            let claimed = claim.as_ref().map_or(0, |h| h.offset);
-            if head.start != 0 && head.start != claimed {
-                return Err(Error::Protocol(format!(
-                    "the sender continues {} at byte {} but {} were claimed",
-                    c.entry.path, head.start, claimed
-                )));
-            }
+            let claim = rx.held.remove(&index);
+            let (first, path) = (rx.first, &file.entry.path);
             self.report
-                .file_started(observer, &c.entry.path, first, claimed, head.start);
+                .file_started(observer, path, first, claimed, head.start);
             let got = receive_file(
                 &self.store,
-                conn,
-                &mut ctl,
+                rx,
                 &mut stream,
-                head.index,
-                c,
+                &file,
                 head.start,
                 claim,
                 observer,
                 &mut self.report,
             )
             .await;
-            let (outcome, hash) = match got {
-                Ok(x) => x,
-                Err(e) => {
-                    if matches!(
-                        e,
-                        Error::DiskFull { .. } | Error::Write { .. } | Error::Output { .. }
-                    ) {
-                        let _ = stream.stop(STOP_STORE_FAILED.into());
+            let (outcome, hash) = got.inspect_err(|e| stop_if_store_failed(&mut stream, e))?;
+            rx.seq.file_received(index)?;
+            match outcome {
+                Outcome::Verified(part) => {
+                    rx.batch.push((index, part, hash));
+                    if large || rx.batch.len() >= BATCH_FILES || rx.seq.pending() == 0 {
+                        self.commit(rx, rels, observer)
+                            .await
+                            .inspect_err(|e| stop_if_store_failed(&mut stream, e))?;
                     }
-                    return Err(e);
                 }
-            };
-            let own_name = self.store.root().join(&c.rel);
-            let (status, saved_as) = match outcome {
-                Outcome::Stored(p) => {
-                    if p != own_name {
-                        self.renamed.insert(c.entry.path.clone(), p.clone());
-                    }
-                    self.stored_now.insert(head.index);
-                    (FileStatus::Stored, p)
-                }
-                Outcome::Status(s) => (s, own_name),
-            };
-            if matches!(status, FileStatus::Stored | FileStatus::AlreadyThere) {
-                self.verified.insert((c.rel.clone(), c.entry.size), hash);
-                if self.reported.insert(head.index) {
-                    observer.file_done(&FileDone {
-                        path: &c.entry.path,
-                        size: c.entry.size,
-                        hash,
-                        status,
-                        saved_as: Some(&saved_as),
-                    });
+                Outcome::Status(status) => {
+                    let status = self.record(&file, Err(status), hash, observer);
+                    rx.statuses.push((index, status, hash));
+                    rx.seq.file_finished(index, status)?;
                 }
             }
-            statuses.push((head.index, status, hash));
-            let mut b = Vec::new();
-            Frame::FileDone {
-                index: head.index,
-                status,
-            }
-            .encode(&mut b);
-            ctl.write(&b).await?;
+            rx.flush().await?;
         }
+        self.commit(rx, rels, observer).await?;
+        rx.flush().await
+    }
 
-        let store = self.store.clone();
-        let (entries, link_renames) = ctl
-            .busy(tokio::task::spawn_blocking(move || {
-                finish_tree(&store, &entries).map(|renamed| (entries, renamed))
-            }))
-            .await??;
-        for (path, at) in link_renames {
-            self.renamed.insert(path, at);
+    /// Gives the verified files of the batch their final names after one durability round,
+    /// and queues their verdicts.
+    async fn commit(
+        &mut self,
+        rx: &mut Files<'_, '_>,
+        rels: &[PathBuf],
+        observer: &mut dyn Observer,
+    ) -> Result<(), Error> {
+        if rx.batch.is_empty() {
+            return Ok(());
         }
-        let mut b = Vec::new();
-        Frame::JobDone.encode(&mut b);
-        ctl.write(&b).await?;
-        let _ = send.finish();
-        observer.finish();
-        self.report.finished();
-        self.summarise(&entries, &statuses)
+        let entries = Arc::clone(rx.seq.manifest());
+        let mut verified = Vec::with_capacity(rx.batch.len());
+        let mut parts = Vec::with_capacity(rx.batch.len());
+        for (index, part, hash) in rx.batch.drain(..) {
+            let i = index as usize;
+            verified.push((index, hash));
+            parts.push((part, rels[i].clone(), entries[i].clone()));
+        }
+        // Flushing can take long on a slow disk: off the runtime, which drives the
+        // connection (its keep-alives and our heartbeats).
+        let store = self.store.clone();
+        let persisted = tokio::task::spawn_blocking(move || store.persist_all(parts));
+        let saved = rx.ctl.busy(persisted).await??;
+        for ((index, hash), at) in verified.into_iter().zip(saved) {
+            let file = FileRef {
+                index,
+                entry: &entries[index as usize],
+                rel: &rels[index as usize],
+            };
+            let status = self.record(&file, Ok(at), hash, observer);
+            rx.statuses.push((index, status, hash));
+            rx.seq.file_finished(index, status)?;
+        }
+        Ok(())
+    }
+
+    /// Notes where a file ended (stored where `saved` says, or not stored with that
+    /// status), and tells the observer of a verified one (once per run).
+    fn record(
+        &mut self,
+        file: &FileRef<'_>,
+        saved: Result<PathBuf, FileStatus>,
+        hash: blake3::Hash,
+        observer: &mut dyn Observer,
+    ) -> FileStatus {
+        let (entry, own_name) = (file.entry, self.store.root().join(file.rel));
+        let (status, saved_as) = match saved {
+            Ok(p) => {
+                if p != own_name {
+                    self.renamed.insert(entry.path.clone(), p.clone());
+                }
+                self.stored_now.insert(file.index);
+                (FileStatus::Stored, p)
+            }
+            Err(s) => (s, own_name),
+        };
+        if matches!(status, FileStatus::Stored | FileStatus::AlreadyThere) {
+            self.verified
+                .insert((file.rel.to_owned(), entry.size), hash);
+            if self.reported.insert(file.index) {
+                observer.file_done(&FileDone {
+                    path: &entry.path,
+                    size: entry.size,
+                    hash,
+                    status,
+                    saved_as: Some(&saved_as),
+                });
+            }
+        }
+        status
     }
 
     fn summarise(
         &mut self,
-        entries: &[Checked],
+        entries: &[Entry],
         statuses: &[(u32, FileStatus, blake3::Hash)],
     ) -> Result<(), Error> {
         let r = &mut self.report;
@@ -338,7 +448,7 @@ impl Incoming {
         r.failed.clear();
         r.already_there = 0;
         for &(index, status, hash) in statuses {
-            let path = entries[index as usize].entry.path.clone();
+            let path = entries[index as usize].path.clone();
             match status {
                 FileStatus::Stored => r.hashes.push((path, hash)),
                 FileStatus::AlreadyThere => {
@@ -380,74 +490,33 @@ impl Incoming {
     }
 }
 
-fn unexpected(f: &Frame) -> Error {
-    Error::Protocol(format!("unexpected message from the sender: {f:?}"))
-}
-
-/// Reads and checks the sender's entries; nothing touches the disk yet. What the entries
-/// will cost us over the job is counted as they arrive, and refused past `limit`.
+/// Reads the sender's offer and entries into `seq`, which checks them as they arrive;
+/// nothing touches the disk yet.
 async fn read_manifest(
+    watch: &Watch,
     recv: &mut RecvStream,
-    n: u32,
-    total: u64,
-    limit: u64,
-) -> Result<Vec<Entry>, Error> {
-    let too_large = |at: String| {
-        Error::Protocol(format!(
-            "the sender's file list is larger than this receiver accepts (the limit is {} of memory for the list; {at}); send the files in several runs",
-            indicatif::HumanBytes(limit),
-        ))
-    };
-    // Even the shortest entries would not fit: no need to read them.
-    let least = entry_cost(&Entry {
-        kind: EntryKind::Dir,
-        path: String::new(),
-        size: 0,
-        mode: 0,
-        mtime_secs: 0,
-        mtime_nanos: 0,
-        target: String::new(),
-    });
-    if u64::from(n) * least > limit {
-        return Err(too_large(format!("{n} entries announced")));
-    }
-    let mut entries = Vec::with_capacity(n.min(4096) as usize);
-    let mut sum: u64 = 0;
-    let mut cost: u64 = 0;
-    for _ in 0..n {
-        match read_frame(recv).await? {
-            Frame::Entry(e) => {
-                sum = sum
-                    .checked_add(e.size)
-                    .ok_or_else(|| Error::Protocol("the announced file sizes overflow".into()))?;
-                cost += entry_cost(&e);
-                if cost > limit {
-                    return Err(too_large(format!(
-                        "entry {} of {n} passed it",
-                        entries.len() + 1
-                    )));
-                }
-                entries.push(e);
+    seq: &mut control::Receiver,
+) -> Result<(), Error> {
+    let offer = watch.guard(Waiting::Offer, read_frame(recv)).await?;
+    seq.handle_frame(offer)?;
+    watch
+        .guard(Waiting::Manifest, async {
+            while seq.phase() == RecvPhase::Manifest {
+                seq.handle_frame(read_frame(recv).await?)?;
             }
-            other => return Err(unexpected(&other)),
-        }
-    }
-    if sum != total {
-        return Err(Error::Protocol(format!(
-            "the announced file sizes add up to {sum} bytes, not the {total} announced"
-        )));
-    }
-    Ok(entries)
+            Ok(())
+        })
+        .await
 }
 
 /// Confines every path, creates the folders, and finds what is already here. Runs on a
 /// blocking thread.
 fn prepare(
     store: &Store,
-    entries: Vec<Entry>,
+    entries: &[Entry],
     verified: &HashMap<(PathBuf, u64), blake3::Hash>,
-) -> Result<(Vec<Checked>, HashMap<u32, Held>), Error> {
-    let mut checked = Vec::with_capacity(entries.len());
+) -> Result<(Vec<PathBuf>, HashMap<u32, Held>), Error> {
+    let mut rels = Vec::with_capacity(entries.len());
     for e in entries {
         let refuse = |why: String| Error::Protocol(format!("refused an unsafe entry: {why}"));
         let rel = confine(&e.path).map_err(|err| refuse(err.to_string()))?;
@@ -463,37 +532,37 @@ fn prepare(
                 e.path
             )));
         }
-        checked.push(Checked { entry: e, rel });
+        rels.push(rel);
     }
     // Sorted indices find a path announced twice without a second copy of every path.
-    let mut order: Vec<u32> = (0..checked.len() as u32).collect();
-    order.sort_unstable_by(|&a, &b| checked[a as usize].rel.cmp(&checked[b as usize].rel));
+    let mut order: Vec<u32> = (0..rels.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| rels[a as usize].cmp(&rels[b as usize]));
     if let Some(w) = order
         .windows(2)
-        .find(|w| checked[w[0] as usize].rel == checked[w[1] as usize].rel)
+        .find(|w| rels[w[0] as usize] == rels[w[1] as usize])
     {
         return Err(Error::Protocol(format!(
             "refused an unsafe entry: \"{}\" is announced twice",
-            checked[w[1] as usize].entry.path
+            entries[w[1] as usize].path
         )));
     }
     drop(order);
     let mut held = HashMap::new();
-    for (i, c) in checked.iter().enumerate() {
-        match c.entry.kind {
+    for (i, (e, rel)) in entries.iter().zip(&rels).enumerate() {
+        match e.kind {
             EntryKind::Dir => {
-                store.make_dir(&c.rel)?;
+                store.make_dir(rel)?;
             }
             EntryKind::File => {
-                store.make_parent(&c.rel)?;
-                let h = match verified.get(&(c.rel.clone(), c.entry.size)) {
+                store.make_parent(rel)?;
+                let h = match verified.get(&(rel.clone(), e.size)) {
                     Some(hash) => Some(Held {
-                        offset: c.entry.size,
+                        offset: e.size,
                         hash: *hash,
                         hasher: None,
                         complete: true,
                     }),
-                    None => store.held(&c.rel, &c.entry)?,
+                    None => store.held(rel, e)?,
                 };
                 if let Some(h) = h {
                     held.insert(i as u32, h);
@@ -502,13 +571,13 @@ fn prepare(
             EntryKind::Symlink => {}
         }
     }
-    Ok((checked, held))
+    Ok((rels, held))
 }
 
 /// How one file ended.
 enum Outcome {
-    /// Verified and stored under this path.
-    Stored(PathBuf),
+    /// Verified, still in its part file.
+    Verified(Part),
     /// Anything else the sender is told.
     Status(FileStatus),
 }
@@ -519,26 +588,24 @@ enum Outcome {
 #[allow(clippy::too_many_arguments)]
 async fn receive_file(
     store: &Store,
-    conn: &Connection,
-    ctl: &mut Control<'_>,
+    rx: &mut Files<'_, '_>,
     stream: &mut RecvStream,
-    index: u32,
-    c: &Checked,
+    file: &FileRef<'_>,
     start: u64,
     claim: Option<Held>,
     observer: &mut dyn Observer,
     report: &mut Report,
 ) -> Result<(Outcome, blake3::Hash), Error> {
-    let size = c.entry.size;
+    let size = file.entry.size;
     // "Already there": the sender proved our complete copy; nothing is written.
-    let watch = ctl.watch;
+    let watch = rx.ctl.watch;
     if let Some(h) = claim.as_ref().filter(|h| h.complete && start == size) {
         let status = match watch.guard(Waiting::MidFile, read_trailer(stream)).await? {
             Trailer::Complete(theirs) if theirs == *h.hash.as_bytes() => FileStatus::AlreadyThere,
             Trailer::Complete(_) => {
                 return Err(Error::Protocol(format!(
                     "the sender skipped {} but its hash differs from ours",
-                    c.entry.path
+                    file.entry.path
                 )))
             }
             Trailer::SourceChanged => FileStatus::SourceChanged,
@@ -551,14 +618,14 @@ async fn receive_file(
         }) if start > 0 => *h,
         _ => blake3::Hasher::new(),
     };
-    let part = store.open_part(&c.rel, start)?;
-    let file = part
+    let part = store.open_part(file.rel, start)?;
+    let out = part
         .file
         .try_clone()
         .map_err(|e| Error::write(part.path.clone(), e))?;
-    let (tx, rx) = mpsc::channel::<Filled>(PIPELINE);
+    let (tx, chunks) = mpsc::channel::<Filled>(PIPELINE);
     let (spare_tx, mut spare) = mpsc::unbounded_channel();
-    let writer = tokio::task::spawn_blocking(move || write_and_hash(file, hasher, rx, spare_tx));
+    let writer = tokio::task::spawn_blocking(move || write_and_hash(out, hasher, chunks, spare_tx));
     let mut at = start;
     let got = loop {
         let end = segment_end(at, size);
@@ -567,7 +634,7 @@ async fn receive_file(
             break got;
         }
         at = end;
-        match next_segment(conn, stream, index, at, watch).await {
+        match next_segment(rx.conn, stream, &mut rx.seq, watch).await {
             Ok(next) => *stream = next,
             Err(e) => break Err(e),
         }
@@ -584,20 +651,25 @@ async fn receive_file(
     let status = match trailer {
         Trailer::SourceChanged => FileStatus::SourceChanged,
         Trailer::Complete(theirs) if theirs != *ours.as_bytes() => {
-            tracing::warn!(path = %shown(&c.entry.path), "BLAKE3 mismatch; discarding");
+            tracing::warn!(path = %shown(&file.entry.path), "BLAKE3 mismatch; discarding");
             FileStatus::HashMismatch
         }
-        Trailer::Complete(_) => {
-            // The flush can take long on a slow disk: off the runtime, which drives the
-            // connection (its keep-alives and our heartbeats).
-            let (store, rel, entry) = (store.clone(), c.rel.clone(), c.entry.clone());
-            let persisted = tokio::task::spawn_blocking(move || store.persist(part, &rel, &entry));
-            let at = ctl.busy(persisted).await??;
-            return Ok((Outcome::Stored(at), ours));
-        }
+        // Its final name comes with the next durability round (`Incoming::commit`).
+        Trailer::Complete(_) => return Ok((Outcome::Verified(part), ours)),
     };
     store.discard(part);
     Ok((Outcome::Status(status), ours))
+}
+
+/// Stops a data stream when we cannot store its file, so the sender stops sending at once
+/// and can say why.
+fn stop_if_store_failed(stream: &mut RecvStream, e: &Error) {
+    if matches!(
+        e,
+        Error::DiskFull { .. } | Error::Write { .. } | Error::Output { .. }
+    ) {
+        let _ = stream.stop(STOP_STORE_FAILED.into());
+    }
 }
 
 /// Accepts the next data stream and reads the head it starts with.
@@ -608,13 +680,12 @@ async fn accept_data(conn: &Connection) -> Result<(RecvStream, DataHead), Error>
     Ok((stream, DataHead::decode(&h)))
 }
 
-/// Checks that a full segment's stream ends there and that the next data stream continues
-/// the same file where it ended.
+/// Checks that a full segment's stream ends there, and has `seq` check that the next data
+/// stream continues the same file where it ended.
 async fn next_segment(
     conn: &Connection,
     stream: &mut RecvStream,
-    index: u32,
-    at: u64,
+    seq: &mut control::Receiver,
     watch: &Watch,
 ) -> Result<RecvStream, Pumped> {
     let end = watch
@@ -635,13 +706,12 @@ async fn next_segment(
         .guard(Waiting::MidFile, accept_data(conn))
         .await
         .map_err(Pumped::Failed)?;
-    if head.index != index || head.start != at {
-        return Err(Pumped::Failed(Error::Protocol(format!(
-            "the sender interrupted entry {index} at byte {at} with a stream for entry {} at byte {}",
-            head.index, head.start
-        ))));
+    match seq.handle_data_head(head).map_err(Pumped::Failed)? {
+        Segment::Next => Ok(next),
+        Segment::First { .. } => Err(Pumped::Failed(Error::Internal(
+            "a new file in the middle of one".into(),
+        ))),
     }
-    Ok(next)
 }
 
 /// Reads the trailer and checks the stream ends right after it.
@@ -778,24 +848,22 @@ fn write_and_hash(
 
 /// After all files: links (last, so nothing is ever written through one) and folder
 /// times, deepest first. Returns the links that got another name.
-fn finish_tree(store: &Store, entries: &[Checked]) -> Result<Vec<(String, PathBuf)>, Error> {
+fn finish_tree(
+    store: &Store,
+    entries: &[Entry],
+    rels: &[PathBuf],
+) -> Result<Vec<(String, PathBuf)>, Error> {
     let mut renamed = Vec::new();
-    for c in entries
-        .iter()
-        .filter(|c| c.entry.kind == EntryKind::Symlink)
-    {
-        store.make_parent(&c.rel)?;
-        let at = store.make_link(&c.rel, &c.entry.target)?;
-        if at != store.root().join(&c.rel) {
-            renamed.push((c.entry.path.clone(), at));
+    let tree = || entries.iter().zip(rels);
+    for (e, rel) in tree().filter(|(e, _)| e.kind == EntryKind::Symlink) {
+        store.make_parent(rel)?;
+        let at = store.make_link(rel, &e.target)?;
+        if at != store.root().join(rel) {
+            renamed.push((e.path.clone(), at));
         }
     }
-    for c in entries
-        .iter()
-        .rev()
-        .filter(|c| c.entry.kind == EntryKind::Dir)
-    {
-        store.finish_dir(&c.rel, &c.entry)?;
+    for (e, rel) in tree().rev().filter(|(e, _)| e.kind == EntryKind::Dir) {
+        store.finish_dir(rel, e)?;
     }
     Ok(renamed)
 }

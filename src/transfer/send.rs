@@ -10,6 +10,7 @@ use bytes::Bytes;
 use quinn::Connection;
 use tokio::sync::mpsc;
 
+use super::control::{self, SendEvent};
 use super::watchdog::{heartbeat_every, Waiting, Watch};
 use super::window::SendWindow;
 use super::{
@@ -20,7 +21,7 @@ use crate::error::Error;
 use crate::manifest::{split_time, Scan};
 use crate::shown::shown;
 use crate::wire::{
-    segment_end, Claim, DataHead, EntryKind, FileStatus, Frame, Offer, Trailer, FLAG_AUTHENTICATED,
+    segment_end, Claim, DataHead, EntryKind, FileStatus, Frame, Trailer, FLAG_AUTHENTICATED,
     FLAG_HEARTBEAT, RESET_SOURCE_CHANGED,
 };
 
@@ -98,55 +99,74 @@ impl Outgoing {
         let first = self.report.connection_started();
         let watch = Watch::new(conn, opts.stall_timeout);
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
+        self.send_manifest(&watch, &mut send, opts).await?;
+        let mut ctl = control::Sender::new(&self.scan.entries);
+        let claims = loop {
+            let frame = watch.guard(Waiting::Accept, read_frame(&mut recv)).await?;
+            if let Some(SendEvent::Plan(claims)) = ctl.handle_frame(frame)? {
+                break claims;
+            }
+        };
+        self.report.peer_authenticated = ctl.peer_flags() & FLAG_AUTHENTICATED != 0;
+        let mut link = Link {
+            conn,
+            watch,
+            send,
+            recv,
+            // While our disk is slow (proving a large claim, say) the receiver hears
+            // nothing from us: a receiver that understands it is told we are busy.
+            beats: ctl.peer_flags() & FLAG_HEARTBEAT != 0,
+        };
+        let outcome = self
+            .stream(&mut link, &mut ctl, claims, first, opts, observer)
+            .await;
+        outcome?;
+        for &(index, status) in ctl.verdicts() {
+            // A file stored on an earlier connection is reported "already there" now.
+            let keep = matches!(self.status.get(&index), Some(FileStatus::Stored))
+                && status == FileStatus::AlreadyThere;
+            if !keep {
+                self.status.insert(index, status);
+            }
+        }
+        observer.finish();
+        self.finish_report();
+        self.report.finished();
+        if self.report.failed.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.report.failed.iter().map(|(p, _)| p.as_str()).collect();
+        Err(Error::Verify(format!(
+            "{} file{} changed while being sent and did not arrive ({}); run both commands again to send {}",
+            names.len(),
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", "),
+            if names.len() == 1 { "it" } else { "them" },
+        )))
+    }
+
+    /// Writes the offer and the manifest.
+    async fn send_manifest(
+        &self,
+        watch: &Watch,
+        send: &mut quinn::SendStream,
+        opts: Options,
+    ) -> Result<(), Error> {
+        let entries = &self.scan.entries;
         let mut buf = Vec::with_capacity(64 << 10);
-        Frame::Offer(Offer {
-            flags: opts.flags(),
-            entries: self.scan.entries.len() as u32,
-            total: self.report.total,
-        })
-        .encode(&mut buf);
-        for e in &self.scan.entries {
+        Frame::Offer(control::Sender::offer(entries, opts.flags())).encode(&mut buf);
+        for e in entries {
             Frame::Entry(e.clone()).encode(&mut buf);
             if buf.len() >= 60 << 10 {
-                write_control(&watch, &mut send, &buf).await?;
+                write_control(watch, send, &buf).await?;
                 buf.clear();
             }
         }
-        write_control(&watch, &mut send, &buf).await?;
+        write_control(watch, send, &buf).await
+    }
 
-        let flags = match watch
-            .guard(Waiting::Accept, read_control(&mut recv))
-            .await?
-        {
-            Frame::Accept { flags } => flags,
-            other => return Err(unexpected(&other)),
-        };
-        self.report.peer_authenticated = flags & FLAG_AUTHENTICATED != 0;
-        let mut claims: HashMap<u32, Claim> = HashMap::new();
-        loop {
-            match watch
-                .guard(Waiting::Accept, read_control(&mut recv))
-                .await?
-            {
-                Frame::Claim(c) => {
-                    let ok = self
-                        .scan
-                        .entries
-                        .get(c.index as usize)
-                        .is_some_and(|e| e.kind == EntryKind::File);
-                    if !ok {
-                        return Err(Error::Protocol(format!(
-                            "the receiver claims entry {} which is not a file",
-                            c.index
-                        )));
-                    }
-                    claims.insert(c.index, c);
-                }
-                Frame::PlanEnd => break,
-                other => return Err(unexpected(&other)),
-            }
-        }
-
+    /// The disk thread's work for a plan with `claims`, and the bytes the receiver holds.
+    fn jobs(&self, claims: &HashMap<u32, Claim>) -> (Vec<Job>, u64) {
         let jobs: Vec<Job> = self
             .scan
             .entries
@@ -162,56 +182,61 @@ impl Outgoing {
                 known: self.known.get(&(i as u32)).copied(),
             })
             .collect();
-        let pending = jobs.len();
         // The count starts at what the receiver says it holds; a claim that fails its proof
         // moves it back when that file starts.
         let held: u64 = jobs
             .iter()
             .filter_map(|j| j.claim.map(|c| c.offset.min(j.size)))
             .sum();
-        self.report.plan(observer, held);
+        (jobs, held)
+    }
 
+    /// Streams every file of the plan while reading the receiver's verdicts, until it says
+    /// the job is done.
+    async fn stream(
+        &mut self,
+        link: &mut Link<'_>,
+        ctl: &mut control::Sender,
+        claims: HashMap<u32, Claim>,
+        first: bool,
+        opts: Options,
+        observer: &mut dyn Observer,
+    ) -> Result<(), Error> {
+        let (jobs, held) = self.jobs(&claims);
+        self.report.plan(observer, held);
         let (tx, mut rx) = mpsc::channel::<DiskEvent>(PIPELINE);
         let reader = tokio::task::spawn_blocking(move || read_all(jobs, tx));
         // The receiver's verdicts are reported as they come, not when the job ends.
         let (verdict_tx, mut verdicts) = mpsc::unbounded_channel();
-        let mut results = std::pin::pin!(collect(&mut recv, pending, verdict_tx));
-        let mut stream: Option<quinn::SendStream> = None;
-        let mut priority = SegmentPriority::default();
-        let mut window = SendWindow::default();
-        let mut current: Option<Sending> = None;
+        let mut results = std::pin::pin!(collect(&mut link.recv, ctl, verdict_tx));
+        let mut out = Out::new(link.conn, &link.watch);
         let mut sending_done = false;
-        // While our disk is slow (proving a large claim, say) the receiver hears nothing
-        // from us: a receiver that understands it is told we are busy.
         let every = heartbeat_every(opts.stall_timeout);
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let beats = flags & FLAG_HEARTBEAT != 0;
         let mut beat = Vec::new();
         Frame::Busy.encode(&mut beat);
         // Once everything is sent, the receiver's verdicts are what we wait for.
         let mut verdict_dog = None;
         let far = tokio::time::Instant::now() + std::time::Duration::from_secs(365 * 86_400);
         let mut verdict_alarm = std::pin::pin!(tokio::time::sleep_until(far));
-        let outcome: Result<Vec<(u32, FileStatus)>, Error> = loop {
+        let outcome = loop {
             tokio::select! {
                 r = &mut results => break r,
-                _ = heartbeat.tick(), if beats && !sending_done => {
-                    write_control(&watch, &mut send, &beat).await?;
+                _ = heartbeat.tick(), if link.beats && !sending_done => {
+                    write_control(&link.watch, &mut link.send, &beat).await?;
                 }
                 _ = &mut verdict_alarm, if verdict_dog.is_some() => {
                     if let Some(d) = verdict_dog.as_mut() {
-                        let next = watch.check(d, Waiting::Verdict)?;
+                        let next = link.watch.check(d, Waiting::Verdict)?;
                         verdict_alarm.as_mut().reset(next);
                     }
                 }
-                Some((index, status)) = verdicts.recv() => {
-                    file_done(observer, &self.scan, &self.known, &mut self.reported, index, status);
-                }
+                Some((index, status)) = verdicts.recv() => self.file_done(observer, index, status),
                 ev = rx.recv(), if !sending_done => match ev {
                     None => {
                         sending_done = true;
-                        verdict_dog = watch.start();
+                        verdict_dog = link.watch.start();
                         if let Some(d) = &verdict_dog {
                             verdict_alarm.as_mut().reset(d.deadline());
                         }
@@ -220,60 +245,16 @@ impl Outgoing {
                         let entry = &self.scan.entries[head.index as usize];
                         let claimed = claims.get(&head.index).map_or(0, |c| c.offset.min(entry.size));
                         self.report.file_started(observer, &entry.path, first, claimed, head.start);
-                        stream = Some(open_segment(conn, &watch, head, priority.next()).await?);
-                        current = Some(Sending {
-                            index: head.index,
-                            at: head.start,
-                            segment_end: segment_end(head.start, entry.size),
-                            size: entry.size,
-                        });
+                        out.start(head, entry.size).await?;
                     }
-                    Some(DiskEvent::Data(mut chunk)) => {
+                    Some(DiskEvent::Data(chunk)) => {
                         let n = chunk.len() as u64;
-                        let stats = conn.stats();
-                        if let Some(w) = window.update(Instant::now(), stats.udp_tx.bytes, stats.path.rtt) {
-                            tracing::debug!(window = w, "send window");
-                            conn.set_send_window(w);
-                        }
-                        let cur = current.as_mut().ok_or_else(|| Error::Internal("data before start".into()))?;
-                        while !chunk.is_empty() {
-                            if cur.at == cur.segment_end {
-                                if cur.at >= cur.size {
-                                    return Err(Error::Internal("read past the announced size".into()));
-                                }
-                                if let Some(mut s) = stream.take() {
-                                    s.finish().map_err(lost)?;
-                                }
-                                let head = DataHead { index: cur.index, start: cur.at };
-                                stream = Some(open_segment(conn, &watch, head, priority.next()).await?);
-                                cur.segment_end = segment_end(cur.at, cur.size);
-                            }
-                            let s = stream.as_mut().ok_or_else(|| Error::Internal("no data stream".into()))?;
-                            let take = (cur.segment_end - cur.at).min(chunk.len() as u64);
-                            let piece = chunk.split_to(take as usize);
-                            watch.guard(Waiting::Credit, async {
-                                s.write_chunk(piece).await.map_err(lost_write)
-                            }).await?;
-                            cur.at += take;
-                        }
+                        out.data(chunk).await?;
                         self.report.moved(observer, n);
                     }
                     Some(DiskEvent::End(trailer)) => {
-                        let mut s = stream.take().ok_or_else(|| Error::Internal("end before start".into()))?;
-                        let index = current.take().map_or(0, |c| c.index);
-                        match trailer {
-                            Trailer::Complete(h) => {
-                                self.known.insert(index, blake3::Hash::from_bytes(h));
-                                watch.guard(Waiting::Credit, async {
-                                    s.write_all(&trailer.encode()).await.map_err(lost_write)
-                                }).await?;
-                                s.finish().map_err(lost)?;
-                            }
-                            Trailer::SourceChanged => {
-                                // Resetting drops whatever is still queued: the receiver
-                                // discards the file either way.
-                                let _ = s.reset(RESET_SOURCE_CHANGED.into());
-                            }
+                        if let Some((index, hash)) = out.end(trailer).await? {
+                            self.known.insert(index, hash);
                         }
                     }
                     Some(DiskEvent::Failed(path, source)) => break Err(Error::Input { path, source }),
@@ -283,38 +264,29 @@ impl Outgoing {
         drop(rx);
         let _ = reader.await;
         while let Ok((index, status)) = verdicts.try_recv() {
-            file_done(
-                observer,
-                &self.scan,
-                &self.known,
-                &mut self.reported,
-                index,
+            self.file_done(observer, index, status);
+        }
+        outcome
+    }
+
+    /// Tells the observer of a file the receiver verified (or already had), once per file
+    /// and run; the hash is ours, which the receiver found equal to its own.
+    fn file_done(&mut self, observer: &mut dyn Observer, index: u32, status: FileStatus) {
+        if !matches!(status, FileStatus::Stored | FileStatus::AlreadyThere) {
+            return;
+        }
+        let entry = self.scan.entries.get(index as usize);
+        let (Some(entry), Some(hash)) = (entry, self.known.get(&index)) else {
+            return;
+        };
+        if self.reported.insert(index) {
+            observer.file_done(&FileDone {
+                path: &entry.path,
+                size: entry.size,
+                hash: *hash,
                 status,
-            );
-        }
-        let done = outcome?;
-        for (index, status) in done {
-            // A file stored on an earlier connection is reported "already there" now.
-            let keep = matches!(self.status.get(&index), Some(FileStatus::Stored))
-                && status == FileStatus::AlreadyThere;
-            if !keep {
-                self.status.insert(index, status);
-            }
-        }
-        observer.finish();
-        self.finish_report();
-        self.report.finished();
-        if self.report.failed.is_empty() {
-            Ok(())
-        } else {
-            let names: Vec<&str> = self.report.failed.iter().map(|(p, _)| p.as_str()).collect();
-            Err(Error::Verify(format!(
-                "{} file{} changed while being sent and did not arrive ({}); run both commands again to send {}",
-                names.len(),
-                if names.len() == 1 { "" } else { "s" },
-                names.join(", "),
-                if names.len() == 1 { "it" } else { "them" },
-            )))
+                saved_as: None,
+            });
         }
     }
 
@@ -340,6 +312,123 @@ impl Outgoing {
             }
             if let Some(h) = self.known.get(&i) {
                 r.hashes.push((e.path.clone(), *h));
+            }
+        }
+    }
+}
+
+/// One connection's control stream, and how to keep the receiver informed.
+struct Link<'a> {
+    conn: &'a Connection,
+    watch: Watch,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// The receiver understands heartbeats.
+    beats: bool,
+}
+
+/// The data streams of the file being sent.
+struct Out<'a> {
+    conn: &'a Connection,
+    watch: &'a Watch,
+    stream: Option<quinn::SendStream>,
+    priority: SegmentPriority,
+    window: SendWindow,
+    current: Option<Sending>,
+}
+
+impl<'a> Out<'a> {
+    fn new(conn: &'a Connection, watch: &'a Watch) -> Out<'a> {
+        Out {
+            conn,
+            watch,
+            stream: None,
+            priority: SegmentPriority::default(),
+            window: SendWindow::default(),
+            current: None,
+        }
+    }
+
+    /// Opens the first data stream of a file of `size` bytes.
+    async fn start(&mut self, head: DataHead, size: u64) -> Result<(), Error> {
+        let priority = self.priority.next();
+        self.stream = Some(open_segment(self.conn, self.watch, head, priority).await?);
+        self.current = Some(Sending {
+            index: head.index,
+            at: head.start,
+            segment_end: segment_end(head.start, size),
+            size,
+        });
+        Ok(())
+    }
+
+    /// Writes a chunk of the current file, opening its next segments as it goes.
+    async fn data(&mut self, mut chunk: Bytes) -> Result<(), Error> {
+        let stats = self.conn.stats();
+        let now = Instant::now();
+        if let Some(w) = self.window.update(now, stats.udp_tx.bytes, stats.path.rtt) {
+            tracing::debug!(window = w, "send window");
+            self.conn.set_send_window(w);
+        }
+        let cur = self
+            .current
+            .as_mut()
+            .ok_or_else(|| Error::Internal("data before start".into()))?;
+        while !chunk.is_empty() {
+            if cur.at == cur.segment_end {
+                if cur.at >= cur.size {
+                    return Err(Error::Internal("read past the announced size".into()));
+                }
+                if let Some(mut s) = self.stream.take() {
+                    s.finish().map_err(lost)?;
+                }
+                let head = DataHead {
+                    index: cur.index,
+                    start: cur.at,
+                };
+                let priority = self.priority.next();
+                self.stream = Some(open_segment(self.conn, self.watch, head, priority).await?);
+                cur.segment_end = segment_end(cur.at, cur.size);
+            }
+            let s = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| Error::Internal("no data stream".into()))?;
+            let take = (cur.segment_end - cur.at).min(chunk.len() as u64);
+            let piece = chunk.split_to(take as usize);
+            self.watch
+                .guard(Waiting::Credit, async {
+                    s.write_chunk(piece).await.map_err(lost_write)
+                })
+                .await?;
+            cur.at += take;
+        }
+        Ok(())
+    }
+
+    /// Ends the current file with `trailer`; returns the file and its hash if it was read
+    /// as announced.
+    async fn end(&mut self, trailer: Trailer) -> Result<Option<(u32, blake3::Hash)>, Error> {
+        let mut s = self
+            .stream
+            .take()
+            .ok_or_else(|| Error::Internal("end before start".into()))?;
+        let index = self.current.take().map_or(0, |c| c.index);
+        match trailer {
+            Trailer::Complete(h) => {
+                self.watch
+                    .guard(Waiting::Credit, async {
+                        s.write_all(&trailer.encode()).await.map_err(lost_write)
+                    })
+                    .await?;
+                s.finish().map_err(lost)?;
+                Ok(Some((index, blake3::Hash::from_bytes(h))))
+            }
+            Trailer::SourceChanged => {
+                // Resetting drops whatever is still queued: the receiver discards the file
+                // either way.
+                let _ = s.reset(RESET_SOURCE_CHANGED.into());
+                Ok(None)
             }
         }
     }
@@ -407,64 +496,20 @@ async fn write_control(
         .await
 }
 
-/// Reads the receiver's next control frame, passing over heartbeats (whose arrival the
-/// watchdog has already counted).
-async fn read_control(recv: &mut quinn::RecvStream) -> Result<Frame, Error> {
-    loop {
-        match read_frame(recv).await? {
-            Frame::Busy => {}
-            f => return Ok(f),
-        }
-    }
-}
-
-fn unexpected(f: &Frame) -> Error {
-    Error::Protocol(format!("unexpected message from the receiver: {f:?}"))
-}
-
-/// Tells the observer of a file the receiver verified (or already had), once per file and
-/// run; the hash is ours, which the receiver found equal to its own.
-fn file_done(
-    observer: &mut dyn Observer,
-    scan: &Scan,
-    known: &HashMap<u32, blake3::Hash>,
-    reported: &mut HashSet<u32>,
-    index: u32,
-    status: FileStatus,
-) {
-    if !matches!(status, FileStatus::Stored | FileStatus::AlreadyThere) {
-        return;
-    }
-    let (Some(entry), Some(hash)) = (scan.entries.get(index as usize), known.get(&index)) else {
-        return;
-    };
-    if reported.insert(index) {
-        observer.file_done(&FileDone {
-            path: &entry.path,
-            size: entry.size,
-            hash: *hash,
-            status,
-            saved_as: None,
-        });
-    }
-}
-
-/// Reads the receiver's per-file results until it says the job is done, passing each to
-/// `verdicts` as it arrives.
+/// Reads the receiver's control frames until it says the job is done, passing each verdict
+/// to `verdicts` as it arrives.
 async fn collect(
     recv: &mut quinn::RecvStream,
-    files: usize,
+    ctl: &mut control::Sender,
     verdicts: mpsc::UnboundedSender<(u32, FileStatus)>,
-) -> Result<Vec<(u32, FileStatus)>, Error> {
-    let mut done = Vec::with_capacity(files);
+) -> Result<(), Error> {
     loop {
-        match read_control(recv).await? {
-            Frame::FileDone { index, status } => {
+        match ctl.handle_frame(read_frame(recv).await?)? {
+            Some(SendEvent::Verdict { index, status }) => {
                 let _ = verdicts.send((index, status));
-                done.push((index, status));
             }
-            Frame::JobDone if done.len() == files => return Ok(done),
-            other => return Err(unexpected(&other)),
+            Some(SendEvent::JobDone) => return Ok(()),
+            _ => {}
         }
     }
 }
