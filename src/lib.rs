@@ -52,6 +52,7 @@ pub mod portmap;
 pub mod progress;
 pub mod punch;
 pub mod quic;
+pub mod relay;
 pub mod shown;
 pub mod stun;
 #[allow(unsafe_code)]

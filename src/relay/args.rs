@@ -1,0 +1,189 @@
+//! The `--relay` flags: a clap struct that `sender`, `receiver` and `doctor` flatten in, and
+//! the plain data it turns into ([`RelayConfig`]).
+//!
+//! Passwords and secrets may come from the environment so they stay out of `ps` and the
+//! shell history; `--help` never shows their values.
+
+use clap::Args;
+
+use super::creds::{Credentials, Secret};
+use super::uri::RelayUri;
+
+/// One relay to use, with what it takes to authenticate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Where.
+    pub uri: RelayUri,
+    /// How to authenticate.
+    pub creds: Credentials,
+}
+
+/// The relay flags.
+#[derive(Clone, Debug, Default, Args)]
+pub struct RelayArgs {
+    /// A TURN relay of your own, used only when no direct path exists (repeatable):
+    /// turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT] (TLS, e.g. port 443).
+    #[arg(
+        long = "relay",
+        value_name = "URI",
+        env = "P2PCOPY_RELAY",
+        value_delimiter = ','
+    )]
+    pub relays: Vec<RelayUri>,
+    /// User name for the relay (with --relay-password); with --relay-secret, the name the
+    /// time-limited credentials are made for.
+    #[arg(long, value_name = "USER", env = "P2PCOPY_RELAY_USER")]
+    pub relay_user: Option<String>,
+    /// Password for the relay; better given in the environment than on the command line.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "P2PCOPY_RELAY_PASSWORD",
+        hide_env_values = true
+    )]
+    pub relay_password: Option<Secret>,
+    /// The relay's shared secret (coturn `static-auth-secret`): time-limited credentials
+    /// are derived from it (TURN REST); better given in the environment.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "P2PCOPY_RELAY_SECRET",
+        hide_env_values = true,
+        conflicts_with = "relay_password"
+    )]
+    pub relay_secret: Option<Secret>,
+}
+
+/// The flags do not make a relay.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    /// A password without the user it belongs to.
+    #[error("--relay-password needs --relay-user")]
+    PasswordWithoutUser,
+    /// Credentials but no relay to use them with.
+    #[error("--relay-user, --relay-password and --relay-secret need a --relay")]
+    CredentialsWithoutRelay,
+}
+
+impl RelayArgs {
+    /// Whether any relay flag was given.
+    pub fn is_empty(&self) -> bool {
+        self.relays.is_empty()
+            && self.relay_user.is_none()
+            && self.relay_password.is_none()
+            && self.relay_secret.is_none()
+    }
+
+    /// The credentials the flags give, if any.
+    pub fn credentials(&self) -> Result<Option<Credentials>, ArgsError> {
+        let user = self.relay_user.clone();
+        Ok(match (&self.relay_password, &self.relay_secret) {
+            (Some(password), _) => Some(Credentials::LongTerm {
+                user: user.ok_or(ArgsError::PasswordWithoutUser)?,
+                password: password.clone(),
+            }),
+            (None, Some(secret)) => Some(Credentials::Rest {
+                user: user.unwrap_or_default(),
+                secret: secret.clone(),
+            }),
+            // A user alone: a relay that takes any password (coturn's no-auth) or a
+            // password from a config file.
+            (None, None) => user.map(|user| Credentials::LongTerm {
+                user,
+                password: Secret::new(""),
+            }),
+        })
+    }
+
+    /// The relays the flags name, each with the flags' credentials (or none: the server's
+    /// 401 then says so).
+    pub fn relays(&self) -> Result<Vec<RelayConfig>, ArgsError> {
+        let creds = self.credentials()?;
+        if self.relays.is_empty() && creds.is_some() {
+            return Err(ArgsError::CredentialsWithoutRelay);
+        }
+        let creds = creds.unwrap_or(Credentials::LongTerm {
+            user: String::new(),
+            password: Secret::new(""),
+        });
+        Ok(self
+            .relays
+            .iter()
+            .map(|uri| RelayConfig {
+                uri: uri.clone(),
+                creds: creds.clone(),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        relay: RelayArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<RelayArgs, clap::Error> {
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map(|t| t.relay)
+    }
+
+    #[test]
+    fn flags_make_relays() {
+        let a = parse(&[
+            "--relay",
+            "turn:198.19.0.5",
+            "--relay",
+            "turns:relay.example:443",
+            "--relay-user",
+            "alice",
+            "--relay-password",
+            "pw",
+        ])
+        .unwrap();
+        let r = a.relays().unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].uri.port, 443);
+        assert_eq!(
+            r[0].creds,
+            Credentials::LongTerm {
+                user: "alice".into(),
+                password: Secret::new("pw")
+            }
+        );
+        // The password is not in the flags' Debug output.
+        assert!(!format!("{a:?}").contains("\"pw\""), "{a:?}");
+        let a = parse(&["--relay", "turn:h", "--relay-secret", "s"]).unwrap();
+        assert_eq!(
+            a.relays().unwrap()[0].creds,
+            Credentials::Rest {
+                user: String::new(),
+                secret: Secret::new("s")
+            }
+        );
+    }
+
+    #[test]
+    fn bad_combinations_are_told() {
+        assert!(parse(&["--relay", "stun:h"])
+            .unwrap_err()
+            .to_string()
+            .contains("turn: or turns:"));
+        assert!(parse(&["--relay-password", "a", "--relay-secret", "b"]).is_err());
+        assert_eq!(
+            parse(&["--relay", "turn:h", "--relay-password", "a"])
+                .unwrap()
+                .relays(),
+            Err(ArgsError::PasswordWithoutUser)
+        );
+        assert_eq!(
+            parse(&["--relay-user", "a"]).unwrap().relays(),
+            Err(ArgsError::CredentialsWithoutRelay)
+        );
+        assert!(parse(&[]).unwrap().is_empty());
+    }
+}
