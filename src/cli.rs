@@ -96,6 +96,9 @@ pub struct DoctorArgs {
     /// Skip the port-mapping check (PCP, NAT-PMP, UPnP test mapping on the router).
     #[arg(long)]
     pub no_portmap: bool,
+    /// TURN relay flags (src/relay/args.rs).
+    #[command(flatten)]
+    pub relay: crate::relay::RelayArgs,
 }
 
 /// Flags of `p2pcopy sender`.
@@ -178,6 +181,9 @@ pub struct NetArgs {
     /// seconds: no file list, no data, no verdict (0: wait for ever).
     #[arg(long, value_name = "SECS", default_value_t = transfer::DEFAULT_STALL_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub stall_timeout: u64,
+    /// TURN relay flags (src/relay/args.rs).
+    #[command(flatten)]
+    pub relay: crate::relay::RelayArgs,
 }
 
 /// Prints an informational line on stderr for a person (not with --quiet or --json).
@@ -214,6 +220,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<(), Error> {
             _ = tokio::signal::ctrl_c() => Err(Error::Interrupted("interrupted".into())),
         };
     }
+    crate::relay::args::refuse_for_transfers(&cli.command)?;
     // The router's port mapping, if any, outlives the transfer's futures so it is removed
     // however the run ends: done, failed, or Ctrl-C (even mid-attempt).
     let mut mapper = None;
@@ -907,7 +914,7 @@ fn checksum_line(path: &str, hash: &blake3::Hash) -> String {
 async fn doctor(args: &DoctorArgs, out: Output) -> Result<(), Error> {
     let stun = or_defaults(&args.stun_servers, stun::DEFAULT_SERVERS);
     let ntp = or_defaults(&args.ntp_servers, ntp::DEFAULT_SERVERS);
-    let findings = crate::doctor::run(
+    let mut findings = crate::doctor::run(
         args.bind,
         args.localport,
         &stun,
@@ -915,6 +922,8 @@ async fn doctor(args: &DoctorArgs, out: Output) -> Result<(), Error> {
         !args.no_portmap,
     )
     .await?;
+    let relays = crate::relay::args::for_doctor(&args.relay)?;
+    findings.relays = crate::relay::check(&relays).await;
     for line in crate::doctor::render(&findings) {
         out.print(format_args!("{line}"));
     }
@@ -924,7 +933,7 @@ async fn doctor(args: &DoctorArgs, out: Output) -> Result<(), Error> {
             tried: stun.join(", "),
         });
     }
-    Ok(())
+    crate::relay::args::first_failure(&findings.relays)
 }
 
 async fn serve_stun(args: &StunServerArgs, out: Output) -> Result<(), Error> {

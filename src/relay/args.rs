@@ -117,6 +117,43 @@ impl RelayArgs {
     }
 }
 
+/// Sender and receiver do not use a relay yet (the data path over it is still to come):
+/// a `--relay` there is a usage error rather than a flag silently ignored.
+pub fn refuse_for_transfers(command: &crate::cli::Command) -> Result<(), crate::Error> {
+    let relay = match command {
+        crate::cli::Command::Sender(a) => &a.net.relay,
+        crate::cli::Command::Receiver(a) => &a.net.relay,
+        _ => return Ok(()),
+    };
+    if relay.relays.is_empty() {
+        return Ok(());
+    }
+    Err(crate::Error::Usage(
+        "--relay is not used by transfers yet, only checked by `p2pcopy doctor --relay URI`".into(),
+    ))
+}
+
+/// The relays `doctor` checks; bad flag combinations are usage errors.
+pub fn for_doctor(args: &RelayArgs) -> Result<Vec<RelayConfig>, crate::Error> {
+    args.relays()
+        .map_err(|e| crate::Error::Usage(e.to_string()))
+}
+
+/// `doctor`'s outcome for its relays: the first one that cannot be used fails the run
+/// (exit 5), in one line naming it and why.
+pub fn first_failure(checks: &[super::RelayCheck]) -> Result<(), crate::Error> {
+    match checks
+        .iter()
+        .find_map(|c| c.result.as_ref().err().map(|e| (c, e)))
+    {
+        Some((c, e)) => Err(crate::Error::Relay {
+            relay: c.uri.to_string(),
+            source: e.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,8 @@ use client::{Client, Event, Grant, Input, State};
 pub use creds::{Credentials, Secret};
 pub use uri::{RelayUri, Transport, UriError};
 
+pub use args::{RelayArgs, RelayConfig};
+
 /// How long opening an allocation may take, from name lookup to the relayed address.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,11 +44,11 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum RelayError {
     /// The name does not resolve, or nothing listens (connection refused, ICMP unreachable):
     /// try another relay or network.
-    #[error("cannot reach the relay: {0}")]
+    #[error("unreachable: {0}")]
     Unreachable(String),
     /// The server answered with an error: 401 (wrong user or password), 403 (forbidden),
     /// 437 (allocation mismatch), 486 (quota reached), 508 (out of capacity), ...
-    #[error("the relay refused: {code} {reason}")]
+    #[error("refused with {code} {reason}")]
     Refused {
         /// The STUN error code.
         code: u16,
@@ -54,17 +56,27 @@ pub enum RelayError {
         reason: String,
     },
     /// No answer in time: UDP may be blocked on the way (try `turns:` on port 443).
-    #[error("no answer from the relay within {} s", .0.as_secs())]
+    #[error("no answer within {} s", .0.as_secs())]
     Timeout(Duration),
     /// The TLS handshake failed, e.g. a certificate the OS trust store does not vouch for.
-    #[error("TLS with the relay failed: {0}")]
+    #[error("TLS failed: {0}")]
     Tls(String),
     /// The server broke the protocol.
-    #[error("the relay broke the protocol: {0}")]
+    #[error("broke the protocol: {0}")]
     Protocol(String),
     /// The allocation is gone (released, or a refresh failed).
-    #[error("the relay allocation is closed")]
+    #[error("the allocation is closed")]
     Closed,
+}
+
+impl RelayError {
+    /// The server's error code, when it refused.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            RelayError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
 }
 
 impl From<Failure> for RelayError {
@@ -92,6 +104,58 @@ pub struct AllocationInfo {
     pub rtt: Duration,
     /// How long the server keeps it between refreshes.
     pub lifetime: Duration,
+}
+
+/// One relay as `doctor` found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayCheck {
+    /// The relay, as configured.
+    pub uri: RelayUri,
+    /// The allocation it gave, or why not.
+    pub result: Result<AllocationInfo, RelayError>,
+}
+
+impl RelayCheck {
+    /// The report line, after "Relay ".
+    pub fn line(&self) -> String {
+        match &self.result {
+            Ok(a) => format!(
+                "{} ({} to {}): {} ms, relayed address {}{}",
+                self.uri,
+                a.transport,
+                a.server,
+                a.rtt.as_millis(),
+                a.relayed,
+                a.mapped
+                    .map(|m| format!(", you appear as {m}"))
+                    .unwrap_or_default()
+            ),
+            Err(e) => format!("{} ({}): {e}", self.uri, self.uri.transport),
+        }
+    }
+}
+
+/// Opens an allocation on each relay in turn and releases it again: what `doctor` reports.
+pub async fn check(relays: &[RelayConfig]) -> Vec<RelayCheck> {
+    let mut found = Vec::new();
+    for r in relays {
+        let result = match Allocation::open(&r.uri, &r.creds).await {
+            Ok(a) => {
+                let info = a.info();
+                a.close().await;
+                Ok(info)
+            }
+            Err(e) => {
+                tracing::info!(relay = %r.uri, error = %e, "relay check failed");
+                Err(e)
+            }
+        };
+        found.push(RelayCheck {
+            uri: r.uri.clone(),
+            result,
+        });
+    }
+    found
 }
 
 /// A live allocation on a TURN server, kept refreshed by a background task until dropped
