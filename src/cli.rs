@@ -38,6 +38,10 @@ pub struct Cli {
     /// for scripts and GUIs (the README documents every event).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Read defaults (relays, STUN and NTP servers, --output, --timeout) from FILE instead
+    /// of the platform's config file (e.g. ~/.config/p2pcopy/config.toml); flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 impl Cli {

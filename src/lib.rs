@@ -38,6 +38,7 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod config;
 pub mod congestion;
 pub mod doctor;
 pub mod error;

@@ -52,6 +52,10 @@ pub struct RelayArgs {
         conflicts_with = "relay_password"
     )]
     pub relay_secret: Option<Secret>,
+    /// The config file's relays, each with its own credentials; used when no --relay is
+    /// given ([`crate::config`] fills it in after parsing).
+    #[arg(skip)]
+    pub from_config: Vec<RelayConfig>,
 }
 
 /// The flags do not make a relay.
@@ -95,9 +99,29 @@ impl RelayArgs {
         })
     }
 
+    /// The password or secret the flags (or the environment) give, for the config file's
+    /// relays that name a user but leave the password out of the file.
+    pub fn fallback_credentials(&self) -> Option<Credentials> {
+        let user = self.relay_user.clone().unwrap_or_default();
+        match (&self.relay_password, &self.relay_secret) {
+            (Some(password), _) => Some(Credentials::LongTerm {
+                user,
+                password: password.clone(),
+            }),
+            (None, Some(secret)) => Some(Credentials::Rest {
+                user,
+                secret: secret.clone(),
+            }),
+            (None, None) => None,
+        }
+    }
+
     /// The relays the flags name, each with the flags' credentials (or none: the server's
-    /// 401 then says so).
+    /// 401 then says so); without a `--relay`, the config file's.
     pub fn relays(&self) -> Result<Vec<RelayConfig>, ArgsError> {
+        if self.relays.is_empty() && !self.from_config.is_empty() {
+            return Ok(self.from_config.clone());
+        }
         let creds = self.credentials()?;
         if self.relays.is_empty() && creds.is_some() {
             return Err(ArgsError::CredentialsWithoutRelay);
@@ -222,5 +246,30 @@ mod tests {
             Err(ArgsError::CredentialsWithoutRelay)
         );
         assert!(parse(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn config_relays_are_used_without_a_relay_flag() {
+        let mut a = parse(&["--relay-password", "from-env"]).unwrap();
+        assert_eq!(
+            a.fallback_credentials(),
+            Some(Credentials::LongTerm {
+                user: String::new(),
+                password: Secret::new("from-env")
+            })
+        );
+        let cfg = RelayConfig {
+            uri: "turn:cfg.example".parse().unwrap(),
+            creds: Credentials::LongTerm {
+                user: "bob".into(),
+                password: Secret::new("from-env"),
+            },
+        };
+        a.from_config = vec![cfg.clone()];
+        assert_eq!(a.relays(), Ok(vec![cfg.clone()]));
+        // A --relay flag replaces the file's relays.
+        a.relays = vec!["turn:flag.example".parse().unwrap()];
+        a.relay_user = Some("alice".into());
+        assert_eq!(a.relays().unwrap()[0].uri.host, "flag.example");
     }
 }

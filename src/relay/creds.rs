@@ -33,6 +33,12 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
 impl From<String> for Secret {
     fn from(s: String) -> Secret {
         Secret(s)
