@@ -197,3 +197,26 @@ async fn a_relay_that_is_down_is_unreachable() {
     assert!(matches!(e, RelayError::Unreachable(_)), "{e:?}");
     let _ = SocketAddr::new(LOOPBACK, port);
 }
+
+#[tokio::test]
+async fn a_relay_that_goes_away_is_reported_not_waited_for() {
+    let Some(mut server) = coturn(&["--lt-cred-mech", "--user", "alice:pw1"]) else {
+        eprintln!("turnserver not installed: skipped");
+        return;
+    };
+    let alloc = Allocation::open(&uri(server.port, Transport::Tcp), &long_term("pw1"))
+        .await
+        .unwrap();
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let e = tokio::time::timeout(Duration::from_secs(5), alloc.recv_from())
+        .await
+        .expect("an error, not a hang")
+        .unwrap_err();
+    assert!(matches!(e, RelayError::Unreachable(_)), "{e:?}");
+    let e = tokio::time::timeout(Duration::from_secs(5), alloc.permit(LOOPBACK))
+        .await
+        .expect("an error, not a hang")
+        .unwrap_err();
+    assert!(matches!(e, RelayError::Unreachable(_)), "{e:?}");
+}

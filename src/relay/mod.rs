@@ -187,6 +187,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// Why the transport to the server failed, if it did (the driver has then stopped).
+    fn broken(&self) -> Option<RelayError> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn client(&self) -> std::sync::MutexGuard<'_, Client> {
         // A panic elsewhere while holding the lock leaves a usable client: its state is
         // only ever changed whole by its own methods.
@@ -396,6 +404,9 @@ impl Allocation {
         self.shared.wake.notify_one();
         let mut steps = self.shared.stepped.subscribe();
         loop {
+            if let Some(e) = self.shared.broken() {
+                return Err(e);
+            }
             {
                 let c = self.shared.client();
                 match c.permission(peer) {
@@ -430,13 +441,7 @@ impl Allocation {
     pub async fn recv_from(&self) -> Result<(SocketAddr, Vec<u8>), RelayError> {
         match self.incoming.lock().await.recv().await {
             Some(got) => Ok(got),
-            None => Err(self
-                .shared
-                .broken
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .unwrap_or(RelayError::Closed)),
+            None => Err(self.shared.broken().unwrap_or(RelayError::Closed)),
         }
     }
 
@@ -446,7 +451,7 @@ impl Allocation {
         self.shared.wake.notify_one();
         let mut steps = self.shared.stepped.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while self.shared.client().state() != State::Closed {
+            while self.shared.client().state() != State::Closed && self.shared.broken().is_none() {
                 if steps.changed().await.is_err() {
                     break;
                 }
