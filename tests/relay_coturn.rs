@@ -220,3 +220,97 @@ async fn a_relay_that_goes_away_is_reported_not_waited_for() {
         .unwrap_err();
     assert!(matches!(e, RelayError::Unreachable(_)), "{e:?}");
 }
+
+/// The binary, with no config file of the user's in the way.
+fn p2pcopy(args: &[&str], env: &[(&str, &str)], home: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_p2pcopy"))
+        .args(args)
+        .env("XDG_CONFIG_HOME", home)
+        .env("HOME", home)
+        .env_remove("P2PCOPY_RELAY")
+        .env_remove("P2PCOPY_RELAY_PASSWORD")
+        .env_remove("P2PCOPY_RELAY_SECRET")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_binary_with_relay_flags_and_a_config_file() {
+    let home = tempfile::tempdir().unwrap();
+    // Transfers refuse --relay until they use it.
+    let o = p2pcopy(
+        &["sender", "-f", "Cargo.toml", "--relay", "turn:h"],
+        &[],
+        home.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("p2pcopy: --relay is not used by transfers yet"),
+        "{err}"
+    );
+
+    // A bad config file: one line naming file, line and key.
+    let bad = home.path().join("bad.toml");
+    std::fs::write(&bad, "timeout = 30\noutput = 5\n").unwrap();
+    let o = p2pcopy(
+        &["doctor", "--config", bad.to_str().unwrap()],
+        &[],
+        home.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!("p2pcopy: {}:2: output: ", bad.display())),
+        "{err}"
+    );
+
+    let Some(server) = coturn(&["--lt-cred-mech", "--user", "alice:pw-7e2a9f"]) else {
+        eprintln!("turnserver not installed: skipped");
+        return;
+    };
+    // The platform's config file (XDG) names the relay and holds the password; others can
+    // read it, so a warning comes too. Nothing at -vvv shows the password.
+    let dir = home.path().join("p2pcopy");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "stun_servers = [\"127.0.0.1:{0}\"]\n[[relay]]\nuri = \"turn:127.0.0.1:{0}?transport=tcp\"\nuser = \"alice\"\npassword = \"pw-7e2a9f\"\n",
+            server.port
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("config.toml"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let args = [
+        "doctor",
+        "--bind",
+        "127.0.0.1",
+        "--no-ntp",
+        "--no-portmap",
+        "-vvv",
+    ];
+    let o = p2pcopy(&args, &[], home.path());
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "Relay turn:127.0.0.1:{0}?transport=tcp (tcp to 127.0.0.1:{0}): ",
+            server.port
+        )),
+        "{out}"
+    );
+    assert!(err.contains("p2pcopy: warning: "), "{err}");
+    assert!(!out.contains("pw-7e2a9f") && !err.contains("pw-7e2a9f"));
+}
