@@ -419,6 +419,9 @@ scenario_relay_doctor() {
         --relay-secret "$LAB_TURN_SECRET"
     relay_doctor_run rest-json p2p-d2 --json --relay "turn:$LAB_TURN_REST" \
         --relay-secret "$LAB_TURN_SECRET"
+    printf '[[relay]]\nuri = "turns:turn.lab:443"\nuser = "%s"\n' "$LAB_TURN_USER" >"$wd/config.toml"
+    P2PCOPY_RELAY_PASSWORD=$LAB_TURN_PASSWORD relay_doctor_run config p2p-d1 -vvv \
+        --config "$wd/config.toml"
     relay_doctor_run wrong-password p2p-d1 "${lt[@]}" --relay "turn:$LAB_TURN" \
         --relay-password wrong-7c1d-lab
     relay_doctor_run down-udp p2p-d1 "${lt[@]}" --relay "turn:$LAB_TURN_DOWN" \
@@ -438,6 +441,10 @@ scenario_relay_doctor() {
     done
     grep -q '^Verdict: cone NAT: .*; with your relay (turn:' "$wd/long-term.out" ||
         problems+=("long-term: verdict does not count the relay")
+    echo "config file: $(grep '^Relay' "$wd/config.out" || true)"
+    [[ $(cat "$wd/config.code") == 0 ]] || problems+=("config: exit $(cat "$wd/config.code"), not 0")
+    grep -q "^Relay turns:turn.lab:443 (tls to $LAB_TURN:443): .*relayed address $LAB_TURN:" "$wd/config.out" ||
+        problems+=("config: no allocation on turns:turn.lab:443 from the config file")
     echo "behind symmetric: $(grep '^Relay' "$wd/rest.out" || true)"
     [[ $(cat "$wd/rest.code") == 0 ]] || problems+=("rest: exit $(cat "$wd/rest.code"), not 0")
     grep -q "^Relay turn:$LAB_TURN_REST:3478 (udp to $LAB_TURN_REST:3478): .*relayed address $LAB_TURN_REST:" "$wd/rest.out" ||
@@ -473,7 +480,7 @@ PY
     echo "-vvv log lines searched for credentials: $(cat "$wd"/*.err | wc -l)"
     if ((${#problems[@]})); then
         printf 'problem: %s\n' "${problems[@]}"
-        for n in long-term rest rest-json wrong-password down-udp down-tls untrusted; do
+        for n in long-term rest rest-json config wrong-password down-udp down-tls untrusted; do
             echo "---- $n (exit $(cat "$wd/$n.code"))"
             grep -v ' TRACE \| DEBUG ' "$wd/$n.out" "$wd/$n.err" | tail -n 20
         done

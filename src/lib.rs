@@ -8,6 +8,9 @@
 //! - [`stun`], [`ntp`], [`nat`]: learning the public address, the shared clock, and what the
 //!   NAT kinds (mapping and filtering) of two peers allow;
 //! - [`portmap`]: asking the home router to forward a port (PCP, NAT-PMP, UPnP-IGD);
+//! - [`relay`]: TURN relays of the user's own choosing: URIs, credentials, a sans-IO TURN
+//!   client on the STUN codec, and [`relay::Allocation`], its shell over UDP, TCP or TLS;
+//! - [`config`]: the config file, whose values become the flags' defaults;
 //! - [`hops`]: how many NATs are on our side, for the openers' TTL;
 //! - [`congestion`]: the congestion controller, sized for quinn's pacer;
 //! - [`fingerprint`]: a certificate's SHA-256, as tickets carry it and pinning checks it;

@@ -158,12 +158,14 @@ lab_make_ca() {
 
 # lab_trust_lab_ca NS: `ip netns exec NS` bind-mounts /etc/netns/NS/* over /etc/*, so
 # inside NS alone /etc/ssl holds only the lab CA, where rustls-native-certs (through
-# openssl-probe) finds the OS trust store. The machine's own store is left alone.
+# openssl-probe) finds the OS trust store, and /etc/hosts names the relay turn.lab. The
+# machine's own files are left alone.
 lab_trust_lab_ca() {
     local d=/etc/netns/$1/ssl
     mkdir -p "$d/certs"
     : >"$d/.p2p-lab"
     cp "$LAB_DIR/core/ca.crt" "$d/certs/ca-certificates.crt"
+    printf '127.0.0.1 localhost\n%s turn.lab\n' "$LAB_TURN" >"/etc/netns/$1/hosts"
 }
 
 # lab_turn_up: the two TURN relays in p2p-core (see the address list at the top).
