@@ -104,7 +104,9 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       password (exit 5, one error line naming the relay and 401), a
 #                       relay that is down over UDP and TLS (exit 5, one line each), and
 #                       turns: from a namespace whose trust store lacks the lab CA (exit
-#                       5, "TLS failed").  Every output (at -vvv where it ran with it)
+#                       5, "TLS failed").  Last, behind a router that drops all UDP:
+#                       no STUN answer (exit 5), but turns: on 443 allocates and the
+#                       verdict says so.  Every output (at -vvv where it ran with it)
 #                       must be free of the password and the secret
 #   portmap             symmetric+portmap-symmetric: the sender's router runs
 #                       miniupnpd (UPnP-IGD, NAT-PMP, PCP), the receiver's does not;
@@ -308,7 +310,8 @@ scenario_run() {
         ;;
     relay-doctor)
         custom=scenario_relay_doctor
-        lab_side p2p-d1 1 cone && lab_side p2p-d2 2 symmetric && lab_side p2p-d3 3 cone
+        lab_side p2p-d1 1 cone && lab_side p2p-d2 2 symmetric && lab_side p2p-d3 3 cone &&
+            lab_side p2p-d4 4 cone
         ;;
     doctor)
         custom=scenario_doctor
@@ -412,6 +415,16 @@ scenario_relay_doctor() {
     # p2p-d1 and p2p-d2 trust the lab CA (their own /etc/ssl); p2p-d3 does not.
     lab_trust_lab_ca p2p-d1
     lab_trust_lab_ca p2p-d2
+    lab_trust_lab_ca p2p-d4
+    # p2p-d4's router drops all UDP: an office or hotel network where only TCP gets out.
+    lab_nsx p2p-nat4 nft -f - <<'EOF' || problems+=("cannot block UDP on p2p-nat4")
+table inet p2p_block_udp {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        meta l4proto udp drop
+    }
+}
+EOF
     local lt=(--relay-user "$LAB_TURN_USER")
     P2PCOPY_RELAY_PASSWORD=$LAB_TURN_PASSWORD relay_doctor_run long-term p2p-d1 -vvv "${lt[@]}" \
         --relay "turn:$LAB_TURN" --relay "turn:$LAB_TURN?transport=tcp" --relay "turns:$LAB_TURN:443"
@@ -422,6 +435,8 @@ scenario_relay_doctor() {
     printf '[[relay]]\nuri = "turns:turn.lab:443"\nuser = "%s"\n' "$LAB_TURN_USER" >"$wd/config.toml"
     P2PCOPY_RELAY_PASSWORD=$LAB_TURN_PASSWORD relay_doctor_run config p2p-d1 -vvv \
         --config "$wd/config.toml"
+    relay_doctor_run udp-blocked p2p-d4 -vvv "${lt[@]}" --relay "turns:$LAB_TURN:443" \
+        --relay-password "$LAB_TURN_PASSWORD"
     relay_doctor_run wrong-password p2p-d1 "${lt[@]}" --relay "turn:$LAB_TURN" \
         --relay-password wrong-7c1d-lab
     relay_doctor_run down-udp p2p-d1 "${lt[@]}" --relay "turn:$LAB_TURN_DOWN" \
@@ -460,6 +475,12 @@ assert r["transport"] == "udp" and r["error"] is None, r
 assert r["relayed"].startswith(sys.argv[2] + ":"), r
 assert "with your relay" in doc["verdict"]
 PY
+    echo "UDP blocked: $(grep '^Relay' "$wd/udp-blocked.out" || true) (exit $(cat "$wd/udp-blocked.code"))"
+    [[ $(cat "$wd/udp-blocked.code") == 5 ]] || problems+=("udp-blocked: exit $(cat "$wd/udp-blocked.code"), not 5 (no STUN answer)")
+    grep -q "^Relay turns:$LAB_TURN:443 (tls to $LAB_TURN:443): .*relayed address $LAB_TURN:" "$wd/udp-blocked.out" ||
+        problems+=("udp-blocked: no allocation over TLS on 443")
+    grep -q '^Verdict: no STUN server answered: UDP .*; with your relay (turns:' "$wd/udp-blocked.out" ||
+        problems+=("udp-blocked: the verdict does not say UDP is blocked and the relay gets through")
     # Each failure: exit 5 and exactly one error line that names the relay and the reason.
     for spec in "wrong-password|relay turn:$LAB_TURN:3478: refused with 401" \
         "down-udp|relay turn:$LAB_TURN_DOWN:3478: unreachable" \
@@ -480,7 +501,7 @@ PY
     echo "-vvv log lines searched for credentials: $(cat "$wd"/*.err | wc -l)"
     if ((${#problems[@]})); then
         printf 'problem: %s\n' "${problems[@]}"
-        for n in long-term rest rest-json config wrong-password down-udp down-tls untrusted; do
+        for n in long-term rest rest-json config udp-blocked wrong-password down-udp down-tls untrusted; do
             echo "---- $n (exit $(cat "$wd/$n.code"))"
             grep -v ' TRACE \| DEBUG ' "$wd/$n.out" "$wd/$n.err" | tail -n 20
         done
