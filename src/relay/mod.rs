@@ -295,10 +295,17 @@ impl Allocation {
     }
 
     async fn open_inner(uri: &RelayUri, creds: &Credentials) -> Result<Allocation, RelayError> {
-        let server = tokio::net::lookup_host(uri.authority())
+        let found: Vec<SocketAddr> = tokio::net::lookup_host(uri.authority())
             .await
             .map_err(|e| RelayError::Unreachable(format!("cannot resolve {}: {e}", uri.host)))?
-            .next()
+            .collect();
+        // IPv4 first, as for STUN: the peers' paths are IPv4 wherever a relay is needed most
+        // (behind NATs), and a host without IPv6 routing would wait for a timeout.
+        let server = found
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| found.first())
+            .copied()
             .ok_or_else(|| RelayError::Unreachable(format!("{} has no address", uri.host)))?;
         let (reader, writer) = match uri.transport {
             Transport::Udp => {
