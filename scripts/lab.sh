@@ -95,6 +95,19 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       (forwarded port): verdicts "no NAT", "cone NAT",
 #                       "symmetric NAT", "full-cone NAT" (RFC 5780 filtering test
 #                       against the lab's own stun-server with --alternate-ip)
+#   relay-doctor        `p2pcopy doctor --relay` against the lab's coturn relays, from
+#                       behind a cone NAT (turn: UDP, turn:?transport=tcp and turns: on
+#                       443, long-term credentials, password from the environment) and a
+#                       symmetric NAT (TURN REST credentials from --relay-secret, and
+#                       --json): exit 0, one "Relay" line per relay with a relayed
+#                       address on the relay, verdict "with your relay".  Then a wrong
+#                       password (exit 5, one error line naming the relay and 401), a
+#                       relay that is down over UDP and TLS (exit 5, one line each), and
+#                       turns: from a namespace whose trust store lacks the lab CA (exit
+#                       5, "TLS failed").  Last, behind a router that drops all UDP:
+#                       no STUN answer (exit 5), but turns: on 443 allocates and the
+#                       verdict says so.  Every output (at -vvv where it ran with it)
+#                       must be free of the password and the secret
 #   portmap             symmetric+portmap-symmetric: the sender's router runs
 #                       miniupnpd (UPnP-IGD, NAT-PMP, PCP), the receiver's does not;
 #                       two symmetric NATs, which only the port mapping gets
@@ -159,6 +172,7 @@ ALL_SCENARIOS=(
     birthday-20
     portmap
     flood
+    relay-doctor
 )
 FAIL_TIMEOUT=50
 # Core throttle for the 200 MB scenarios (resume, path-cut): ~15 s for the file.
@@ -294,6 +308,11 @@ scenario_run() {
         custom=scenario_resume
         lab_side p2p-s 1 public && lab_side p2p-r 2 cone
         ;;
+    relay-doctor)
+        custom=scenario_relay_doctor
+        lab_side p2p-d1 1 cone && lab_side p2p-d2 2 symmetric && lab_side p2p-d3 3 cone &&
+            lab_side p2p-d4 4 cone
+        ;;
     doctor)
         custom=scenario_doctor
         lab_side p2p-d1 1 public && lab_side p2p-d2 2 cone &&
@@ -377,6 +396,117 @@ scenario_doctor() {
         fi
     done
     return $rc
+}
+
+# relay_doctor_run NAME NS ARGS...: `p2pcopy doctor` in NS with the lab's STUN/NTP and ARGS;
+# stdout and stderr to WD/NAME.out and .err, exit code to .code (WD from the caller).
+relay_doctor_run() {
+    local name=$1 ns=$2
+    shift 2
+    timeout 60 ip netns exec "$ns" "$P2PCOPY_BIN_ABS" doctor --localport 4300 --no-portmap \
+        "${LAB_NET_ARGS[@]}" "$@" >"$wd/$name.out" 2>"$wd/$name.err"
+    echo $? >"$wd/$name.code"
+}
+
+# scenario_relay_doctor WD: doctor's relay check against real coturn (see the list above).
+scenario_relay_doctor() {
+    local wd=$1 problems=() n line
+    mkdir -p "$wd"
+    # p2p-d1 and p2p-d2 trust the lab CA (their own /etc/ssl); p2p-d3 does not.
+    lab_trust_lab_ca p2p-d1
+    lab_trust_lab_ca p2p-d2
+    lab_trust_lab_ca p2p-d4
+    # p2p-d4's router drops all UDP: an office or hotel network where only TCP gets out.
+    lab_nsx p2p-nat4 nft -f - <<'EOF' || problems+=("cannot block UDP on p2p-nat4")
+table inet p2p_block_udp {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        meta l4proto udp drop
+    }
+}
+EOF
+    local lt=(--relay-user "$LAB_TURN_USER")
+    P2PCOPY_RELAY_PASSWORD=$LAB_TURN_PASSWORD relay_doctor_run long-term p2p-d1 -vvv "${lt[@]}" \
+        --relay "turn:$LAB_TURN" --relay "turn:$LAB_TURN?transport=tcp" --relay "turns:$LAB_TURN:443"
+    relay_doctor_run rest p2p-d2 -vvv --relay "turn:$LAB_TURN_REST" --relay-user lab \
+        --relay-secret "$LAB_TURN_SECRET"
+    relay_doctor_run rest-json p2p-d2 --json --relay "turn:$LAB_TURN_REST" \
+        --relay-secret "$LAB_TURN_SECRET"
+    printf '[[relay]]\nuri = "turns:turn.lab:443"\nuser = "%s"\n' "$LAB_TURN_USER" >"$wd/config.toml"
+    P2PCOPY_RELAY_PASSWORD=$LAB_TURN_PASSWORD relay_doctor_run config p2p-d1 -vvv \
+        --config "$wd/config.toml"
+    relay_doctor_run udp-blocked p2p-d4 -vvv "${lt[@]}" --relay "turns:$LAB_TURN:443" \
+        --relay-password "$LAB_TURN_PASSWORD"
+    relay_doctor_run wrong-password p2p-d1 "${lt[@]}" --relay "turn:$LAB_TURN" \
+        --relay-password wrong-7c1d-lab
+    relay_doctor_run down-udp p2p-d1 "${lt[@]}" --relay "turn:$LAB_TURN_DOWN" \
+        --relay-password "$LAB_TURN_PASSWORD"
+    relay_doctor_run down-tls p2p-d1 "${lt[@]}" --relay "turns:$LAB_TURN_DOWN:443" \
+        --relay-password "$LAB_TURN_PASSWORD"
+    relay_doctor_run untrusted p2p-d3 -vvv "${lt[@]}" --relay "turns:$LAB_TURN:443" \
+        --relay-password "$LAB_TURN_PASSWORD"
+
+    for line in $(grep -o '^Relay turns\?:[^ ]* ([a-z]* to [0-9.:]*)' "$wd/long-term.out" | tr ' ' '_'); do
+        echo "behind cone: ${line//_/ }"
+    done
+    [[ $(cat "$wd/long-term.code") == 0 ]] || problems+=("long-term: exit $(cat "$wd/long-term.code"), not 0")
+    for want in "udp to $LAB_TURN:3478" "tcp to $LAB_TURN:3478" "tls to $LAB_TURN:443"; do
+        grep -q "^Relay turns\?:$LAB_TURN:[0-9]*[^ ]* ($want): [0-9]* ms, relayed address $LAB_TURN:[0-9]*, you appear as 198\.18\.1\.2:" "$wd/long-term.out" ||
+            problems+=("long-term: no allocation line for $want")
+    done
+    grep -q '^Verdict: cone NAT: .*; with your relay (turn:' "$wd/long-term.out" ||
+        problems+=("long-term: verdict does not count the relay")
+    echo "config file: $(grep '^Relay' "$wd/config.out" || true)"
+    [[ $(cat "$wd/config.code") == 0 ]] || problems+=("config: exit $(cat "$wd/config.code"), not 0")
+    grep -q "^Relay turns:turn.lab:443 (tls to $LAB_TURN:443): .*relayed address $LAB_TURN:" "$wd/config.out" ||
+        problems+=("config: no allocation on turns:turn.lab:443 from the config file")
+    echo "behind symmetric: $(grep '^Relay' "$wd/rest.out" || true)"
+    [[ $(cat "$wd/rest.code") == 0 ]] || problems+=("rest: exit $(cat "$wd/rest.code"), not 0")
+    grep -q "^Relay turn:$LAB_TURN_REST:3478 (udp to $LAB_TURN_REST:3478): .*relayed address $LAB_TURN_REST:" "$wd/rest.out" ||
+        problems+=("rest: no allocation with TURN REST credentials")
+    grep -q '^Verdict: symmetric NAT: .*; with your relay' "$wd/rest.out" ||
+        problems+=("rest: verdict does not count the relay")
+    python3 - "$wd/rest-json.out" "$LAB_TURN_REST" <<'PY' || problems+=("rest-json: no relayed address in the doctor event")
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+doc = [e for e in ev if e.get("event") == "doctor"][0]
+r = doc["relays"][0]
+assert r["transport"] == "udp" and r["error"] is None, r
+assert r["relayed"].startswith(sys.argv[2] + ":"), r
+assert "with your relay" in doc["verdict"]
+PY
+    echo "UDP blocked: $(grep '^Relay' "$wd/udp-blocked.out" || true) (exit $(cat "$wd/udp-blocked.code"))"
+    [[ $(cat "$wd/udp-blocked.code") == 5 ]] || problems+=("udp-blocked: exit $(cat "$wd/udp-blocked.code"), not 5 (no STUN answer)")
+    grep -q "^Relay turns:$LAB_TURN:443 (tls to $LAB_TURN:443): .*relayed address $LAB_TURN:" "$wd/udp-blocked.out" ||
+        problems+=("udp-blocked: no allocation over TLS on 443")
+    grep -q '^Verdict: no STUN server answered: UDP .*; with your relay (turns:' "$wd/udp-blocked.out" ||
+        problems+=("udp-blocked: the verdict does not say UDP is blocked and the relay gets through")
+    # Each failure: exit 5 and exactly one error line that names the relay and the reason.
+    for spec in "wrong-password|relay turn:$LAB_TURN:3478: refused with 401" \
+        "down-udp|relay turn:$LAB_TURN_DOWN:3478: unreachable" \
+        "down-tls|relay turns:$LAB_TURN_DOWN:443: unreachable" \
+        "untrusted|relay turns:$LAB_TURN:443: TLS failed: invalid peer certificate: UnknownIssuer"; do
+        n=${spec%%|*} line=${spec#*|}
+        echo "$n: $(grep '^p2pcopy: ' "$wd/$n.err" || true) (exit $(cat "$wd/$n.code"))"
+        [[ $(cat "$wd/$n.code") == 5 ]] || problems+=("$n: exit $(cat "$wd/$n.code"), not 5")
+        [[ $(grep -c '^p2pcopy: ' "$wd/$n.err") == 1 ]] || problems+=("$n: not exactly one error line")
+        grep -qF "p2pcopy: $line" "$wd/$n.err" || problems+=("$n: no line 'p2pcopy: $line'")
+    done
+    # No credential in any output, at any level.
+    for secret in "$LAB_TURN_PASSWORD" "$LAB_TURN_SECRET" wrong-7c1d-lab; do
+        if grep -lF -- "$secret" "$wd"/*.out "$wd"/*.err; then
+            problems+=("a credential appears in the files above")
+        fi
+    done
+    echo "-vvv log lines searched for credentials: $(cat "$wd"/*.err | wc -l)"
+    if ((${#problems[@]})); then
+        printf 'problem: %s\n' "${problems[@]}"
+        for n in long-term rest rest-json config udp-blocked wrong-password down-udp down-tls untrusted; do
+            echo "---- $n (exit $(cat "$wd/$n.code"))"
+            grep -v ' TRACE \| DEBUG ' "$wd/$n.out" "$wd/$n.err" | tail -n 20
+        done
+        return 1
+    fi
 }
 
 # portmap_counts [N HOST]: "RULES LISTED": the forwards miniupnpd holds on router N

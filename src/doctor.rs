@@ -75,6 +75,8 @@ pub struct Findings {
     pub port_mapping: Option<portmap::Check>,
     /// Whether port mapping was tried (not with `--no-portmap`, nor on loopback).
     pub port_mapping_checked: bool,
+    /// Each `--relay`'s allocation, or why none ([`crate::relay::check`]).
+    pub relays: Vec<crate::relay::RelayCheck>,
 }
 
 impl Findings {
@@ -209,6 +211,7 @@ pub async fn run(
         ntp_checked: ntp_servers.is_some(),
         port_mapping,
         port_mapping_checked,
+        relays: Vec::new(),
     })
 }
 
@@ -314,6 +317,19 @@ pub fn verdict(
         (NatKind::Unknown, _) => {
             "only one STUN server answered, so the NAT's kind is unknown: give a second --stun-server to tell".into()
         }
+    }
+}
+
+/// The verdict with what the relays add: through a relay every peer is reachable, whatever
+/// both NATs (and even with UDP blocked here, over `turns:`).
+pub fn with_relays(verdict: String, relays: &[crate::relay::RelayCheck]) -> String {
+    match relays.iter().find(|r| r.result.is_ok()) {
+        Some(r) => format!(
+            "{verdict}; with your relay ({}): any peer, once transfers use relays (still to come)",
+            r.uri
+        ),
+        None if !relays.is_empty() => format!("{verdict}; your relay cannot be used (see above)"),
+        None => verdict,
     }
 }
 
@@ -438,10 +454,16 @@ pub fn render(f: &Findings) -> Vec<String> {
         "Port mapping (UPnP, NAT-PMP, PCP): {}",
         port_mapping_line(f)
     ));
+    for r in &f.relays {
+        out.push(format!("Relay {}", r.line()));
+    }
     let udp = f.servers.iter().any(|s| s.mapped.is_some());
     out.push(format!(
         "Verdict: {}",
-        verdict(f.nat, f.filtering, udp, f.usable_port_mapping())
+        with_relays(
+            verdict(f.nat, f.filtering, udp, f.usable_port_mapping()),
+            &f.relays
+        )
     ));
     out
 }
@@ -484,7 +506,11 @@ impl Findings {
                 removed: c.removed,
             }),
             port_mapping_checked: f.port_mapping_checked,
-            verdict: verdict(f.nat, f.filtering, udp_works, f.usable_port_mapping()),
+            relays: f.relays.iter().map(Into::into).collect(),
+            verdict: with_relays(
+                verdict(f.nat, f.filtering, udp_works, f.usable_port_mapping()),
+                &f.relays,
+            ),
         }
     }
 }
@@ -565,6 +591,7 @@ mod tests {
             ntp_checked: false,
             port_mapping: Some(portmap::Check { mapping, removed }),
             port_mapping_checked: true,
+            relays: vec![],
         }
     }
 
@@ -724,6 +751,7 @@ mod tests {
                 removed: true,
             }),
             port_mapping_checked: true,
+            relays: vec![],
         };
         let keys = [
             ("local", "string"),
@@ -738,6 +766,7 @@ mod tests {
             ("ntp_checked", "bool"),
             ("port_mapping", "object"),
             ("port_mapping_checked", "bool"),
+            ("relays", "array"),
             ("verdict", "string"),
         ];
         let v = check(f.event(), "doctor", &keys);
@@ -778,5 +807,73 @@ mod tests {
             &[keys.as_slice(), &[("port_mapping", "null")]].concat(),
         );
         assert!(v["verdict"].as_str().unwrap().starts_with("cone NAT:"));
+    }
+
+    #[test]
+    fn relays_are_reported_and_counted_in_the_verdict() {
+        use crate::relay::{AllocationInfo, RelayCheck, RelayError, Transport};
+        let ok = RelayCheck {
+            uri: "turns:relay.example:443".parse().unwrap(),
+            result: Ok(AllocationInfo {
+                server: addr("192.0.2.5:443"),
+                transport: Transport::Tls,
+                relayed: addr("192.0.2.5:50123"),
+                mapped: Some(addr("198.51.100.7:40001")),
+                rtt: Duration::from_millis(12),
+                lifetime: Duration::from_secs(600),
+            }),
+        };
+        let refused = RelayCheck {
+            uri: "turn:relay.example".parse().unwrap(),
+            result: Err(RelayError::Refused {
+                code: 401,
+                reason: "Unauthorized".into(),
+            }),
+        };
+        let mut f = findings("198.51.100.7:40001", "198.51.100.7:4300", true);
+        f.relays = vec![refused.clone(), ok];
+        let text = text_of(&f);
+        assert!(
+            text.contains("Relay turn:relay.example:3478 (udp): refused with 401 Unauthorized"),
+            "{text}"
+        );
+        assert!(text.contains("Relay turns:relay.example:443 (tls to 192.0.2.5:443): 12 ms, relayed address 192.0.2.5:50123, you appear as 198.51.100.7:40001"), "{text}");
+        assert!(
+            text.contains("with your relay (turns:relay.example:443): any peer"),
+            "{text}"
+        );
+        let v = check(
+            f.event(),
+            "doctor",
+            &[
+                ("local", "string"),
+                ("host_ips", "array"),
+                ("ipv6", "array"),
+                ("servers", "array"),
+                ("nat", "string"),
+                ("filtering", "null"),
+                ("hairpin", "bool"),
+                ("nat_hops", "array"),
+                ("ntp", "null"),
+                ("ntp_checked", "bool"),
+                ("port_mapping", "object"),
+                ("port_mapping_checked", "bool"),
+                ("relays", "array"),
+                ("verdict", "string"),
+            ],
+        );
+        assert_eq!(
+            v["relays"],
+            serde_json::json!([
+                {"uri": "turn:relay.example:3478", "transport": "udp", "server": null,
+                 "relayed": null, "mapped": null, "rtt_ms": null, "code": 401,
+                 "error": "refused with 401 Unauthorized"},
+                {"uri": "turns:relay.example:443", "transport": "tls", "server": "192.0.2.5:443",
+                 "relayed": "192.0.2.5:50123", "mapped": "198.51.100.7:40001", "rtt_ms": 12,
+                 "code": null, "error": null},
+            ])
+        );
+        f.relays = vec![refused];
+        assert!(text_of(&f).contains("; your relay cannot be used (see above)"));
     }
 }

@@ -53,6 +53,14 @@ pub enum Error {
         /// The servers that were asked.
         tried: String,
     },
+    /// A relay (`--relay`) cannot be used.
+    #[error("relay {relay}: {source}")]
+    Relay {
+        /// The relay's URI.
+        relay: String,
+        /// Why.
+        source: crate::relay::RelayError,
+    },
     /// Hole punching (or the QUIC handshake after it) did not succeed before the deadline.
     #[error("could not connect to your peer: {0}")]
     Connect(String),
@@ -115,7 +123,7 @@ impl Error {
             Error::Usage(_) => 2,
             Error::Ticket(_) | Error::Roles(_) => 3,
             Error::Input { .. } | Error::Output { .. } => 4,
-            Error::Bind { .. } | Error::Stun { .. } => 5,
+            Error::Bind { .. } | Error::Stun { .. } | Error::Relay { .. } => 5,
             Error::Connect(_) => 6,
             Error::ConnectionLost(_) | Error::PeerStopped(_) | Error::Stalled(_) => 7,
             Error::Verify(_) => 8,
@@ -255,6 +263,10 @@ mod tests {
                 source: io(),
             },
             Error::Stun { tried: "s".into() },
+            Error::Relay {
+                relay: "turn:r:3478".into(),
+                source: crate::relay::RelayError::Closed,
+            },
             Error::Connect("c".into()),
             Error::ConnectionLost("l".into()),
             Error::PeerStopped("p".into()),

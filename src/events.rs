@@ -215,6 +215,8 @@ pub enum Event {
         port_mapping: Option<PortMapCheck>,
         /// Whether port mapping was tried (false with `--no-portmap`).
         port_mapping_checked: bool,
+        /// One entry per `--relay`, in order (empty without one).
+        relays: Vec<RelayReport>,
         /// Which peers this machine can reach, in words.
         verdict: String,
     },
@@ -238,6 +240,43 @@ pub struct StunCheck {
     pub mapped: Option<SocketAddr>,
     /// The server's RFC 5780 alternate address, if it has one.
     pub other: Option<SocketAddr>,
+}
+
+/// One relay in a [`Event::Doctor`] report: an allocation, or why none.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RelayReport {
+    /// The relay's URI (canonical form; never any credential).
+    pub uri: String,
+    /// How p2pcopy reached it: `udp`, `tcp` or `tls`.
+    pub transport: String,
+    /// The server's address, if the allocation was made.
+    pub server: Option<SocketAddr>,
+    /// The relayed address peers would send to, if the allocation was made.
+    pub relayed: Option<SocketAddr>,
+    /// Our address as the relay saw it.
+    pub mapped: Option<SocketAddr>,
+    /// Round trip of the allocation request, in whole milliseconds.
+    pub rtt_ms: Option<u64>,
+    /// The server's STUN error code when it refused (401 wrong credentials, 403, 486 ...).
+    pub code: Option<u16>,
+    /// Why the relay cannot be used, in words; null when it can.
+    pub error: Option<String>,
+}
+
+impl From<&crate::relay::RelayCheck> for RelayReport {
+    fn from(c: &crate::relay::RelayCheck) -> RelayReport {
+        let ok = c.result.as_ref().ok();
+        RelayReport {
+            uri: c.uri.to_string(),
+            transport: c.uri.transport.to_string(),
+            server: ok.map(|a| a.server),
+            relayed: ok.map(|a| a.relayed),
+            mapped: ok.and_then(|a| a.mapped),
+            rtt_ms: ok.map(|a| millis(a.rtt)),
+            code: c.result.as_ref().err().and_then(|e| e.code()),
+            error: c.result.as_ref().err().map(ToString::to_string),
+        }
+    }
 }
 
 /// The NTP answer in a [`Event::Doctor`] report.
@@ -1006,6 +1045,7 @@ pub(crate) mod tests {
                 ntp_checked: false,
                 port_mapping: None,
                 port_mapping_checked: false,
+                relays: vec![],
                 verdict: String::new(),
             },
             Event::Listening {

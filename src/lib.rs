@@ -13,6 +13,8 @@
 //! - [`stun`], [`ntp`], [`nat`]: learning the public address, the shared clock, and what the
 //!   NAT kinds (mapping and filtering) of two peers allow;
 //! - [`portmap`]: asking the home router to forward a port (PCP, NAT-PMP, UPnP-IGD);
+//! - [`relay`]: TURN relays of the user's own choosing: URIs, credentials, a sans-IO TURN
+//!   client on the STUN codec, and [`relay::Allocation`], its shell over UDP, TCP or TLS;
 //! - [`hops`]: how many NATs are on our side, for the openers' TTL;
 //! - [`congestion`]: the congestion controller, sized for quinn's pacer;
 //! - [`fingerprint`]: a certificate's SHA-256, as tickets carry it and pinning checks it;
@@ -33,7 +35,8 @@
 //!   through it);
 //! - [`cli`]: the command line: its flags, and each run as a thin shell over [`session`];
 //!   its writer (`cli::output`) puts the session's events on a person's screen or as JSON
-//!   lines on stdout, and `cli::progress` draws the bar;
+//!   lines on stdout, `cli::progress` draws the bar, `cli::config` reads the config file
+//!   (whose values become the flags' defaults) and `cli::relay_args` the `--relay` flags;
 //! - [`sys`]: platform syscalls (per-packet TTL, the error queue, open-file limit, free
 //!   space), the only `unsafe` code, with a portable fallback.
 //!
@@ -57,6 +60,7 @@ pub mod ntp;
 pub mod portmap;
 pub mod punch;
 pub mod quic;
+pub mod relay;
 pub mod session;
 pub mod shown;
 pub mod stun;

@@ -3,25 +3,39 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
-use p2pcopy::cli::output::Output;
-use p2pcopy::cli::{self, Cli};
+use p2pcopy::cli::config::{self, ParseError};
+use p2pcopy::cli::{self, output::Output};
+use p2pcopy::events::Event;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let json_asked = std::env::args_os().any(|a| a == "--json");
+    let (cli, config_warning) = match config::parse_args(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(ParseError::Config(e)) => {
+            let out = if json_asked {
+                Output::json()
+            } else {
+                Output::human(false)
+            };
+            out.fail(2, &e.to_string());
+            return ExitCode::from(2);
+        }
         // Flags that do not parse leave no `Cli` to ask for --json; a program that asked
         // for it still gets its usage error as an event. Help and version go out as usual.
-        Err(e) if e.use_stderr() && std::env::args_os().any(|a| a == "--json") => {
+        Err(ParseError::Flags(e)) if e.use_stderr() && json_asked => {
             let code = u8::try_from(e.exit_code()).unwrap_or(2);
             let text = e.to_string();
             let first = text.lines().next().unwrap_or_default();
             Output::json().fail(code, first.strip_prefix("error: ").unwrap_or(first));
             return ExitCode::from(code);
         }
-        Err(e) => e.exit(),
+        Err(ParseError::Flags(e)) => e.exit(),
     };
     let out = cli.output();
+    if let Some(message) = config_warning {
+        out.say(format_args!("p2pcopy: warning: {message}"));
+        out.emit(|| Event::Warning { message });
+    }
     let level = match cli.verbose {
         0 => "warn",
         1 => "p2pcopy=info",

@@ -6,6 +6,10 @@
 #   198.19.0.1, .2   STUN (coturn, one process)       in p2p-core
 #   198.19.0.3       NTP  (chronyd, local clock, -x)  in p2p-core
 #   198.19.0.4       second address of p2pcopy's STUN server (RFC 5780)
+#   198.19.0.5       TURN relay (coturn): long-term credentials, UDP/TCP 3478, TLS 443
+#                    with a certificate from a test CA made at lab start
+#   198.19.0.6       TURN relay (coturn): TURN REST credentials (static-auth-secret)
+#   198.19.0.7       no relay (nothing listens): a relay that is down
 #   198.18.N.0/24    link between p2p-core (.1) and router/public host N (.2)
 #   10.N.0.0/24      LAN behind router p2p-natN (router .1, hosts .2, .3 ...)
 #   100.64.N.0/24    with a carrier-grade NAT p2p-cgnatN (.1) on 198.18.N.2:
@@ -23,6 +27,7 @@
 #   lab_public_host NAME N           host NAME at 198.18.N.2 directly on the core
 #   lab_transfer SENDER_NS RECEIVER_NS WORKDIR [opts]   one p2pcopy transfer, checked
 #   lab_selfcheck                    verify STUN/NTP/NAT behaviour with probe.py
+#   lab_trust_lab_ca NS              inside NS only, the OS trust store holds the lab's CA
 
 LAB_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LAB_DIR=${LAB_DIR:-/tmp/p2p-lab}
@@ -31,6 +36,13 @@ LAB_STUN1=198.19.0.1:3478
 LAB_STUN2=198.19.0.2:3478
 LAB_NTP=198.19.0.3:123
 LAB_NET_ARGS=(--stun-server "$LAB_STUN1" --stun-server "$LAB_STUN2" --ntp-server "$LAB_NTP")
+LAB_TURN=198.19.0.5
+LAB_TURN_REST=198.19.0.6
+LAB_TURN_DOWN=198.19.0.7
+# Distinctive values, so logs can be grepped for them (they must never appear there).
+LAB_TURN_USER=lab-alice
+LAB_TURN_PASSWORD=pw-4f1c9e-lab
+LAB_TURN_SECRET=secret-9b27d3-lab
 LAB_SENDER_PORT=${LAB_SENDER_PORT:-4300}
 LAB_RECEIVER_PORT=${LAB_RECEIVER_PORT:-21300}
 
@@ -43,6 +55,11 @@ lab_namespaces() { ip netns list 2>/dev/null | awk '{print $1}' | grep '^p2p-' |
 # Kill the processes running inside one of our namespaces (by pid), then delete it.
 lab_ns_del() {
     local ns=$1 pids
+    # The namespace's own trust store (lab_trust_lab_ca), only if the lab made it.
+    if [[ -e /etc/netns/$ns/ssl/.p2p-lab ]]; then
+        rm -rf "/etc/netns/${ns:?}"
+        rmdir /etc/netns 2>/dev/null || true
+    fi
     pids=$(ip netns pids "$ns" 2>/dev/null || true)
     if [[ -n $pids ]]; then
         # shellcheck disable=SC2086
@@ -114,6 +131,66 @@ lab_ns_new() {
     lab_nsx "$ns" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
 }
 
+lab_wait_tcp_listen() { # NS IP PORT  (bounded: 5 s)
+    local ns=$1 ip=$2 port=$3
+    for _ in $(seq 1 50); do
+        lab_nsx "$ns" ss -Hlnt "src $ip:$port" 2>/dev/null | grep -q . && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# lab_make_ca DIR: a test CA (ca.crt) and a certificate for the TURN relay signed by it
+# (turn.crt, turn.key), valid for turn.lab and $LAB_TURN, for two days.
+lab_make_ca() {
+    local d=$1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=p2pcopy lab CA" -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null || return 1
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=turn.lab" \
+        -keyout "$d/turn.key" -out "$d/turn.csr" 2>/dev/null || return 1
+    printf 'subjectAltName=DNS:turn.lab,IP:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n' \
+        "$LAB_TURN" >"$d/turn.ext"
+    openssl x509 -req -in "$d/turn.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 2 -extfile "$d/turn.ext" -out "$d/turn.crt" 2>/dev/null || return 1
+    # coturn drops its privileges to its own user on some builds; let it read the key.
+    chmod 644 "$d/turn.key"
+}
+
+# lab_trust_lab_ca NS: `ip netns exec NS` bind-mounts /etc/netns/NS/* over /etc/*, so
+# inside NS alone /etc/ssl holds only the lab CA, where rustls-native-certs (through
+# openssl-probe) finds the OS trust store, and /etc/hosts names the relay turn.lab. The
+# machine's own files are left alone.
+lab_trust_lab_ca() {
+    local d=/etc/netns/$1/ssl
+    mkdir -p "$d/certs"
+    : >"$d/.p2p-lab"
+    cp "$LAB_DIR/core/ca.crt" "$d/certs/ca-certificates.crt"
+    printf '127.0.0.1 localhost\n%s turn.lab\n' "$LAB_TURN" >"/etc/netns/$1/hosts"
+}
+
+# lab_turn_up: the two TURN relays in p2p-core (see the address list at the top).
+lab_turn_up() {
+    local d=$LAB_DIR/core
+    lab_make_ca "$d" || { lab_log "cannot make the lab CA (openssl)"; return 1; }
+    lab_nsx p2p-core turnserver -n --no-cli --no-dtls --realm lab \
+        -L "$LAB_TURN" -E "$LAB_TURN" -p 3478 --tls-listening-port 443 \
+        --cert "$d/turn.crt" --pkey "$d/turn.key" \
+        --lt-cred-mech --user "$LAB_TURN_USER:$LAB_TURN_PASSWORD" \
+        --log-file "$d/turn-lt.log" --simple-log --no-stdout-log \
+        --pidfile "$d/turn-lt.pid" --userdb "$d/turndb-lt" \
+        </dev/null >"$d/turn-lt.stdout" 2>&1 9>&- &
+    lab_nsx p2p-core turnserver -n --no-cli --no-dtls --no-tls --realm lab \
+        -L "$LAB_TURN_REST" -E "$LAB_TURN_REST" -p 3478 \
+        --use-auth-secret --static-auth-secret "$LAB_TURN_SECRET" \
+        --log-file "$d/turn-rest.log" --simple-log --no-stdout-log \
+        --pidfile "$d/turn-rest.pid" --userdb "$d/turndb-rest" \
+        </dev/null >"$d/turn-rest.stdout" 2>&1 9>&- &
+    lab_wait_udp_listen p2p-core "$LAB_TURN" 3478 && lab_wait_tcp_listen p2p-core "$LAB_TURN" 443 ||
+        { lab_log "TURN relay (long-term) did not start"; cat "$d"/turn-lt.* >&2; return 1; }
+    lab_wait_udp_listen p2p-core "$LAB_TURN_REST" 3478 ||
+        { lab_log "TURN relay (REST) did not start"; cat "$d"/turn-rest.* >&2; return 1; }
+}
+
 lab_wait_udp_listen() { # NS IP PORT  (bounded: 5 s)
     local ns=$1 ip=$2 port=$3
     for _ in $(seq 1 50); do
@@ -136,6 +213,10 @@ lab_core_up() {
     ip -n p2p-core addr add 198.19.0.3/32 dev lo
     # The second address of p2pcopy's RFC 5780 server (doctor's filtering test).
     ip -n p2p-core addr add 198.19.0.4/32 dev lo
+    # TURN relays, and an address where none listens.
+    ip -n p2p-core addr add "$LAB_TURN/32" dev lo
+    ip -n p2p-core addr add "$LAB_TURN_REST/32" dev lo
+    ip -n p2p-core addr add "$LAB_TURN_DOWN/32" dev lo
 
     # STUN 1: coturn, STUN only.  STUN 2: p2pcopy's own server, so the client is tested
     # against both (and the NAT classification needs two servers).
@@ -164,6 +245,7 @@ EOF
     lab_wait_udp_listen p2p-core 198.19.0.1 3478 || { lab_log "coturn did not start"; cat "$d"/turnserver.* >&2; return 1; }
     lab_wait_udp_listen p2p-core 198.19.0.2 3478 || { lab_log "p2pcopy stun-server did not start"; cat "$d/p2pcopy-stun.log" >&2; return 1; }
     lab_wait_udp_listen p2p-core 198.19.0.3 123 || { lab_log "chronyd did not start"; cat "$d/chronyd.log" >&2; return 1; }
+    lab_turn_up || return 1
     return 0
 }
 

@@ -2,8 +2,10 @@
 //! [`crate::session`] (`run`), the writer of every line a person or a program reads
 //! ([`output`]), and the progress bar ([`progress`]).
 
+pub mod config;
 pub mod output;
 pub mod progress;
+pub mod relay_args;
 mod run;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -37,6 +39,10 @@ pub struct Cli {
     /// for scripts and GUIs (the README documents every event).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Read defaults (relays, STUN and NTP servers, --output, --timeout) from FILE instead
+    /// of the platform's config file (e.g. ~/.config/p2pcopy/config.toml); flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 impl Cli {
@@ -95,6 +101,9 @@ pub struct DoctorArgs {
     /// Skip the port-mapping check (PCP, NAT-PMP, UPnP test mapping on the router).
     #[arg(long)]
     pub no_portmap: bool,
+    /// TURN relay flags (cli/relay_args.rs).
+    #[command(flatten)]
+    pub relay: relay_args::RelayArgs,
 }
 
 /// Flags of `p2pcopy sender`.
@@ -177,6 +186,9 @@ pub struct NetArgs {
     /// seconds: no file list, no data, no verdict (0: wait for ever).
     #[arg(long, value_name = "SECS", default_value_t = transfer::DEFAULT_STALL_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub stall_timeout: u64,
+    /// TURN relay flags (cli/relay_args.rs).
+    #[command(flatten)]
+    pub relay: relay_args::RelayArgs,
 }
 
 pub use run::run;

@@ -7,6 +7,7 @@ use clap::CommandFactory;
 
 use super::output::Output;
 use super::progress::Reporter;
+use super::relay_args;
 use super::{Cli, Command, DoctorArgs, NetArgs, ReceiverArgs, SenderArgs, StunServerArgs};
 use crate::error::Error;
 use crate::events::Event;
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli, out: Output) -> Result<(), Error> {
             _ = tokio::signal::ctrl_c() => Err(interrupted()),
         },
         command => {
+            relay_args::refuse_for_transfers(&command)?;
             // The router's port mapping, if any, outlives the run's futures so it is removed
             // however the run ends: done, failed, or Ctrl-C (even mid-attempt).
             let cleanup = Cleanup::default();
@@ -310,7 +312,7 @@ fn checksum_line(path: &str, hash: &blake3::Hash) -> String {
 async fn doctor(args: &DoctorArgs, out: Output) -> Result<(), Error> {
     let stun = crate::session::or_defaults(&args.stun_servers, stun::DEFAULT_SERVERS);
     let ntp = crate::session::or_defaults(&args.ntp_servers, ntp::DEFAULT_SERVERS);
-    let findings = crate::doctor::run(
+    let mut findings = crate::doctor::run(
         args.bind,
         args.localport,
         &stun,
@@ -318,6 +320,8 @@ async fn doctor(args: &DoctorArgs, out: Output) -> Result<(), Error> {
         !args.no_portmap,
     )
     .await?;
+    let relays = relay_args::for_doctor(&args.relay)?;
+    findings.relays = crate::relay::check(&relays).await;
     for line in crate::doctor::render(&findings) {
         out.print(format_args!("{line}"));
     }
@@ -327,7 +331,7 @@ async fn doctor(args: &DoctorArgs, out: Output) -> Result<(), Error> {
             tried: stun.join(", "),
         });
     }
-    Ok(())
+    relay_args::first_failure(&findings.relays)
 }
 
 async fn serve_stun(args: &StunServerArgs, out: Output) -> Result<(), Error> {

@@ -24,9 +24,9 @@ pub const ATTR_CHANGE_REQUEST: u16 = 0x0003;
 const ATTR_SOURCE_ADDRESS: u16 = 0x0004;
 /// RFC 3489's name for what RFC 5780 calls OTHER-ADDRESS.
 const ATTR_CHANGED_ADDRESS: u16 = 0x0005;
-const ATTR_ERROR_CODE: u16 = 0x0009;
+pub(crate) const ATTR_ERROR_CODE: u16 = 0x0009;
 const ATTR_UNKNOWN_ATTRIBUTES: u16 = 0x000a;
-const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
+pub(crate) const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
 const ATTR_PADDING: u16 = 0x0026;
 const ATTR_RESPONSE_PORT: u16 = 0x0027;
 const ATTR_RESPONSE_ORIGIN: u16 = 0x802b;
@@ -402,7 +402,7 @@ fn header(b: &[u8]) -> Option<Header<'_>> {
     })
 }
 
-fn push_attr(out: &mut Vec<u8>, ty: u16, value: &[u8]) {
+pub(crate) fn push_attr(out: &mut Vec<u8>, ty: u16, value: &[u8]) {
     out.extend_from_slice(&ty.to_be_bytes());
     out.extend_from_slice(&(value.len() as u16).to_be_bytes());
     out.extend_from_slice(value);
@@ -410,7 +410,7 @@ fn push_attr(out: &mut Vec<u8>, ty: u16, value: &[u8]) {
 }
 
 /// The first attribute of `b`: type, value, and what follows it; `None` if it overruns `b`.
-fn next_attr(b: &[u8]) -> Option<(u16, &[u8], &[u8])> {
+pub(crate) fn next_attr(b: &[u8]) -> Option<(u16, &[u8], &[u8])> {
     if b.len() < 4 {
         return None;
     }
@@ -463,7 +463,7 @@ fn pad(transaction: &[u8; 12]) -> [u8; 16] {
     p
 }
 
-fn xor_address(a: SocketAddr, transaction: &[u8; 12]) -> Vec<u8> {
+pub(crate) fn xor_address(a: SocketAddr, transaction: &[u8; 12]) -> Vec<u8> {
     let mut v = plain_address(a);
     let p = pad(transaction);
     for (i, byte) in v[2..4].iter_mut().enumerate() {
@@ -475,7 +475,7 @@ fn xor_address(a: SocketAddr, transaction: &[u8; 12]) -> Vec<u8> {
     v
 }
 
-fn parse_address(v: &[u8], xor_with: Option<&[u8; 12]>) -> Option<SocketAddr> {
+pub(crate) fn parse_address(v: &[u8], xor_with: Option<&[u8; 12]>) -> Option<SocketAddr> {
     if v.len() < 4 {
         return None;
     }

@@ -1,0 +1,583 @@
+//! TURN relays (RFC 8656) of the user's own choosing: the way through when no direct path
+//! exists (both peers behind symmetric NATs, or UDP blocked).
+//!
+//! Rooms:
+//! - [`uri`]: `turn:`/`turns:` URIs (RFC 7065);
+//! - [`creds`]: long-term and TURN REST credentials, and [`Secret`], which never prints;
+//! - [`proto`]: TURN messages on the crate's STUN codec, ChannelData, stream framing;
+//! - [`client`]: the TURN client as a sans-IO state machine;
+//! - this file also has [`RelayConfig`], a relay with its credentials (the CLI's
+//!   `--relay` flags and config file make them);
+//! - this file: [`Allocation`], the thin async shell over UDP, TCP or TLS, and
+//!   [`RelayError`].
+//!
+//! The relayed address is UDP whatever the transport to the server, so the peer always
+//! sends plain UDP (QUIC) to it. The relay sees QUIC ciphertext only; the peers' pinned
+//! certificates stay the authentication.
+
+pub mod client;
+pub mod creds;
+pub mod proto;
+pub mod uri;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch, Notify};
+
+pub use client::Failure;
+use client::{Client, Event, Grant, Input, State};
+pub use creds::{Credentials, Secret};
+pub use uri::{RelayUri, Transport, UriError};
+
+/// One relay to use, with what it takes to authenticate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Where.
+    pub uri: RelayUri,
+    /// How to authenticate.
+    pub creds: Credentials,
+}
+
+/// How long opening an allocation may take, from name lookup to the relayed address.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a relay cannot be used; each kind calls for something different from the caller.
+/// None of them carries a credential.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    /// The name does not resolve, or nothing listens (connection refused, ICMP unreachable):
+    /// try another relay or network.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The server answered with an error: 401 (wrong user or password), 403 (forbidden),
+    /// 437 (allocation mismatch), 486 (quota reached), 508 (out of capacity), ...
+    #[error("refused with {code} {reason}")]
+    Refused {
+        /// The STUN error code.
+        code: u16,
+        /// The server's reason phrase (printable characters only).
+        reason: String,
+    },
+    /// No answer in time: UDP may be blocked on the way (try `turns:` on port 443).
+    #[error("no answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+    /// The TLS handshake failed, e.g. a certificate the OS trust store does not vouch for.
+    #[error("TLS failed: {0}")]
+    Tls(String),
+    /// The server broke the protocol.
+    #[error("broke the protocol: {0}")]
+    Protocol(String),
+    /// The allocation is gone (released, or a refresh failed).
+    #[error("the allocation is closed")]
+    Closed,
+}
+
+impl RelayError {
+    /// The server's error code, when it refused.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            RelayError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<Failure> for RelayError {
+    fn from(f: Failure) -> RelayError {
+        match f {
+            Failure::Refused { code, reason } => RelayError::Refused { code, reason },
+            Failure::Timeout => RelayError::Timeout(client::TRANSACTION_TIMEOUT),
+            Failure::Protocol(why) => RelayError::Protocol(why.into()),
+        }
+    }
+}
+
+/// What [`Allocation::open`] found out, for `doctor` and the logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocationInfo {
+    /// The server's address.
+    pub server: SocketAddr,
+    /// The transport to it.
+    pub transport: Transport,
+    /// The address on the relay that peers send to.
+    pub relayed: SocketAddr,
+    /// Our address as the relay sees it.
+    pub mapped: Option<SocketAddr>,
+    /// Round trip of the request that made the allocation.
+    pub rtt: Duration,
+    /// How long the server keeps it between refreshes.
+    pub lifetime: Duration,
+}
+
+/// One relay as `doctor` found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayCheck {
+    /// The relay, as configured.
+    pub uri: RelayUri,
+    /// The allocation it gave, or why not.
+    pub result: Result<AllocationInfo, RelayError>,
+}
+
+impl RelayCheck {
+    /// The report line, after "Relay ".
+    pub fn line(&self) -> String {
+        match &self.result {
+            Ok(a) => format!(
+                "{} ({} to {}): {} ms, relayed address {}{}",
+                self.uri,
+                a.transport,
+                a.server,
+                a.rtt.as_millis(),
+                a.relayed,
+                a.mapped
+                    .map(|m| format!(", you appear as {m}"))
+                    .unwrap_or_default()
+            ),
+            Err(e) => format!("{} ({}): {e}", self.uri, self.uri.transport),
+        }
+    }
+}
+
+/// Opens an allocation on each relay in turn and releases it again: what `doctor` reports.
+pub async fn check(relays: &[RelayConfig]) -> Vec<RelayCheck> {
+    let mut found = Vec::new();
+    for r in relays {
+        let result = match Allocation::open(&r.uri, &r.creds).await {
+            Ok(a) => {
+                let info = a.info();
+                a.close().await;
+                Ok(info)
+            }
+            Err(e) => {
+                tracing::info!(relay = %r.uri, error = %e, "relay check failed");
+                Err(e)
+            }
+        };
+        found.push(RelayCheck {
+            uri: r.uri.clone(),
+            result,
+        });
+    }
+    found
+}
+
+/// A live allocation on a TURN server, kept refreshed by a background task until dropped
+/// or [closed](Allocation::close).
+pub struct Allocation {
+    info: AllocationInfo,
+    shared: Arc<Shared>,
+    writer: Writer,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Allocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Allocation")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    client: Mutex<Client>,
+    /// Set when the transport to the server fails under the client.
+    broken: Mutex<Option<RelayError>>,
+    /// Wakes the driver after a command queued something to send.
+    wake: Notify,
+    /// Bumped by the driver after every step, for commands waiting on an answer.
+    stepped: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// Why the transport to the server failed, if it did (the driver has then stopped).
+    fn broken(&self) -> Option<RelayError> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn client(&self) -> std::sync::MutexGuard<'_, Client> {
+        // A panic elsewhere while holding the lock leaves a usable client: its state is
+        // only ever changed whole by its own methods.
+        self.client.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+type BoxStream = Box<dyn Stream>;
+
+#[derive(Clone)]
+enum Writer {
+    /// Connected to the server.
+    Udp(Arc<UdpSocket>),
+    Stream(Arc<tokio::sync::Mutex<tokio::io::WriteHalf<BoxStream>>>),
+}
+
+impl Writer {
+    async fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Writer::Udp(sock) => sock.send(bytes).await.map(|_| ()),
+            Writer::Stream(w) => w.lock().await.write_all(bytes).await,
+        }
+    }
+}
+
+enum Reader {
+    Udp(Arc<UdpSocket>, SocketAddr),
+    Stream(tokio::io::ReadHalf<BoxStream>, Vec<u8>),
+}
+
+impl Reader {
+    /// The next datagram or frame from the server; datagrams from anyone else are dropped
+    /// here, so a stranger who learns our port cannot feed the client.
+    async fn next(&mut self) -> Result<Vec<u8>, RelayError> {
+        match self {
+            Reader::Udp(sock, server) => {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match sock.recv_from(&mut buf).await {
+                        Ok((n, from)) if from == *server => {
+                            buf.truncate(n);
+                            return Ok(buf);
+                        }
+                        Ok((_, from)) => {
+                            tracing::trace!(%from, "datagram not from the relay dropped")
+                        }
+                        // ICMP port unreachable from a relay that is down shows up here.
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            return Err(RelayError::Unreachable(e.to_string()))
+                        }
+                        Err(e) => tracing::debug!(error = %e, "relay socket receive error"),
+                    }
+                }
+            }
+            Reader::Stream(r, buf) => loop {
+                match proto::frame_len(buf) {
+                    Err(()) => {
+                        return Err(RelayError::Protocol(
+                            "neither STUN nor ChannelData on the stream".into(),
+                        ))
+                    }
+                    Ok(Some(n)) if n > proto::MAX_FRAME => {
+                        return Err(RelayError::Protocol("oversized frame".into()))
+                    }
+                    Ok(Some(n)) if buf.len() >= n => {
+                        let rest = buf.split_off(n);
+                        return Ok(std::mem::replace(buf, rest));
+                    }
+                    _ => {}
+                }
+                let mut chunk = [0u8; 16384];
+                let n = r
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|e| RelayError::Unreachable(e.to_string()))?;
+                if n == 0 {
+                    return Err(RelayError::Unreachable(
+                        "the relay closed the connection".into(),
+                    ));
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            },
+        }
+    }
+}
+
+impl Allocation {
+    /// Connects to the relay `uri` names, authenticates with `creds` and allocates a UDP
+    /// relayed address, all within [`OPEN_TIMEOUT`].
+    pub async fn open(uri: &RelayUri, creds: &Credentials) -> Result<Allocation, RelayError> {
+        match tokio::time::timeout(OPEN_TIMEOUT, Self::open_inner(uri, creds)).await {
+            Ok(r) => r,
+            Err(_) => Err(RelayError::Timeout(OPEN_TIMEOUT)),
+        }
+    }
+
+    async fn open_inner(uri: &RelayUri, creds: &Credentials) -> Result<Allocation, RelayError> {
+        let found: Vec<SocketAddr> = tokio::net::lookup_host(uri.authority())
+            .await
+            .map_err(|e| RelayError::Unreachable(format!("cannot resolve {}: {e}", uri.host)))?
+            .collect();
+        // IPv4 first, as for STUN: the peers' paths are IPv4 wherever a relay is needed most
+        // (behind NATs), and a host without IPv6 routing would wait for a timeout.
+        let server = found
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| found.first())
+            .copied()
+            .ok_or_else(|| RelayError::Unreachable(format!("{} has no address", uri.host)))?;
+        let (reader, writer) = match uri.transport {
+            Transport::Udp => {
+                let unspecified: IpAddr = if server.is_ipv4() {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                };
+                let sock = UdpSocket::bind((unspecified, 0))
+                    .await
+                    .map_err(|e| RelayError::Unreachable(e.to_string()))?;
+                // Connected, so an ICMP unreachable from a relay that is down comes back as
+                // an error at once instead of a timeout.
+                sock.connect(server)
+                    .await
+                    .map_err(|e| RelayError::Unreachable(e.to_string()))?;
+                let sock = Arc::new(sock);
+                (Reader::Udp(sock.clone(), server), Writer::Udp(sock))
+            }
+            Transport::Tcp | Transport::Tls => {
+                let tcp = TcpStream::connect(server)
+                    .await
+                    .map_err(|e| RelayError::Unreachable(e.to_string()))?;
+                let _ = tcp.set_nodelay(true);
+                let stream: BoxStream = if uri.transport == Transport::Tls {
+                    Box::new(tls_connect(&uri.host, tcp).await?)
+                } else {
+                    Box::new(tcp)
+                };
+                let (r, w) = tokio::io::split(stream);
+                (
+                    Reader::Stream(r, Vec::new()),
+                    Writer::Stream(Arc::new(tokio::sync::Mutex::new(w))),
+                )
+            }
+        };
+        let (username, password) = creds.resolve(SystemTime::now());
+        let client = Client::new(uri.transport, username, password, Instant::now());
+        let (stepped, mut steps) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            client: Mutex::new(client),
+            broken: Mutex::new(None),
+            wake: Notify::new(),
+            stepped,
+        });
+        let (tx, rx) = mpsc::channel(1024);
+        let driver = tokio::spawn(drive(shared.clone(), reader, writer.clone(), tx));
+        let info = loop {
+            if let Some(e) = shared
+                .broken
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            {
+                driver.abort();
+                return Err(e);
+            }
+            {
+                let c = shared.client();
+                if let (State::Allocated { relayed }, Some(info)) = (c.state(), c.info) {
+                    break AllocationInfo {
+                        server,
+                        transport: uri.transport,
+                        relayed,
+                        mapped: c.mapped(),
+                        rtt: info.0,
+                        lifetime: info.1,
+                    };
+                }
+                if c.state() == State::Closed {
+                    driver.abort();
+                    return Err(c.failure.clone().map_or(RelayError::Closed, Into::into));
+                }
+            }
+            if steps.changed().await.is_err() {
+                return Err(RelayError::Closed);
+            }
+        };
+        tracing::info!(relay = %uri, %server, relayed = %info.relayed, rtt_ms = info.rtt.as_millis() as u64, "relay allocation");
+        Ok(Allocation {
+            info,
+            shared,
+            writer,
+            incoming: tokio::sync::Mutex::new(rx),
+            driver,
+        })
+    }
+
+    /// What the allocation is.
+    pub fn info(&self) -> AllocationInfo {
+        self.info
+    }
+
+    /// The address on the relay that peers send to.
+    pub fn relayed_addr(&self) -> SocketAddr {
+        self.info.relayed
+    }
+
+    /// Installs (and keeps refreshing) a permission for `peer`: only then does the relay
+    /// pass its datagrams in, and ours out to it.
+    pub async fn permit(&self, peer: IpAddr) -> Result<(), RelayError> {
+        self.shared.client().create_permission(peer, Instant::now());
+        self.shared.wake.notify_one();
+        let mut steps = self.shared.stepped.subscribe();
+        loop {
+            if let Some(e) = self.shared.broken() {
+                return Err(e);
+            }
+            {
+                let c = self.shared.client();
+                match c.permission(peer) {
+                    Some(Grant::Ok) => return Ok(()),
+                    Some(Grant::Failed(f)) => return Err(f.clone().into()),
+                    _ if c.state() == State::Closed => return Err(RelayError::Closed),
+                    _ => {}
+                }
+            }
+            if steps.changed().await.is_err() {
+                return Err(RelayError::Closed);
+            }
+        }
+    }
+
+    /// Sends `data` to `peer` through the relay (a permission for its IP must exist).
+    pub async fn send_to(&self, peer: SocketAddr, data: &[u8]) -> Result<(), RelayError> {
+        let wrapped = {
+            let c = self.shared.client();
+            if c.state() == State::Closed {
+                return Err(RelayError::Closed);
+            }
+            c.wrap(peer, data)
+        };
+        self.writer
+            .send(&wrapped)
+            .await
+            .map_err(|e| RelayError::Unreachable(e.to_string()))
+    }
+
+    /// The next datagram a peer sent to the relayed address.
+    pub async fn recv_from(&self) -> Result<(SocketAddr, Vec<u8>), RelayError> {
+        match self.incoming.lock().await.recv().await {
+            Some(got) => Ok(got),
+            None => Err(self.shared.broken().unwrap_or(RelayError::Closed)),
+        }
+    }
+
+    /// Releases the allocation on the server (waits up to two seconds for its answer).
+    pub async fn close(self) {
+        self.shared.client().close(Instant::now());
+        self.shared.wake.notify_one();
+        let mut steps = self.shared.stepped.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while self.shared.client().state() != State::Closed && self.shared.broken().is_none() {
+                if steps.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// The background task: reads from the server, feeds the client, sends what it asks, keeps
+/// its timers.
+async fn drive(
+    shared: Arc<Shared>,
+    mut reader: Reader,
+    writer: Writer,
+    incoming: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+) {
+    loop {
+        let (out, timeout) = {
+            let mut c = shared.client();
+            let mut out = Vec::new();
+            while let Some(t) = c.poll_transmit() {
+                out.push(t);
+            }
+            while let Some(e) = c.poll_event() {
+                log_event(&e);
+            }
+            (out, c.poll_timeout())
+        };
+        shared.stepped.send_modify(|n| *n += 1);
+        for m in out {
+            if let Err(e) = writer.send(&m).await {
+                tracing::debug!(error = %e, "cannot send to the relay");
+            }
+        }
+        if shared.client().state() == State::Closed {
+            return;
+        }
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            got = reader.next() => match got {
+                Ok(bytes) => {
+                    let mut c = shared.client();
+                    if let Input::Data { peer, data } = c.handle_input(&bytes, Instant::now()) {
+                        if incoming.try_send((peer, data.to_vec())).is_err() {
+                            tracing::trace!(%peer, "relayed datagram dropped: nobody reads fast enough");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "relay transport failed");
+                    *shared.broken.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    shared.stepped.send_modify(|n| *n += 1);
+                    return;
+                }
+            },
+            _ = sleep => shared.client().handle_timeout(Instant::now()),
+            _ = shared.wake.notified() => {}
+        }
+    }
+}
+
+fn log_event(e: &Event) {
+    match e {
+        Event::Allocated { relayed, .. } => tracing::debug!(%relayed, "TURN allocation made"),
+        Event::Failed(f) => tracing::debug!(?f, "TURN allocation failed"),
+        other => tracing::debug!(event = ?other, "TURN"),
+    }
+}
+
+/// A TLS connection to `host` whose certificate the OS trust store vouches for: the same
+/// roots the system's own tools trust (`SSL_CERT_FILE` and `SSL_CERT_DIR` override them,
+/// as for OpenSSL).
+async fn tls_connect(
+    host: &str,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, RelayError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(RelayError::Tls(format!(
+            "no trusted root certificates found on this system{}",
+            found
+                .errors
+                .first()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        )));
+    }
+    // One crypto provider, named: with two compiled in, the default builder panics.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RelayError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| RelayError::Tls(format!("{host}: {e}")))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| RelayError::Tls(e.to_string()))
+}
