@@ -314,7 +314,9 @@ impl Ctx {
     /// The next synchronised round as an `Instant`, and how far away it is.
     fn next_round(&self) -> (Instant, Duration) {
         let now_unix = self.clock.now_unix();
-        let wait = punch::first_round_unix(now_unix).saturating_sub(now_unix);
+        let wait = punch::Schedule::LEGACY
+            .first_round_unix(now_unix)
+            .saturating_sub(now_unix);
         (Instant::now() + wait, wait)
     }
 
@@ -333,7 +335,7 @@ impl Ctx {
             say!(
                 out,
                 "Connecting: synchronised rounds start every {} s; next in {} s",
-                punch::ROUND_PERIOD.as_secs(),
+                punch::LEGACY_ROUND_PERIOD.as_secs(),
                 wait.as_secs()
             );
         } else {
@@ -341,7 +343,7 @@ impl Ctx {
         }
         out.emit(|| Event::Connecting {
             rounds: needs_rounds,
-            round_period_s: needs_rounds.then_some(punch::ROUND_PERIOD.as_secs()),
+            round_period_s: needs_rounds.then_some(punch::LEGACY_ROUND_PERIOD.as_secs()),
             next_round_in_s: needs_rounds.then_some(wait.as_secs()),
         });
         // Without rounds nothing waits for a boundary (public peers, or a local network).

@@ -15,7 +15,7 @@ use super::socket::bind;
 use crate::error::Error;
 use crate::nat::BirthdayPart;
 use crate::punch::{
-    attempt_targets, Birthday, PathKind, PunchConfig, PunchEvent, Puncher, SocketId,
+    attempt_targets, Birthday, PathKind, PunchConfig, PunchEvent, Puncher, Schedule, SocketId,
     BIRTHDAY_SOCKETS, V6_SOCKET,
 };
 use crate::shown::shown;
@@ -239,6 +239,9 @@ impl Dialer {
             deadline,
             opener_ttl: self.opener_ttl,
             birthday,
+            schedule: Schedule::LEGACY,
+            first_index: 0,
+            lanes: Vec::new(),
         };
         let puncher = Puncher::new(cfg, Instant::now());
         let mut io = self.probes.take().ok_or_else(|| {
