@@ -540,6 +540,7 @@ async fn connect_phase(
         nat: nat_kind,
         fingerprint: *identity.fingerprint(),
         candidates,
+        lane_ports: Vec::new(),
     };
     out.print(format_args!("Tell this to your peer: {ours}"));
     out.emit(|| Event::Ticket {
@@ -1145,6 +1146,7 @@ mod tests {
                 kind: CandidateKind::Host,
                 addr: "10.0.0.1:1".parse().unwrap(),
             }],
+            lane_ports: Vec::new(),
         };
         let same = Ticket::Full(FullTicket {
             fingerprint: Fingerprint::from_bytes([2; 32]),
