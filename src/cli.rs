@@ -311,13 +311,13 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// The next synchronised round as an `Instant`, and how far away it is.
-    fn next_round(&self) -> (Instant, Duration) {
+    /// The next synchronised round of `schedule` as an `Instant`, how far away it is, and
+    /// its index (which picks its lane).
+    fn next_round(&self, schedule: punch::Schedule) -> (Instant, Duration, u64) {
         let now_unix = self.clock.now_unix();
-        let wait = punch::Schedule::LEGACY
-            .first_round_unix(now_unix)
-            .saturating_sub(now_unix);
-        (Instant::now() + wait, wait)
+        let first = schedule.first_round_unix(now_unix);
+        let wait = first.saturating_sub(now_unix);
+        (Instant::now() + wait, wait, schedule.index(first))
     }
 
     /// Punches and connects, telling the user about rounds; `reconnects` counts the
@@ -328,14 +328,15 @@ impl Ctx {
         deadline: Instant,
         reconnects: u32,
     ) -> Result<Link, Error> {
-        let (first_round, wait) = self.next_round();
+        let schedule = dialer.schedule();
+        let (first_round, wait, first_index) = self.next_round(schedule);
         let out = self.out;
         let needs_rounds = self.needs_rounds;
         if needs_rounds {
             say!(
                 out,
                 "Connecting: synchronised rounds start every {} s; next in {} s",
-                punch::LEGACY_ROUND_PERIOD.as_secs(),
+                schedule.period.as_secs(),
                 wait.as_secs()
             );
         } else {
@@ -343,13 +344,13 @@ impl Ctx {
         }
         out.emit(|| Event::Connecting {
             rounds: needs_rounds,
-            round_period_s: needs_rounds.then_some(punch::LEGACY_ROUND_PERIOD.as_secs()),
+            round_period_s: needs_rounds.then_some(schedule.period.as_secs()),
             next_round_in_s: needs_rounds.then_some(wait.as_secs()),
         });
         // Without rounds nothing waits for a boundary (public peers, or a local network).
         let first_round = if needs_rounds { first_round } else { deadline };
         let link = dialer
-            .connect(first_round, deadline, |p| match p {
+            .connect(first_round, first_index, deadline, |p| match p {
                 NetProgress::Round(n) if needs_rounds => {
                     say!(out, "Round {}: probing your peer...", n + 1);
                     out.emit(|| Event::PunchRound { round: n + 1 });
@@ -457,13 +458,20 @@ async fn connect_phase(
     // Counting the NATs on the way out takes up to a few hundred ms per silent router and is
     // needed only for punching, so it runs while the users exchange tickets.
     let mut hops_task = None;
+    let mut lanes = None;
     let (nat_kind, socket) = if net_args.no_stun {
         (NatKind::Unknown, socket)
     } else {
         let servers = or_defaults(&net_args.stun_servers, stun::DEFAULT_SERVERS);
         let tokio_sock =
             tokio::net::UdpSocket::from_std(socket).map_err(|e| Error::Internal(e.to_string()))?;
-        let mappings = stun::discover(&tokio_sock, &servers).await?;
+        // The lane sockets are mapped side by side with the main one.
+        let (mappings, mapped_lanes) = tokio::join!(
+            stun::discover(&tokio_sock, &servers),
+            net::LaneSockets::map(local.ip(), &servers)
+        );
+        let mappings = mappings?;
+        lanes = mapped_lanes;
         let socket = tokio_sock
             .into_std()
             .map_err(|e| Error::Internal(e.to_string()))?;
@@ -540,7 +548,7 @@ async fn connect_phase(
         nat: nat_kind,
         fingerprint: *identity.fingerprint(),
         candidates,
-        lane_ports: Vec::new(),
+        lane_ports: lanes.as_ref().map(|l| l.ports.clone()).unwrap_or_default(),
     };
     out.print(format_args!("Tell this to your peer: {ours}"));
     out.emit(|| Event::Ticket {
@@ -644,6 +652,7 @@ async fn connect_phase(
         // A port mapping connects at once, without guessing ports (both sides see both
         // tickets, so they agree).
         nat::birthday_part(nat_kind, peer_nat).filter(|_| !port_mapped),
+        lanes,
     )?;
     let link = ctx.connect(&mut dialer, deadline, 0).await?;
     Ok((dialer, link, job, ctx))
