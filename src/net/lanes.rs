@@ -41,7 +41,7 @@ impl LaneSockets {
             let Some(server) = resolve(name).await else {
                 continue;
             };
-            let answers = futures_join(&sockets, server).await;
+            let answers = query_all(&sockets, server).await;
             if answers.iter().all(Option::is_some) {
                 let ports: Vec<u16> = answers.iter().flatten().map(SocketAddr::port).collect();
                 tracing::info!(%server, ?ports, "lane sockets mapped");
@@ -69,7 +69,7 @@ async fn resolve(name: &str) -> Option<SocketAddr> {
 }
 
 /// One STUN query per socket to `server`, side by side.
-async fn futures_join(
+async fn query_all(
     sockets: &[tokio::net::UdpSocket],
     server: SocketAddr,
 ) -> Vec<Option<SocketAddr>> {
