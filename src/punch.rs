@@ -1017,6 +1017,71 @@ mod tests {
     }
 
     #[test]
+    fn the_birthday_technique_follows_the_lanes() {
+        let t0 = Instant::now();
+        let mapped: SocketAddr = "198.18.2.2:21300".parse().unwrap();
+        let lanes = vec![
+            Lane {
+                socket: 7,
+                peer_port: 30001,
+            },
+            Lane {
+                socket: 8,
+                peer_port: 30002,
+            },
+            Lane {
+                socket: 9,
+                peer_port: 30003,
+            },
+        ];
+        // (our part, lane of the first round) -> (socket, destination port, TTL) of what
+        // goes to the peer's address in the round, apart from the lane's own probes.
+        for (birthday, first_index) in [
+            (Birthday::Spray { seed: 3 }, 1),
+            (
+                Birthday::Open {
+                    sockets: vec![100, 101],
+                },
+                2,
+            ),
+        ] {
+            let mut c = cfg(t0, vec![Target::new(mapped, PathKind::Mapped)]);
+            c.schedule = Schedule::new(LANES, LANES);
+            c.first_index = first_index;
+            c.lanes = lanes.clone();
+            c.birthday = Some(birthday.clone());
+            let mut p = Puncher::new(c, t0);
+            let start = t0 + Duration::from_secs(10);
+            let mut now = start;
+            let mut extra = Vec::new();
+            while now < start + ROUND_LENGTH {
+                p.handle_timeout(now);
+                extra.extend(drain(&mut p).into_iter().filter(|t| {
+                    t.socket >= 100 || t.destination.port() != 30000 + first_index as u16
+                }));
+                now = p
+                    .poll_timeout()
+                    .unwrap()
+                    .max(now + Duration::from_millis(1));
+            }
+            let lane = &lanes[first_index as usize - 1];
+            match birthday {
+                Birthday::Spray { .. } => {
+                    assert_eq!(extra.len(), BIRTHDAY_PORTS);
+                    assert!(extra.iter().all(|t| t.socket == lane.socket
+                        && t.ttl == Some(2)
+                        && t.destination.ip() == mapped.ip()));
+                }
+                Birthday::Open { .. } => {
+                    assert!(!extra.is_empty());
+                    assert!(extra.iter().all(|t| (t.socket == 100 || t.socket == 101)
+                        && t.destination == SocketAddr::new(mapped.ip(), lane.peer_port)));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn lanes_that_do_not_match_the_schedule_fall_back_to_one() {
         let t0 = Instant::now();
         let mapped: SocketAddr = "198.18.2.2:21300".parse().unwrap();
