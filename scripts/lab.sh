@@ -68,6 +68,12 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #   birthday-20         cone-symmetric 20 times (sides alternating, fresh NATs each
 #                       time): at least 18 must connect; prints the rate
 #   clock-skew          cone-cone, sender's wall clock 7 s ahead (faketime)
+#   paste-gaps          not in the default run: cone-cone, the second paste LAB_PASTE_GAPS
+#                       seconds after the first (default 0 4 9 17 26 33 60; four runs at a
+#                       time, fresh NATs each); prints, per run and as median/worst, the
+#                       time from the later paste to both sides' "Connected" and to the
+#                       receiver's "Received" (1 MiB); all must transfer
+#   paste-gaps-symmetric  the same with cone-symmetric (sides alternating)
 #   name-clash          a file of that name exists: kept, copy saved as "... (1)"
 #   bad-ticket          garbage pasted: exit 3 on both sides
 #   interrupt           SIGINT while waiting for the round: exit 130
@@ -263,6 +269,8 @@ scenario_run() {
     birthday-20)
         custom=scenario_birthday
         ;;
+    paste-gaps) custom="scenario_paste_gaps cone cone" ;;
+    paste-gaps-symmetric) custom="scenario_paste_gaps cone symmetric" ;;
     ipv6-firewall)
         custom=scenario_ipv6
         lab_side p2p-s 1 symmetric && lab_side p2p-r 2 symmetric &&
@@ -339,7 +347,8 @@ scenario_run() {
         ;;
     esac || { echo "topology setup failed"; return 1; }
     if [[ -n $custom ]]; then
-        "$custom" "$wd" 2>&1 | sed 's/^/    /'
+        # shellcheck disable=SC2086 # "function [kinds]"
+        $custom "$wd" 2>&1 | sed 's/^/    /'
     else
         lab_transfer p2p-s p2p-r "$wd" "${opts[@]}" 2>&1 | sed 's/^/    /'
     fi
@@ -687,6 +696,56 @@ scenario_birthday() {
     done
     echo "birthday technique: $ok/$runs connected ($((100 * ok / runs)) %); rounds needed: ${rounds[*]}"
     ((ok * 10 >= runs * 9))
+}
+
+# scenario_paste_gaps A B WD: A-B pairs (sides alternating when they differ), the second
+# paste after each gap of LAB_PASTE_GAPS; seconds from the later paste to connected (both
+# sides' "Connected") and done (the receiver's "Received"), per run and median/worst.
+scenario_paste_gaps() {
+    local ka=$1 kb=$2 wd=$3 par=4 i k r a b ok=0
+    local gaps
+    read -r -a gaps <<<"${LAB_PASTE_GAPS:-0 4 9 17 26 33 60}"
+    local runs=${#gaps[@]} pids=() conns=() dones=()
+    mkdir -p "$wd"
+    for ((i = 0; i < runs; i += par)); do
+        lab_reset_edges
+        pids=()
+        for ((k = 0; k < par && i + k < runs; k++)); do
+            a=$ka b=$kb
+            (((i + k) % 2)) && { a=$kb b=$ka; }
+            { lab_side "p2p-g$k-s" $((2 * k + 1)) "$a" && lab_side "p2p-g$k-r" $((2 * k + 2)) "$b"; } ||
+                { echo "run $((i + k)): topology setup failed"; return 1; }
+        done
+        for ((k = 0; k < par && i + k < runs; k++)); do
+            r=$((i + k))
+            lab_transfer "p2p-g$k-s" "p2p-g$k-r" "$wd/run$r" --size-mb 1 --stamp \
+                --delay "${gaps[r]}" >"$wd/run$r.log" 2>&1 &
+            pids+=($!)
+        done
+        for ((k = 0; k < ${#pids[@]}; k++)); do
+            r=$((i + k))
+            a=$ka b=$kb
+            ((r % 2)) && { a=$kb b=$ka; }
+            if ! wait "${pids[k]}"; then
+                echo "gap ${gaps[r]} s ($a-$b): FAILED (log: $wd/run$r.log)"
+                tail -n 15 "$wd/run$r.log" | sed 's/^/  | /'
+                continue
+            fi
+            ok=$((ok + 1))
+            local t
+            t=$(awk '
+                / lab: paste 2$/ { p = $1 }
+                $2 == "sender:" && $3 == "Connected" && !s { s = $1 }
+                $2 == "receiver:" && $3 == "Connected" && !c { c = $1 }
+                $2 == "receiver:" && $3 == "Received" && !d { d = $1 }
+                END { m = (s > c) ? s : c; printf "%.1f %.1f\n", m - p, d - p }' "$wd/run$r/events.log")
+            conns+=("${t% *}") dones+=("${t#* }")
+            echo "gap ${gaps[r]} s ($a-$b): connected ${t% *} s, done ${t#* } s after the later paste ($(grep -c '^Round [0-9]*:' "$wd/run$r/sender.err" || true) round(s))"
+        done
+    done
+    local stats='{ v[NR] = $1 } END { if (NR) printf "median %.1f s, worst %.1f s", v[int((NR + 1) / 2)], v[NR] }'
+    echo "$ka-$kb, LAB_DELAY_MS=${LAB_DELAY_MS:-0}: $ok/$runs transferred; connected: $(printf '%s\n' "${conns[@]}" | sort -n | awk "$stats"); done: $(printf '%s\n' "${dones[@]}" | sort -n | awk "$stats")"
+    ((ok == runs))
 }
 
 # scenario_ipv6 WD: both IPv4 NATs symmetric (hopeless), both hosts also on IPv6 behind

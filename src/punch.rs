@@ -12,9 +12,15 @@
 //! for 30 s, and rounds fired every 10 s by only one side would keep it poisoned for ever.
 //! Hence:
 //! - probes to NAT-mapped addresses are sent only in short rounds (5 s) that fire on shared
-//!   wall-clock boundaries, every [`ROUND_PERIOD`] (every fourth 10-second boundary of
-//!   NTP-corrected time), so a lone round's poison (5 s + 30 s) has expired before the next
-//!   round starts and both users meet at the first boundary after the later paste;
+//!   wall-clock boundaries of NTP-corrected time, every [`ROUND_PERIOD`] (every 10-second
+//!   boundary);
+//! - each side maps [`LANES`] sockets (the main one and `LANES - 1` extra ones) and lists
+//!   their public ports in its ticket; the round starting at Unix second `10 k` probes only
+//!   from our socket `k mod LANES` to the peer's port `k mod LANES` (a *lane*). A lone
+//!   round's poison (5 s of probes + 30 s) sits on one pair of ports, which is not used
+//!   again for 40 s, so both users meet at the first boundary after the later paste. A peer
+//!   whose ticket lists no lanes (an older p2pcopy) gets the old schedule: one round every
+//!   [`LEGACY_ROUND_PERIOD`] on the main socket, which outlives the poison the same way;
 //! - each round opens with [`OPENER_PHASE`] of low-TTL "openers" that pass our own NAT
 //!   (creating its mapping) but expire in the network before they reach the peer's NAT, so
 //!   whichever side's first full probe arrives first finds the other NAT already open, even
@@ -46,9 +52,16 @@ pub use targets::{attempt_targets, both_have_ipv6, on_our_networks, targets};
 
 /// Wall-clock boundaries are multiples of this (what the original p2pcopy used).
 pub const BOUNDARY: Duration = Duration::from_secs(10);
-/// Time between two rounds: every fourth boundary, longer than the 30 s a stale NAT entry
-/// lives plus one round.
-pub const ROUND_PERIOD: Duration = Duration::from_secs(40);
+/// Time between two rounds when both tickets list lanes: every boundary.
+pub const ROUND_PERIOD: Duration = BOUNDARY;
+/// Pairs of sockets used in turn, one per round: a lane comes back after
+/// `LANES * ROUND_PERIOD` (40 s), longer than a round plus the 30 s a stale NAT entry lives.
+pub const LANES: usize = 4;
+/// Most lanes a ticket may list (ours lists [`LANES`]); more only lengthens the ticket.
+pub const MAX_LANES: usize = 8;
+/// Time between two rounds without lanes (a peer's ticket from an older p2pcopy): every
+/// fourth boundary, longer than the 30 s a stale NAT entry lives plus one round.
+pub const LEGACY_ROUND_PERIOD: Duration = Duration::from_secs(40);
 /// Part of a round spent sending low-TTL openers only.
 pub const OPENER_PHASE: Duration = Duration::from_secs(2);
 /// Length of a round; nothing is sent to NAT-mapped addresses after this until the next one.
@@ -59,8 +72,10 @@ pub const ROUND_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_OPENER_TTL: u32 = 2;
 /// Keep-alive probes to a confirmed path until the shell stops the puncher.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
-/// The shell needs this long after a paste to be ready for a round.
-pub const ROUND_LEAD: Duration = Duration::from_millis(1500);
+/// The shell needs this long after a paste to be ready for a round (it has NTP and the
+/// sockets by then; what is left takes milliseconds, and starting late only shortens the
+/// opener phase). Every tenth of a second here is a tenth off the average connect time.
+pub const ROUND_LEAD: Duration = Duration::from_millis(250);
 /// Extra sockets a symmetric side opens for the birthday technique.
 pub const BIRTHDAY_SOCKETS: usize = 256;
 /// Random ports of a symmetric peer's address the cone side opens its NAT towards per round.
@@ -98,15 +113,57 @@ pub enum Birthday {
     },
 }
 
-/// Unix time (NTP-corrected) of the first round a peer that became ready at `now_unix` fires.
-///
-/// Rounds start on multiples of [`ROUND_PERIOD`] of Unix time, so two peers with synchronised
-/// clocks fire the same rounds whenever they pasted.
-pub fn first_round_unix(now_unix: Duration) -> Duration {
-    let earliest = now_unix + ROUND_LEAD;
-    let period = ROUND_PERIOD.as_nanos();
-    let k = earliest.as_nanos().div_ceil(period);
-    Duration::from_nanos((k * period) as u64)
+/// When rounds fire and which lane each uses; both sides derive the same one from the two
+/// tickets ([`Schedule::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// Time between rounds (a multiple of [`BOUNDARY`]).
+    pub period: Duration,
+    /// Lanes used in turn; 1 means every round on the main socket.
+    pub lanes: usize,
+}
+
+impl Schedule {
+    /// Without lanes: a round every [`LEGACY_ROUND_PERIOD`] on the main socket.
+    pub const LEGACY: Schedule = Schedule {
+        period: LEGACY_ROUND_PERIOD,
+        lanes: 1,
+    };
+
+    /// The schedule for two sides that each map `ours` and `theirs` sockets (main included,
+    /// as their tickets say). Symmetric in its arguments, so both sides agree; fewer than
+    /// [`LANES`] on either side would reuse a lane while its stale entry may live.
+    pub fn new(ours: usize, theirs: usize) -> Schedule {
+        let lanes = ours.min(theirs);
+        if lanes >= LANES {
+            Schedule {
+                period: ROUND_PERIOD,
+                lanes: LANES,
+            }
+        } else {
+            Schedule::LEGACY
+        }
+    }
+
+    /// Unix time (NTP-corrected) of the first round a peer that became ready at `now_unix`
+    /// fires: the first multiple of the period at least [`ROUND_LEAD`] away, so two peers
+    /// with synchronised clocks fire the same rounds whenever they pasted.
+    pub fn first_round_unix(&self, now_unix: Duration) -> Duration {
+        let earliest = now_unix + ROUND_LEAD;
+        let period = self.period.as_nanos();
+        let k = earliest.as_nanos().div_ceil(period);
+        Duration::from_nanos((k * period) as u64)
+    }
+
+    /// The index of the round that starts at Unix time `round_unix` (rounded down).
+    pub fn index(&self, round_unix: Duration) -> u64 {
+        (round_unix.as_nanos() / self.period.as_nanos()) as u64
+    }
+
+    /// The lane the round with Unix-time `index` uses.
+    pub fn lane(&self, index: u64) -> usize {
+        (index % self.lanes as u64) as usize
+    }
 }
 
 /// Delay before the `n`th probe (0-based) to an address that is probed at once.
@@ -173,6 +230,16 @@ impl PathKind {
     }
 }
 
+/// One of the lanes past the first (which is the main socket and the ticket's mapped
+/// addresses): our socket for it and the port the peer's NAT maps the peer's socket to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lane {
+    /// Our socket.
+    pub socket: SocketId,
+    /// The peer's public port, on the IP address of its mapped candidates.
+    pub peer_port: u16,
+}
+
 /// One address of the peer to try.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -212,6 +279,12 @@ pub struct PunchConfig {
     pub opener_ttl: Option<u32>,
     /// Our part in the birthday technique, when exactly one side's NAT is symmetric.
     pub birthday: Option<Birthday>,
+    /// The round period and lane count both sides follow.
+    pub schedule: Schedule,
+    /// [`Schedule::index`] of the first round: picks its lane.
+    pub first_index: u64,
+    /// Lanes 1.. (`schedule.lanes - 1` of them); lane 0 is the main socket.
+    pub lanes: Vec<Lane>,
 }
 
 /// A probe to send.
@@ -263,6 +336,8 @@ struct Path {
     target: Target,
     /// Probe at once and throughout, not just in rounds.
     at_once: bool,
+    /// Probed in the rounds of this lane only; `None`: in every round.
+    lane: Option<usize>,
     probes_sent: u32,
     next_probe: Instant,
     confirmed: bool,
@@ -304,22 +379,48 @@ pub struct Puncher {
 
 impl Puncher {
     /// Creates the state machine at time `now`.
-    pub fn new(cfg: PunchConfig, now: Instant) -> Self {
+    pub fn new(mut cfg: PunchConfig, now: Instant) -> Self {
+        if cfg.lanes.len() + 1 != cfg.schedule.lanes {
+            // Not what the schedule promised the peer: follow the old one rather than probe
+            // ports of the peer nobody listed.
+            tracing::warn!(
+                lanes = cfg.lanes.len(),
+                "lanes do not match the schedule; using one lane"
+            );
+            cfg.schedule = Schedule::LEGACY;
+            cfg.lanes.clear();
+        }
         let mut paths = Vec::new();
-        for t in &cfg.targets {
+        let mut add = |target: Target, lane: Option<usize>| {
             if paths
                 .iter()
-                .any(|p: &Path| p.target.addr == t.addr && p.target.socket == t.socket)
+                .any(|p: &Path| p.target.addr == target.addr && p.target.socket == target.socket)
             {
-                continue;
+                return;
             }
             paths.push(Path {
-                target: *t,
-                at_once: t.kind.probe_at_once(),
+                target,
+                at_once: target.kind.probe_at_once(),
+                lane,
                 probes_sent: 0,
                 next_probe: now,
                 confirmed: false,
             });
+        };
+        for t in &cfg.targets {
+            let lanes =
+                t.kind == PathKind::Mapped && t.socket == MAIN_SOCKET && !cfg.lanes.is_empty();
+            add(*t, lanes.then_some(0));
+            if lanes {
+                for (i, lane) in cfg.lanes.iter().enumerate() {
+                    let target = Target {
+                        addr: SocketAddr::new(t.addr.ip(), lane.peer_port),
+                        kind: PathKind::Mapped,
+                        socket: lane.socket,
+                    };
+                    add(target, Some(i + 1));
+                }
+            }
         }
         let next_round_tick = cfg.first_round.max(now);
         let spray = match cfg.birthday {
@@ -350,7 +451,20 @@ impl Puncher {
 
     /// Start time of round `n`.
     pub fn round_start(&self, n: u32) -> Instant {
-        self.cfg.first_round + ROUND_PERIOD * n
+        self.cfg.first_round + self.cfg.schedule.period * n
+    }
+
+    /// The lane of round `n`.
+    fn lane_of(&self, n: u32) -> usize {
+        self.cfg.schedule.lane(self.cfg.first_index + n as u64)
+    }
+
+    /// Our socket in `lane`.
+    fn lane_socket(&self, lane: usize) -> SocketId {
+        match lane {
+            0 => MAIN_SOCKET,
+            l => self.cfg.lanes.get(l - 1).map_or(MAIN_SOCKET, |l| l.socket),
+        }
     }
 
     /// Rounds fired so far.
@@ -429,6 +543,7 @@ impl Puncher {
                         socket,
                     },
                     at_once: true,
+                    lane: None,
                     probes_sent: 0,
                     next_probe: now,
                     confirmed: false,
@@ -520,7 +635,8 @@ impl Puncher {
 
     fn round_tick(&mut self, now: Instant) {
         let since_first = now.saturating_duration_since(self.cfg.first_round);
-        let n = (since_first.as_nanos() / ROUND_PERIOD.as_nanos()) as u32;
+        let n = (since_first.as_nanos() / self.cfg.schedule.period.as_nanos()) as u32;
+        let lane = self.lane_of(n);
         let start = self.round_start(n);
         let offset = now.saturating_duration_since(start);
         if offset >= ROUND_LENGTH {
@@ -539,14 +655,16 @@ impl Puncher {
         let round_targets: Vec<(SocketId, SocketAddr)> = self
             .paths
             .iter()
-            .filter(|p| !p.at_once && self.socket_live(p.target.socket))
+            .filter(|p| {
+                !p.at_once && p.lane.is_none_or(|l| l == lane) && self.socket_live(p.target.socket)
+            })
             .map(|p| (p.target.socket, p.target.addr))
             .collect();
         for (socket, addr) in round_targets {
             self.send_ping(now, socket, addr, ttl);
         }
         if !self.paths.iter().any(|p| p.confirmed) {
-            self.birthday_tick(now, n, offset);
+            self.birthday_tick(now, n, lane, offset);
         }
         let next = now + ROUND_PROBE_INTERVAL;
         self.next_round_tick = if next >= start + ROUND_LENGTH {
@@ -556,16 +674,23 @@ impl Puncher {
         };
     }
 
-    /// The birthday technique's share of a round tick in round `n`, `offset` into it.
-    fn birthday_tick(&mut self, now: Instant, n: u32, offset: Duration) {
-        // Only the peer's NAT-mapped addresses: the technique is about its NAT's ports.
-        let mapped: Vec<SocketAddr> = self
+    /// The birthday technique's share of a round tick in round `n` (in `lane`), `offset`
+    /// into it.
+    fn birthday_tick(&mut self, now: Instant, n: u32, lane: usize, offset: Duration) {
+        // Only the peer's NAT-mapped addresses in this lane: the technique is about its
+        // NAT's ports.
+        let mut mapped: Vec<SocketAddr> = self
             .cfg
             .targets
             .iter()
             .filter(|t| t.kind == PathKind::Mapped)
-            .map(|t| t.addr)
+            .map(|t| match (lane, self.cfg.lanes.get(lane.wrapping_sub(1))) {
+                (0, _) | (_, None) => t.addr,
+                (_, Some(l)) => SocketAddr::new(t.addr.ip(), l.peer_port),
+            })
             .collect();
+        mapped.dedup();
+        let from = self.lane_socket(lane);
         if mapped.is_empty() {
             return;
         }
@@ -613,7 +738,7 @@ impl Puncher {
         spray.sent = due;
         for addr in batch {
             // Openers only: a guess that reached the peer's NAT would make it skip that port.
-            self.send_ping(now, MAIN_SOCKET, addr, self.cfg.opener_ttl);
+            self.send_ping(now, from, addr, self.cfg.opener_ttl);
         }
     }
 
@@ -670,25 +795,80 @@ mod tests {
 
     #[test]
     fn first_round_is_on_a_shared_boundary() {
-        let r = first_round_unix(Duration::from_secs(1_700_000_001));
-        assert_eq!(r.as_secs() % ROUND_PERIOD.as_secs(), 0);
-        assert_eq!(r.as_secs() % BOUNDARY.as_secs(), 0);
-        assert!(r >= Duration::from_secs(1_700_000_001) + ROUND_LEAD);
-        // Two peers who paste anywhere in the same window meet at the same boundary.
-        let a = first_round_unix(Duration::from_millis(1_700_000_000_100));
-        let b = first_round_unix(Duration::from_millis(1_700_000_000_100 + 30_000));
-        assert_eq!(a, b);
-        // Too close to a boundary: the next one.
-        let edge = Duration::from_secs(1_700_000_040) - Duration::from_millis(500);
-        assert_eq!(first_round_unix(edge), Duration::from_secs(1_700_000_080));
+        for schedule in [Schedule::new(LANES, LANES), Schedule::LEGACY] {
+            let period = schedule.period.as_secs();
+            let r = schedule.first_round_unix(Duration::from_secs(1_700_000_001));
+            assert_eq!(r.as_secs() % period, 0);
+            assert_eq!(r.as_secs() % BOUNDARY.as_secs(), 0);
+            assert!(r >= Duration::from_secs(1_700_000_001) + ROUND_LEAD);
+            // Two peers who paste anywhere in the same window meet at the same boundary.
+            let a = schedule.first_round_unix(Duration::from_millis(1_700_000_000_100));
+            let b = schedule.first_round_unix(Duration::from_millis(
+                1_700_000_000_100 + (period * 1000 * 3 / 4),
+            ));
+            assert_eq!(a, b, "{schedule:?}");
+            // Too close to a boundary: the next one.
+            let edge = Duration::from_secs(1_700_000_040) - ROUND_LEAD / 2;
+            assert_eq!(
+                schedule.first_round_unix(edge),
+                Duration::from_secs(1_700_000_040 + period)
+            );
+        }
+    }
+
+    #[test]
+    fn schedules_both_sides_agree_on() {
+        // (our sockets, the peer's) -> (period in s, lanes)
+        let table = [
+            ((4, 4), (10, 4)),
+            ((8, 4), (10, 4)),
+            ((4, 8), (10, 4)),
+            // An older peer's ticket lists no lanes.
+            ((4, 1), (40, 1)),
+            ((1, 4), (40, 1)),
+            // Too few lanes would reuse one while its stale entry may live.
+            ((3, 4), (40, 1)),
+            ((1, 1), (40, 1)),
+        ];
+        for ((ours, theirs), (period, lanes)) in table {
+            let s = Schedule::new(ours, theirs);
+            assert_eq!(
+                (s.period.as_secs(), s.lanes),
+                (period, lanes),
+                "{ours}/{theirs}"
+            );
+            assert_eq!(s, Schedule::new(theirs, ours));
+        }
+        // Lanes follow Unix time: the round at second 10 k uses lane k mod 4.
+        let s = Schedule::new(LANES, LANES);
+        let lanes: Vec<usize> = [
+            1_700_000_000u64,
+            1_700_000_010,
+            1_700_000_020,
+            1_700_000_030,
+            1_700_000_040,
+        ]
+        .iter()
+        .map(|&t| s.lane(s.index(Duration::from_secs(t))))
+        .collect();
+        assert_eq!(lanes, [0, 1, 2, 3, 0]);
+        assert_eq!(Schedule::LEGACY.lane(12345), 0);
     }
 
     #[test]
     fn round_spacing_outlives_stale_nat_entries() {
         const CONNTRACK_UDP_UNREPLIED: Duration = Duration::from_secs(30);
-        assert!(ROUND_PERIOD > ROUND_LENGTH + CONNTRACK_UDP_UNREPLIED + Duration::from_secs(2));
+        let margin = Duration::from_secs(2);
+        // A lane (or, without lanes, the one pair) comes back only after the poison of a
+        // lone round on it has expired.
+        let lane_back = ROUND_PERIOD * LANES as u32;
+        assert!(lane_back > ROUND_LENGTH + CONNTRACK_UDP_UNREPLIED + margin);
+        assert!(LEGACY_ROUND_PERIOD > ROUND_LENGTH + CONNTRACK_UDP_UNREPLIED + margin);
         assert_eq!(ROUND_PERIOD.as_nanos() % BOUNDARY.as_nanos(), 0);
+        assert_eq!(LEGACY_ROUND_PERIOD.as_nanos() % BOUNDARY.as_nanos(), 0);
+        assert!(ROUND_LENGTH < ROUND_PERIOD);
         assert!(OPENER_PHASE < ROUND_LENGTH);
+        const { assert!(LANES <= MAX_LANES) };
     }
 
     #[test]
@@ -708,6 +888,9 @@ mod tests {
             deadline: now + Duration::from_secs(100),
             opener_ttl: Some(2),
             birthday: None,
+            schedule: Schedule::LEGACY,
+            first_index: 0,
+            lanes: Vec::new(),
         }
     }
 
@@ -758,7 +941,7 @@ mod tests {
         // After the round: silence towards the mapped address until the next round.
         let quiet_from = t0 + Duration::from_secs(10) + ROUND_LENGTH;
         let mut now = quiet_from;
-        while now < t0 + Duration::from_secs(10) + ROUND_PERIOD {
+        while now < t0 + Duration::from_secs(10) + LEGACY_ROUND_PERIOD {
             p.handle_timeout(now);
             assert!(
                 drain(&mut p).iter().all(|t| t.destination != mapped),
@@ -770,6 +953,153 @@ mod tests {
                 .unwrap()
                 .max(now + Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn each_round_probes_its_lane_only() {
+        let t0 = Instant::now();
+        let mapped: SocketAddr = "198.18.2.2:21300".parse().unwrap();
+        let lanes = vec![
+            Lane {
+                socket: 7,
+                peer_port: 30001,
+            },
+            Lane {
+                socket: 8,
+                peer_port: 30002,
+            },
+            Lane {
+                socket: 9,
+                peer_port: 30003,
+            },
+        ];
+        let mut c = cfg(t0, vec![Target::new(mapped, PathKind::Mapped)]);
+        c.schedule = Schedule::new(LANES, LANES);
+        // The first round is Unix round 170_000_002: lane 2.
+        c.first_index = 170_000_002;
+        c.lanes = lanes;
+        let mut p = Puncher::new(c, t0);
+        // (round, our socket, the peer's port) for the first six rounds.
+        let expected = [
+            (0, 8, 30002),
+            (1, 9, 30003),
+            (2, 0, 21300),
+            (3, 7, 30001),
+            (4, 8, 30002),
+            (5, 9, 30003),
+        ];
+        for (n, socket, port) in expected {
+            let start = t0 + Duration::from_secs(10) + ROUND_PERIOD * n;
+            let mut seen = Vec::new();
+            let mut now = start;
+            while now < start + ROUND_PERIOD {
+                p.handle_timeout(now);
+                seen.extend(drain(&mut p).into_iter().map(|t| (now, t)));
+                now = p
+                    .poll_timeout()
+                    .unwrap()
+                    .max(now + Duration::from_millis(1));
+            }
+            assert!(!seen.is_empty(), "round {n}");
+            for (at, t) in &seen {
+                assert_eq!(
+                    (t.socket, t.destination.port()),
+                    (socket, port),
+                    "round {n}"
+                );
+                assert!(
+                    *at < start + ROUND_LENGTH,
+                    "round {n}: probe after the round"
+                );
+            }
+            assert_eq!(seen[0].1.ttl, Some(2), "round {n} opens with openers");
+        }
+    }
+
+    #[test]
+    fn the_birthday_technique_follows_the_lanes() {
+        let t0 = Instant::now();
+        let mapped: SocketAddr = "198.18.2.2:21300".parse().unwrap();
+        let lanes = vec![
+            Lane {
+                socket: 7,
+                peer_port: 30001,
+            },
+            Lane {
+                socket: 8,
+                peer_port: 30002,
+            },
+            Lane {
+                socket: 9,
+                peer_port: 30003,
+            },
+        ];
+        // (our part, lane of the first round) -> (socket, destination port, TTL) of what
+        // goes to the peer's address in the round, apart from the lane's own probes.
+        for (birthday, first_index) in [
+            (Birthday::Spray { seed: 3 }, 1),
+            (
+                Birthday::Open {
+                    sockets: vec![100, 101],
+                },
+                2,
+            ),
+        ] {
+            let mut c = cfg(t0, vec![Target::new(mapped, PathKind::Mapped)]);
+            c.schedule = Schedule::new(LANES, LANES);
+            c.first_index = first_index;
+            c.lanes = lanes.clone();
+            c.birthday = Some(birthday.clone());
+            let mut p = Puncher::new(c, t0);
+            let start = t0 + Duration::from_secs(10);
+            let mut now = start;
+            let mut extra = Vec::new();
+            while now < start + ROUND_LENGTH {
+                p.handle_timeout(now);
+                extra.extend(drain(&mut p).into_iter().filter(|t| {
+                    t.socket >= 100 || t.destination.port() != 30000 + first_index as u16
+                }));
+                now = p
+                    .poll_timeout()
+                    .unwrap()
+                    .max(now + Duration::from_millis(1));
+            }
+            let lane = &lanes[first_index as usize - 1];
+            match birthday {
+                Birthday::Spray { .. } => {
+                    assert_eq!(extra.len(), BIRTHDAY_PORTS);
+                    assert!(extra.iter().all(|t| t.socket == lane.socket
+                        && t.ttl == Some(2)
+                        && t.destination.ip() == mapped.ip()));
+                }
+                Birthday::Open { .. } => {
+                    assert!(!extra.is_empty());
+                    assert!(extra.iter().all(|t| (t.socket == 100 || t.socket == 101)
+                        && t.destination == SocketAddr::new(mapped.ip(), lane.peer_port)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lanes_that_do_not_match_the_schedule_fall_back_to_one() {
+        let t0 = Instant::now();
+        let mapped: SocketAddr = "198.18.2.2:21300".parse().unwrap();
+        let mut c = cfg(t0, vec![Target::new(mapped, PathKind::Mapped)]);
+        c.schedule = Schedule::new(LANES, LANES);
+        c.lanes = vec![Lane {
+            socket: 7,
+            peer_port: 30001,
+        }];
+        let mut p = Puncher::new(c, t0);
+        p.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!(
+            p.round_start(1),
+            t0 + Duration::from_secs(10) + LEGACY_ROUND_PERIOD
+        );
+        assert!(drain(&mut p)
+            .iter()
+            .all(|t| t.socket == MAIN_SOCKET && t.destination == mapped));
     }
 
     #[test]

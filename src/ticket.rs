@@ -5,9 +5,12 @@
 //! BLAKE3 checksum so a mangled paste is reported as such instead of as a timeout later.
 //!
 //! Versions: 1 is the original record; 2 is the same record that may also carry a
-//! [port-mapped](CandidateKind::PortMapped) address. A ticket is written with the lowest
-//! version that can say what it carries, so tickets without a port mapping are still read by
-//! older p2pcopy, and one with it gets a clear "upgrade" from them instead of "malformed".
+//! [port-mapped](CandidateKind::PortMapped) address; 3 adds, after the addresses, the public
+//! ports of the extra sockets that rounds use in turn ([`FullTicket::lane_ports`], see
+//! [`crate::punch`]). A ticket is written with the lowest version that can say what it
+//! carries, so tickets without a port mapping or lanes are still read by older p2pcopy, and
+//! one with them gets a clear "upgrade" from them instead of "malformed". A ticket without
+//! lanes gets the older, slower schedule of rounds from us.
 //! Base58 keeps it one alphanumeric word: chat clients do not turn it into markup and a
 //! double-click selects all of it. A bare `ip:port` (what the original p2pcopy printed) is
 //! accepted too; it carries no fingerprint, so such a link is encrypted but not authenticated.
@@ -21,12 +24,16 @@ use crate::fingerprint::Fingerprint;
 /// Text prefix of every ticket; the version lives inside the encoded record.
 pub const PREFIX: &str = "p2pc";
 /// Newest record version this p2pcopy reads and writes.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// The original record version, still written when no address needs version 2.
 const VERSION_1: u8 = 1;
+/// The version that may carry a port-mapped address.
+const VERSION_2: u8 = 2;
 /// At most this many candidates are carried; more only slows punching down.
 pub const MAX_CANDIDATES: usize = 8;
 const CHECKSUM_LEN: usize = 4;
+/// At most this many lane ports are carried (lanes past the main socket's).
+pub const MAX_LANE_PORTS: usize = crate::punch::MAX_LANES - 1;
 
 /// Which side of the transfer a ticket belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +168,10 @@ pub struct FullTicket {
     pub fingerprint: Fingerprint,
     /// Its candidate addresses, most preferred first.
     pub candidates: Vec<Candidate>,
+    /// The public ports of its extra sockets, lane 1 onwards (lane 0 is the main socket),
+    /// on the IP address of its mapped candidates; empty when it maps none (no NAT, no
+    /// STUN, or an older p2pcopy). Needs version 3.
+    pub lane_ports: Vec<u16>,
 }
 
 /// Why a pasted string is not a usable ticket.
@@ -204,7 +215,14 @@ impl FullTicket {
         let needs_v2 = candidates
             .iter()
             .any(|c| c.kind == CandidateKind::PortMapped);
-        out.push(if needs_v2 { VERSION } else { VERSION_1 });
+        let lanes = &self.lane_ports[..self.lane_ports.len().min(MAX_LANE_PORTS)];
+        out.push(if !lanes.is_empty() {
+            VERSION
+        } else if needs_v2 {
+            VERSION_2
+        } else {
+            VERSION_1
+        });
         let role_bit = match self.role {
             Role::Sender => 0,
             Role::Receiver => 1,
@@ -225,6 +243,12 @@ impl FullTicket {
                 }
             }
             out.extend_from_slice(&c.addr.port().to_be_bytes());
+        }
+        if !lanes.is_empty() {
+            out.push(lanes.len() as u8);
+            for port in lanes {
+                out.extend_from_slice(&port.to_be_bytes());
+            }
         }
         out
     }
@@ -274,6 +298,22 @@ impl FullTicket {
                 addr: SocketAddr::new(ip, port),
             });
         }
+        let mut lane_ports = Vec::new();
+        if version >= 3 {
+            let n = r.u8()? as usize;
+            if n == 0 || n > MAX_LANE_PORTS {
+                return Err(TicketError::Malformed("wrong number of lanes"));
+            }
+            for _ in 0..n {
+                let port = u16::from_be_bytes(r.take(2)?.try_into().expect("2"));
+                // A repeated port would put two lanes on one pair of ports, where a lone
+                // round's stale entry could meet the next round.
+                if port == 0 || lane_ports.contains(&port) {
+                    return Err(TicketError::Malformed("lane port zero or repeated"));
+                }
+                lane_ports.push(port);
+            }
+        }
         if !r.0.is_empty() {
             return Err(TicketError::Malformed("trailing bytes"));
         }
@@ -285,6 +325,7 @@ impl FullTicket {
             nat,
             fingerprint,
             candidates,
+            lane_ports,
         })
     }
 }
@@ -413,7 +454,76 @@ mod tests {
                     addr: "[2001:db8::1]:21300".parse().unwrap(),
                 },
             ],
+            lane_ports: Vec::new(),
         }
+    }
+
+    fn with_lanes() -> FullTicket {
+        FullTicket {
+            lane_ports: vec![40001, 51234, 1025],
+            ..with_port_mapping()
+        }
+    }
+
+    #[test]
+    fn lane_ports_round_trip_as_version_3() {
+        let t = with_lanes();
+        assert_eq!(t.encode_record()[0], 3);
+        assert_eq!(
+            t.to_string().parse::<Ticket>().unwrap(),
+            Ticket::Full(t.clone())
+        );
+        // Without a port mapping too.
+        let mut plain = sample();
+        plain.lane_ports = vec![40001, 40002, 40003];
+        assert_eq!(plain.encode_record()[0], 3);
+        assert_eq!(
+            plain.to_string().parse::<Ticket>().unwrap(),
+            Ticket::Full(plain.clone())
+        );
+        // What most users paste (one mapped and one LAN address, three lanes) stays short.
+        plain.candidates.truncate(2);
+        assert!(plain.to_string().len() < 120, "{}", plain.to_string().len());
+        // A version 2 record with lanes after it has trailing bytes to an older reader.
+        assert_eq!(
+            retagged(&t, 2).parse::<Ticket>(),
+            Err(TicketError::Malformed("trailing bytes"))
+        );
+    }
+
+    #[test]
+    fn bad_lane_ports_are_refused() {
+        let t = sample();
+        let base = {
+            let mut r = t.encode_record();
+            r[0] = 3;
+            r
+        };
+        let with = |tail: &[u8]| {
+            let mut r = base.clone();
+            r.extend_from_slice(tail);
+            FullTicket::decode_record(&r)
+        };
+        let malformed = |why| Err(TicketError::Malformed(why));
+        assert_eq!(with(&[]), malformed("too short"));
+        assert_eq!(with(&[0]), malformed("wrong number of lanes"));
+        assert_eq!(with(&[8, 0, 1]), malformed("wrong number of lanes"));
+        assert_eq!(with(&[2, 0, 1]), malformed("too short"));
+        assert_eq!(with(&[1, 0, 0]), malformed("lane port zero or repeated"));
+        assert_eq!(
+            with(&[2, 1, 1, 1, 1]),
+            malformed("lane port zero or repeated")
+        );
+        assert_eq!(with(&[1, 1, 1, 9]), malformed("trailing bytes"));
+        assert_eq!(with(&[1, 1, 1]).map(|t| t.lane_ports), Ok(vec![257]));
+        // No more than fit: the encoder keeps the first ones.
+        let mut many = sample();
+        many.lane_ports = (1000..1020).collect();
+        let back = FullTicket::decode_record(&many.encode_record()).unwrap();
+        assert_eq!(
+            back.lane_ports,
+            (1000..1000 + MAX_LANE_PORTS as u16).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -532,7 +642,15 @@ mod tests {
             Ticket::Full(t.clone())
         );
         // So does the same record labelled version 2.
-        assert_eq!(retagged(&t, 2).parse::<Ticket>().unwrap(), Ticket::Full(t));
+        assert_eq!(
+            retagged(&t, 2).parse::<Ticket>().unwrap(),
+            Ticket::Full(t.clone())
+        );
+        // Nor does a version 3 label on a record without lanes: it must say how many.
+        assert_eq!(
+            retagged(&t, 3).parse::<Ticket>(),
+            Err(TicketError::Malformed("too short"))
+        );
         // A port-mapped address is not part of version 1.
         assert_eq!(
             retagged(&with_port_mapping(), 1).parse::<Ticket>(),
@@ -552,7 +670,11 @@ mod tests {
             retagged(&sample(), 0).parse::<Ticket>(),
             Err(TicketError::Version(0))
         );
-        assert!(TicketError::Version(3).to_string().contains("upgrade"));
+        assert!(TicketError::Version(4).to_string().contains("upgrade"));
+        assert_eq!(
+            retagged(&sample(), 4).parse::<Ticket>(),
+            Err(TicketError::Version(4))
+        );
     }
 
     #[test]
@@ -584,7 +706,7 @@ mod tests {
     fn decoder_survives_arbitrary_records() {
         // Cheap stand-in for fuzzing in the default test run: every truncation and every
         // single-byte corruption of a valid record decodes to Ok or Err, never panics.
-        let record = with_port_mapping().encode_record();
+        let record = with_lanes().encode_record();
         for n in 0..record.len() {
             let _ = FullTicket::decode_record(&record[..n]);
         }

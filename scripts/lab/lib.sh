@@ -623,7 +623,7 @@ lab_fill_tmpfs() {
 #                          mentions "symmetric", nothing in the output dir;
 #                          badticket: a garbage ticket is pasted to both,
 #                          both exit 3 within 15 s, nothing in the output dir;
-#                          interrupt: SIGINT to both 3 s after the pastes,
+#                          interrupt: SIGINT to both 1 s after the pastes,
 #                          both exit 130 within 15 s, nothing in the output dir;
 #                          diskfull: both exit 9, output dir empty (--out-tmpfs);
 #                          diskfills: with --fill-after; both exit 9 within 15 s
@@ -686,7 +686,7 @@ lab_transfer() {
     shift 3
     local expect=ok ptimeout="" delay=0 sfake="" rfake="" files=() show=0 clash=0
     local tmpfs="" throttle="" cutafter="" cutfor="" sizemb="" out="" tree=0 killat="" countbytes=0
-    local fillafter="" wantpath="" smapped="" rmapped=""
+    local fillafter="" wantpath="" smapped="" rmapped="" stamp=0
     while (($#)); do
         case $1 in
         --expect) expect=$2; shift 2 ;;
@@ -710,6 +710,7 @@ lab_transfer() {
         --path) wantpath=$2; shift 2 ;;
         --sender-mapped) smapped=$2; shift 2 ;;
         --receiver-mapped) rmapped=$2; shift 2 ;;
+        --stamp) stamp=1; shift ;;
         *) echo "lab_transfer: unknown option $1"; return 2 ;;
         esac
     done
@@ -813,7 +814,7 @@ EOT
         echo $! >>"$LAB_DIR/helpers.pids"
     fi
     local events=$wd/events.log stamppid=""
-    if [[ -n $cutafter || -n $killat || -n $fillafter ]]; then
+    if [[ -n $cutafter || -n $killat || -n $fillafter ]] || ((stamp)); then
         python3 "$LAB_LIB_DIR/stamp.py" "$events" "$wd/stamp.stop" $((limit + 20)) \
             sender="$wd/sender.err" receiver="$wd/receiver.err" </dev/null 9>&- &
         stamppid=$!
@@ -841,8 +842,10 @@ EOT
         fi
         # "The users paste": each ticket into the other's stdin.
         printf '%s\n' "$st" >&"$rfd"
+        lab_event "$events" "paste 1"
         sleep "$delay"
         printf '%s\n' "$rt" >&"$sfd"
+        lab_event "$events" "paste 2"
     fi
     local tpaste=$SECONDS src=0 rrc=0
     if [[ -n $cutafter ]]; then
@@ -912,7 +915,9 @@ EOT
         tpaste=$SECONDS
     fi
     if [[ $expect == interrupt ]]; then
-        sleep 3
+        # Before the first round can connect anyone: it starts 0.25-10.25 s after the
+        # paste and its first 2 s are openers.
+        sleep 1
         local p
         for p in $(ip netns pids "$sns") $(ip netns pids "$rns"); do
             kill -INT "$p" 2>/dev/null || true

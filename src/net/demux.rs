@@ -2,11 +2,12 @@
 //! go to the puncher, QUIC from the peer's paths to quinn, and the rest is dropped here
 //! ([`super::guard`] decides which).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -33,7 +34,11 @@ struct Slot {
 ///
 /// Usually it wraps just the main socket. For the birthday technique it also reads the
 /// extra sockets, and QUIC then sends from whichever socket the puncher kept (the
-/// "primary"), so the connection uses the NAT mapping that worked.
+/// "primary"), so the connection uses the NAT mapping that worked. It also reads the lane
+/// sockets (see [`crate::punch`]): QUIC to an address of the peer whose probes arrived on
+/// the main socket or a lane socket leaves from that socket, since each pair of sockets
+/// has its own NAT mappings, and the QUIC server must answer from the socket the client's
+/// lane reaches, whichever lane its own puncher confirmed first.
 pub struct DemuxSocket {
     /// Every socket read, the main one first; replaced whole, so a read holds no lock.
     slots: RwLock<Arc<[Slot]>>,
@@ -43,6 +48,13 @@ pub struct DemuxSocket {
     v6: RwLock<Option<Slot>>,
     /// Whether QUIC's last send went to an IPv6 address: the writability poller follows it.
     sending_v6: AtomicBool,
+    /// The socket of QUIC's last send when it was a lane's (else `u32::MAX`): the
+    /// writability poller follows it.
+    sending_lane: AtomicU32,
+    /// The lane sockets past the main one: read for the whole run, never pruned.
+    lanes: RwLock<Vec<SocketId>>,
+    /// Where probes from each peer address last arrived, on the main or a lane socket.
+    routes: RwLock<HashMap<SocketAddr, Slot>>,
     /// quinn's receive task, woken when a socket is added while it waits.
     waker: Mutex<Option<Waker>>,
     /// Where the next read starts, so no socket starves the others.
@@ -77,6 +89,9 @@ impl DemuxSocket {
             primary: RwLock::new(slot),
             v6: RwLock::new(None),
             sending_v6: AtomicBool::new(false),
+            sending_lane: AtomicU32::new(u32::MAX),
+            lanes: RwLock::new(Vec::new()),
+            routes: RwLock::new(HashMap::new()),
             waker: Mutex::new(None),
             next: AtomicUsize::new(0),
             probes,
@@ -133,6 +148,56 @@ impl DemuxSocket {
         }
     }
 
+    /// Starts reading a lane socket, for the rest of the run.
+    pub(super) fn add_lane(&self, id: SocketId, io: Arc<dyn AsyncUdpSocket>) {
+        self.lanes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id);
+        self.add(id, io);
+    }
+
+    fn is_lane(&self, id: SocketId) -> bool {
+        id == MAIN_SOCKET
+            || self
+                .lanes
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id)
+    }
+
+    /// Remembers that a probe from `from` arrived on `socket`, when that is the main or a
+    /// lane socket: QUIC to `from` leaves from it.
+    fn route(&self, socket: SocketId, from: SocketAddr) {
+        let known = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&from)
+            .is_some_and(|s| s.id == socket);
+        if known || !self.is_lane(socket) {
+            return;
+        }
+        let Some(slot) = self.slots().iter().find(|s| s.id == socket).cloned() else {
+            return;
+        };
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        // Bounded like the peer paths: a flood of forged sources cannot grow it.
+        if routes.len() >= 4 * guard::MAX_PEER_PATHS {
+            routes.clear();
+        }
+        routes.insert(from, slot);
+    }
+
+    /// The socket QUIC to `destination` (IPv4 as IPv4) leaves from.
+    pub(super) fn socket_for(&self, destination: SocketAddr) -> SocketId {
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&destination)
+            .map_or_else(|| self.sender(destination.is_ipv6()).id, |s| s.id)
+    }
+
     /// Starts reading the IPv6 socket and sends IPv6 from it.
     pub(super) fn add_v6(&self, io: Arc<dyn AsyncUdpSocket>) {
         *self.v6.write().unwrap_or_else(|e| e.into_inner()) = Some(Slot {
@@ -166,7 +231,9 @@ impl DemuxSocket {
         let slots: Vec<Slot> = self
             .slots()
             .iter()
-            .filter(|s| s.id == MAIN_SOCKET || s.id == V6_SOCKET || s.id == primary)
+            .filter(|s| {
+                s.id == MAIN_SOCKET || s.id == V6_SOCKET || s.id == primary || self.is_lane(s.id)
+            })
             .cloned()
             .collect();
         *self.slots.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(slots);
@@ -187,7 +254,8 @@ impl DemuxSocket {
         }
     }
 
-    /// Sends a probe from an extra socket (the main one sends its own, with TTLs).
+    /// Sends a probe from an extra socket (the main and lane sockets send their own, with
+    /// TTLs).
     pub(super) fn send_extra(&self, tx: &Transmit) -> io::Result<()> {
         let slots = self.slots();
         let slot = slots
@@ -245,6 +313,7 @@ impl DemuxSocket {
                             }
                             known = true;
                         }
+                        self.route(socket, m.addr);
                         // A full channel means a flood; dropping probes then is fine.
                         let _ = self.probes.try_send((socket, m.addr, buf[seg].to_vec()));
                     }
@@ -282,7 +351,17 @@ impl AsyncUdpSocket for DemuxSocket {
 
     fn try_send(&self, transmit: &QuinnTransmit) -> io::Result<()> {
         let destination = canonical(transmit.destination);
-        let slot = self.sender(destination.is_ipv6());
+        let routed = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&destination)
+            .cloned();
+        self.sending_lane.store(
+            routed.as_ref().map_or(u32::MAX, |s| s.id),
+            Ordering::Relaxed,
+        );
+        let slot = routed.unwrap_or_else(|| self.sender(destination.is_ipv6()));
         self.sending_v6
             .store(slot.id == V6_SOCKET, Ordering::Relaxed);
         if destination == transmit.destination {
@@ -407,9 +486,14 @@ impl fmt::Debug for PrimaryPoller {
 
 impl UdpPoller for PrimaryPoller {
     fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-        let primary = self
-            .demux
-            .sender(self.demux.sending_v6.load(Ordering::Relaxed));
+        let lane = self.demux.sending_lane.load(Ordering::Relaxed);
+        let routed = (lane != u32::MAX)
+            .then(|| self.demux.slots().iter().find(|s| s.id == lane).cloned())
+            .flatten();
+        let primary = routed.unwrap_or_else(|| {
+            self.demux
+                .sender(self.demux.sending_v6.load(Ordering::Relaxed))
+        });
         let this = &mut *self;
         let poller = match &mut this.current {
             Some((id, poller)) if *id == primary.id => poller,
@@ -508,10 +592,12 @@ mod tests {
         let totals = demux.drop_log().totals().unwrap();
         assert_eq!(totals.counts, [1, 1, 1, 0]);
 
-        // QUIC leaves from the main socket until the puncher picks another.
-        let send = |d: &DemuxSocket| {
+        // QUIC to an address whose probes arrived on the main socket leaves from it; to
+        // others, from the main socket until the puncher picks another.
+        let other = tokio::net::UdpSocket::bind((loopback, 0)).await.unwrap();
+        let send = |d: &DemuxSocket, to: SocketAddr| {
             d.try_send(&QuinnTransmit {
-                destination: peer_addr,
+                destination: to,
                 ecn: None,
                 contents: b"\x40out",
                 segment_size: None,
@@ -520,15 +606,33 @@ mod tests {
             .unwrap()
         };
         let mut buf = [0u8; 64];
-        send(&demux);
-        assert_eq!(peer.recv_from(&mut buf).await.unwrap().1, main_addr);
+        send(&demux, other.local_addr().unwrap());
+        assert_eq!(other.recv_from(&mut buf).await.unwrap().1, main_addr);
         demux.set_primary(7);
-        send(&demux);
-        assert_eq!(peer.recv_from(&mut buf).await.unwrap().1, extra_addr);
-        // Pruning keeps the main socket and the primary.
+        send(&demux, other.local_addr().unwrap());
+        assert_eq!(other.recv_from(&mut buf).await.unwrap().1, extra_addr);
+        send(&demux, peer_addr);
+        assert_eq!(peer.recv_from(&mut buf).await.unwrap().1, main_addr);
+        assert_eq!(demux.socket_for(peer_addr), MAIN_SOCKET);
+
+        // A lane socket: QUIC to whoever probed it leaves from it, and it is never pruned.
+        let lane = bind(loopback, 0).unwrap();
+        let lane_addr = lane.local_addr().unwrap();
+        demux.add_lane(3, wrap(lane));
+        other.send_to(&probe, lane_addr).await.unwrap();
+        other.send_to(b"\x40lane", lane_addr).await.unwrap();
+        assert_eq!(
+            recv_one(&demux).await,
+            (other.local_addr().unwrap(), b"\x40lane".to_vec())
+        );
+        assert_eq!(probes.recv().await.unwrap().0, 3);
+        send(&demux, other.local_addr().unwrap());
+        assert_eq!(other.recv_from(&mut buf).await.unwrap().1, lane_addr);
+        assert_eq!(demux.socket_for(other.local_addr().unwrap()), 3);
+        // Pruning keeps the main socket, the lanes and the primary.
         demux.add(8, wrap(bind(loopback, 0).unwrap()));
         demux.prune();
         let ids: Vec<SocketId> = demux.slots().iter().map(|s| s.id).collect();
-        assert_eq!(ids, [MAIN_SOCKET, 7]);
+        assert_eq!(ids, [MAIN_SOCKET, 7, 3]);
     }
 }

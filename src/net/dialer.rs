@@ -15,8 +15,8 @@ use super::socket::bind;
 use crate::error::Error;
 use crate::nat::BirthdayPart;
 use crate::punch::{
-    attempt_targets, Birthday, PathKind, PunchConfig, PunchEvent, Puncher, SocketId,
-    BIRTHDAY_SOCKETS, V6_SOCKET,
+    attempt_targets, Birthday, Lane, PathKind, PunchConfig, PunchEvent, Puncher, Schedule,
+    SocketId, BIRTHDAY_SOCKETS, V6_SOCKET,
 };
 use crate::shown::shown;
 use crate::ticket::Ticket;
@@ -80,6 +80,10 @@ pub struct Dialer {
     /// Where the last connection ran (our socket, its address); probed at once on a
     /// reconnect.
     last_path: Option<(SocketId, SocketAddr)>,
+    /// The rounds both sides follow, from the lanes both tickets list.
+    schedule: Schedule,
+    /// Lanes past the main socket's: ours and the peer's port (empty without lanes).
+    lanes: Vec<Lane>,
 }
 
 impl Drop for Dialer {
@@ -92,7 +96,9 @@ impl Dialer {
     /// Makes the bound socket (STUN already done on it) a QUIC endpoint for talking to
     /// `peer`: a client for the sender (`is_client`), a server for the receiver.
     /// `v6` is the IPv6 socket, if this host has global IPv6 addresses; `birthday` is this
-    /// side's part in the birthday technique, if the NATs call for it.
+    /// side's part in the birthday technique, if the NATs call for it; `lanes` are the
+    /// extra sockets whose ports our ticket lists ([`super::LaneSockets`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         socket: std::net::UdpSocket,
         v6: Option<std::net::UdpSocket>,
@@ -101,6 +107,7 @@ impl Dialer {
         peer: Ticket,
         opener_ttl: Option<u32>,
         birthday: Option<BirthdayPart>,
+        lanes: Option<super::LaneSockets>,
     ) -> Result<Dialer, Error> {
         let peer_fp = peer.fingerprint();
         let auth = crate::tls::PeerAuth::for_ticket(&peer);
@@ -142,6 +149,40 @@ impl Dialer {
         } else {
             None
         };
+        let peer_lanes = match &peer {
+            Ticket::Full(t) => t.lane_ports.clone(),
+            Ticket::Bare(_) => Vec::new(),
+        };
+        let ours = lanes.map(|l| l.sockets).unwrap_or_default();
+        let schedule = Schedule::new(ours.len() + 1, peer_lanes.len() + 1);
+        let mut next_socket = V6_SOCKET + 1;
+        let mut lane_io = Vec::new();
+        let mut our_lanes = Vec::new();
+        // Bound for the whole run, used or not, so that the ports our ticket lists stay
+        // mapped to us.
+        for (sock, peer_port) in ours
+            .into_iter()
+            .zip(peer_lanes.iter().copied().chain(std::iter::repeat(0)))
+        {
+            let id = next_socket;
+            next_socket += 1;
+            let probe = sock
+                .try_clone()
+                .and_then(tokio::net::UdpSocket::from_std)
+                .map_err(|e| Error::Internal(format!("cannot clone socket: {e}")))?;
+            let io = runtime
+                .wrap_udp_socket(sock)
+                .map_err(|e| Error::Internal(format!("socket: {e}")))?;
+            demux.add_lane(id, io);
+            lane_io.push((id, probe));
+            if our_lanes.len() + 1 < schedule.lanes {
+                our_lanes.push(Lane {
+                    socket: id,
+                    peer_port,
+                });
+            }
+        }
+        tracing::info!(?schedule, lanes = our_lanes.len(), "round schedule");
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_cfg,
             server_cfg,
@@ -153,13 +194,14 @@ impl Dialer {
             endpoint,
             probes: Some(ProbeIo {
                 socket: probe_socket,
+                lanes: lane_io,
                 incoming: probe_rx,
                 demux: demux.clone(),
             }),
             demux,
             runtime,
             bind_ip,
-            next_socket: V6_SOCKET + 1,
+            next_socket,
             birthday,
             is_client,
             identity,
@@ -168,7 +210,14 @@ impl Dialer {
             client_cfg,
             opener_ttl,
             last_path: None,
+            schedule,
+            lanes: our_lanes,
         })
+    }
+
+    /// When rounds fire: every 10 s in lanes when both tickets list them, else every 40 s.
+    pub fn schedule(&self) -> Schedule {
+        self.schedule
     }
 
     /// The QUIC endpoint (close it when the run ends).
@@ -212,11 +261,13 @@ impl Dialer {
     }
 
     /// Punches a path to the peer and establishes QUIC over it. Rounds start at
-    /// `first_round`; after a lost connection the last working address is probed at once
-    /// as well, which reconnects within a round trip when the NATs kept their mappings.
+    /// `first_round`, whose [`Schedule::index`] is `first_index`; after a lost connection
+    /// the last working address is probed at once as well, which reconnects within a round
+    /// trip when the NATs kept their mappings.
     pub async fn connect(
         &mut self,
         first_round: Instant,
+        first_index: u64,
         deadline: Instant,
         mut on_progress: impl FnMut(Progress),
     ) -> Result<Link, ConnectFailure> {
@@ -239,6 +290,9 @@ impl Dialer {
             deadline,
             opener_ttl: self.opener_ttl,
             birthday,
+            schedule: self.schedule,
+            first_index,
+            lanes: self.lanes.clone(),
         };
         let puncher = Puncher::new(cfg, Instant::now());
         let mut io = self.probes.take().ok_or_else(|| {
@@ -318,7 +372,7 @@ impl Dialer {
         self.demux.prune();
         let connection = result?;
         let remote = canonical(connection.remote_address());
-        self.last_path = Some((self.demux.primary_id(), remote));
+        self.last_path = Some((self.demux.socket_for(remote), remote));
         let kind = known
             .iter()
             .find(|(a, _)| *a == remote)

@@ -40,6 +40,8 @@ fn send_probe(sock: &tokio::net::UdpSocket, tx: &Transmit) -> io::Result<()> {
 pub(super) struct ProbeIo {
     /// A second handle on the main socket, for probes with their own TTL.
     pub(super) socket: tokio::net::UdpSocket,
+    /// Second handles on the lane sockets, which send openers too.
+    pub(super) lanes: Vec<(SocketId, tokio::net::UdpSocket)>,
     /// Probes that arrived on any socket.
     pub(super) incoming: mpsc::Receiver<(SocketId, SocketAddr, Vec<u8>)>,
     pub(super) demux: Arc<DemuxSocket>,
@@ -55,8 +57,11 @@ pub(super) async fn drive(
 ) -> ProbeIo {
     loop {
         while let Some(tx) = puncher.poll_transmit() {
+            let lane = io.lanes.iter().find(|(id, _)| *id == tx.socket);
             let sent = if tx.socket == MAIN_SOCKET {
                 send_probe(&io.socket, &tx)
+            } else if let Some((_, sock)) = lane {
+                send_probe(sock, &tx)
             } else {
                 io.demux.send_extra(&tx)
             };

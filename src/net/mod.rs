@@ -5,6 +5,8 @@
 //! and the NAT mapping that STUN measured is the one QUIC uses.
 //!
 //! The rooms, each with what it may use besides `std`:
+//! - `lanes`: [`LaneSockets`], the extra sockets rounds take turns on, mapped by STUN
+//!   ([`crate::stun`]);
 //! - `socket`: binding the run's sockets and reading the host's interface addresses
 //!   (`socket2`, `if_addrs`; the pure rules in [`crate::punch`]);
 //! - [`guard`]: what the shared socket lets through and the tally of what it drops (pure:
@@ -25,10 +27,12 @@ mod demux;
 mod dialer;
 mod driver;
 pub mod guard;
+mod lanes;
 mod socket;
 
 pub use demux::{canonical, DemuxSocket};
 pub use dialer::{ConnectFailure, Dialer, Link, Progress};
+pub use lanes::LaneSockets;
 pub use socket::{bind, host_ips, host_ips_v6, shares_a_network};
 // The target rules live beside the puncher now; the CLI still finds them here.
 pub use crate::punch::{both_have_ipv6, targets};

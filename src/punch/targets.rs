@@ -134,6 +134,7 @@ mod tests {
                     addr: addr.parse().unwrap(),
                 })
                 .collect(),
+            lane_ports: Vec::new(),
         }
     }
 

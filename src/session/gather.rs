@@ -37,8 +37,8 @@ pub(super) async fn bind(
     });
 
     let host_ips = net::host_ips(local.ip());
-    let (nat_kind, socket, mut candidates, hops_task) = if config.no_stun {
-        (NatKind::Unknown, socket, Vec::new(), None)
+    let (nat_kind, socket, mut candidates, hops_task, lanes) = if config.no_stun {
+        (NatKind::Unknown, socket, Vec::new(), None, None)
     } else {
         let servers = or_defaults(&config.stun_servers, stun::DEFAULT_SERVERS);
         public(socket, &servers, &host_ips, &cleanup, &mut *events).await?
@@ -62,6 +62,7 @@ pub(super) async fn bind(
         nat: nat_kind,
         fingerprint: *identity.fingerprint(),
         candidates,
+        lane_ports: lanes.as_ref().map(|l| l.ports.clone()).unwrap_or_default(),
     };
     events.event(&Event::Ticket {
         role: config.role,
@@ -80,6 +81,7 @@ pub(super) async fn bind(
         ours,
         ntp_task,
         hops_task,
+        lanes,
     })
 }
 
@@ -95,7 +97,12 @@ async fn public(
     let internal = |e: std::io::Error| Error::Internal(e.to_string());
     let local = socket.local_addr().map_err(internal)?;
     let tokio_sock = tokio::net::UdpSocket::from_std(socket).map_err(internal)?;
-    let mappings = stun::discover(&tokio_sock, servers).await?;
+    // The lane sockets are mapped side by side with the main one.
+    let (mappings, lanes) = tokio::join!(
+        stun::discover(&tokio_sock, servers),
+        net::LaneSockets::map(local.ip(), servers)
+    );
+    let mappings = mappings?;
     let socket = tokio_sock.into_std().map_err(internal)?;
     let mapped: Vec<SocketAddr> = mappings.iter().map(|m| m.mapped).collect();
     let kind = nat::classify(local.port(), host_ips, &mapped);
@@ -110,6 +117,7 @@ async fn public(
         socket,
         public_candidates(forwarded, &mapped),
         hops_task,
+        lanes,
     ))
 }
 
@@ -119,6 +127,7 @@ type Public = (
     std::net::UdpSocket,
     Vec<Candidate>,
     Option<tokio::task::JoinHandle<Vec<Option<std::net::Ipv4Addr>>>>,
+    Option<net::LaneSockets>,
 );
 
 /// Our public candidates, most preferred first: a forwarded port reaches us from behind any

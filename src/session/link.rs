@@ -9,7 +9,7 @@ use super::{Events, Owned};
 use crate::error::{CloseCode, Error};
 use crate::events::{millis, seconds, Event};
 use crate::net::{self, ConnectFailure, Dialer, Progress as NetProgress};
-use crate::punch::{self, PathKind};
+use crate::punch::PathKind;
 use crate::ticket::{NatKind, Role};
 use crate::transfer::{self, Incoming, Observer, Outgoing, Report};
 use crate::{nat, ntp};
@@ -269,12 +269,16 @@ async fn connect(
     deadline: Instant,
     reconnects: u32,
 ) -> Result<net::Link, Error> {
+    // The schedule both tickets agree on: every 10 s in lanes, or every 40 s with a peer
+    // whose ticket lists none.
+    let schedule = dialer.schedule();
     let now_unix = plan.clock.now_unix();
-    let wait = punch::first_round_unix(now_unix).saturating_sub(now_unix);
+    let first_unix = schedule.first_round_unix(now_unix);
+    let wait = first_unix.saturating_sub(now_unix);
     let needs_rounds = plan.needs_rounds;
     events.event(&Event::Connecting {
         rounds: needs_rounds,
-        round_period_s: needs_rounds.then_some(punch::ROUND_PERIOD.as_secs()),
+        round_period_s: needs_rounds.then_some(schedule.period.as_secs()),
         next_round_in_s: needs_rounds.then_some(wait.as_secs()),
     });
     // Without rounds nothing waits for a boundary (public peers, or a local network).
@@ -284,12 +288,17 @@ async fn connect(
         deadline
     };
     let link = dialer
-        .connect(first_round, deadline, |p| match p {
-            NetProgress::Round(n) if needs_rounds => {
-                events.event(&Event::PunchRound { round: n + 1 });
-            }
-            NetProgress::Round(_) => {}
-        })
+        .connect(
+            first_round,
+            schedule.index(first_unix),
+            deadline,
+            |p| match p {
+                NetProgress::Round(n) if needs_rounds => {
+                    events.event(&Event::PunchRound { round: n + 1 });
+                }
+                NetProgress::Round(_) => {}
+            },
+        )
         .await;
     let link = match link {
         Ok(link) => link,

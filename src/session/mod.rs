@@ -152,6 +152,8 @@ pub struct Session {
     ours: FullTicket,
     ntp_task: Option<tokio::task::JoinHandle<Option<(String, ntp::Clock)>>>,
     hops_task: Option<tokio::task::JoinHandle<Vec<Option<Ipv4Addr>>>>,
+    /// The extra sockets whose ports the ticket lists, for rounds every 10 s.
+    lanes: Option<net::LaneSockets>,
 }
 
 impl Session {
@@ -259,6 +261,7 @@ impl Session {
             // A port mapping connects at once, without guessing ports (both sides see both
             // tickets, so they agree).
             nat::birthday_part(nat_kind, peer_nat).filter(|_| !port_mapped),
+            self.lanes,
         )?;
         Link::first(dialer, plan, self.events, self.cleanup, deadline).await
     }
@@ -326,6 +329,7 @@ mod tests {
                 kind: CandidateKind::Host,
                 addr: "10.0.0.1:1".parse().unwrap(),
             }],
+            lane_ports: Vec::new(),
         };
         let same = Ticket::Full(FullTicket {
             fingerprint: Fingerprint::from_bytes([2; 32]),

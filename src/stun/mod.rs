@@ -84,7 +84,7 @@ pub async fn discover(socket: &UdpSocket, servers: &[String]) -> Result<Vec<Mapp
 
 /// One Binding request to `server`, repeated until answered or [`QUERY_TIMEOUT`]: our
 /// address as the server saw it.
-async fn query(socket: &UdpSocket, server: SocketAddr) -> Option<SocketAddr> {
+pub async fn query(socket: &UdpSocket, server: SocketAddr) -> Option<SocketAddr> {
     let transaction: [u8; 12] = rand::random();
     let request = encode_request(transaction, false, false);
     let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
