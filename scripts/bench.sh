@@ -5,9 +5,12 @@
 #
 #   bash scripts/bench.sh                    # everything, 3 runs each (~20 min)
 #   BENCH_RUNS=1 BENCH_PROFILES=lan BENCH_MEMORY_GIB=0 bash scripts/bench.sh   # quick look
+#   BENCH_BASELINE=/tmp/p2pcopy-main bash scripts/bench.sh   # also that binary in every run (A/B)
+#   BENCH_P2PCOPY=/tmp/p2pcopy-x ...         # measure that binary instead of this tree's build
 #
 # Profiles (scripts/bench/bench.py): lan (one veth), wan (50 ms, 100 Mbit/s, 1 % loss),
-# long (200 ms, 100 Mbit/s, 2 % loss), bdp (100 ms, 1 Gbit/s), gig (1 ms, 1 Gbit/s).
+# long (200 ms, 100 Mbit/s, 2 % loss), bdp (100 ms, 1 Gbit/s), gig (1 ms, 1 Gbit/s), and
+# small (3,000 files of 1-16 KiB, LAN, disk to disk, against tar | ssh and rsync -a).
 # Shaping is done by lab/netem (user space; this kernel has no netem qdisc).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,7 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [[ $(id -u) == 0 ]] || { echo "bench.sh: needs root (network namespaces)" >&2; exit 2; }
 
 need=()
-for c in iperf3:iperf3 sshd:openssh-server scp:openssh-client ping:iputils-ping ethtool:ethtool ip:iproute2; do
+for c in iperf3:iperf3 rsync:rsync sshd:openssh-server scp:openssh-client ping:iputils-ping ethtool:ethtool ip:iproute2; do
     command -v "${c%%:*}" >/dev/null || [[ -x /usr/sbin/${c%%:*} ]] || need+=("${c#*:}")
 done
 if ((${#need[@]})); then
@@ -49,10 +52,11 @@ cleanup() {
 trap cleanup EXIT
 
 python3 scripts/bench/bench.py \
-    --p2pcopy "$PWD/target/release/p2pcopy" \
+    --p2pcopy "${BENCH_P2PCOPY:-$PWD/target/release/p2pcopy}" \
     --netem "$PWD/target/release/p2pcopy-lab-netem" \
     --workdir "$work" --bigdir "$big" \
     --runs "${BENCH_RUNS:-3}" \
-    --profiles "${BENCH_PROFILES:-lan,wan,long,bdp,gig}" \
+    --profiles "${BENCH_PROFILES:-lan,wan,long,bdp,gig,small}" \
     --memory-gib "${BENCH_MEMORY_GIB:-10}" \
-    --results "${BENCH_RESULTS:-bench/RESULTS.md}"
+    --results "${BENCH_RESULTS:-bench/RESULTS.md}" \
+    ${BENCH_BASELINE:+--baseline "$BENCH_BASELINE"}

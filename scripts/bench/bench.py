@@ -46,13 +46,17 @@ PROFILES = {
     "long": (100, 100, 0.02, 200, 30),
     "bdp": (50, 1000, 0.0, 1024, 15),
     "gig": (0.5, 1000, 0.0, 1024, 10),
+    # Many small files (the tree below), LAN, disk to disk (--bigdir): not in the default list.
+    "small": (None, None, 0.0, 0, 0),
 }
+SMALL_FILES, SMALL_DIRS = 3000, 150
 DESCRIBE = {
     "lan": "LAN: one veth, no shaping",
     "wan": "internet-like: 50 ms RTT, 100 Mbit/s, 1 % loss each way",
     "long": "long and lossy: 200 ms RTT, 100 Mbit/s, 2 % loss each way",
     "bdp": "high BDP: 100 ms RTT, 1 Gbit/s, no loss",
     "gig": "reference for the row above: 1 ms RTT, 1 Gbit/s, no loss",
+    "small": f"many small files: {SMALL_FILES} files of 1-16 KiB in {SMALL_DIRS} folders, LAN, disk to disk",
 }
 
 
@@ -247,6 +251,7 @@ def run_p2pcopy(binary, src, outdir, limit, logdir):
     if t_first is None or "plan" not in events["receiver"]:
         raise RuntimeError("p2pcopy: first byte never seen")
     return {
+        "total": r.end - t_paste,
         "secs": r.end - events["receiver"]["plan"],
         "connect": t_first - t_paste,
         "cpu_s": s.cpu(), "cpu_r": r.cpu(),
@@ -271,6 +276,68 @@ def run_scp(src, outdir, key, limit):
     if c.code != 0 or t_first is None:
         raise RuntimeError(f"scp failed: {c.code} {c.p.stderr.read()!r}")
     return {"secs": c.end - t_first, "connect": t_first - t0, "cpu_s": c.cpu(), "rss_s": c.rss_mib()}
+
+
+def make_tree(root):
+    """SMALL_FILES files of 1-16 KiB spread over SMALL_DIRS folders (two levels), made once."""
+    done = root / ".complete"
+    if done.exists():
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    for i in range(SMALL_FILES):
+        d = root / f"d{i % SMALL_DIRS // 10:02}" / f"e{i % SMALL_DIRS:03}"
+        d.mkdir(parents=True, exist_ok=True)
+        size = 1024 + (hashlib.blake2b(i.to_bytes(4, "little")).digest()[0] * 61) % (15 * 1024 + 1)
+        (d / f"f{i:05}.dat").write_bytes(os.urandom(size))
+    done.touch()
+
+
+def tree_bytes(root):
+    return sum(p.stat().st_size for p in root.rglob("*.dat"))
+
+
+def timed(cmd, limit):
+    """Runs cmd in namespace A after a sync (so no tool pays for another's dirty pages)."""
+    os.sync()
+    c = Proc(nsx(A, "sh", "-c", cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    t0 = time.monotonic()
+    c.wait(limit)
+    if c.code != 0:
+        raise RuntimeError(f"{cmd!r} failed: {c.code} {c.p.stderr.read()!r}")
+    return {"total": c.end - t0, "cpu_s": c.cpu()}
+
+
+def run_small(tool, src, outdir, key, limit):
+    shutil.rmtree(outdir, ignore_errors=True)
+    outdir.mkdir(parents=True)
+    ssh = f"ssh -i {key} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+    if tool == "tar":
+        return timed(f"tar -C {src.parent} -cf - {src.name} | {ssh} root@{IP_B} 'tar -C {outdir} -xf -'", limit)
+    return timed(f"rsync -a -e '{ssh}' {src} root@{IP_B}:{outdir}/", limit)
+
+
+def small_profile(args, wd, key, logdir):
+    """p2pcopy (and the baseline) against tar | ssh and rsync -a, whole runs from the paste/command."""
+    src = (args.bigdir or wd) / "small" / "tree"
+    make_tree(src)
+    out = src.parent / "out"
+    res = {"p2pcopy": [], "baseline": [], "tar": [], "rsync": []}
+    for i in range(args.runs):
+        for key_, binary in (("p2pcopy", args.p2pcopy), ("baseline", args.baseline)):
+            if not binary:
+                continue
+            os.sync()
+            r = run_p2pcopy(binary, src, out, 900, logdir)
+            if i == 0 and subprocess.run(["diff", "-r", "-q", "-x", ".complete", str(src), str(out / "tree")]).returncode:
+                raise RuntimeError(f"{key_}: the copied tree differs")
+            res[key_].append(r)
+            log(f"  run {i + 1} {key_}: {r['total']:.2f} s, cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s")
+        for tool in ("tar", "rsync"):
+            r = run_small(tool, src, out, key, 900)
+            res[tool].append(r)
+            log(f"  run {i + 1} {tool}: {r['total']:.2f} s")
+    shutil.rmtree(out, ignore_errors=True)
+    return res
 
 
 def run_iperf3(secs, limit, cc="cubic"):
@@ -348,12 +415,14 @@ def main():
     ap.add_argument("--memory-gib", type=int, default=10, help="file size of the memory run (0: skip)")
     ap.add_argument("--bigdir", type=Path, help="where the memory run's file goes (a disk, not tmpfs)")
     ap.add_argument("--results", type=Path, required=True)
+    ap.add_argument("--baseline", help="another p2pcopy binary (e.g. main's) run beside it in every run, for A/B")
     args = ap.parse_args()
     wd = args.workdir
     logdir = wd / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     rows = {}
     checks = {}
+    small = {}
     sshd = None
     try:
         for prof in args.profiles.split(","):
@@ -361,6 +430,12 @@ def main():
             log(f"profile {prof}: {DESCRIBE[prof]}")
             netem = topology(prof, args.netem, logdir)
             sshd, key = sshd_up(wd)
+            if prof == "small":
+                small[prof] = small_profile(args, wd, key, logdir)
+                sshd.kill()
+                sshd.wait()
+                sshd = None
+                continue
             src = wd / f"file-{mib}MiB.bin"
             make_file(src, mib)
             out = wd / "out"
@@ -370,7 +445,7 @@ def main():
                 chk["udp_loss_pct"] = run_iperf3_udp(rate // 2)["lost_pct"]
             checks[prof] = chk
             log(f"  path check: {chk}")
-            res = {"iperf3": [], "scp": [], "p2pcopy": [], "bbr": []}
+            res = {"iperf3": [], "scp": [], "p2pcopy": [], "bbr": [], "baseline": []}
             for i in range(args.runs):
                 r = run_iperf3(isecs, isecs + 60)
                 res["iperf3"].append(r)
@@ -381,6 +456,11 @@ def main():
                 res["p2pcopy"].append(r)
                 log(f"  run {i + 1} p2pcopy: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, connect {r['connect']:.2f} s, "
                     f"cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s, rss {r['rss_s']:.0f}/{r['rss_r']:.0f} MiB")
+                if args.baseline:
+                    r = run_p2pcopy(args.baseline, src, out, 600, logdir)
+                    res["baseline"].append(r)
+                    log(f"  run {i + 1} baseline: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, "
+                        f"cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s")
                 if i == 0:
                     r = run_iperf3(isecs, isecs + 60, "bbr")
                     res["bbr"].append(r)
@@ -412,13 +492,13 @@ def main():
         if sshd:
             sshd.kill()
         cleanup()
-    write_results(args, rows, checks, mem)
+    write_results(args, rows, checks, mem, small)
 
 
 KEEP_MARKER = "<!-- Measured outside this script: kept when scripts/bench.sh rewrites the file. -->"
 
 
-def write_results(args, rows, checks, mem):
+def write_results(args, rows, checks, mem, small):
     lines = []
     w = lines.append
     cpu = ""
@@ -454,12 +534,16 @@ def write_results(args, rows, checks, mem):
         def link(x):
             return f"{x / rate * 100:.0f} %" if rate else "—"
 
-        p = res["p2pcopy"]
-        pr = mbit(med([mib * MIB / r["secs"] for r in p]))
-        runs = ", ".join(f"{mbit(mib * MIB / r['secs']):.0f}" for r in p)
-        w(f"| **p2pcopy** | **{pr:.0f}** | {runs} | {pr / ip:.2f}× | {f'{pr / scp:.2f}×' if scp else '—'} | {link(pr)} "
-          f"| {med([r['connect'] for r in p]):.2f} | {med([r['cpu_s'] for r in p]) / gib:.2f} / {med([r['cpu_r'] for r in p]) / gib:.2f} "
-          f"| {max(r['rss_s'] for r in p):.0f} / {max(r['rss_r'] for r in p):.0f} |")
+        for key, label in (("p2pcopy", "**p2pcopy**"), ("baseline", f"p2pcopy baseline (`{args.baseline}`)")):
+            p = res[key]
+            if not p:
+                continue
+            pr = mbit(med([mib * MIB / r["secs"] for r in p]))
+            runs = ", ".join(f"{mbit(mib * MIB / r['secs']):.0f}" for r in p)
+            cpus = "; ".join(f"{r['cpu_s'] / gib:.2f}/{r['cpu_r'] / gib:.2f}" for r in p)
+            w(f"| {label} | **{pr:.0f}** | {runs} | {pr / ip:.2f}× | {f'{pr / scp:.2f}×' if scp else '—'} | {link(pr)} "
+              f"| {med([r['connect'] for r in p]):.2f} | {med([r['cpu_s'] for r in p]) / gib:.2f} / {med([r['cpu_r'] for r in p]) / gib:.2f} "
+              f"(runs: {cpus}) | {max(r['rss_s'] for r in p):.0f} / {max(r['rss_r'] for r in p):.0f} |")
         runs = ", ".join(f"{mbit(r['bps'] / 8):.0f}" for r in res["iperf3"])
         w(f"| iperf3 TCP cubic | {ip:.0f} | {runs} | 1.00× | — | {link(ip)} | — | — | — |")
         if res["bbr"]:
@@ -470,6 +554,23 @@ def write_results(args, rows, checks, mem):
             w(f"| scp (OpenSSH {ssh_version()}, TCP {default_cc()}) | {scp:.0f} | {runs} | {scp / ip:.2f}× | 1.00× | {link(scp)} "
               f"| {med([r['connect'] for r in res['scp']]):.2f} | {med([r['cpu_s'] for r in res['scp']]) / gib:.2f} / — "
               f"| {max(r['rss_s'] for r in res['scp']):.0f} / — |")
+    for prof, res in small.items():
+        w(f"\n## {DESCRIBE[prof]}\n")
+        w("Whole runs: p2pcopy from the second paste to the receiver's exit (handshake included; every file "
+          "fsynced and BLAKE3-verified before its final name), the others from the command to its exit (ssh "
+          "handshake included; tar and rsync do not fsync).\n")
+        w("| tool | seconds (median) | runs | files/s | vs tar \\| ssh | CPU s send / recv |")
+        w("|---|---|---|---|---|---|")
+        tar = med([r["total"] for r in res["tar"]])
+        for key, label in (("p2pcopy", "**p2pcopy**"), ("baseline", f"p2pcopy baseline (`{args.baseline}`)"),
+                           ("tar", "tar \\| ssh (OpenSSH, tar -x)"), ("rsync", "rsync -a over ssh")):
+            rs = res[key]
+            if not rs:
+                continue
+            t = med([r["total"] for r in rs])
+            runs = ", ".join(f"{r['total']:.2f}" for r in rs)
+            cpu = f"{med([r['cpu_s'] for r in rs]):.2f}" + (f" / {med([r['cpu_r'] for r in rs]):.2f}" if "cpu_r" in rs[0] else " / —")
+            w(f"| {label} | {t:.2f} | {runs} | {SMALL_FILES / t:.0f} | {t / tar:.2f}× | {cpu} |")
     if mem:
         gib = mem["bytes"] / 2**30
         w(f"\n## Memory: {gib:.0f} GiB file over the LAN profile (disk to disk)\n")
