@@ -13,14 +13,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     check_output_dir(dir.as_ref())?;
     // Existing files are kept: a different one with the same name arrives as `name (1)`.
     let mut job = Incoming::new(Store::new(dir.into(), false));
-
     let events = |e: &Event| match e {
         Event::Connected { remote, .. } => eprintln!("connected to {remote}"),
-        Event::Progress {
-            done_bytes,
-            total_bytes,
-            ..
-        } => eprintln!("{done_bytes} of {total_bytes} bytes"),
+        Event::FileDone { path, size, .. } => eprintln!("{path}: {size} bytes, verified"),
         _ => {}
     };
     let session = Session::bind(SessionConfig::new(Role::Receiver), events).await?;
@@ -29,9 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprint!("Paste your peer's ticket: ");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
-    let peer: Ticket = line.parse()?;
-
-    let mut link = session.connect(peer).await?;
+    let mut link = session.connect(line.parse::<Ticket>()?).await?;
     let result = link.receive(&mut job, &mut Silent).await;
     if result.is_ok() {
         // Waits for the sender to close, so it knows everything arrived.

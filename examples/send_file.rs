@@ -11,7 +11,6 @@ use p2pcopy::{Session, SessionConfig};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args_os().nth(1).ok_or("usage: send_file PATH")?;
     let mut job = Outgoing::new(p2pcopy::manifest::scan(&[path.into()])?);
-
     // Every event of the run arrives here, in order (the same ones `--json` prints).
     let events = |e: &Event| match e {
         Event::Connected { remote, rtt_ms, .. } => eprintln!("connected to {remote}, {rtt_ms} ms"),
@@ -25,9 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprint!("Paste your peer's ticket: ");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
-    let peer: Ticket = line.parse()?;
-
-    let mut link = session.connect(peer).await?;
+    let mut link = session.connect(line.parse::<Ticket>()?).await?;
     let result = link.send(&mut job, &mut Silent).await;
     if result.is_ok() {
         link.finish(job.report()).await;
@@ -36,9 +33,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     link.close(&result).await;
     result?;
     let r = job.report();
-    println!(
-        "Sent {} files ({} bytes), all verified by the receiver",
-        r.files, r.total
-    );
+    println!("Sent {} files, {} bytes, all verified", r.files, r.total);
     Ok(())
 }

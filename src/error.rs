@@ -6,6 +6,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use quinn::VarInt;
 
@@ -59,7 +60,7 @@ pub enum Error {
         /// The relay's URI.
         relay: String,
         /// Why.
-        source: crate::relay::RelayError,
+        source: RelayError,
     },
     /// Hole punching (or the QUIC handshake after it) did not succeed before the deadline.
     #[error("could not connect to your peer: {0}")]
@@ -211,6 +212,47 @@ impl From<CloseCode> for VarInt {
 /// Shorthand used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Why a relay cannot be used; each kind calls for something different from the caller.
+/// None of them carries a credential.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    /// The name does not resolve, or nothing listens (connection refused, ICMP unreachable):
+    /// try another relay or network.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The server answered with an error: 401 (wrong user or password), 403 (forbidden),
+    /// 437 (allocation mismatch), 486 (quota reached), 508 (out of capacity), ...
+    #[error("refused with {code} {reason}")]
+    Refused {
+        /// The STUN error code.
+        code: u16,
+        /// The server's reason phrase (printable characters only).
+        reason: String,
+    },
+    /// No answer in time: UDP may be blocked on the way (try `turns:` on port 443).
+    #[error("no answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+    /// The TLS handshake failed, e.g. a certificate the OS trust store does not vouch for.
+    #[error("TLS failed: {0}")]
+    Tls(String),
+    /// The server broke the protocol.
+    #[error("broke the protocol: {0}")]
+    Protocol(String),
+    /// The allocation is gone (released, or a refresh failed).
+    #[error("the allocation is closed")]
+    Closed,
+}
+
+impl RelayError {
+    /// The server's error code, when it refused.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            RelayError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,7 +307,7 @@ mod tests {
             Error::Stun { tried: "s".into() },
             Error::Relay {
                 relay: "turn:r:3478".into(),
-                source: crate::relay::RelayError::Closed,
+                source: RelayError::Closed,
             },
             Error::Connect("c".into()),
             Error::ConnectionLost("l".into()),

@@ -58,7 +58,7 @@ pub const ROUND_PERIOD: Duration = BOUNDARY;
 /// `LANES * ROUND_PERIOD` (40 s), longer than a round plus the 30 s a stale NAT entry lives.
 pub const LANES: usize = 4;
 /// Most lanes a ticket may list (ours lists [`LANES`]); more only lengthens the ticket.
-pub const MAX_LANES: usize = 8;
+pub const MAX_LANES: usize = crate::ticket::MAX_LANE_PORTS + 1;
 /// Time between two rounds without lanes (a peer's ticket from an older p2pcopy): every
 /// fourth boundary, longer than the 30 s a stale NAT entry lives plus one round.
 pub const LEGACY_ROUND_PERIOD: Duration = Duration::from_secs(40);

@@ -32,8 +32,9 @@ const VERSION_2: u8 = 2;
 /// At most this many candidates are carried; more only slows punching down.
 pub const MAX_CANDIDATES: usize = 8;
 const CHECKSUM_LEN: usize = 4;
-/// At most this many lane ports are carried (lanes past the main socket's).
-pub const MAX_LANE_PORTS: usize = crate::punch::MAX_LANES - 1;
+/// At most this many lane ports are carried (lanes past the main socket's; more would only
+/// lengthen the ticket). `punch::MAX_LANES` follows from it: the ticket sits below `punch`.
+pub const MAX_LANE_PORTS: usize = 7;
 
 /// Which side of the transfer a ticket belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,6 +11,8 @@ use crate::relay::{Credentials, RelayConfig, RelayUri, Secret};
 /// The relay flags.
 #[derive(Clone, Debug, Default, Args)]
 pub struct RelayArgs {
+    // The text is clap's help, where brackets are brackets, not rustdoc links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// A TURN relay of your own, used only when no direct path exists (repeatable):
     /// turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT] (TLS, e.g. port 443).
     #[arg(

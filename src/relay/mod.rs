@@ -45,46 +45,9 @@ pub struct RelayConfig {
 /// How long opening an allocation may take, from name lookup to the relayed address.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a relay cannot be used; each kind calls for something different from the caller.
-/// None of them carries a credential.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RelayError {
-    /// The name does not resolve, or nothing listens (connection refused, ICMP unreachable):
-    /// try another relay or network.
-    #[error("unreachable: {0}")]
-    Unreachable(String),
-    /// The server answered with an error: 401 (wrong user or password), 403 (forbidden),
-    /// 437 (allocation mismatch), 486 (quota reached), 508 (out of capacity), ...
-    #[error("refused with {code} {reason}")]
-    Refused {
-        /// The STUN error code.
-        code: u16,
-        /// The server's reason phrase (printable characters only).
-        reason: String,
-    },
-    /// No answer in time: UDP may be blocked on the way (try `turns:` on port 443).
-    #[error("no answer within {} s", .0.as_secs())]
-    Timeout(Duration),
-    /// The TLS handshake failed, e.g. a certificate the OS trust store does not vouch for.
-    #[error("TLS failed: {0}")]
-    Tls(String),
-    /// The server broke the protocol.
-    #[error("broke the protocol: {0}")]
-    Protocol(String),
-    /// The allocation is gone (released, or a refresh failed).
-    #[error("the allocation is closed")]
-    Closed,
-}
-
-impl RelayError {
-    /// The server's error code, when it refused.
-    pub fn code(&self) -> Option<u16> {
-        match self {
-            RelayError::Refused { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-}
+// Defined beside the crate's `Error`, which carries it, because `error` sits below every
+// I/O shell (tests/layers.rs).
+pub use crate::error::RelayError;
 
 impl From<Failure> for RelayError {
     fn from(f: Failure) -> RelayError {

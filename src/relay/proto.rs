@@ -57,7 +57,7 @@ pub const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x4fff;
 /// length, plus its header.
 pub const MAX_FRAME: usize = 20 + 0xffff + 3;
 
-/// Builds a message of type `kind` from `attrs` (already encoded with [`push_attr`]); with
+/// Builds a message of type `kind` from `attrs` (already encoded with `push_attr`); with
 /// a key, MESSAGE-INTEGRITY goes last (RFC 8489 section 14.5).
 pub fn build(kind: u16, transaction: &[u8; 12], attrs: &[u8], key: Option<&[u8; 16]>) -> Vec<u8> {
     let mi_len = if key.is_some() { 24 } else { 0 };

@@ -10,7 +10,7 @@
 //! claims and verdicts against the files, data for files announced and not yet received,
 //! nothing after `JobDone`), and the [`Error`] each violation ends the run with (always
 //! [`Error::Protocol`], exit code 10, naming the phase and the frame). They touch no socket,
-//! no disk and no clock, as quinn-proto does not: `send.rs` and `receive.rs` read a frame
+//! no disk and no clock, as quinn-proto does not: `send` and `receive` read a frame
 //! or a data head, feed it in (`handle_*`), and do what comes out (frames to send from
 //! `poll_transmit`, the plan, files to open, verdicts to report). So every order rule is
 //! unit-tested here and fuzzed (`fuzz/fuzz_targets/control.rs`) without a connection.
