@@ -339,7 +339,7 @@ impl Dialer {
         let driver = tokio::spawn(drive(puncher, io, ev_tx, stop_rx));
 
         let result = self
-            .first_connection(&mut ev_rx, &mut paths, deadline, &mut on_progress)
+            .wait_for_connection(&mut ev_rx, &mut paths, deadline, &mut on_progress)
             .await;
         let _ = stop_tx.send(true);
         match driver.await {
@@ -384,7 +384,7 @@ impl Dialer {
 
     /// Follows the puncher's events until a QUIC connection stands: the client dials each
     /// confirmed path in turn, the server accepts the peer's dial.
-    async fn first_connection(
+    async fn wait_for_connection(
         &self,
         ev_rx: &mut mpsc::UnboundedReceiver<PunchEvent>,
         paths: &mut Paths,
