@@ -115,7 +115,11 @@ pub async fn run(
     let portmap_task = port_mapping_checked.then(|| tokio::spawn(portmap::check(local)));
 
     let servers = ask_servers(&sock, stun_servers).await;
-    let (nat, filtering, mapped) = nat_behaviour(&sock, local, &host_ips, &servers).await;
+    let NatBehaviour {
+        nat,
+        filtering,
+        mapped,
+    } = nat_behaviour(&sock, local, &host_ips, &servers).await;
 
     let hairpin = match mapped.first() {
         Some(public) if nat != NatKind::None => Some(hairpins(&sock, *public).await),
@@ -191,15 +195,24 @@ async fn ask_servers(sock: &UdpSocket, stun_servers: &[String]) -> Vec<ServerChe
     servers
 }
 
+/// What the NAT does, from [`nat_behaviour`].
+struct NatBehaviour {
+    /// Mapping behaviour.
+    nat: NatKind,
+    /// Filtering behaviour, when an RFC 5780 server allowed testing it.
+    filtering: Option<Filtering>,
+    /// Every address we were seen as; the first is what the hairpin test sends to.
+    mapped: Vec<SocketAddr>,
+}
+
 /// The NAT's mapping and filtering behaviour from the servers' answers and, when one of
-/// them has an alternate address, RFC 5780 tests II and III; also every mapped address
-/// seen, the first one being what the hairpin test sends to.
+/// them has an alternate address, RFC 5780 tests II and III.
 async fn nat_behaviour(
     sock: &UdpSocket,
     local: SocketAddr,
     host_ips: &[IpAddr],
     servers: &[ServerCheck],
-) -> (NatKind, Option<Filtering>, Vec<SocketAddr>) {
+) -> NatBehaviour {
     let mut mapped: Vec<SocketAddr> = servers.iter().filter_map(|s| s.mapped).collect();
     // An RFC 5780 server's alternate address is a second destination for the mapping test
     // even when only one server was given.
@@ -234,7 +247,11 @@ async fn nat_behaviour(
         }
     }
     let nat = crate::nat::classify(local.port(), host_ips, &mapped);
-    (nat, filtering, mapped)
+    NatBehaviour {
+        nat,
+        filtering,
+        mapped,
+    }
 }
 
 async fn resolve(name: &str) -> Option<SocketAddr> {
