@@ -108,74 +108,18 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let host_ips = crate::net::host_ips(local.ip());
-    let ntp_task = ntp_servers.map(|s| {
-        let servers = s.to_vec();
-        tokio::spawn(async move {
-            let t0 = Instant::now();
-            crate::ntp::query(&servers)
-                .await
-                .map(|(server, clock)| (server, t0.elapsed(), clock.offset_secs))
-        })
-    });
+    let ntp_task = ntp_servers.map(spawn_ntp);
 
     // Beside the STUN tests: a router that does not answer costs its timeout only once.
     let port_mapping_checked = port_mapping && portmap::worth_trying(local.ip());
     let portmap_task = port_mapping_checked.then(|| tokio::spawn(portmap::check(local)));
 
-    let mut servers = Vec::new();
-    for name in stun_servers {
-        let addr = resolve(name).await;
-        let mut check = ServerCheck {
-            name: name.clone(),
-            addr,
-            rtt: None,
-            mapped: None,
-            other: None,
-        };
-        if let Some(addr) = addr {
-            if let Some((r, rtt)) = ask(&sock, addr, false, false).await {
-                check.rtt = Some(rtt);
-                check.mapped = Some(r.mapped);
-                check.other = r.other_address.filter(SocketAddr::is_ipv4);
-            }
-        }
-        servers.push(check);
-    }
-
-    let mut mapped: Vec<SocketAddr> = servers.iter().filter_map(|s| s.mapped).collect();
-    // An RFC 5780 server's alternate address is a second destination for the mapping test
-    // even when only one server was given.
-    let rfc5780 = servers
-        .iter()
-        .find_map(|s| Some((s.addr?, s.other?)))
-        .filter(|_| !mapped.is_empty());
-    // Filtering first: once we have sent to the alternate address ourselves (the mapping
-    // test below), the NAT lets its answers in, and a port-restricted cone NAT would pass
-    // for full cone (the lab's doctor scenario caught exactly that).
-    let behind_nat = crate::nat::classify(local.port(), &host_ips, &mapped) != NatKind::None;
-    let filtering = match rfc5780 {
-        Some((primary, _)) if behind_nat => {
-            if ask(&sock, primary, true, true).await.is_some() {
-                Some(Filtering::EndpointIndependent)
-            } else if ask(&sock, primary, false, true).await.is_some() {
-                Some(Filtering::AddressDependent)
-            } else {
-                Some(Filtering::AddressAndPortDependent)
-            }
-        }
-        _ => None,
-    };
-    // The mapping test goes to the alternate IP on the primary port (RFC 5780 test II),
-    // never to the alternate port: the filtering test's answers came from there, and on
-    // Linux an inbound packet the NAT dropped makes it map our next packet to that
-    // address to a new port, so a cone NAT would look symmetric.
-    if let Some((primary, other)) = rfc5780 {
-        let dest = SocketAddr::new(other.ip(), primary.port());
-        if let Some((r, _)) = ask(&sock, dest, false, false).await {
-            mapped.push(r.mapped);
-        }
-    }
-    let nat = crate::nat::classify(local.port(), &host_ips, &mapped);
+    let servers = ask_servers(&sock, stun_servers).await;
+    let NatBehaviour {
+        nat,
+        filtering,
+        mapped,
+    } = nat_behaviour(&sock, local, &host_ips, &servers).await;
 
     let hairpin = match mapped.first() {
         Some(public) if nat != NatKind::None => Some(hairpins(&sock, *public).await),
@@ -213,6 +157,101 @@ pub async fn run(
         port_mapping_checked,
         relays: Vec::new(),
     })
+}
+
+/// The NTP check, in its own task so that it runs beside the STUN tests.
+fn spawn_ntp(servers: &[String]) -> tokio::task::JoinHandle<Option<(String, Duration, f64)>> {
+    let servers = servers.to_vec();
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        crate::ntp::query(&servers)
+            .await
+            .map(|(server, clock)| (server, t0.elapsed(), clock.offset_secs))
+    })
+}
+
+/// RFC 5780 test I towards each server in turn: its address, round trip, our mapped
+/// address and its alternate address.
+async fn ask_servers(sock: &UdpSocket, stun_servers: &[String]) -> Vec<ServerCheck> {
+    let mut servers = Vec::new();
+    for name in stun_servers {
+        let addr = resolve(name).await;
+        let mut check = ServerCheck {
+            name: name.clone(),
+            addr,
+            rtt: None,
+            mapped: None,
+            other: None,
+        };
+        if let Some(addr) = addr {
+            if let Some((r, rtt)) = ask(sock, addr, false, false).await {
+                check.rtt = Some(rtt);
+                check.mapped = Some(r.mapped);
+                check.other = r.other_address.filter(SocketAddr::is_ipv4);
+            }
+        }
+        servers.push(check);
+    }
+    servers
+}
+
+/// What the NAT does, from [`nat_behaviour`].
+struct NatBehaviour {
+    /// Mapping behaviour.
+    nat: NatKind,
+    /// Filtering behaviour, when an RFC 5780 server allowed testing it.
+    filtering: Option<Filtering>,
+    /// Every address we were seen as; the first is what the hairpin test sends to.
+    mapped: Vec<SocketAddr>,
+}
+
+/// The NAT's mapping and filtering behaviour from the servers' answers and, when one of
+/// them has an alternate address, RFC 5780 tests II and III.
+async fn nat_behaviour(
+    sock: &UdpSocket,
+    local: SocketAddr,
+    host_ips: &[IpAddr],
+    servers: &[ServerCheck],
+) -> NatBehaviour {
+    let mut mapped: Vec<SocketAddr> = servers.iter().filter_map(|s| s.mapped).collect();
+    // An RFC 5780 server's alternate address is a second destination for the mapping test
+    // even when only one server was given.
+    let rfc5780 = servers
+        .iter()
+        .find_map(|s| Some((s.addr?, s.other?)))
+        .filter(|_| !mapped.is_empty());
+    // Filtering first: once we have sent to the alternate address ourselves (the mapping
+    // test below), the NAT lets its answers in, and a port-restricted cone NAT would pass
+    // for full cone (the lab's doctor scenario caught exactly that).
+    let behind_nat = crate::nat::classify(local.port(), host_ips, &mapped) != NatKind::None;
+    let filtering = match rfc5780 {
+        Some((primary, _)) if behind_nat => {
+            if ask(sock, primary, true, true).await.is_some() {
+                Some(Filtering::EndpointIndependent)
+            } else if ask(sock, primary, false, true).await.is_some() {
+                Some(Filtering::AddressDependent)
+            } else {
+                Some(Filtering::AddressAndPortDependent)
+            }
+        }
+        _ => None,
+    };
+    // The mapping test goes to the alternate IP on the primary port (RFC 5780 test II),
+    // never to the alternate port: the filtering test's answers came from there, and on
+    // Linux an inbound packet the NAT dropped makes it map our next packet to that
+    // address to a new port, so a cone NAT would look symmetric.
+    if let Some((primary, other)) = rfc5780 {
+        let dest = SocketAddr::new(other.ip(), primary.port());
+        if let Some((r, _)) = ask(sock, dest, false, false).await {
+            mapped.push(r.mapped);
+        }
+    }
+    let nat = crate::nat::classify(local.port(), host_ips, &mapped);
+    NatBehaviour {
+        nat,
+        filtering,
+        mapped,
+    }
 }
 
 async fn resolve(name: &str) -> Option<SocketAddr> {
@@ -370,64 +409,9 @@ pub fn render(f: &Findings) -> Vec<String> {
         },
         f.local.port()
     ));
-    for s in &f.servers {
-        out.push(match (s.addr, s.mapped) {
-            (None, _) => format!("STUN {}: does not resolve", s.name),
-            (Some(a), None) => format!("STUN {} ({a}): no answer", s.name),
-            (Some(a), Some(m)) => format!(
-                "STUN {} ({a}): {} ms, you appear as {m}{}",
-                s.name,
-                s.rtt.unwrap_or_default().as_millis(),
-                s.other
-                    .map(|o| format!(" (RFC 5780: other address {o})"))
-                    .unwrap_or_default()
-            ),
-        });
-    }
-    let mapping = match f.nat {
-        NatKind::None => "none (your address is public)",
-        NatKind::EndpointIndependent => {
-            "endpoint-independent: one public port for every destination"
-        }
-        NatKind::EndpointDependent => {
-            "endpoint-dependent (symmetric): a new public port for every destination"
-        }
-        NatKind::Unknown => "unknown (needs two STUN answers)",
-    };
-    out.push(format!("Mapping: {mapping}"));
-    let filtering = match f.filtering {
-        Some(Filtering::EndpointIndependent) => "endpoint-independent (full cone): anyone may answer",
-        Some(Filtering::AddressDependent) => "address-dependent (restricted cone): only hosts you sent to",
-        Some(Filtering::AddressAndPortDependent) => {
-            "address-and-port-dependent (port-restricted): only the exact address and port you sent to"
-        }
-        None if f.nat == NatKind::None => "none (no NAT)",
-        None => "not tested (needs a STUN server with RFC 5780, e.g. `p2pcopy stun-server --alternate-ip`)",
-    };
-    out.push(format!("Filtering: {filtering}"));
-    let hairpin = match f.hairpin {
-        Some(true) => "yes",
-        Some(false) => "no (two peers behind this router still connect, over their LAN addresses)",
-        None => "not applicable",
-    };
-    out.push(format!("Hairpinning: {hairpin}"));
-    if !f.nat_hops.is_empty() {
-        let routers: Vec<String> = f
-            .nat_hops
-            .iter()
-            .map(|h| h.map_or_else(|| "(silent)".to_owned(), |ip| ip.to_string()))
-            .collect();
-        let ttl = crate::hops::opener_ttl_for(&f.nat_hops);
-        out.push(format!(
-            "Routers on the way out: {} (openers use TTL {ttl}{})",
-            routers.join(", "),
-            if ttl > crate::punch::DEFAULT_OPENER_TTL {
-                ": more than one NAT, e.g. a carrier-grade NAT"
-            } else {
-                ""
-            }
-        ));
-    }
+    out.extend(f.servers.iter().map(server_line));
+    out.extend(nat_lines(f));
+    out.extend(hops_line(&f.nat_hops));
     out.push(if f.ipv6.is_empty() {
         "IPv6: no global address".to_owned()
     } else {
@@ -437,19 +421,7 @@ pub fn render(f: &Findings) -> Vec<String> {
             ips.join(", ")
         )
     });
-    out.push(match &f.ntp {
-        Some((server, rtt, offset)) => format!(
-            "NTP: {server} answered in {} ms; this clock is {:.3} s {}",
-            rtt.as_millis(),
-            offset.abs(),
-            if *offset > 0.0 { "slow" } else { "fast" }
-        ),
-        None if !f.ntp_checked => "NTP: not checked".to_owned(),
-        None => {
-            "NTP: no answer (p2pcopy then trusts this clock; rounds may miss if it is off by seconds)"
-                .to_owned()
-        }
-    });
+    out.push(ntp_line(f));
     out.push(format!(
         "Port mapping (UPnP, NAT-PMP, PCP): {}",
         port_mapping_line(f)
@@ -466,6 +438,93 @@ pub fn render(f: &Findings) -> Vec<String> {
         )
     ));
     out
+}
+
+/// One STUN server's line of the report.
+fn server_line(s: &ServerCheck) -> String {
+    match (s.addr, s.mapped) {
+        (None, _) => format!("STUN {}: does not resolve", s.name),
+        (Some(a), None) => format!("STUN {} ({a}): no answer", s.name),
+        (Some(a), Some(m)) => format!(
+            "STUN {} ({a}): {} ms, you appear as {m}{}",
+            s.name,
+            s.rtt.unwrap_or_default().as_millis(),
+            s.other
+                .map(|o| format!(" (RFC 5780: other address {o})"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// The NAT's behaviour: its mapping, filtering and hairpinning lines.
+fn nat_lines(f: &Findings) -> [String; 3] {
+    let mapping = match f.nat {
+        NatKind::None => "none (your address is public)",
+        NatKind::EndpointIndependent => {
+            "endpoint-independent: one public port for every destination"
+        }
+        NatKind::EndpointDependent => {
+            "endpoint-dependent (symmetric): a new public port for every destination"
+        }
+        NatKind::Unknown => "unknown (needs two STUN answers)",
+    };
+    let filtering = match f.filtering {
+        Some(Filtering::EndpointIndependent) => "endpoint-independent (full cone): anyone may answer",
+        Some(Filtering::AddressDependent) => "address-dependent (restricted cone): only hosts you sent to",
+        Some(Filtering::AddressAndPortDependent) => {
+            "address-and-port-dependent (port-restricted): only the exact address and port you sent to"
+        }
+        None if f.nat == NatKind::None => "none (no NAT)",
+        None => "not tested (needs a STUN server with RFC 5780, e.g. `p2pcopy stun-server --alternate-ip`)",
+    };
+    let hairpin = match f.hairpin {
+        Some(true) => "yes",
+        Some(false) => "no (two peers behind this router still connect, over their LAN addresses)",
+        None => "not applicable",
+    };
+    [
+        format!("Mapping: {mapping}"),
+        format!("Filtering: {filtering}"),
+        format!("Hairpinning: {hairpin}"),
+    ]
+}
+
+/// The routers up to the first one outside our NATs, when they were measured.
+fn hops_line(nat_hops: &[Option<std::net::Ipv4Addr>]) -> Option<String> {
+    if nat_hops.is_empty() {
+        return None;
+    }
+    let routers: Vec<String> = nat_hops
+        .iter()
+        .map(|h| h.map_or_else(|| "(silent)".to_owned(), |ip| ip.to_string()))
+        .collect();
+    let ttl = crate::hops::opener_ttl_for(nat_hops);
+    Some(format!(
+        "Routers on the way out: {} (openers use TTL {ttl}{})",
+        routers.join(", "),
+        if ttl > crate::punch::DEFAULT_OPENER_TTL {
+            ": more than one NAT, e.g. a carrier-grade NAT"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// The NTP line of the report.
+fn ntp_line(f: &Findings) -> String {
+    match &f.ntp {
+        Some((server, rtt, offset)) => format!(
+            "NTP: {server} answered in {} ms; this clock is {:.3} s {}",
+            rtt.as_millis(),
+            offset.abs(),
+            if *offset > 0.0 { "slow" } else { "fast" }
+        ),
+        None if !f.ntp_checked => "NTP: not checked".to_owned(),
+        None => {
+            "NTP: no answer (p2pcopy then trusts this clock; rounds may miss if it is off by seconds)"
+                .to_owned()
+        }
+    }
 }
 
 impl Findings {

@@ -86,6 +86,92 @@ pub struct Dialer {
     lanes: Vec<Lane>,
 }
 
+/// Puts the main socket (and the IPv6 one) behind the demultiplexer quinn and the puncher
+/// share, keeping a second handle on the main socket for probes with their own TTL; the
+/// lanes come later ([`add_lanes`]).
+fn share_sockets(
+    runtime: &Arc<TokioRuntime>,
+    socket: std::net::UdpSocket,
+    v6: Option<std::net::UdpSocket>,
+    tag: SessionTag,
+) -> Result<ProbeIo, Error> {
+    let probe_socket = socket
+        .try_clone()
+        .map_err(|e| Error::Internal(format!("cannot clone socket: {e}")))?;
+    let probe_socket = tokio::net::UdpSocket::from_std(probe_socket)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let (probe_tx, probe_rx) = mpsc::channel(1024);
+    let inner = runtime
+        .wrap_udp_socket(socket)
+        .map_err(|e| Error::Internal(format!("socket: {e}")))?;
+    let demux = Arc::new(DemuxSocket::new(inner, probe_tx, tag));
+    if let Some(v6) = v6 {
+        let io = runtime
+            .wrap_udp_socket(v6)
+            .map_err(|e| Error::Internal(format!("socket: {e}")))?;
+        demux.add_v6(io);
+    }
+    Ok(ProbeIo {
+        socket: probe_socket,
+        lanes: Vec::new(),
+        incoming: probe_rx,
+        demux,
+    })
+}
+
+/// The lane sockets as the dialer keeps them, from [`add_lanes`].
+struct LaneSetup {
+    /// Each lane socket's id and its clone for the puncher's probes.
+    probes: Vec<(SocketId, tokio::net::UdpSocket)>,
+    /// The lanes the schedule uses, each with the peer's port in it.
+    lanes: Vec<Lane>,
+    /// The id the next extra socket gets.
+    next_socket: SocketId,
+}
+
+/// Hands our lane sockets to the demultiplexer and pairs them with the peer's lane ports,
+/// in order, as far as the schedule has lanes.
+fn add_lanes(
+    demux: &DemuxSocket,
+    runtime: &Arc<TokioRuntime>,
+    ours: Vec<std::net::UdpSocket>,
+    peer_lanes: &[u16],
+    schedule: Schedule,
+) -> Result<LaneSetup, Error> {
+    let mut next_socket = V6_SOCKET + 1;
+    let mut lane_io = Vec::new();
+    let mut our_lanes = Vec::new();
+    // Bound for the whole run, used or not, so that the ports our ticket lists stay
+    // mapped to us.
+    for (sock, peer_port) in ours
+        .into_iter()
+        .zip(peer_lanes.iter().copied().chain(std::iter::repeat(0)))
+    {
+        let id = next_socket;
+        next_socket += 1;
+        let probe = sock
+            .try_clone()
+            .and_then(tokio::net::UdpSocket::from_std)
+            .map_err(|e| Error::Internal(format!("cannot clone socket: {e}")))?;
+        let io = runtime
+            .wrap_udp_socket(sock)
+            .map_err(|e| Error::Internal(format!("socket: {e}")))?;
+        demux.add_lane(id, io);
+        lane_io.push((id, probe));
+        if our_lanes.len() + 1 < schedule.lanes {
+            our_lanes.push(Lane {
+                socket: id,
+                peer_port,
+            });
+        }
+    }
+    Ok(LaneSetup {
+        probes: lane_io,
+        lanes: our_lanes,
+        next_socket,
+    })
+}
+
 impl Drop for Dialer {
     fn drop(&mut self) {
         self.demux.report_drops();
@@ -115,27 +201,13 @@ impl Dialer {
             .local_addr()
             .map_err(|e| Error::Internal(e.to_string()))?
             .ip();
-        let probe_socket = socket
-            .try_clone()
-            .map_err(|e| Error::Internal(format!("cannot clone socket: {e}")))?;
-        let probe_socket = tokio::net::UdpSocket::from_std(probe_socket)
-            .map_err(|e| Error::Internal(e.to_string()))?;
-        let (probe_tx, probe_rx) = mpsc::channel(1024);
         let runtime = Arc::new(TokioRuntime);
-        let inner = runtime
-            .wrap_udp_socket(socket)
-            .map_err(|e| Error::Internal(format!("socket: {e}")))?;
         let tag = SessionTag {
             local: identity.short_id(),
             peer: peer_fp.as_ref().map(crate::tls::short_id),
         };
-        let demux = Arc::new(DemuxSocket::new(inner, probe_tx, tag));
-        if let Some(v6) = v6 {
-            let io = runtime
-                .wrap_udp_socket(v6)
-                .map_err(|e| Error::Internal(format!("socket: {e}")))?;
-            demux.add_v6(io);
-        }
+        let mut probes = share_sockets(&runtime, socket, v6, tag)?;
+        let demux = probes.demux.clone();
         let mut endpoint_cfg = quinn::EndpointConfig::default();
         // Greased QUIC packets could start with our probe magic's first byte.
         endpoint_cfg.grease_quic_bit(false);
@@ -155,33 +227,12 @@ impl Dialer {
         };
         let ours = lanes.map(|l| l.sockets).unwrap_or_default();
         let schedule = Schedule::new(ours.len() + 1, peer_lanes.len() + 1);
-        let mut next_socket = V6_SOCKET + 1;
-        let mut lane_io = Vec::new();
-        let mut our_lanes = Vec::new();
-        // Bound for the whole run, used or not, so that the ports our ticket lists stay
-        // mapped to us.
-        for (sock, peer_port) in ours
-            .into_iter()
-            .zip(peer_lanes.iter().copied().chain(std::iter::repeat(0)))
-        {
-            let id = next_socket;
-            next_socket += 1;
-            let probe = sock
-                .try_clone()
-                .and_then(tokio::net::UdpSocket::from_std)
-                .map_err(|e| Error::Internal(format!("cannot clone socket: {e}")))?;
-            let io = runtime
-                .wrap_udp_socket(sock)
-                .map_err(|e| Error::Internal(format!("socket: {e}")))?;
-            demux.add_lane(id, io);
-            lane_io.push((id, probe));
-            if our_lanes.len() + 1 < schedule.lanes {
-                our_lanes.push(Lane {
-                    socket: id,
-                    peer_port,
-                });
-            }
-        }
+        let LaneSetup {
+            probes: lane_io,
+            lanes: our_lanes,
+            next_socket,
+        } = add_lanes(&demux, &runtime, ours, &peer_lanes, schedule)?;
+        probes.lanes = lane_io;
         tracing::info!(?schedule, lanes = our_lanes.len(), "round schedule");
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_cfg,
@@ -192,12 +243,7 @@ impl Dialer {
         .map_err(|e| Error::Internal(format!("QUIC endpoint: {e}")))?;
         Ok(Dialer {
             endpoint,
-            probes: Some(ProbeIo {
-                socket: probe_socket,
-                lanes: lane_io,
-                incoming: probe_rx,
-                demux: demux.clone(),
-            }),
+            probes: Some(probes),
             demux,
             runtime,
             bind_ip,
@@ -272,27 +318,11 @@ impl Dialer {
         mut on_progress: impl FnMut(Progress),
     ) -> Result<Link, ConnectFailure> {
         let fatal = ConnectFailure::Fatal;
-        let targets = attempt_targets(&self.peer, self.demux.dual_stack(), self.last_path);
-        let birthday = match self.birthday {
-            None => None,
-            Some(BirthdayPart::Spray) => Some(Birthday::Spray {
-                seed: rand::random(),
-            }),
-            Some(BirthdayPart::Open) => Some(Birthday::Open {
-                sockets: self.open_extra_sockets(),
-            }),
-        };
-        let cfg = PunchConfig {
-            local_id: self.identity.short_id(),
-            peer_id: self.peer_fp.as_ref().map(crate::tls::short_id),
-            targets: targets.clone(),
-            first_round,
-            deadline,
-            opener_ttl: self.opener_ttl,
-            birthday,
-            schedule: self.schedule,
-            first_index,
-            lanes: self.lanes.clone(),
+        let cfg = self.punch_config(first_round, first_index, deadline);
+        let mut paths = Paths {
+            known: cfg.targets.iter().map(|t| (t.addr, t.kind)).collect(),
+            observed_on: Vec::new(),
+            pending: Vec::new(),
         };
         let puncher = Puncher::new(cfg, Instant::now());
         let mut io = self.probes.take().ok_or_else(|| {
@@ -308,17 +338,68 @@ impl Dialer {
         let (stop_tx, stop_rx) = watch::channel(false);
         let driver = tokio::spawn(drive(puncher, io, ev_tx, stop_rx));
 
-        let mut known: Vec<(SocketAddr, PathKind)> =
-            targets.iter().map(|t| (t.addr, t.kind)).collect();
-        let mut observed_on: Vec<(SocketAddr, SocketAddr)> = Vec::new();
-        let mut pending: Vec<SocketAddr> = Vec::new();
+        let result = self
+            .wait_for_connection(&mut ev_rx, &mut paths, deadline, &mut on_progress)
+            .await;
+        let _ = stop_tx.send(true);
+        match driver.await {
+            Ok(io) => self.probes = Some(io),
+            Err(e) => return Err(fatal(Error::Internal(format!("puncher task: {e}")))),
+        }
+        self.demux.prune();
+        Ok(self.link(result?, &paths))
+    }
+
+    /// The puncher's settings for one connect attempt: the peer's addresses to probe, and
+    /// this side's part in the birthday technique (opening its extra sockets now).
+    fn punch_config(
+        &mut self,
+        first_round: Instant,
+        first_index: u64,
+        deadline: Instant,
+    ) -> PunchConfig {
+        let targets = attempt_targets(&self.peer, self.demux.dual_stack(), self.last_path);
+        let birthday = match self.birthday {
+            None => None,
+            Some(BirthdayPart::Spray) => Some(Birthday::Spray {
+                seed: rand::random(),
+            }),
+            Some(BirthdayPart::Open) => Some(Birthday::Open {
+                sockets: self.open_extra_sockets(),
+            }),
+        };
+        PunchConfig {
+            local_id: self.identity.short_id(),
+            peer_id: self.peer_fp.as_ref().map(crate::tls::short_id),
+            targets,
+            first_round,
+            deadline,
+            opener_ttl: self.opener_ttl,
+            birthday,
+            schedule: self.schedule,
+            first_index,
+            lanes: self.lanes.clone(),
+        }
+    }
+
+    /// Follows the puncher's events until a QUIC connection stands: the client dials each
+    /// confirmed path in turn, the server accepts the peer's dial.
+    async fn wait_for_connection(
+        &self,
+        ev_rx: &mut mpsc::UnboundedReceiver<PunchEvent>,
+        paths: &mut Paths,
+        deadline: Instant,
+        on_progress: &mut impl FnMut(Progress),
+    ) -> Result<quinn::Connection, ConnectFailure> {
+        let fatal = ConnectFailure::Fatal;
         let mut handshakes = tokio::task::JoinSet::new();
         let endpoint = &self.endpoint;
-        let result = loop {
+        loop {
             // The client dials each confirmed path in turn; the server waits for the dial.
-            if let (Some(cfg), Some(remote)) = (self.client_cfg.as_ref(), pending.first().copied())
+            if let (Some(cfg), Some(remote)) =
+                (self.client_cfg.as_ref(), paths.pending.first().copied())
             {
-                pending.remove(0);
+                paths.pending.remove(0);
                 match dial(endpoint, cfg, remote, deadline).await {
                     Ok(Some(conn)) => break Ok(conn),
                     Ok(None) => continue,
@@ -330,13 +411,7 @@ impl Dialer {
                     Some(PunchEvent::RoundStarted { round }) => on_progress(Progress::Round(round)),
                     Some(PunchEvent::Confirmed { socket, remote, kind, rtt, observed }) => {
                         tracing::info!(%remote, socket, ?kind, ?rtt, ?observed, "path confirmed");
-                        if !known.iter().any(|(a, _)| *a == remote) {
-                            known.push((remote, kind));
-                        }
-                        if let Some(us) = observed {
-                            observed_on.push((remote, canonical(us)));
-                        }
-                        pending.push(remote);
+                        paths.confirmed(remote, kind, observed);
                     }
                     Some(PunchEvent::TimedOut { rounds, heard_peer }) => break Err(ConnectFailure::TimedOut { rounds, heard_peer }),
                     None => break Err(ConnectFailure::TimedOut { rounds: 0, heard_peer: false }),
@@ -363,35 +438,59 @@ impl Dialer {
                     Err(e) => tracing::warn!(error = %e, "handshake task failed"),
                 },
             }
-        };
-        let _ = stop_tx.send(true);
-        match driver.await {
-            Ok(io) => self.probes = Some(io),
-            Err(e) => return Err(fatal(Error::Internal(format!("puncher task: {e}")))),
         }
-        self.demux.prune();
-        let connection = result?;
+    }
+
+    /// The established connection as a [`Link`], remembered as the path to probe first on
+    /// a reconnect.
+    fn link(&mut self, connection: quinn::Connection, paths: &Paths) -> Link {
         let remote = canonical(connection.remote_address());
         self.last_path = Some((self.demux.socket_for(remote), remote));
-        let kind = known
+        let kind = paths
+            .known
             .iter()
             .find(|(a, _)| *a == remote)
             .map(|(_, k)| *k)
             .unwrap_or(PathKind::PeerReflexive);
-        let observed = observed_on
+        let observed = paths
+            .observed_on
             .iter()
             .find(|(a, _)| *a == remote)
             .map(|(_, us)| *us);
         let theirs = crate::tls::peer_fingerprint(&connection).unwrap_or_default();
         let verification_code = crate::tls::verification_code(self.identity.fingerprint(), &theirs);
-        Ok(Link {
+        Link {
             connection,
             remote,
             kind,
             observed,
             authenticated: self.peer_fp.is_some(),
             verification_code,
-        })
+        }
+    }
+}
+
+/// What one connect attempt learned about the peer's addresses.
+struct Paths {
+    /// Every address of the peer we know, and how we learned it: the targets, then the
+    /// addresses paths were confirmed to.
+    known: Vec<(SocketAddr, PathKind)>,
+    /// Our own address as the peer saw it, per confirmed peer address.
+    observed_on: Vec<(SocketAddr, SocketAddr)>,
+    /// Confirmed paths the client has yet to dial.
+    pending: Vec<SocketAddr>,
+}
+
+impl Paths {
+    /// Notes a path the puncher confirmed.
+    fn confirmed(&mut self, remote: SocketAddr, kind: PathKind, observed: Option<SocketAddr>) {
+        if !self.known.iter().any(|(a, _)| *a == remote) {
+            self.known.push((remote, kind));
+        }
+        if let Some(us) = observed {
+            self.observed_on.push((remote, canonical(us)));
+        }
+        self.pending.push(remote);
     }
 }
 
