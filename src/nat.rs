@@ -78,6 +78,11 @@ pub fn both_symmetric(ours: NatKind, theirs: Option<NatKind>) -> bool {
     ours == NatKind::EndpointDependent && theirs == Some(NatKind::EndpointDependent)
 }
 
+/// Extra sockets a symmetric side opens for the birthday technique (see [`crate::punch`]).
+pub const BIRTHDAY_SOCKETS: usize = 256;
+/// Random ports of a symmetric peer's address the cone side opens its NAT towards per round.
+pub const BIRTHDAY_PORTS: usize = 1024;
+
 /// What helps when both NATs are symmetric.
 const BOTH_SYMMETRIC_HINT: &str = "forward a UDP port to one of you on its router and use it as --localport, enable UPnP or NAT-PMP on one router, use IPv6, or connect both to one network";
 
@@ -90,8 +95,8 @@ pub fn warn_before(ours: NatKind, theirs: Option<NatKind>) -> Option<String> {
         )),
         (EndpointDependent, EndpointIndependent) | (EndpointIndependent, EndpointDependent) => Some(format!(
             "one of you is behind a symmetric NAT: each round guesses its ports ({} sockets x {} guesses, about 98 % per round)",
-            crate::punch::BIRTHDAY_SOCKETS + 1,
-            crate::punch::BIRTHDAY_PORTS
+            BIRTHDAY_SOCKETS + 1,
+            BIRTHDAY_PORTS
         )),
         _ => Option::None,
     }

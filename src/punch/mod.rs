@@ -90,10 +90,9 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
 /// sockets by then; what is left takes milliseconds, and starting late only shortens the
 /// opener phase). Every tenth of a second here is a tenth off the average connect time.
 pub const ROUND_LEAD: Duration = Duration::from_millis(250);
-/// Extra sockets a symmetric side opens for the birthday technique.
-pub const BIRTHDAY_SOCKETS: usize = 256;
-/// Random ports of a symmetric peer's address the cone side opens its NAT towards per round.
-pub const BIRTHDAY_PORTS: usize = 1024;
+// The birthday technique's sizes are `nat`'s, which decides who plays which part and
+// states the odds; the puncher plays it with them.
+pub use crate::nat::{BIRTHDAY_PORTS, BIRTHDAY_SOCKETS};
 /// Ports a NAT picks from at random: Linux uses 1024-65535 for a source port above 1023.
 pub const BIRTHDAY_PORT_RANGE: std::ops::RangeInclusive<u16> = 1024..=65535;
 /// Part of a round in which the cone side sends its birthday openers; the symmetric side's
