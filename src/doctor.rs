@@ -255,11 +255,8 @@ async fn nat_behaviour(
 }
 
 async fn resolve(name: &str) -> Option<SocketAddr> {
-    let found = tokio::time::timeout(TEST_TIMEOUT, tokio::net::lookup_host(name))
-        .await
-        .ok()?
-        .ok()?;
-    found.into_iter().find(SocketAddr::is_ipv4)
+    let found = crate::stun::resolve_v4(name, TEST_TIMEOUT).await;
+    found.first().copied()
 }
 
 /// One Binding request (with CHANGE-REQUEST flags), repeated until answered or timed out.

@@ -56,13 +56,10 @@ pub async fn trace(bind: IpAddr, server: SocketAddr) -> Vec<Option<Ipv4Addr>> {
     }
 }
 
-/// A STUN Binding request, so a probe that does reach the server is one it understands.
-fn binding_request() -> [u8; 20] {
-    let mut b = [0u8; 20];
-    b[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
-    b[4..8].copy_from_slice(&0x2112_a442u32.to_be_bytes());
-    b[8..20].copy_from_slice(&rand::random::<[u8; 12]>());
-    b
+/// A STUN Binding request (the crate's one STUN codec), so a probe that does reach the
+/// server is one it understands.
+fn binding_request() -> Vec<u8> {
+    crate::stun::message::encode_request(rand::random(), false, false)
 }
 
 /// The traceroute itself, blocking; the ICMP errors come from the socket's error queue

@@ -61,11 +61,8 @@ impl LaneSockets {
 
 /// The first IPv4 address of a STUN server name.
 async fn resolve(name: &str) -> Option<SocketAddr> {
-    let found = tokio::time::timeout(crate::stun::QUERY_TIMEOUT, tokio::net::lookup_host(name))
-        .await
-        .ok()?
-        .ok()?;
-    found.into_iter().find(SocketAddr::is_ipv4)
+    let found = crate::stun::resolve_v4(name, crate::stun::QUERY_TIMEOUT).await;
+    found.first().copied()
 }
 
 /// One STUN query per socket to `server`, side by side.

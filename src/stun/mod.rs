@@ -35,6 +35,23 @@ pub struct Mapping {
     pub mapped: SocketAddr,
 }
 
+/// The IPv4 addresses of a server name (`host:port`), or none if it does not resolve within
+/// `timeout`: STUN answers about the IPv4 mapping, which is what NATs and tickets are about.
+/// One home for the lookup `discover`, the lane sockets and `doctor` share.
+pub async fn resolve_v4(name: &str, timeout: Duration) -> Vec<SocketAddr> {
+    match tokio::time::timeout(timeout, tokio::net::lookup_host(name)).await {
+        Ok(Ok(found)) => found.filter(SocketAddr::is_ipv4).collect(),
+        Ok(Err(e)) => {
+            tracing::debug!(server = %name, error = %e, "cannot resolve STUN server");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::debug!(server = %name, "resolving STUN server timed out");
+            Vec::new()
+        }
+    }
+}
+
 /// Queries servers one after another from `socket` until two distinct servers have answered
 /// (enough to classify the NAT) or the list is exhausted.
 ///
@@ -44,19 +61,7 @@ pub struct Mapping {
 pub async fn discover(socket: &UdpSocket, servers: &[String]) -> Result<Vec<Mapping>, Error> {
     let mut found: Vec<Mapping> = Vec::new();
     for name in servers {
-        let addrs =
-            match tokio::time::timeout(QUERY_TIMEOUT, tokio::net::lookup_host(name.as_str())).await
-            {
-                Ok(Ok(a)) => a.filter(SocketAddr::is_ipv4).collect::<Vec<_>>(),
-                Ok(Err(e)) => {
-                    tracing::debug!(server = %name, error = %e, "cannot resolve STUN server");
-                    continue;
-                }
-                Err(_) => {
-                    tracing::debug!(server = %name, "resolving STUN server timed out");
-                    continue;
-                }
-            };
+        let addrs = resolve_v4(name, QUERY_TIMEOUT).await;
         let Some(server) = addrs
             .into_iter()
             .find(|a| found.iter().all(|m| m.server.ip() != a.ip()))
