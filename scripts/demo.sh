@@ -9,8 +9,8 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO_ROOT"
 
 # The NAT lab's tools (Debian packages; `.ci/run` installs them).
-LAB_TOOLS=(ip nft turnserver chronyd faketime python3 timeout)
-LAB_PACKAGES="iproute2 nftables coturn chrony faketime"
+LAB_TOOLS=(ip nft turnserver chronyd faketime openssl python3 timeout)
+LAB_PACKAGES="iproute2 nftables coturn chrony faketime openssl"
 lab_tools_missing() {
     local t
     for t in "${LAB_TOOLS[@]}"; do command -v "$t" >/dev/null || { echo "$t"; return 0; }; done
