@@ -344,8 +344,18 @@ impl Client {
                 self.transmits.push_back(p.bytes.clone());
             }
         }
-        for i in expired.into_iter().rev() {
-            let p = self.pending.remove(i);
+        // Taken out before any is failed: failing the allocation or a refresh closes the
+        // client and empties `pending` under the indices (found by the turn_client fuzz
+        // target: two requests expiring together panicked).
+        let expired: Vec<_> = expired
+            .into_iter()
+            .rev()
+            .map(|i| self.pending.remove(i))
+            .collect();
+        for p in expired.into_iter().rev() {
+            if matches!(self.state, State::Closed) {
+                break;
+            }
             self.fail(p.kind, Failure::Timeout);
         }
         if !matches!(self.state, State::Allocated { .. }) {

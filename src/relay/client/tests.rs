@@ -338,3 +338,25 @@ fn no_input_makes_it_panic() {
         c.handle_input(&b, now);
     }
 }
+
+#[test]
+fn requests_expiring_together_do_not_outlive_the_allocation() {
+    // Found by the turn_client fuzz target: when a refresh and another request time out in
+    // the same call, failing the refresh closed the client and emptied the queue of pending
+    // requests under the other's index.
+    let now = Instant::now();
+    let mut c = allocate(Transport::Tcp, now);
+    // The allocation's refresh goes out, and the user closes while it is unanswered.
+    let t = c.poll_timeout().unwrap();
+    c.handle_timeout(t);
+    let _ = sent(&mut c);
+    c.close(t);
+    let _ = sent(&mut c);
+    c.handle_timeout(t + TRANSACTION_TIMEOUT);
+    assert_eq!(c.state(), State::Closed);
+    let events: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+    assert!(
+        matches!(events.last(), Some(Event::Closed | Event::Failed(_))),
+        "{events:?}"
+    );
+}
