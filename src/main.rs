@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     let json_asked = std::env::args_os().any(|a| a == "--json");
     let (cli, config_warning) = match config::parse_args(std::env::args_os().collect()) {
         Ok(parsed) => parsed,
+        Err(ParseError::NoConfigNeeded(cli)) => (*cli, None),
         Err(ParseError::Config(e)) => {
             let out = if json_asked {
                 Output::json()

@@ -267,6 +267,19 @@ fn the_binary_with_relay_flags_and_a_config_file() {
         err.starts_with(&format!("p2pcopy: {}:2: output: ", bad.display())),
         "{err}"
     );
+    // ... but it does not stand between a user and the commands that read no config.
+    let bad = bad.to_str().unwrap();
+    for args in [
+        &["--config", bad, "--help"][..],
+        &["--config", bad, "--version"],
+        &["--config", bad, "sender", "--help"],
+        &["--config", bad, "completions", "bash"],
+        &["--config", bad, "man"],
+    ] {
+        let o = p2pcopy(args, &[], home.path());
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {o:?}");
+        assert!(!o.stdout.is_empty(), "{args:?}");
+    }
 
     let Some(server) = coturn(&["--lt-cred-mech", "--user", "alice:pw-7e2a9f"]) else {
         eprintln!("turnserver not installed: skipped");

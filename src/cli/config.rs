@@ -272,6 +272,9 @@ pub enum ParseError {
     Config(ConfigError),
     /// The flags, as clap reports them (help and version too).
     Flags(clap::Error),
+    /// The config file did not load, but the command reads none (`completions`, `man`):
+    /// run it.
+    NoConfigNeeded(Box<super::Cli>),
 }
 
 /// Parses the command line with the config file's values as the flags' defaults, and
@@ -279,7 +282,10 @@ pub enum ParseError {
 /// file's path and a warning about it, if there is one.
 pub fn parse_args(args: Vec<OsString>) -> Result<(super::Cli, Option<String>), ParseError> {
     use clap::{CommandFactory, FromArgMatches};
-    let loaded = load(config_arg(&args).as_deref()).map_err(ParseError::Config)?;
+    let loaded = match load(config_arg(&args).as_deref()) {
+        Ok(loaded) => loaded,
+        Err(e) => return Err(without_config(args, e)),
+    };
     let mut cmd = super::Cli::command();
     if let Some((_, cfg)) = &loaded {
         cmd = apply(cmd, cfg);
@@ -300,8 +306,32 @@ pub fn parse_args(args: Vec<OsString>) -> Result<(super::Cli, Option<String>), P
     if let Some(r) = relay_args {
         r.from_config = cfg.relays(r.fallback_credentials().as_ref());
     }
-    tracing::debug!(config = %path.display(), relays = cfg.relays.len(), "config file read");
     Ok((cli, permission_warning(&path, &cfg)))
+}
+
+/// A config file that does not load must not keep a user from `--help`, `--version`,
+/// `completions` or `man` (which read no config): those go ahead; anything else gets the
+/// config file's error.
+fn without_config(args: Vec<OsString>, config_error: ConfigError) -> ParseError {
+    use clap::error::ErrorKind;
+    use clap::{CommandFactory, FromArgMatches};
+    let parsed = super::Cli::command()
+        .try_get_matches_from(args)
+        .and_then(|m| super::Cli::from_arg_matches(&m));
+    match parsed {
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            ParseError::Flags(e)
+        }
+        Ok(cli)
+            if matches!(
+                cli.command,
+                super::Command::Completions { .. } | super::Command::Man
+            ) =>
+        {
+            ParseError::NoConfigNeeded(Box::new(cli))
+        }
+        _ => ParseError::Config(config_error),
+    }
 }
 
 /// A warning when the file holds a credential others can read (Unix permissions).
