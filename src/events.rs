@@ -360,6 +360,7 @@ impl Serialize for CandidateKind {
             CandidateKind::Host => "host",
             CandidateKind::Mapped => "mapped",
             CandidateKind::PortMapped => "port_mapped",
+            CandidateKind::Relayed => "relayed",
         })
     }
 }

@@ -74,6 +74,8 @@ fn config(role: Role, net: &NetArgs) -> SessionConfig {
         timeout: std::time::Duration::from_secs(net.timeout),
         stall_timeout: (net.stall_timeout > 0)
             .then(|| std::time::Duration::from_secs(net.stall_timeout)),
+        // Not yet: `relay_args::refuse_for_transfers` until the data runs over the relay.
+        relays: Vec::new(),
     }
 }
 

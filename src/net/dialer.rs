@@ -18,6 +18,7 @@ use crate::punch::{
     attempt_targets, Birthday, Lane, PathKind, PunchConfig, PunchEvent, Puncher, Schedule,
     SocketId, BIRTHDAY_SOCKETS, V6_SOCKET,
 };
+use crate::relay::Allocation;
 use crate::shown::shown;
 use crate::ticket::Ticket;
 
@@ -84,6 +85,8 @@ pub struct Dialer {
     schedule: Schedule,
     /// Lanes past the main socket's: ours and the peer's port (empty without lanes).
     lanes: Vec<Lane>,
+    /// Our allocation on the user's relay, kept (and refreshed) for the whole run.
+    relay: Option<Arc<Allocation>>,
 }
 
 /// Puts the main socket (and the IPv6 one) behind the demultiplexer quinn and the puncher
@@ -183,7 +186,8 @@ impl Dialer {
     /// `peer`: a client for the sender (`is_client`), a server for the receiver.
     /// `v6` is the IPv6 socket, if this host has global IPv6 addresses; `birthday` is this
     /// side's part in the birthday technique, if the NATs call for it; `lanes` are the
-    /// extra sockets whose ports our ticket lists ([`super::LaneSockets`]).
+    /// extra sockets whose ports our ticket lists ([`super::LaneSockets`]); `relay` is our
+    /// allocation on the user's TURN relay, if we have one.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         socket: std::net::UdpSocket,
@@ -194,6 +198,7 @@ impl Dialer {
         opener_ttl: Option<u32>,
         birthday: Option<BirthdayPart>,
         lanes: Option<super::LaneSockets>,
+        relay: Option<Allocation>,
     ) -> Result<Dialer, Error> {
         let peer_fp = peer.fingerprint();
         let auth = crate::tls::PeerAuth::for_ticket(&peer);
@@ -258,12 +263,18 @@ impl Dialer {
             last_path: None,
             schedule,
             lanes: our_lanes,
+            relay: relay.map(Arc::new),
         })
     }
 
     /// When rounds fire: every 10 s in lanes when both tickets list them, else every 40 s.
     pub fn schedule(&self) -> Schedule {
         self.schedule
+    }
+
+    /// Our allocation on the user's relay, if we have one.
+    pub fn relay(&self) -> Option<&Allocation> {
+        self.relay.as_deref()
     }
 
     /// The QUIC endpoint (close it when the run ends).
