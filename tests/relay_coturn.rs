@@ -144,18 +144,23 @@ fn p2pcopy(args: &[&str], env: &[(&str, &str)], home: &std::path::Path) -> std::
 #[test]
 fn the_binary_with_relay_flags_and_a_config_file() {
     let home = tempfile::tempdir().unwrap();
-    // Transfers refuse --relay until they use it.
+    // Transfers take --relay; a password without its user is a usage error.
     let o = p2pcopy(
-        &["sender", "-f", "Cargo.toml", "--relay", "turn:h"],
+        &[
+            "sender",
+            "-f",
+            "Cargo.toml",
+            "--relay",
+            "turn:h",
+            "--relay-password",
+            "pw-3b",
+        ],
         &[],
         home.path(),
     );
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.starts_with("p2pcopy: --relay is not used by transfers yet"),
-        "{err}"
-    );
+    assert_eq!(err.trim(), "p2pcopy: --relay-password needs --relay-user");
 
     // A bad config file: one line naming file, line and key.
     let bad = home.path().join("bad.toml");

@@ -143,6 +143,7 @@ impl Link {
                 events: &mut *self.events,
                 progress: &mut self.progress,
                 inner: observer,
+                path: self.path.path.as_mut(),
             };
             let conn = &self.path.connection;
             let result = match &mut job {

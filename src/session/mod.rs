@@ -210,7 +210,11 @@ impl Session {
         // network, IPv6, a port mapping); without any, say so now rather than after minutes
         // of rounds that cannot succeed.
         let lan_only = nat::both_symmetric(nat_kind, peer_nat);
+        // A relay on either side carries the data whatever the NATs.
+        let relayed =
+            self.relay.is_some() || matches!(&peer, Ticket::Full(t) if t.relayed().is_some());
         if lan_only
+            && !relayed
             && !port_mapped
             && !net::shares_a_network(&peer)
             && !net::both_have_ipv6(&self.ours, &peer)
@@ -223,7 +227,7 @@ impl Session {
                 self.config.timeout.as_secs(),
             )));
         }
-        let warning = (!port_mapped)
+        let warning = (!port_mapped && !relayed)
             .then(|| nat::warn_before(nat_kind, peer_nat))
             .flatten();
         self.events.event(&Event::Nat {
