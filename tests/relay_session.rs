@@ -305,3 +305,43 @@ async fn strangers_cannot_use_the_allocation() {
         "a datagram from a source without permission got through"
     );
 }
+
+#[tokio::test]
+async fn without_stun_answers_the_relay_is_the_way_out() {
+    let Some(server) = coturn(&["--lt-cred-mech", "--user", &format!("alice:{PASSWORD}")]) else {
+        return;
+    };
+    // A STUN server that never answers: UDP blocked, as far as STUN can tell.
+    let silent = std::net::UdpSocket::bind((LOOPBACK, 0)).unwrap();
+    let relay = RelayConfig {
+        uri: uri(server.port, Transport::Tcp),
+        creds: long_term(PASSWORD),
+    };
+    let (seen, events) = notes();
+    let session = Session::bind(
+        SessionConfig {
+            no_stun: false,
+            stun_servers: vec![silent.local_addr().unwrap().to_string()],
+            ..config(Role::Sender, vec![relay])
+        },
+        events,
+    )
+    .await
+    .unwrap();
+    assert!(session.ticket().relayed().is_some());
+    let json = json(&seen);
+    assert!(json.contains("going on through the relay"), "{json}");
+    // Without a relay the same is an error, as before.
+    let (_, events) = notes();
+    let e = Session::bind(
+        SessionConfig {
+            no_stun: false,
+            stun_servers: vec![silent.local_addr().unwrap().to_string()],
+            ..config(Role::Sender, vec![])
+        },
+        events,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.exit_code(), 5, "{e}");
+}

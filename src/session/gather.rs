@@ -49,8 +49,18 @@ pub(super) async fn bind(
     };
     // The relay is asked while STUN runs: a slow or dead relay delays only itself.
     let (gathered, opened) = tokio::join!(gather, open_relay(&config.relays));
-    let (nat_kind, socket, mut candidates, hops_task, lanes) = gathered?;
     let (relay, failures) = opened;
+    let (nat_kind, socket, mut candidates, hops_task, lanes) = match gathered {
+        Ok(g) => g,
+        // UDP blocked (an office, a hotel): the relay over TCP or TLS is the way out.
+        Err((e, socket)) if relay.is_some() => {
+            events.event(&Event::Warning {
+                message: format!("{e}; going on through the relay"),
+            });
+            (NatKind::Unknown, socket, Vec::new(), None, None)
+        }
+        Err((e, _)) => return Err(e),
+    };
     for failure in &failures {
         events.event(&Event::Warning {
             message: format!("{failure}; going on without it"),
@@ -127,24 +137,34 @@ async fn open_relay(relays: &[RelayConfig]) -> (Option<Allocation>, Vec<String>)
 }
 
 /// What STUN and the router tell about our public side: the NAT's kind, the socket back,
-/// our public candidates, and the task counting the NATs on the way out.
+/// our public candidates, and the task counting the NATs on the way out. When no STUN
+/// server answered, why, with the socket back.
 async fn public(
     socket: std::net::UdpSocket,
     servers: &[String],
     host_ips: &[IpAddr],
     cleanup: &Cleanup,
     events: &mut dyn Events,
-) -> Result<Public, Error> {
+) -> Result<Public, (Error, std::net::UdpSocket)> {
     let internal = |e: std::io::Error| Error::Internal(e.to_string());
-    let local = socket.local_addr().map_err(internal)?;
-    let tokio_sock = tokio::net::UdpSocket::from_std(socket).map_err(internal)?;
+    let local = match socket.local_addr() {
+        Ok(a) => a,
+        Err(e) => return Err((internal(e), socket)),
+    };
+    let tokio_sock = match socket.try_clone().and_then(tokio::net::UdpSocket::from_std) {
+        Ok(s) => s,
+        Err(e) => return Err((internal(e), socket)),
+    };
     // The lane sockets are mapped side by side with the main one.
     let (mappings, lanes) = tokio::join!(
         stun::discover(&tokio_sock, servers),
         net::LaneSockets::map(local.ip(), servers)
     );
-    let mappings = mappings?;
-    let socket = tokio_sock.into_std().map_err(internal)?;
+    drop(tokio_sock);
+    let mappings = match mappings {
+        Ok(m) => m,
+        Err(e) => return Err((e, socket)),
+    };
     let mapped: Vec<SocketAddr> = mappings.iter().map(|m| m.mapped).collect();
     let kind = nat::classify(local.port(), host_ips, &mapped);
     events.event(&Event::Measured { nat: kind });
