@@ -146,6 +146,23 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       under the flood < 10 us per dropped datagram (3 us measured).
 #                       Prints the flood's rate, both CPU times, both transfer times
 #                       and the drop counts.
+#   relay-symmetric     symmetric-symmetric, the sender with --relay turn: (UDP, long-term
+#                       credentials): both exit 0 over the relay ("Connected through the
+#                       TURN relay"); prints the time from the later paste to both
+#                       connected and to the file received (target: connected <= 3 s)
+#   relay-udp-blocked   cone-cone, the sender's router drops all UDP; the sender uses
+#                       turns: on 443: STUN fails ("going on through the relay"), the
+#                       transfer completes over TURN/TLS
+#   relay-udp-blocked-both  both routers drop all UDP, both use turns: on 443: the data
+#                       goes relay to relay, the transfer completes
+#   relay-upgrade       cone-cone, 200 MB throttled, the receiver with --relay: starts
+#                       relayed, "Found a direct path" on both sides, file verified; nft
+#                       counters on the core (relay traffic is the core's own input and
+#                       output, direct traffic is forwarded) show the share the relay
+#                       carried (must be < 50 %)
+#   relay-bad-creds     cone-cone, the sender's relay password is wrong: one warning line
+#                       naming the relay and 401, the transfer completes over the punched
+#                       path; no credential in any output
 ALL_SCENARIOS=(
     public-public
     public-cone
@@ -315,6 +332,26 @@ scenario_run() {
     resume)
         custom=scenario_resume
         lab_side p2p-s 1 public && lab_side p2p-r 2 cone
+        ;;
+    relay-symmetric)
+        custom=scenario_relay_symmetric
+        lab_side p2p-s 1 symmetric && lab_side p2p-r 2 symmetric
+        ;;
+    relay-udp-blocked)
+        custom="scenario_relay_udp_blocked 1"
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    relay-udp-blocked-both)
+        custom="scenario_relay_udp_blocked 2"
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    relay-upgrade)
+        custom=scenario_relay_upgrade
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    relay-bad-creds)
+        custom=scenario_relay_bad_creds
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
         ;;
     relay-doctor)
         custom=scenario_relay_doctor
@@ -516,6 +553,124 @@ PY
         done
         return 1
     fi
+}
+
+# relay_flags [PASSWORD] [URI]: the flags for the lab's long-term relay.
+relay_flags() {
+    echo "--relay ${2:-turn:$LAB_TURN} --relay-user $LAB_TURN_USER --relay-password ${1:-$LAB_TURN_PASSWORD}"
+}
+
+# relay_no_secrets WD: fails if a credential appears in any output under WD.
+relay_no_secrets() {
+    if grep -rlF -e "$LAB_TURN_PASSWORD" -e "$LAB_TURN_SECRET" -e wrong-7c1d-lab \
+        --include='*.out' --include='*.err' "$1"; then
+        echo "problem: a credential appears in the files above"
+        return 1
+    fi
+}
+
+# relay_times WD: seconds from the later paste to both connected and to the file received.
+relay_times() {
+    awk '
+        / lab: paste 2$/ { p = $1 }
+        $2 == "sender:" && $3 == "Connected" && !s { s = $1 }
+        $2 == "receiver:" && $3 == "Connected" && !c { c = $1 }
+        $2 == "receiver:" && $3 == "Received" && !d { d = $1 }
+        END { m = (s > c) ? s : c; printf "%.1f %.1f\n", m - p, d - p }' "$1/events.log"
+}
+
+# scenario_relay_symmetric WD: see the list above.
+scenario_relay_symmetric() {
+    local wd=$1 t side
+    lab_transfer p2p-s p2p-r "$wd" --size-mb 4 --stamp --sender-extra "$(relay_flags)" || return 1
+    t=$(relay_times "$wd")
+    echo "connected ${t% *} s, file received ${t#* } s after the later paste"
+    grep -h 'Connected' "$wd/sender.err" "$wd/receiver.err"
+    for side in sender receiver; do
+        grep -q '^Connected through the TURN relay' "$wd/$side.err" ||
+            { echo "problem: $side did not connect through the relay"; return 1; }
+    done
+    awk -v t="${t% *}" 'BEGIN { exit !(t <= 3.0) }' ||
+        { echo "problem: connected ${t% *} s after the later paste, target 3 s"; return 1; }
+    relay_no_secrets "$wd"
+}
+
+# scenario_relay_udp_blocked N WD: routers 1..N drop all UDP from their host; those sides
+# use turns: on 443 (see the list above).
+scenario_relay_udp_blocked() {
+    local n=$1 wd=$2 k extra=() t
+    for ((k = 1; k <= n; k++)); do
+        lab_nsx "p2p-nat$k" nft -f - <<'EOF' || { echo "cannot block UDP on p2p-nat$k"; return 1; }
+table inet p2p_block_udp {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        meta l4proto udp drop
+    }
+}
+EOF
+    done
+    lab_trust_lab_ca p2p-s
+    lab_trust_lab_ca p2p-r
+    extra=(--sender-extra "$(relay_flags "" "turns:$LAB_TURN:443")")
+    ((n == 2)) && extra+=(--receiver-extra "$(relay_flags "" "turns:$LAB_TURN:443")")
+    lab_transfer p2p-s p2p-r "$wd" --size-mb 4 --stamp "${extra[@]}" || return 1
+    t=$(relay_times "$wd")
+    echo "connected ${t% *} s, file received ${t#* } s after the later paste"
+    grep -h 'Connected\|going on' "$wd/sender.err" "$wd/receiver.err"
+    grep -q 'going on through the relay' "$wd/sender.err" ||
+        { echo "problem: the sender did not say STUN failed and it goes on through the relay"; return 1; }
+    relay_no_secrets "$wd"
+}
+
+# relay_counters: nft counters on the core for the relay's own traffic (input and
+# output: the relay runs in the core) beside the forwarded (direct) UDP.
+relay_counters() {
+    lab_nsx p2p-core nft delete table inet p2prelay 2>/dev/null || true
+    lab_nsx p2p-core nft -f - <<EOF
+table inet p2prelay {
+    chain input { type filter hook input priority -30; policy accept; ip daddr $LAB_TURN counter comment "relay-in"; }
+    chain output { type filter hook output priority -30; policy accept; ip saddr $LAB_TURN counter comment "relay-out"; }
+    chain forward { type filter hook forward priority -30; policy accept; meta l4proto udp counter comment "direct"; }
+}
+EOF
+}
+
+# relay_count NAME: bytes of counter NAME.
+relay_count() {
+    lab_nsx p2p-core nft list table inet p2prelay | grep "comment \"$1\"" | sed -n 's/.* bytes \([0-9]*\).*/\1/p'
+}
+
+# scenario_relay_upgrade WD: see the list above.
+scenario_relay_upgrade() {
+    local wd=$1 rin rout direct share side
+    relay_counters || { echo "counter rules failed"; return 1; }
+    lab_transfer p2p-s p2p-r "$wd" --size-mb 200 --throttle "$BULK_RATE" \
+        --receiver-extra "$(relay_flags)" || return 1
+    rin=$(relay_count relay-in) rout=$(relay_count relay-out) direct=$(relay_count direct)
+    lab_nsx p2p-core nft delete table inet p2prelay 2>/dev/null || true
+    grep -h 'Connected\|direct path' "$wd/sender.err" "$wd/receiver.err"
+    share=$(awk -v a="$rin" -v b="$rout" -v d="$direct" 'BEGIN { printf "%.1f", 100 * (a + b) / (a + b + d) }')
+    echo "relay in ${rin} B, out ${rout} B; forwarded (direct) ${direct} B: the relay carried ${share} %"
+    for side in sender receiver; do
+        grep -q '^Found a direct path' "$wd/$side.err" ||
+            { echo "problem: $side never moved onto a direct path"; return 1; }
+    done
+    grep -q '^Connected through the TURN relay' "$wd/sender.err" ||
+        { echo "problem: the sender did not start on the relay"; return 1; }
+    awk -v s="$share" 'BEGIN { exit !(s < 50) }' ||
+        { echo "problem: the relay carried ${share} % of the bytes"; return 1; }
+    relay_no_secrets "$wd"
+}
+
+# scenario_relay_bad_creds WD: see the list above.
+scenario_relay_bad_creds() {
+    local wd=$1 lines
+    lab_transfer p2p-s p2p-r "$wd" --size-mb 2 --sender-extra "$(relay_flags wrong-7c1d-lab)" || return 1
+    lines=$(grep -c "relay turn:$LAB_TURN:3478 failed: refused with 401" "$wd/sender.err" || true)
+    grep "relay turn:" "$wd/sender.err"
+    [[ $lines == 1 ]] || { echo "problem: $lines warning lines naming the relay and 401, expected 1"; return 1; }
+    grep -q '^Connected directly' "$wd/sender.err" || { echo "problem: not connected directly"; return 1; }
+    relay_no_secrets "$wd"
 }
 
 # portmap_counts [N HOST]: "RULES LISTED": the forwards miniupnpd holds on router N

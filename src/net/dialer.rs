@@ -299,6 +299,14 @@ impl Dialer {
         self.relay.as_deref()
     }
 
+    /// Releases our allocation on the relay, if we hold one (bounded: two seconds), once
+    /// the connection is closed: the server would otherwise keep it for its lifetime.
+    pub async fn release_relay(&self) {
+        if let Some(a) = &self.relay {
+            a.release().await;
+        }
+    }
+
     /// The QUIC endpoint (close it when the run ends).
     pub fn endpoint(&self) -> &quinn::Endpoint {
         &self.endpoint

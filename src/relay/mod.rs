@@ -369,6 +369,12 @@ impl Allocation {
 
     /// Releases the allocation on the server (waits up to two seconds for its answer).
     pub async fn close(self) {
+        self.release().await;
+    }
+
+    /// [`Allocation::close`] for a shared allocation: released on the server; every use
+    /// after it fails.
+    pub async fn release(&self) {
         self.shared.client().close(Instant::now());
         self.shared.wake.notify_one();
         let mut steps = self.shared.stepped.subscribe();

@@ -238,6 +238,7 @@ impl Link {
         if !peer_closed {
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         }
+        self.dialer.release_relay().await;
         self.cleanup.0.release().await;
     }
 }
