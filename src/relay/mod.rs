@@ -236,6 +236,7 @@ impl Allocation {
         let (reader, writer) = connect(uri, server).await?;
         let (username, password) = creds.resolve(SystemTime::now());
         let client = Client::new(uri.transport, username, password, Instant::now());
+        let renew = Renew::new(creds);
         let (stepped, steps) = watch::channel(0);
         let shared = Arc::new(Shared {
             client: Mutex::new(client),
@@ -244,7 +245,7 @@ impl Allocation {
             stepped,
         });
         let (tx, rx) = mpsc::channel(1024);
-        let driver = tokio::spawn(drive(shared.clone(), reader, writer.clone(), tx));
+        let driver = tokio::spawn(drive(shared.clone(), reader, writer.clone(), tx, renew));
         let info = allocated(&shared, steps, &driver, server, uri.transport).await?;
         tracing::info!(relay = %uri, %server, relayed = %info.relayed, rtt_ms = info.rtt.as_millis() as u64, "relay allocation");
         // Over TCP or TLS a send waits for the stream; QUIC's datagrams queue for a task.
@@ -398,6 +399,37 @@ impl Drop for Allocation {
     }
 }
 
+/// TURN REST credentials expire ([`creds::REST_TTL`]): new ones are derived an hour
+/// before, so a long transfer's refreshes keep authenticating.
+struct Renew {
+    creds: Credentials,
+    at: Option<SystemTime>,
+}
+
+impl Renew {
+    const EARLY: Duration = Duration::from_secs(3600);
+
+    fn new(creds: &Credentials) -> Renew {
+        let at = matches!(creds, Credentials::Rest { .. })
+            .then(|| SystemTime::now() + creds::REST_TTL.saturating_sub(Self::EARLY));
+        Renew {
+            creds: creds.clone(),
+            at,
+        }
+    }
+
+    /// Gives the client fresh credentials when the old ones near their expiry.
+    fn check(&mut self, client: &mut Client) {
+        let now = SystemTime::now();
+        if self.at.is_some_and(|at| now >= at) {
+            let (username, password) = self.creds.resolve(now);
+            client.set_credentials(username, password);
+            self.at = Some(now + creds::REST_TTL.saturating_sub(Self::EARLY));
+            tracing::debug!("TURN REST credentials derived again");
+        }
+    }
+}
+
 /// The background task: reads from the server, feeds the client, sends what it asks, keeps
 /// its timers.
 async fn drive(
@@ -405,10 +437,15 @@ async fn drive(
     mut reader: Reader,
     writer: Writer,
     incoming: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    mut renew: Renew,
 ) {
     loop {
         let (out, timeout) = {
             let mut c = shared.client();
+            // Checked at every step (the permission refresh wakes it every few minutes); a
+            // request already queued with the old credentials gets 401 and is sent again
+            // with the new ones.
+            renew.check(&mut c);
             let mut out = Vec::new();
             while let Some(t) = c.poll_transmit() {
                 out.push(t);
