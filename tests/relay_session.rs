@@ -5,11 +5,14 @@
 //! one exists; a source the allocation did not permit gets nothing through. Skipped (passing) where
 //! coturn's `turnserver` is not installed; the lab runs the NAT cases.
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2pcopy::events::Event;
+use p2pcopy::punch::PathKind;
 use p2pcopy::relay::{Allocation, RelayConfig, Transport};
 use p2pcopy::ticket::{Candidate, CandidateKind, FullTicket, Role, Ticket};
 use p2pcopy::transfer::{Incoming, Outgoing, Silent, Store};
@@ -344,4 +347,107 @@ async fn without_stun_answers_the_relay_is_the_way_out() {
     .await
     .unwrap_err();
     assert_eq!(e.exit_code(), 5, "{e}");
+}
+
+/// A UDP forwarder on loopback between `client` and `target`, both ways; nothing passes
+/// while `cut` is set. Whatever else sends to it (the relay) reaches `target` too, but
+/// answers go to `client` only, so the relay never learns the forwarder as the peer.
+async fn forwarder(target: SocketAddr, client: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind((LOOPBACK, 0)).await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            if cut.load(Ordering::SeqCst) {
+                continue;
+            }
+            let to = if from == target { client } else { target };
+            let _ = sock.send_to(&buf[..n], to).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn when_the_direct_path_dies_the_data_goes_back_through_the_relay() {
+    let Some(server) = coturn(&["--lt-cred-mech", "--user", &format!("alice:{PASSWORD}")]) else {
+        return;
+    };
+    let relay = RelayConfig {
+        uri: uri(server.port, Transport::Udp),
+        creds: long_term(PASSWORD),
+    };
+    // The direct path runs through two forwarders, cut as soon as the sender moved onto it.
+    let cut = Arc::new(AtomicBool::new(false));
+    let s_notes = Notes::default();
+    let (n, c) = (s_notes.clone(), cut.clone());
+    let s_events = move |e: &Event| {
+        if matches!(e, Event::PathChanged { path_kind, .. } if *path_kind != PathKind::Relayed) {
+            c.store(true, Ordering::SeqCst);
+        }
+        n.lock().unwrap().push(e.clone());
+    };
+    let (r_notes, r_events) = notes();
+    let sender = Session::bind(config(Role::Sender, vec![]), s_events)
+        .await
+        .unwrap();
+    let receiver = Session::bind(config(Role::Receiver, vec![relay]), r_events)
+        .await
+        .unwrap();
+    let (rt, st) = (receiver.ticket().clone(), sender.ticket().clone());
+    let host = |t: &FullTicket| {
+        t.candidates
+            .iter()
+            .find(|c| c.kind == CandidateKind::Host)
+            .unwrap()
+            .addr
+    };
+    let to_r = forwarder(host(&rt), host(&st), cut.clone()).await;
+    let to_s = forwarder(host(&st), host(&rt), cut.clone()).await;
+    let via = |t: &FullTicket, addr| {
+        let mut candidates: Vec<Candidate> = t
+            .candidates
+            .iter()
+            .copied()
+            .filter(|c| c.kind == CandidateKind::Relayed)
+            .collect();
+        candidates.push(Candidate {
+            kind: CandidateKind::Host,
+            addr,
+        });
+        Ticket::Full(FullTicket {
+            candidates,
+            ..t.clone()
+        })
+    };
+    let (s, r) = tokio::join!(
+        sender.connect(via(&rt, to_r)),
+        receiver.connect(via(&st, to_s))
+    );
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = src.path().join("data.bin");
+    let data = pseudo_random(8 << 20, 5);
+    std::fs::write(&file, &data).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(40),
+        copy(s.unwrap(), r.unwrap(), &file, out.path()),
+    )
+    .await
+    .expect("done in time");
+    assert!(std::fs::read(out.path().join("data.bin")).unwrap() == data);
+    assert!(
+        cut.load(Ordering::SeqCst),
+        "never moved onto the direct path"
+    );
+    let seen = paths(&s_notes);
+    let kinds: Vec<&str> = seen.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"relayed"), "{seen:?}");
+    assert_eq!(kinds.last(), Some(&"relayed"), "{seen:?}");
+    assert!(kinds.iter().any(|k| *k != "relayed"), "{seen:?}");
+    // The same connection all along: no reconnect.
+    for notes in [&s_notes, &r_notes] {
+        assert!(!json(notes).contains("reconnecting"));
+    }
+    drop(server);
 }

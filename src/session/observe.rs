@@ -61,7 +61,8 @@ pub(super) struct Tee<'a> {
     pub(super) progress: &'a mut Option<Progress>,
     pub(super) inner: &'a mut dyn Observer,
     /// Which way the data goes, when a relay is in play: a change is reported as
-    /// `path_changed` at the job's next step.
+    /// `path_changed` at the job's next step (a sender whose data all sits in QUIC's send
+    /// buffer takes its next step only at the end).
     pub(super) path: Option<&'a mut watch::Receiver<PathNow>>,
 }
 
@@ -132,6 +133,7 @@ impl Observer for Tee<'_> {
     }
 
     fn finish(&mut self) {
+        self.path_news();
         if let Some(p) = self.progress.as_mut() {
             p.event(self.events, true);
         }
