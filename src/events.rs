@@ -1024,6 +1024,10 @@ pub(crate) mod tests {
                 reconnects: 0,
                 via_port_mapping: false,
             },
+            Event::PathChanged {
+                path_kind: PathKind::Relayed,
+                remote: addr("127.0.0.1:1"),
+            },
             Event::Reconnecting {
                 reason: String::new(),
                 timeout_s: 1,
