@@ -13,7 +13,8 @@ use crate::relay::{Credentials, RelayConfig, RelayUri, Secret};
 pub struct RelayArgs {
     // The text is clap's help, where brackets are brackets, not rustdoc links.
     #[allow(rustdoc::broken_intra_doc_links)]
-    /// A TURN relay of your own, used only when no direct path exists (repeatable):
+    /// A TURN relay of your own (repeatable; the first that works is used): the transfer
+    /// starts over it at once and moves onto a direct path when punching finds one.
     /// turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT] (TLS, e.g. port 443).
     #[arg(
         long = "relay",
