@@ -146,6 +146,24 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       under the flood < 10 us per dropped datagram (3 us measured).
 #                       Prints the flood's rate, both CPU times, both transfer times
 #                       and the drop counts.
+#   relay-symmetric     symmetric-symmetric, the sender with --relay turn: (UDP, long-term
+#                       credentials): both exit 0 over the relay ("Connected through the
+#                       TURN relay"); prints the time from the later paste to both
+#                       connected and to the file received (target: connected <= 3 s)
+#   relay-udp-blocked   cone-cone, the sender's router drops all UDP; the sender uses
+#                       turns: on 443: STUN fails ("going on through the relay"), the
+#                       transfer completes over TURN/TLS
+#   relay-udp-blocked-both  both routers drop all UDP, both use turns: on 443: the data
+#                       goes relay to relay, the transfer completes
+#   relay-upgrade       cone-cone, 200 MB throttled (the relay too), the receiver with
+#                       --relay: starts relayed, "Found a direct path" on both sides,
+#                       file verified; nft counters on the core (relay traffic is the
+#                       core's own input and output, direct traffic is forwarded) give
+#                       the share the relay carried, and after both moved onto the
+#                       direct path less than 1 MB may cross the relay
+#   relay-bad-creds     cone-cone, the sender's relay password is wrong: one warning line
+#                       naming the relay and 401, the transfer completes over the punched
+#                       path; no credential in any output
 ALL_SCENARIOS=(
     public-public
     public-cone
@@ -179,6 +197,11 @@ ALL_SCENARIOS=(
     portmap
     flood
     relay-doctor
+    relay-symmetric
+    relay-udp-blocked
+    relay-udp-blocked-both
+    relay-upgrade
+    relay-bad-creds
 )
 FAIL_TIMEOUT=50
 # Core throttle for the 200 MB scenarios (resume, path-cut): ~15 s for the file.
@@ -315,6 +338,26 @@ scenario_run() {
     resume)
         custom=scenario_resume
         lab_side p2p-s 1 public && lab_side p2p-r 2 cone
+        ;;
+    relay-symmetric)
+        custom=scenario_relay_symmetric
+        lab_side p2p-s 1 symmetric && lab_side p2p-r 2 symmetric
+        ;;
+    relay-udp-blocked)
+        custom="scenario_relay_udp_blocked 1"
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    relay-udp-blocked-both)
+        custom="scenario_relay_udp_blocked 2"
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    relay-upgrade)
+        custom=scenario_relay_upgrade
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    relay-bad-creds)
+        custom=scenario_relay_bad_creds
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
         ;;
     relay-doctor)
         custom=scenario_relay_doctor
@@ -516,6 +559,141 @@ PY
         done
         return 1
     fi
+}
+
+# relay_flags [PASSWORD] [URI]: the flags for the lab's long-term relay.
+relay_flags() {
+    echo "--relay ${2:-turn:$LAB_TURN} --relay-user $LAB_TURN_USER --relay-password ${1:-$LAB_TURN_PASSWORD}"
+}
+
+# relay_no_secrets WD: fails if a credential appears in any output under WD.
+relay_no_secrets() {
+    if grep -rlF -e "$LAB_TURN_PASSWORD" -e "$LAB_TURN_SECRET" -e wrong-7c1d-lab \
+        --include='*.out' --include='*.err' "$1"; then
+        echo "problem: a credential appears in the files above"
+        return 1
+    fi
+}
+
+# relay_times WD: seconds from the later paste to both connected and to the file received.
+relay_times() {
+    awk '
+        / lab: paste 2$/ { p = $1 }
+        $2 == "sender:" && $3 == "Connected" && !s { s = $1 }
+        $2 == "receiver:" && $3 == "Connected" && !c { c = $1 }
+        $2 == "receiver:" && $3 == "Received" && !d { d = $1 }
+        END { m = (s > c) ? s : c; printf "%.1f %.1f\n", m - p, d - p }' "$1/events.log"
+}
+
+# scenario_relay_symmetric WD: see the list above.
+scenario_relay_symmetric() {
+    local wd=$1 t side
+    lab_transfer p2p-s p2p-r "$wd" --size-mb 4 --stamp --sender-extra "$(relay_flags)" || return 1
+    t=$(relay_times "$wd")
+    echo "connected ${t% *} s, file received ${t#* } s after the later paste"
+    grep -h 'Connected' "$wd/sender.err" "$wd/receiver.err"
+    for side in sender receiver; do
+        grep -q '^Connected through the TURN relay' "$wd/$side.err" ||
+            { echo "problem: $side did not connect through the relay"; return 1; }
+    done
+    awk -v t="${t% *}" 'BEGIN { exit !(t <= 3.0) }' ||
+        { echo "problem: connected ${t% *} s after the later paste, target 3 s"; return 1; }
+    relay_no_secrets "$wd"
+}
+
+# scenario_relay_udp_blocked N WD: routers 1..N drop all UDP from their host; those sides
+# use turns: on 443 (see the list above).
+scenario_relay_udp_blocked() {
+    local n=$1 wd=$2 k extra=() t
+    for ((k = 1; k <= n; k++)); do
+        lab_nsx "p2p-nat$k" nft -f - <<'EOF' || { echo "cannot block UDP on p2p-nat$k"; return 1; }
+table inet p2p_block_udp {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        meta l4proto udp drop
+    }
+}
+EOF
+    done
+    lab_trust_lab_ca p2p-s
+    lab_trust_lab_ca p2p-r
+    extra=(--sender-extra "$(relay_flags "" "turns:$LAB_TURN:443")")
+    ((n == 2)) && extra+=(--receiver-extra "$(relay_flags "" "turns:$LAB_TURN:443")")
+    lab_transfer p2p-s p2p-r "$wd" --size-mb 4 --stamp "${extra[@]}" || return 1
+    t=$(relay_times "$wd")
+    echo "connected ${t% *} s, file received ${t#* } s after the later paste"
+    grep -h 'Connected\|going on' "$wd/sender.err" "$wd/receiver.err"
+    grep -q 'going on through the relay' "$wd/sender.err" ||
+        { echo "problem: the sender did not say STUN failed and it goes on through the relay"; return 1; }
+    relay_no_secrets "$wd"
+}
+
+# relay_counters: nft counters on the core for the relay's own traffic (input and
+# output: the relay runs in the core) beside the forwarded (direct) UDP; what reaches the
+# relay is throttled like the forwarded traffic (BULK_RATE), as one access link would.
+relay_counters() {
+    lab_nsx p2p-core nft delete table inet p2prelay 2>/dev/null || true
+    lab_nsx p2p-core nft -f - <<EOF
+table inet p2prelay {
+    chain input {
+        type filter hook input priority -30; policy accept;
+        ip daddr $LAB_TURN counter comment "relay-in"
+        ip daddr $LAB_TURN meta l4proto udp limit rate over $BULK_RATE/second burst 256 kbytes drop
+    }
+    chain output { type filter hook output priority -30; policy accept; ip saddr $LAB_TURN counter comment "relay-out"; }
+    chain forward { type filter hook forward priority -30; policy accept; meta l4proto udp counter comment "direct"; }
+}
+EOF
+}
+
+# relay_count NAME: bytes of counter NAME.
+relay_count() {
+    lab_nsx p2p-core nft list table inet p2prelay | grep "comment \"$1\"" | sed -n 's/.* bytes \([0-9]*\).*/\1/p'
+}
+
+# scenario_relay_upgrade WD: see the list above.
+scenario_relay_upgrade() {
+    local wd=$1 pid rc=0 a0 b0 a1 b1 direct before after side
+    relay_counters || { echo "counter rules failed"; return 1; }
+    lab_transfer p2p-s p2p-r "$wd" --size-mb 200 --throttle "$BULK_RATE" \
+        --receiver-extra "$(relay_flags)" >"$wd.log" 2>&1 &
+    pid=$!
+    # The relay's bytes up to the moment both sides moved onto the direct path, and after.
+    for _ in $(seq 1 600); do
+        grep -qs '^Found a direct path' "$wd/sender.err" && grep -qs '^Found a direct path' "$wd/receiver.err" && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    a0=$(relay_count relay-in) b0=$(relay_count relay-out)
+    wait "$pid" || rc=$?
+    cat "$wd.log"
+    a1=$(relay_count relay-in) b1=$(relay_count relay-out) direct=$(relay_count direct)
+    lab_nsx p2p-core nft delete table inet p2prelay 2>/dev/null || true
+    ((rc == 0)) || return 1
+    grep -h '^Connected\|^Found a direct path' "$wd/sender.err" "$wd/receiver.err"
+    before=$((a0 + b0)) after=$((a1 + b1 - a0 - b0))
+    echo "relay: ${before} B (in and out) until both moved onto the direct path, ${after} B after; forwarded (direct): ${direct} B"
+    awk -v r="$before" -v d="$direct" 'BEGIN { printf "the relay carried %.1f %% of the bytes\n", 100 * (r / 2) / (r / 2 + d) }'
+    for side in sender receiver; do
+        grep -q '^Found a direct path' "$wd/$side.err" ||
+            { echo "problem: $side never moved onto a direct path"; return 1; }
+    done
+    grep -q '^Connected through the TURN relay' "$wd/sender.err" ||
+        { echo "problem: the sender did not start on the relay"; return 1; }
+    # Nothing but keep-alives, openers and the allocation's own upkeep after the switch.
+    ((after < 1000000)) || { echo "problem: ${after} B crossed the relay after the switch"; return 1; }
+    relay_no_secrets "$wd"
+}
+
+# scenario_relay_bad_creds WD: see the list above.
+scenario_relay_bad_creds() {
+    local wd=$1 lines
+    lab_transfer p2p-s p2p-r "$wd" --size-mb 2 --sender-extra "$(relay_flags wrong-7c1d-lab)" || return 1
+    lines=$(grep -c "relay turn:$LAB_TURN:3478 failed: refused with 401" "$wd/sender.err" || true)
+    grep "relay turn:" "$wd/sender.err"
+    [[ $lines == 1 ]] || { echo "problem: $lines warning lines naming the relay and 401, expected 1"; return 1; }
+    grep -q '^Connected directly' "$wd/sender.err" || { echo "problem: not connected directly"; return 1; }
+    relay_no_secrets "$wd"
 }
 
 # portmap_counts [N HOST]: "RULES LISTED": the forwards miniupnpd holds on router N

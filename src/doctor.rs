@@ -360,10 +360,7 @@ pub fn verdict(
 /// both NATs (and even with UDP blocked here, over `turns:`).
 pub fn with_relays(verdict: String, relays: &[crate::relay::RelayCheck]) -> String {
     match relays.iter().find(|r| r.result.is_ok()) {
-        Some(r) => format!(
-            "{verdict}; with your relay ({}): any peer, once transfers use relays (still to come)",
-            r.uri
-        ),
+        Some(r) => format!("{verdict}; with your relay ({}): any peer", r.uri),
         None if !relays.is_empty() => format!("{verdict}; your relay cannot be used (see above)"),
         None => verdict,
     }

@@ -110,6 +110,14 @@ pub enum Event {
         #[serde(skip_serializing)]
         via_port_mapping: bool,
     },
+    /// The data moved onto another path under the same connection: from the relay onto a
+    /// direct path a round found, or back onto the relay when that path died.
+    PathChanged {
+        /// `relayed`, or how the direct path's address was learned.
+        path_kind: PathKind,
+        /// Where our datagrams go now: the relay's address, or the peer's own.
+        remote: SocketAddr,
+    },
     /// The connection was lost; p2pcopy punches again.
     Reconnecting {
         /// Why the connection counts as lost.
@@ -360,6 +368,7 @@ impl Serialize for CandidateKind {
             CandidateKind::Host => "host",
             CandidateKind::Mapped => "mapped",
             CandidateKind::PortMapped => "port_mapped",
+            CandidateKind::Relayed => "relayed",
         })
     }
 }
@@ -394,6 +403,7 @@ impl Serialize for PathKind {
             PathKind::PeerReflexive => "peer_reflexive",
             PathKind::Typed => "typed",
             PathKind::Ipv6 => "ipv6",
+            PathKind::Relayed => "relayed",
         })
     }
 }
@@ -721,6 +731,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn path_changed() {
+        let keys = [("path_kind", "string"), ("remote", "string")];
+        let v = check(
+            Event::PathChanged {
+                path_kind: PathKind::Mapped,
+                remote: addr("203.0.113.9:21300"),
+            },
+            "path_changed",
+            &keys,
+        );
+        assert_eq!(v["path_kind"], "mapped");
+        let v = check(
+            Event::PathChanged {
+                path_kind: PathKind::Relayed,
+                remote: addr("198.51.100.5:50000"),
+            },
+            "path_changed",
+            &keys,
+        );
+        assert_eq!(v["path_kind"], "relayed");
+        assert_eq!(v["remote"], "198.51.100.5:50000");
+    }
+
+    #[test]
     fn reconnecting() {
         let v = check(
             Event::Reconnecting {
@@ -989,6 +1023,10 @@ pub(crate) mod tests {
                 verification_code: None,
                 reconnects: 0,
                 via_port_mapping: false,
+            },
+            Event::PathChanged {
+                path_kind: PathKind::Relayed,
+                remote: addr("127.0.0.1:1"),
             },
             Event::Reconnecting {
                 reason: String::new(),

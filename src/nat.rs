@@ -84,7 +84,7 @@ pub const BIRTHDAY_SOCKETS: usize = 256;
 pub const BIRTHDAY_PORTS: usize = 1024;
 
 /// What helps when both NATs are symmetric.
-const BOTH_SYMMETRIC_HINT: &str = "forward a UDP port to one of you on its router and use it as --localport, enable UPnP or NAT-PMP on one router, use IPv6, or connect both to one network";
+const BOTH_SYMMETRIC_HINT: &str = "give one of you a TURN relay of your own (--relay), forward a UDP port to one of you on its router and use it as --localport, enable UPnP or NAT-PMP on one router, use IPv6, or connect both to one network";
 
 /// A warning shown right after the paste about what the two NAT kinds mean for connecting.
 pub fn warn_before(ours: NatKind, theirs: Option<NatKind>) -> Option<String> {

@@ -7,7 +7,8 @@
 //! Versions: 1 is the original record; 2 is the same record that may also carry a
 //! [port-mapped](CandidateKind::PortMapped) address; 3 adds, after the addresses, the public
 //! ports of the extra sockets that rounds use in turn ([`FullTicket::lane_ports`], see
-//! [`crate::punch`]). A ticket is written with the lowest version that can say what it
+//! [`crate::punch`]); 4 is version 3 that may also carry a [relayed](CandidateKind::Relayed)
+//! address (a TURN allocation) and may list no lanes. A ticket is written with the lowest version that can say what it
 //! carries, so tickets without a port mapping or lanes are still read by older p2pcopy, and
 //! one with them gets a clear "upgrade" from them instead of "malformed". A ticket without
 //! lanes gets the older, slower schedule of rounds from us.
@@ -24,11 +25,13 @@ use crate::fingerprint::Fingerprint;
 /// Text prefix of every ticket; the version lives inside the encoded record.
 pub const PREFIX: &str = "p2pc";
 /// Newest record version this p2pcopy reads and writes.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// The original record version, still written when no address needs version 2.
 const VERSION_1: u8 = 1;
 /// The version that may carry a port-mapped address.
 const VERSION_2: u8 = 2;
+/// The version that lists the lane ports.
+const VERSION_3: u8 = 3;
 /// At most this many candidates are carried; more only slows punching down.
 pub const MAX_CANDIDATES: usize = 8;
 const CHECKSUM_LEN: usize = 4;
@@ -119,6 +122,9 @@ pub enum CandidateKind {
     /// A public address the host's router forwards to it on request (PCP, NAT-PMP or UPnP):
     /// it accepts packets from anywhere. Needs ticket version 2.
     PortMapped,
+    /// An address on a TURN relay the host holds an allocation on: the relay passes on
+    /// whatever the peers it permitted send to it. Needs ticket version 4.
+    Relayed,
 }
 
 impl CandidateKind {
@@ -127,6 +133,7 @@ impl CandidateKind {
             CandidateKind::Host => 0,
             CandidateKind::Mapped => 1,
             CandidateKind::PortMapped => 2,
+            CandidateKind::Relayed => 3,
         }
     }
 
@@ -135,6 +142,7 @@ impl CandidateKind {
             0 => CandidateKind::Host,
             1 => CandidateKind::Mapped,
             2 if version >= 2 => CandidateKind::PortMapped,
+            3 if version >= 4 => CandidateKind::Relayed,
             _ => return Err(TicketError::Malformed("unknown address kind")),
         })
     }
@@ -209,21 +217,30 @@ impl FullTicket {
             .any(|c| c.kind == CandidateKind::PortMapped)
     }
 
+    /// The address on the peer's TURN relay, if its ticket carries one.
+    pub fn relayed(&self) -> Option<SocketAddr> {
+        self.candidates
+            .iter()
+            .find(|c| c.kind == CandidateKind::Relayed)
+            .map(|c| c.addr)
+    }
+
     /// The binary record (without checksum).
     fn encode_record(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(40 + self.candidates.len() * 19);
         let candidates = &self.candidates[..self.candidates.len().min(MAX_CANDIDATES)];
-        let needs_v2 = candidates
-            .iter()
-            .any(|c| c.kind == CandidateKind::PortMapped);
+        let has = |kind| candidates.iter().any(|c| c.kind == kind);
         let lanes = &self.lane_ports[..self.lane_ports.len().min(MAX_LANE_PORTS)];
-        out.push(if !lanes.is_empty() {
+        let version = if has(CandidateKind::Relayed) {
             VERSION
-        } else if needs_v2 {
+        } else if !lanes.is_empty() {
+            VERSION_3
+        } else if has(CandidateKind::PortMapped) {
             VERSION_2
         } else {
             VERSION_1
-        });
+        };
+        out.push(version);
         let role_bit = match self.role {
             Role::Sender => 0,
             Role::Receiver => 1,
@@ -245,7 +262,7 @@ impl FullTicket {
             }
             out.extend_from_slice(&c.addr.port().to_be_bytes());
         }
-        if !lanes.is_empty() {
+        if version >= VERSION_3 {
             out.push(lanes.len() as u8);
             for port in lanes {
                 out.extend_from_slice(&port.to_be_bytes());
@@ -299,10 +316,20 @@ impl FullTicket {
                 addr: SocketAddr::new(ip, port),
             });
         }
+        if candidates
+            .iter()
+            .filter(|c| c.kind == CandidateKind::Relayed)
+            .count()
+            > 1
+        {
+            return Err(TicketError::Malformed("more than one relayed address"));
+        }
         let mut lane_ports = Vec::new();
-        if version >= 3 {
+        if version >= VERSION_3 {
             let n = r.u8()? as usize;
-            if n == 0 || n > MAX_LANE_PORTS {
+            // Version 3 was written only for lanes; version 4 may carry a relayed address
+            // alone.
+            if (n == 0 && version == VERSION_3) || n > MAX_LANE_PORTS {
                 return Err(TicketError::Malformed("wrong number of lanes"));
             }
             for _ in 0..n {
@@ -671,10 +698,84 @@ mod tests {
             retagged(&sample(), 0).parse::<Ticket>(),
             Err(TicketError::Version(0))
         );
-        assert!(TicketError::Version(4).to_string().contains("upgrade"));
+        assert!(TicketError::Version(5).to_string().contains("upgrade"));
         assert_eq!(
-            retagged(&sample(), 4).parse::<Ticket>(),
-            Err(TicketError::Version(4))
+            retagged(&sample(), 5).parse::<Ticket>(),
+            Err(TicketError::Version(5))
+        );
+    }
+
+    fn with_relay(lanes: Vec<u16>) -> FullTicket {
+        let mut t = sample();
+        t.candidates.insert(
+            0,
+            Candidate {
+                kind: CandidateKind::Relayed,
+                addr: "198.51.100.5:49160".parse().unwrap(),
+            },
+        );
+        t.lane_ports = lanes;
+        t
+    }
+
+    #[test]
+    fn relayed_candidates_round_trip_as_version_4() {
+        for lanes in [vec![], vec![40001, 40002]] {
+            let t = with_relay(lanes);
+            assert_eq!(t.encode_record()[0], 4);
+            assert_eq!(t.relayed(), Some("198.51.100.5:49160".parse().unwrap()));
+            assert_eq!(
+                t.to_string().parse::<Ticket>().unwrap(),
+                Ticket::Full(t.clone())
+            );
+        }
+        assert_eq!(sample().relayed(), None);
+        // Older versions know no relayed address; a version 3 label on a record with no
+        // lanes is refused as before.
+        for v in [1, 2, 3] {
+            assert_eq!(
+                retagged(&with_relay(vec![1000]), v).parse::<Ticket>(),
+                Err(TicketError::Malformed("unknown address kind"))
+            );
+        }
+        let mut no_lanes = sample().encode_record();
+        no_lanes[0] = 3;
+        no_lanes.push(0);
+        assert_eq!(
+            FullTicket::decode_record(&no_lanes),
+            Err(TicketError::Malformed("wrong number of lanes"))
+        );
+        // A ticket without a relay keeps its old version.
+        assert_eq!(with_lanes().encode_record()[0], 3);
+    }
+
+    #[test]
+    fn hostile_relayed_candidates_are_refused() {
+        let mut two = with_relay(vec![]);
+        two.candidates.push(Candidate {
+            kind: CandidateKind::Relayed,
+            addr: "198.51.100.6:3478".parse().unwrap(),
+        });
+        assert_eq!(
+            FullTicket::decode_record(&two.encode_record()),
+            Err(TicketError::Malformed("more than one relayed address"))
+        );
+        // A relayed address without a port or host, or a kind past the known ones.
+        let t = with_relay(vec![]);
+        let mut r = t.encode_record();
+        // Record: version, flags, fingerprint, count, then the relayed candidate's tag.
+        let tag = 2 + Fingerprint::LEN + 1;
+        assert_eq!(r[tag], 3 | (4 << 4));
+        let mut zero_port = r.clone();
+        zero_port[tag + 5..tag + 7].copy_from_slice(&[0, 0]);
+        assert_eq!(
+            FullTicket::decode_record(&zero_port),
+            Err(TicketError::Malformed("address without port or host"))
+        );
+        r[tag] = 4 | (4 << 4);
+        assert_eq!(
+            FullTicket::decode_record(&r),
+            Err(TicketError::Malformed("unknown address kind"))
         );
     }
 
@@ -707,13 +808,21 @@ mod tests {
     fn decoder_survives_arbitrary_records() {
         // Cheap stand-in for fuzzing in the default test run: every truncation and every
         // single-byte corruption of a valid record decodes to Ok or Err, never panics.
-        let record = with_lanes().encode_record();
+        for record in [
+            with_lanes().encode_record(),
+            with_relay(vec![]).encode_record(),
+        ] {
+            survives(&record);
+        }
+    }
+
+    fn survives(record: &[u8]) {
         for n in 0..record.len() {
             let _ = FullTicket::decode_record(&record[..n]);
         }
         for i in 0..record.len() {
-            for v in [0u8, 1, 0x14, 0x61, 0xff] {
-                let mut r = record.clone();
+            for v in [0u8, 1, 0x14, 0x43, 0x61, 0xff] {
+                let mut r = record.to_vec();
                 r[i] = v;
                 let _ = FullTicket::decode_record(&r);
             }

@@ -4,110 +4,15 @@
 //! coturn's `turnserver` is not installed; the lab runs the same against coturn in a
 //! namespace, TLS included.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use p2pcopy::relay::{Allocation, Credentials, RelayError, RelayUri, Secret, Transport};
+use p2pcopy::relay::{Allocation, Credentials, RelayError, Secret, Transport};
 
-const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-struct Coturn {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    // A port free for both TCP and UDP (coturn listens on both).
-    loop {
-        let tcp = std::net::TcpListener::bind((LOOPBACK, 0)).unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind((LOOPBACK, port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// coturn on 127.0.0.1 with `auth` flags, or `None` when it is not installed.
-fn coturn(auth: &[&str]) -> Option<Coturn> {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new("turnserver")
-        .args([
-            "-n",
-            "--no-cli",
-            "--no-tls",
-            "--no-dtls",
-            "--allow-loopback-peers",
-        ])
-        .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
-        .args(["--listening-port", &port.to_string()])
-        .args([
-            "--min-port",
-            "50000",
-            "--max-port",
-            "59999",
-            "--realm",
-            "lab",
-        ])
-        .arg("--userdb")
-        .arg(dir.path().join("turndb"))
-        .arg("--pidfile")
-        .arg(dir.path().join("pid"))
-        .args(["--log-file", "stdout", "--simple-log"])
-        .args(auth)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let server = Coturn {
-        child,
-        port,
-        _dir: dir,
-    };
-    // Ready when both listeners are: TCP accepts, and UDP answers a Binding request (coturn
-    // starts them on separate threads; an early datagram meets a closed port).
-    let probe = std::net::UdpSocket::bind((LOOPBACK, 0)).unwrap();
-    probe
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let request = p2pcopy::stun::message::encode_request([7; 12], false, false);
-    for _ in 0..50 {
-        let _ = probe.send_to(&request, (LOOPBACK, port));
-        let mut buf = [0u8; 200];
-        if probe.recv_from(&mut buf).is_ok()
-            && std::net::TcpStream::connect((LOOPBACK, port)).is_ok()
-        {
-            return Some(server);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("turnserver did not start listening on {port}");
-}
-
-fn long_term(password: &str) -> Credentials {
-    Credentials::LongTerm {
-        user: "alice".into(),
-        password: Secret::new(password),
-    }
-}
-
-fn uri(port: u16, transport: Transport) -> RelayUri {
-    RelayUri {
-        host: "127.0.0.1".into(),
-        port,
-        transport,
-    }
-}
+#[path = "common/coturn.rs"]
+mod coturn;
+use coturn::{coturn, free_port, long_term, uri, Coturn, LOOPBACK};
 
 /// Allocates, lets a peer socket in, and moves a datagram each way.
 async fn round_trip(server: &Coturn, transport: Transport, creds: &Credentials) {
@@ -239,18 +144,23 @@ fn p2pcopy(args: &[&str], env: &[(&str, &str)], home: &std::path::Path) -> std::
 #[test]
 fn the_binary_with_relay_flags_and_a_config_file() {
     let home = tempfile::tempdir().unwrap();
-    // Transfers refuse --relay until they use it.
+    // Transfers take --relay; a password without its user is a usage error.
     let o = p2pcopy(
-        &["sender", "-f", "Cargo.toml", "--relay", "turn:h"],
+        &[
+            "sender",
+            "-f",
+            "Cargo.toml",
+            "--relay",
+            "turn:h",
+            "--relay-password",
+            "pw-3b",
+        ],
         &[],
         home.path(),
     );
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.starts_with("p2pcopy: --relay is not used by transfers yet"),
-        "{err}"
-    );
+    assert_eq!(err.trim(), "p2pcopy: --relay-password needs --relay-user");
 
     // A bad config file: one line naming file, line and key.
     let bad = home.path().join("bad.toml");

@@ -686,7 +686,7 @@ lab_transfer() {
     shift 3
     local expect=ok ptimeout="" delay=0 sfake="" rfake="" files=() show=0 clash=0
     local tmpfs="" throttle="" cutafter="" cutfor="" sizemb="" out="" tree=0 killat="" countbytes=0
-    local fillafter="" wantpath="" smapped="" rmapped="" stamp=0
+    local fillafter="" wantpath="" smapped="" rmapped="" stamp=0 sextra=() rextra=()
     while (($#)); do
         case $1 in
         --expect) expect=$2; shift 2 ;;
@@ -711,6 +711,8 @@ lab_transfer() {
         --sender-mapped) smapped=$2; shift 2 ;;
         --receiver-mapped) rmapped=$2; shift 2 ;;
         --stamp) stamp=1; shift ;;
+        --sender-extra) read -r -a sextra <<<"$2"; shift 2 ;;
+        --receiver-extra) read -r -a rextra <<<"$2"; shift 2 ;;
         *) echo "lab_transfer: unknown option $1"; return 2 ;;
         esac
     done
@@ -800,11 +802,11 @@ EOT
 
     local t0=$SECONDS
     timeout -k 5 "$limit" ip netns exec "$rns" "${rpre[@]}" "$bin" receiver \
-        --localport "$LAB_RECEIVER_PORT" --output "$out" "${common[@]}" \
+        --localport "$LAB_RECEIVER_PORT" --output "$out" "${common[@]}" "${rextra[@]}" \
         <"$wd/receiver.in" >"$wd/receiver.out" 2>"$wd/receiver.err" &
     local rpid=$!
     timeout -k 5 "$limit" ip netns exec "$sns" "${spre[@]}" "$bin" sender \
-        --localport "$LAB_SENDER_PORT" "${sendargs[@]}" "${common[@]}" \
+        --localport "$LAB_SENDER_PORT" "${sendargs[@]}" "${common[@]}" "${sextra[@]}" \
         <"$wd/sender.in" >"$wd/sender.out" 2>"$wd/sender.err" &
     local spid=$!
     if ((show)); then

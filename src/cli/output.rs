@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::events::{seconds, to_line, Event};
 use crate::nat;
+use crate::punch::PathKind;
 use crate::session::Events;
 use crate::shown::shown;
 
@@ -167,6 +168,15 @@ pub fn human(event: &Event) -> Option<Human> {
             rtt_ms,
             via_port_mapping,
             ..
+        } if *path_kind == PathKind::Relayed => say(format!(
+            "Connected through the TURN relay at {remote}, round trip {rtt_ms} ms; punching goes on for a direct path"
+        )),
+        Event::Connected {
+            path_kind,
+            remote,
+            rtt_ms,
+            via_port_mapping,
+            ..
         } => say(format!(
             "Connected directly to {remote} ({}{}), round trip {rtt_ms} ms",
             path_kind.describe(),
@@ -175,6 +185,16 @@ pub fn human(event: &Event) -> Option<Human> {
             } else {
                 ""
             },
+        )),
+        Event::PathChanged {
+            path_kind: PathKind::Relayed,
+            remote,
+        } => say(format!(
+            "The direct path stopped working; the data goes through the TURN relay at {remote} again"
+        )),
+        Event::PathChanged { path_kind, remote } => say(format!(
+            "Found a direct path to {remote} ({}); the data moves onto it",
+            path_kind.describe()
         )),
         Event::Reconnecting { reason, timeout_s } => say(format!(
             "Connection lost ({reason}); reconnecting for up to {timeout_s} s. Received data is kept."
@@ -276,6 +296,32 @@ mod tests {
         assert_eq!(
             said(connected(true)),
             format!("Connected directly to 203.0.113.9:21300 ({kind}, through your router's port mapping), round trip 31 ms")
+        );
+        assert_eq!(
+            said(Event::Connected {
+                path_kind: PathKind::Relayed,
+                remote: "198.51.100.5:50000".parse().unwrap(),
+                rtt_ms: 31,
+                authenticated: true,
+                verification_code: None,
+                reconnects: 0,
+                via_port_mapping: false,
+            }),
+            "Connected through the TURN relay at 198.51.100.5:50000, round trip 31 ms; punching goes on for a direct path"
+        );
+        assert_eq!(
+            said(Event::PathChanged {
+                path_kind: PathKind::Mapped,
+                remote: "203.0.113.9:21300".parse().unwrap(),
+            }),
+            format!("Found a direct path to 203.0.113.9:21300 ({kind}); the data moves onto it")
+        );
+        assert_eq!(
+            said(Event::PathChanged {
+                path_kind: PathKind::Relayed,
+                remote: "198.51.100.5:50000".parse().unwrap(),
+            }),
+            "The direct path stopped working; the data goes through the TURN relay at 198.51.100.5:50000 again"
         );
         assert_eq!(
             said(Event::Reconnecting {

@@ -13,7 +13,8 @@ use crate::relay::{Credentials, RelayConfig, RelayUri, Secret};
 pub struct RelayArgs {
     // The text is clap's help, where brackets are brackets, not rustdoc links.
     #[allow(rustdoc::broken_intra_doc_links)]
-    /// A TURN relay of your own, used only when no direct path exists (repeatable):
+    /// A TURN relay of your own (repeatable; the first that works is used): the transfer
+    /// starts over it at once and moves onto a direct path when punching finds one.
     /// turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT] (TLS, e.g. port 443).
     #[arg(
         long = "relay",
@@ -133,20 +134,11 @@ impl RelayArgs {
     }
 }
 
-/// Sender and receiver do not use a relay yet (the data path over it is still to come):
-/// a `--relay` there is a usage error rather than a flag silently ignored.
-pub fn refuse_for_transfers(command: &super::Command) -> Result<(), crate::Error> {
-    let relay = match command {
-        super::Command::Sender(a) => &a.net.relay,
-        super::Command::Receiver(a) => &a.net.relay,
-        _ => return Ok(()),
-    };
-    if relay.relays.is_empty() {
-        return Ok(());
-    }
-    Err(crate::Error::Usage(
-        "--relay is not used by transfers yet, only checked by `p2pcopy doctor --relay URI`".into(),
-    ))
+/// The relays a transfer uses (the first that gives an allocation); bad flag combinations
+/// are usage errors.
+pub fn for_transfers(args: &RelayArgs) -> Result<Vec<RelayConfig>, crate::Error> {
+    args.relays()
+        .map_err(|e| crate::Error::Usage(e.to_string()))
 }
 
 /// The relays `doctor` checks; bad flag combinations are usage errors.

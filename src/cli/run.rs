@@ -40,7 +40,6 @@ pub async fn run(cli: Cli, out: Output) -> Result<(), Error> {
             _ = tokio::signal::ctrl_c() => Err(interrupted()),
         },
         command => {
-            relay_args::refuse_for_transfers(&command)?;
             // The router's port mapping, if any, outlives the run's futures so it is removed
             // however the run ends: done, failed, or Ctrl-C (even mid-attempt).
             let cleanup = Cleanup::default();
@@ -61,8 +60,8 @@ fn interrupted() -> Error {
 }
 
 /// The session's settings from the flags both roles share.
-fn config(role: Role, net: &NetArgs) -> SessionConfig {
-    SessionConfig {
+fn config(role: Role, net: &NetArgs) -> Result<SessionConfig, Error> {
+    Ok(SessionConfig {
         role,
         bind: net.bind,
         local_port: net.localport,
@@ -74,13 +73,14 @@ fn config(role: Role, net: &NetArgs) -> SessionConfig {
         timeout: std::time::Duration::from_secs(net.timeout),
         stall_timeout: (net.stall_timeout > 0)
             .then(|| std::time::Duration::from_secs(net.stall_timeout)),
-    }
+        relays: relay_args::for_transfers(&net.relay)?,
+    })
 }
 
 /// Binds, shows our ticket (the session's `ticket` event), takes the peer's and connects.
 async fn connect(role: Role, net: &NetArgs, out: Output, cleanup: &Cleanup) -> Result<Link, Error> {
     let run = async {
-        let session = Session::bind_with(config(role, net), out, cleanup).await?;
+        let session = Session::bind_with(config(role, net)?, out, cleanup).await?;
         let peer = match &net.peer {
             Some(text) => text.parse()?,
             None => prompt_for_peer(&session, out).await?,

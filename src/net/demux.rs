@@ -17,6 +17,8 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
 use super::guard::{self, DropLog, Dropped, SessionTag, Verdict};
+use super::relayed::RelayPath;
+use super::route::Route;
 use crate::punch::{SocketId, Transmit, MAIN_SOCKET, V6_SOCKET};
 
 /// One of the sockets quinn reads through the [`DemuxSocket`].
@@ -66,6 +68,9 @@ pub struct DemuxSocket {
     /// never reaches quinn.
     peers: RwLock<Vec<SocketAddr>>,
     drops: Mutex<DropLog>,
+    /// The relay under quinn's view of the peer, when either side has one: QUIC to and
+    /// from the peer then always uses one address, routed underneath.
+    relay: std::sync::OnceLock<RelayPath>,
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -98,7 +103,25 @@ impl DemuxSocket {
             tag,
             peers: RwLock::new(Vec::new()),
             drops: Mutex::new(DropLog::default()),
+            relay: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Routes QUIC to the peer through `path` from now on (see [`super::route`]).
+    pub(super) fn set_relay(&self, path: RelayPath) {
+        let peer = path.peer();
+        if self.relay.set(path).is_ok() {
+            // quinn's handshakes from the peer come from this address.
+            guard::remember(
+                &mut self.peers.write().unwrap_or_else(|e| e.into_inner()),
+                peer,
+            );
+        }
+    }
+
+    /// The relay routing, if either side has a relay.
+    pub(super) fn relay(&self) -> Option<&RelayPath> {
+        self.relay.get()
     }
 
     /// Whether the peer's probes came from `addr` (IPv4 as IPv4).
@@ -272,6 +295,19 @@ impl DemuxSocket {
         })
     }
 
+    /// Sends `contents` to `destination` from the socket QUIC sends IPv4 (or IPv6) from.
+    pub(super) fn send_plain(&self, destination: SocketAddr, contents: &[u8]) -> io::Result<()> {
+        self.sender(destination.is_ipv6())
+            .io
+            .try_send(&QuinnTransmit {
+                destination,
+                ecn: None,
+                contents,
+                segment_size: None,
+                src_ip: None,
+            })
+    }
+
     /// Removes probes (forwarded to the puncher) and everything [`guard`] rejects from a
     /// batch of received buffers, compacting what is left.
     ///
@@ -292,7 +328,8 @@ impl DemuxSocket {
         for i in 0..n {
             let m = meta[i];
             let stride = if m.stride == 0 { m.len } else { m.stride };
-            let mut known = self.is_peer(m.addr);
+            let relay = self.relay.get();
+            let mut known = self.is_peer(m.addr) || relay.is_some_and(|r| r.is_peers_relay(m.addr));
             let buf = &mut bufs[i][..m.len];
             let (mut read, mut write) = (0, 0);
             while read < m.len {
@@ -326,6 +363,11 @@ impl DemuxSocket {
                 read += len;
             }
             if write > 0 {
+                if let Some(r) = relay {
+                    // quinn sees the peer at one address, whichever way it came.
+                    r.heard_directly(m.addr);
+                    meta[i].addr = r.peer();
+                }
                 meta[i].len = write;
                 meta.swap(kept, i);
                 bufs.swap(kept, i);
@@ -350,7 +392,15 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &QuinnTransmit) -> io::Result<()> {
-        let destination = canonical(transmit.destination);
+        let mut destination = canonical(transmit.destination);
+        if let Some(relay) = self.relay.get().filter(|r| r.peer() == destination) {
+            destination = match relay.route() {
+                Route::Direct(a) | Route::PeerRelay(a) => a,
+                Route::OurRelay(to) => return relay.send_via_ours(to, transmit),
+                // Nowhere to send yet: lost, and sent again by quinn.
+                Route::None => return Ok(()),
+            };
+        }
         let routed = self
             .routes
             .read()
@@ -419,7 +469,7 @@ impl AsyncUdpSocket for DemuxSocket {
                 }
             }
         }
-        Poll::Pending
+        self.poll_relay(cx, bufs, meta)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -456,6 +506,37 @@ impl AsyncUdpSocket for DemuxSocket {
             .unwrap_or_else(|e| e.into_inner())
             .io
             .may_fragment()
+    }
+}
+
+impl DemuxSocket {
+    /// The next QUIC datagram that came through our allocation, as from the peer's one
+    /// address.
+    fn poll_relay(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let Some(relay) = self.relay.get().filter(|r| r.allocation().is_some()) else {
+            return Poll::Pending;
+        };
+        let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) else {
+            return Poll::Pending;
+        };
+        let Poll::Ready(len) = relay.poll_incoming(cx, buf) else {
+            return Poll::Pending;
+        };
+        let peer = relay.peer();
+        *m = RecvMeta::default();
+        m.addr = if self.dual_stack() {
+            SocketAddr::V6(to_v6(peer))
+        } else {
+            peer
+        };
+        m.len = len;
+        m.stride = len;
+        Poll::Ready(Ok(1))
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use super::demux::{canonical, DemuxSocket};
 use super::driver::{drive, ProbeIo};
 use super::guard::SessionTag;
+use super::relayed::{self, relay_path, Background, PathNow};
 use super::socket::bind;
 use crate::error::Error;
 use crate::nat::BirthdayPart;
@@ -18,6 +19,7 @@ use crate::punch::{
     attempt_targets, Birthday, Lane, PathKind, PunchConfig, PunchEvent, Puncher, Schedule,
     SocketId, BIRTHDAY_SOCKETS, V6_SOCKET,
 };
+use crate::relay::Allocation;
 use crate::shown::shown;
 use crate::ticket::Ticket;
 
@@ -44,6 +46,8 @@ pub struct Link {
     pub authenticated: bool,
     /// The code both users compare when either side used a bare `ip:port`.
     pub verification_code: String,
+    /// Which way the data goes, told of each change, when a relay is in play.
+    pub path: Option<watch::Receiver<PathNow>>,
 }
 
 /// Why connecting failed.
@@ -84,6 +88,14 @@ pub struct Dialer {
     schedule: Schedule,
     /// Lanes past the main socket's: ours and the peer's port (empty without lanes).
     lanes: Vec<Lane>,
+    /// Our allocation on the user's relay, kept (and refreshed) for the whole run.
+    relay: Option<Arc<Allocation>>,
+    /// Whether our allocation lets the peer's addresses in yet.
+    permitted: bool,
+    /// Punching that goes on beside a connection that started over the relay.
+    background: Option<Background>,
+    /// The task sending openers to the peer's relay (see [`super::relayed::opener`]).
+    opener: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Puts the main socket (and the IPv6 one) behind the demultiplexer quinn and the puncher
@@ -174,6 +186,12 @@ fn add_lanes(
 
 impl Drop for Dialer {
     fn drop(&mut self) {
+        if let Some(bg) = &self.background {
+            bg.abort();
+        }
+        if let Some(opener) = &self.opener {
+            opener.abort();
+        }
         self.demux.report_drops();
     }
 }
@@ -183,7 +201,8 @@ impl Dialer {
     /// `peer`: a client for the sender (`is_client`), a server for the receiver.
     /// `v6` is the IPv6 socket, if this host has global IPv6 addresses; `birthday` is this
     /// side's part in the birthday technique, if the NATs call for it; `lanes` are the
-    /// extra sockets whose ports our ticket lists ([`super::LaneSockets`]).
+    /// extra sockets whose ports our ticket lists ([`super::LaneSockets`]); `relay` is our
+    /// allocation on the user's TURN relay, if we have one.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         socket: std::net::UdpSocket,
@@ -194,6 +213,7 @@ impl Dialer {
         opener_ttl: Option<u32>,
         birthday: Option<BirthdayPart>,
         lanes: Option<super::LaneSockets>,
+        relay: Option<Allocation>,
     ) -> Result<Dialer, Error> {
         let peer_fp = peer.fingerprint();
         let auth = crate::tls::PeerAuth::for_ticket(&peer);
@@ -208,6 +228,10 @@ impl Dialer {
         };
         let mut probes = share_sockets(&runtime, socket, v6, tag)?;
         let demux = probes.demux.clone();
+        let relay = relay.map(Arc::new);
+        if let Some(path) = relay_path(relay.as_ref(), &peer, tag) {
+            demux.set_relay(path);
+        }
         let mut endpoint_cfg = quinn::EndpointConfig::default();
         // Greased QUIC packets could start with our probe magic's first byte.
         endpoint_cfg.grease_quic_bit(false);
@@ -258,12 +282,29 @@ impl Dialer {
             last_path: None,
             schedule,
             lanes: our_lanes,
+            relay,
+            permitted: false,
+            background: None,
+            opener: None,
         })
     }
 
     /// When rounds fire: every 10 s in lanes when both tickets list them, else every 40 s.
     pub fn schedule(&self) -> Schedule {
         self.schedule
+    }
+
+    /// Our allocation on the user's relay, if we have one.
+    pub fn relay(&self) -> Option<&Allocation> {
+        self.relay.as_deref()
+    }
+
+    /// Releases our allocation on the relay, if we hold one (bounded: two seconds), once
+    /// the connection is closed: the server would otherwise keep it for its lifetime.
+    pub async fn release_relay(&self) {
+        if let Some(a) = &self.relay {
+            a.release().await;
+        }
     }
 
     /// The QUIC endpoint (close it when the run ends).
@@ -318,11 +359,19 @@ impl Dialer {
         mut on_progress: impl FnMut(Progress),
     ) -> Result<Link, ConnectFailure> {
         let fatal = ConnectFailure::Fatal;
+        self.reclaim().await?;
+        let relayed = self.demux.relay().map(|r| r.peer());
+        if relayed.is_some() {
+            self.open_relay_paths(deadline).await;
+        }
         let cfg = self.punch_config(first_round, first_index, deadline);
         let mut paths = Paths {
             known: cfg.targets.iter().map(|t| (t.addr, t.kind)).collect(),
             observed_on: Vec::new(),
-            pending: Vec::new(),
+            // With a relay the client dials at once, through it; the puncher's paths take
+            // over the same connection later.
+            pending: relayed.filter(|_| self.is_client).into_iter().collect(),
+            relayed,
         };
         let puncher = Puncher::new(cfg, Instant::now());
         let mut io = self.probes.take().ok_or_else(|| {
@@ -341,6 +390,12 @@ impl Dialer {
         let result = self
             .wait_for_connection(&mut ev_rx, &mut paths, deadline, &mut on_progress)
             .await;
+        if let (Ok(_), Some(_)) = (&result, relayed) {
+            // Punching goes on beside the relayed connection.
+            let demux = self.demux.clone();
+            self.background = Some(Background::start(ev_rx, stop_tx, driver, demux));
+            return Ok(self.link(result?, &paths));
+        }
         let _ = stop_tx.send(true);
         match driver.await {
             Ok(io) => self.probes = Some(io),
@@ -348,6 +403,42 @@ impl Dialer {
         }
         self.demux.prune();
         Ok(self.link(result?, &paths))
+    }
+
+    /// Stops the punching left running beside the last connection, taking its sockets
+    /// back for the next attempt.
+    async fn reclaim(&mut self) -> Result<(), ConnectFailure> {
+        let Some(bg) = self.background.take() else {
+            return Ok(());
+        };
+        match bg.stop().await {
+            Ok(io) => self.probes = Some(io),
+            Err(e) => {
+                return Err(ConnectFailure::Fatal(Error::Internal(format!(
+                    "puncher task: {e}"
+                ))))
+            }
+        }
+        self.demux.prune();
+        Ok(())
+    }
+
+    /// Lets the peer's addresses in through our allocation (once: permissions are kept
+    /// refreshed) and, without one of ours, opens the way from the peer's relay to us.
+    async fn open_relay_paths(&mut self, deadline: Instant) {
+        let Ticket::Full(t) = &self.peer else {
+            return;
+        };
+        if let (Some(alloc), false) = (&self.relay, self.permitted) {
+            self.permitted = true;
+            relayed::permit(alloc, t).await;
+        }
+        if let (None, Some(theirs)) = (&self.relay, t.relayed()) {
+            if let Some(old) = self.opener.take() {
+                old.abort();
+            }
+            self.opener = Some(relayed::opener(self.demux.clone(), theirs, deadline));
+        }
     }
 
     /// The puncher's settings for one connect attempt: the peer's addresses to probe, and
@@ -402,6 +493,11 @@ impl Dialer {
                 paths.pending.remove(0);
                 match dial(endpoint, cfg, remote, deadline).await {
                     Ok(Some(conn)) => break Ok(conn),
+                    // Through the relay again, until the deadline.
+                    Ok(None) if paths.relayed == Some(remote) && Instant::now() < deadline => {
+                        paths.pending.push(remote);
+                        continue;
+                    }
                     Ok(None) => continue,
                     Err(e) => break Err(fatal(e)),
                 }
@@ -411,7 +507,10 @@ impl Dialer {
                     Some(PunchEvent::RoundStarted { round }) => on_progress(Progress::Round(round)),
                     Some(PunchEvent::Confirmed { socket, remote, kind, rtt, observed }) => {
                         tracing::info!(%remote, socket, ?kind, ?rtt, ?observed, "path confirmed");
-                        paths.confirmed(remote, kind, observed);
+                        match (paths.relayed, self.demux.relay()) {
+                            (Some(_), Some(r)) => r.confirmed(remote, kind),
+                            _ => paths.confirmed(remote, kind, observed),
+                        }
                     }
                     Some(PunchEvent::TimedOut { rounds, heard_peer }) => break Err(ConnectFailure::TimedOut { rounds, heard_peer }),
                     None => break Err(ConnectFailure::TimedOut { rounds: 0, heard_peer: false }),
@@ -444,14 +543,21 @@ impl Dialer {
     /// The established connection as a [`Link`], remembered as the path to probe first on
     /// a reconnect.
     fn link(&mut self, connection: quinn::Connection, paths: &Paths) -> Link {
-        let remote = canonical(connection.remote_address());
-        self.last_path = Some((self.demux.socket_for(remote), remote));
-        let kind = paths
+        let mut remote = canonical(connection.remote_address());
+        let mut kind = paths
             .known
             .iter()
             .find(|(a, _)| *a == remote)
             .map(|(_, k)| *k)
             .unwrap_or(PathKind::PeerReflexive);
+        let path = self.demux.relay().map(|r| {
+            let now = r.current();
+            (remote, kind) = (now.remote, now.kind);
+            r.watch()
+        });
+        if path.is_none() {
+            self.last_path = Some((self.demux.socket_for(remote), remote));
+        }
         let observed = paths
             .observed_on
             .iter()
@@ -466,6 +572,7 @@ impl Dialer {
             observed,
             authenticated: self.peer_fp.is_some(),
             verification_code,
+            path,
         }
     }
 }
@@ -479,6 +586,8 @@ struct Paths {
     observed_on: Vec<(SocketAddr, SocketAddr)>,
     /// Confirmed paths the client has yet to dial.
     pending: Vec<SocketAddr>,
+    /// The address quinn sees the peer at when a relay is in play.
+    relayed: Option<SocketAddr>,
 }
 
 impl Paths {

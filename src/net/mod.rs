@@ -15,6 +15,9 @@
 //!   traits, `guard`);
 //! - `driver`: the puncher's task, sending its probes and feeding it what arrives
 //!   (`tokio`, `demux`, [`crate::sys`] for per-packet TTL);
+//! - [`route`]: which way QUIC to the peer goes when a TURN relay is in play (pure);
+//! - `relayed`: the routes applied under the demultiplexer (`quinn`, [`crate::relay`]'s
+//!   allocation);
 //! - `dialer`: [`Dialer`], the QUIC endpoint that punches, then connects or accepts
 //!   (`quinn`, [`crate::tls`], the rooms above, [`crate::sys`] for the open-file limit).
 //!
@@ -28,11 +31,14 @@ mod dialer;
 mod driver;
 pub mod guard;
 mod lanes;
+mod relayed;
+pub mod route;
 mod socket;
 
 pub use demux::{canonical, DemuxSocket};
 pub use dialer::{ConnectFailure, Dialer, Link, Progress};
 pub use lanes::LaneSockets;
+pub use relayed::PathNow;
 pub use socket::{bind, host_ips, host_ips_v6, shares_a_network};
 // The target rules live beside the puncher now; the CLI still finds them here.
 pub use crate::punch::{both_have_ipv6, targets};

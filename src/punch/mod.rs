@@ -126,6 +126,8 @@ pub enum PathKind {
     Typed,
     /// One of the peer's global IPv6 addresses (no NAT, at most a stateful firewall).
     Ipv6,
+    /// Through a TURN relay (ours or the peer's): no hole punched.
+    Relayed,
 }
 
 impl PathKind {
@@ -139,6 +141,7 @@ impl PathKind {
             PathKind::PeerReflexive => "address learned from the peer's probes",
             PathKind::Typed => "address you entered",
             PathKind::Ipv6 => "peer's IPv6 address",
+            PathKind::Relayed => "TURN relay",
         }
     }
 
@@ -152,7 +155,9 @@ impl PathKind {
             | PathKind::Public
             | PathKind::PortMapped
             | PathKind::PeerReflexive
-            | PathKind::Ipv6 => true,
+            | PathKind::Ipv6
+            // Never a target (the dialer routes to relays), but nothing to poison either.
+            | PathKind::Relayed => true,
             // A NAT's mapping, and an address we cannot tell is not one, only in rounds.
             PathKind::Mapped | PathKind::Typed => false,
         }

@@ -79,6 +79,8 @@ fn full_targets(t: &FullTicket) -> Vec<Target> {
                 continue
             }
             CandidateKind::Mapped => PathKind::Mapped,
+            // The peer's TURN relay: no hole to punch; the dialer routes QUIC to it.
+            CandidateKind::Relayed => continue,
         };
         out.push(Target::new(c.addr, kind));
     }

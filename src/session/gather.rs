@@ -1,5 +1,6 @@
 //! Binding and gathering: the run's socket, our public addresses (STUN), the router's port
-//! mapping, IPv6 beside IPv4, and the ticket that carries them.
+//! mapping, IPv6 beside IPv4, an allocation on the user's TURN relay, and the ticket that
+//! carries them.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -7,6 +8,7 @@ use super::{Cleanup, Events, Owned, Session, SessionConfig};
 use crate::error::Error;
 use crate::events::Event;
 use crate::net;
+use crate::relay::{Allocation, RelayConfig};
 use crate::ticket::{Candidate, CandidateKind, FullTicket, NatKind};
 use crate::tls::Identity;
 use crate::{nat, ntp, portmap, stun};
@@ -37,12 +39,43 @@ pub(super) async fn bind(
     });
 
     let host_ips = net::host_ips(local.ip());
-    let (nat_kind, socket, mut candidates, hops_task, lanes) = if config.no_stun {
-        (NatKind::Unknown, socket, Vec::new(), None, None)
-    } else {
-        let servers = or_defaults(&config.stun_servers, stun::DEFAULT_SERVERS);
-        public(socket, &servers, &host_ips, &cleanup, &mut *events).await?
+    let gather = async {
+        if config.no_stun {
+            Ok((NatKind::Unknown, socket, Vec::new(), None, None))
+        } else {
+            let servers = or_defaults(&config.stun_servers, stun::DEFAULT_SERVERS);
+            public(socket, &servers, &host_ips, &cleanup, &mut *events).await
+        }
     };
+    // The relay is asked while STUN runs: a slow or dead relay delays only itself.
+    let (gathered, opened) = tokio::join!(gather, open_relay(&config.relays));
+    let (relay, failures) = opened;
+    let (nat_kind, socket, mut candidates, hops_task, lanes) = match gathered {
+        Ok(g) => g,
+        // UDP blocked (an office, a hotel): the relay over TCP or TLS is the way out.
+        Err((e, socket)) if relay.is_some() => {
+            events.event(&Event::Warning {
+                message: format!("{e}; going on through the relay"),
+            });
+            (NatKind::Unknown, socket, Vec::new(), None, None)
+        }
+        Err((e, _)) => return Err(e),
+    };
+    for failure in &failures {
+        events.event(&Event::Warning {
+            message: format!("{failure}; going on without it"),
+        });
+    }
+    // The relayed address first: the peer reads it as the way that works at once.
+    if let Some(a) = &relay {
+        candidates.insert(
+            0,
+            Candidate {
+                kind: CandidateKind::Relayed,
+                addr: a.relayed_addr(),
+            },
+        );
+    }
     // IPv6 next to IPv4: both are tried together and the first path that works wins.
     let v6_socket = ipv6(local, &mut candidates);
     for ip in &host_ips {
@@ -82,28 +115,56 @@ pub(super) async fn bind(
         ntp_task,
         hops_task,
         lanes,
+        relay,
+        relay_failure: failures.last().cloned(),
     })
 }
 
+/// An allocation on the first of `relays` that gives one (tried in order), and one line
+/// for each relay before it that failed, naming it and why (never a credential).
+async fn open_relay(relays: &[RelayConfig]) -> (Option<Allocation>, Vec<String>) {
+    let mut failures = Vec::new();
+    for r in relays {
+        match Allocation::open(&r.uri, &r.creds).await {
+            Ok(a) => return (Some(a), failures),
+            Err(e) => {
+                tracing::info!(relay = %r.uri, error = %e, "relay failed");
+                failures.push(format!("relay {} failed: {e}", r.uri));
+            }
+        }
+    }
+    (None, failures)
+}
+
 /// What STUN and the router tell about our public side: the NAT's kind, the socket back,
-/// our public candidates, and the task counting the NATs on the way out.
+/// our public candidates, and the task counting the NATs on the way out. When no STUN
+/// server answered, why, with the socket back.
 async fn public(
     socket: std::net::UdpSocket,
     servers: &[String],
     host_ips: &[IpAddr],
     cleanup: &Cleanup,
     events: &mut dyn Events,
-) -> Result<Public, Error> {
+) -> Result<Public, (Error, std::net::UdpSocket)> {
     let internal = |e: std::io::Error| Error::Internal(e.to_string());
-    let local = socket.local_addr().map_err(internal)?;
-    let tokio_sock = tokio::net::UdpSocket::from_std(socket).map_err(internal)?;
+    let local = match socket.local_addr() {
+        Ok(a) => a,
+        Err(e) => return Err((internal(e), socket)),
+    };
+    let tokio_sock = match socket.try_clone().and_then(tokio::net::UdpSocket::from_std) {
+        Ok(s) => s,
+        Err(e) => return Err((internal(e), socket)),
+    };
     // The lane sockets are mapped side by side with the main one.
     let (mappings, lanes) = tokio::join!(
         stun::discover(&tokio_sock, servers),
         net::LaneSockets::map(local.ip(), servers)
     );
-    let mappings = mappings?;
-    let socket = tokio_sock.into_std().map_err(internal)?;
+    drop(tokio_sock);
+    let mappings = match mappings {
+        Ok(m) => m,
+        Err(e) => return Err((e, socket)),
+    };
     let mapped: Vec<SocketAddr> = mappings.iter().map(|m| m.mapped).collect();
     let kind = nat::classify(local.port(), host_ips, &mapped);
     events.event(&Event::Measured { nat: kind });

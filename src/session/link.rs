@@ -143,6 +143,7 @@ impl Link {
                 events: &mut *self.events,
                 progress: &mut self.progress,
                 inner: observer,
+                path: self.path.path.as_mut(),
             };
             let conn = &self.path.connection;
             let result = match &mut job {
@@ -237,6 +238,7 @@ impl Link {
         if !peer_closed {
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         }
+        self.dialer.release_relay().await;
         self.cleanup.0.release().await;
     }
 }

@@ -31,6 +31,7 @@ use crate::error::Error;
 use crate::events::Event;
 use crate::net::{self, Dialer};
 use crate::punch::{PathKind, DEFAULT_OPENER_TTL};
+use crate::relay::{Allocation, RelayConfig};
 use crate::ticket::{CandidateKind, FullTicket, Role, Ticket};
 use crate::tls::Identity;
 use crate::{nat, ntp, portmap, transfer};
@@ -75,6 +76,9 @@ pub struct SessionConfig {
     /// How long the peer may keep the connection alive without moving the job; `None`
     /// waits for ever.
     pub stall_timeout: Option<Duration>,
+    /// TURN relays of the user's own, tried in order at bind: the first that gives an
+    /// allocation puts its relayed address into the ticket.
+    pub relays: Vec<RelayConfig>,
 }
 
 impl SessionConfig {
@@ -92,6 +96,7 @@ impl SessionConfig {
             no_portmap: false,
             timeout: Duration::from_secs(120),
             stall_timeout: Some(transfer::DEFAULT_STALL_TIMEOUT),
+            relays: Vec::new(),
         }
     }
 }
@@ -154,6 +159,11 @@ pub struct Session {
     hops_task: Option<tokio::task::JoinHandle<Vec<Option<Ipv4Addr>>>>,
     /// The extra sockets whose ports the ticket lists, for rounds every 10 s.
     lanes: Option<net::LaneSockets>,
+    /// Our allocation on the user's relay, if one was configured and gave one.
+    relay: Option<Allocation>,
+    /// Why the configured relays gave no allocation (the last one's failure), for the
+    /// message when no path is found.
+    relay_failure: Option<String>,
 }
 
 impl Session {
@@ -200,12 +210,16 @@ impl Session {
         // network, IPv6, a port mapping); without any, say so now rather than after minutes
         // of rounds that cannot succeed.
         let lan_only = nat::both_symmetric(nat_kind, peer_nat);
+        // A relay on either side carries the data whatever the NATs.
+        let relayed =
+            self.relay.is_some() || matches!(&peer, Ticket::Full(t) if t.relayed().is_some());
         if lan_only
+            && !relayed
             && !port_mapped
             && !net::shares_a_network(&peer)
             && !net::both_have_ipv6(&self.ours, &peer)
         {
-            return Err(Error::Connect(nat::explain_failure(
+            return Err(self.no_path(nat::explain_failure(
                 nat_kind,
                 peer_nat,
                 false,
@@ -213,7 +227,7 @@ impl Session {
                 self.config.timeout.as_secs(),
             )));
         }
-        let warning = (!port_mapped)
+        let warning = (!port_mapped && !relayed)
             .then(|| nat::warn_before(nat_kind, peer_nat))
             .flatten();
         self.events.event(&Event::Nat {
@@ -262,8 +276,26 @@ impl Session {
             // tickets, so they agree).
             nat::birthday_part(nat_kind, peer_nat).filter(|_| !port_mapped),
             self.lanes,
+            self.relay,
         )?;
-        Link::first(dialer, plan, self.events, self.cleanup, deadline).await
+        let relay_failure = self.relay_failure.take();
+        Link::first(dialer, plan, self.events, self.cleanup, deadline)
+            .await
+            .map_err(|e| match (e, relay_failure) {
+                (Error::Connect(why), Some(relay)) => {
+                    Error::Connect(with_relay_failure(why, &relay))
+                }
+                (e, _) => e,
+            })
+    }
+
+    /// The error when no path can be found, saying why the relay could not help if one
+    /// was configured and failed.
+    fn no_path(&self, why: String) -> Error {
+        match &self.relay_failure {
+            Some(relay) => Error::Connect(with_relay_failure(why, relay)),
+            None => Error::Connect(why),
+        }
     }
 
     /// The shared round clock: this computer's, corrected by NTP when a server answered.
@@ -292,6 +324,12 @@ impl std::fmt::Debug for Session {
             .field("ticket", &self.ours.to_string())
             .finish_non_exhaustive()
     }
+}
+
+/// `why` no path was found, and that the relay that could have carried the data failed
+/// (`relay`: "relay URI failed: why").
+fn with_relay_failure(why: String, relay: &str) -> String {
+    format!("{why}; the {relay}")
 }
 
 /// Refuses tickets that cannot lead anywhere: our own, or one of the same role.

@@ -3,8 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use super::Events;
 use crate::events::{rate, Event};
+use crate::net::PathNow;
 use crate::transfer::{FileDone, Observer, Plan};
 
 /// Least time between two `progress` events: often enough for a smooth bar in a GUI, rare
@@ -57,6 +60,26 @@ pub(super) struct Tee<'a> {
     pub(super) events: &'a mut dyn Events,
     pub(super) progress: &'a mut Option<Progress>,
     pub(super) inner: &'a mut dyn Observer,
+    /// Which way the data goes, when a relay is in play: a change is reported as
+    /// `path_changed` at the job's next step (a sender whose data all sits in QUIC's send
+    /// buffer takes its next step only at the end).
+    pub(super) path: Option<&'a mut watch::Receiver<PathNow>>,
+}
+
+impl Tee<'_> {
+    /// Reports a change of the data's path since the last look.
+    fn path_news(&mut self) {
+        let Some(path) = self.path.as_mut() else {
+            return;
+        };
+        if path.has_changed().unwrap_or(false) {
+            let now = *path.borrow_and_update();
+            self.events.event(&Event::PathChanged {
+                path_kind: now.kind,
+                remote: now.remote,
+            });
+        }
+    }
 }
 
 impl Observer for Tee<'_> {
@@ -77,6 +100,7 @@ impl Observer for Tee<'_> {
     }
 
     fn file_started(&mut self, path: &str, done: u64) {
+        self.path_news();
         if let Some(p) = self.progress.as_mut() {
             if done != p.done {
                 p.done = done;
@@ -88,6 +112,7 @@ impl Observer for Tee<'_> {
     }
 
     fn moved(&mut self, n: u64, done: u64) {
+        self.path_news();
         if let Some(p) = self.progress.as_mut() {
             p.done += n;
             p.moved += n;
@@ -108,6 +133,7 @@ impl Observer for Tee<'_> {
     }
 
     fn finish(&mut self) {
+        self.path_news();
         if let Some(p) = self.progress.as_mut() {
             p.event(self.events, true);
         }

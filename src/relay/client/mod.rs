@@ -20,10 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-// The tests compute the key a server expects.
-#[cfg(test)]
-use super::creds::long_term_key;
-use super::creds::Secret;
+use super::creds::{long_term_key, Secret};
 use super::proto::{self, Message};
 use super::Transport;
 
@@ -221,6 +218,16 @@ impl Client {
     /// The realm the server named.
     pub fn realm(&self) -> Option<&str> {
         self.realm.as_deref()
+    }
+
+    /// Authenticates every request from now on with `username` and `password`: fresh TURN
+    /// REST credentials before the old ones expire (a refresh with expired ones gets 401).
+    pub fn set_credentials(&mut self, username: String, password: Secret) {
+        if let Some(realm) = &self.realm {
+            self.key = Some(long_term_key(&username, realm, &password));
+        }
+        self.username = username;
+        self.password = password;
     }
 
     /// The state of the permission for `peer`, if one was asked for.

@@ -360,3 +360,18 @@ fn requests_expiring_together_do_not_outlive_the_allocation() {
         "{events:?}"
     );
 }
+
+#[test]
+fn new_credentials_sign_the_next_request() {
+    let now = Instant::now();
+    let mut c = allocate(Transport::Udp, now);
+    c.set_credentials("1767225600:alice".into(), Secret::new("fresh"));
+    let peer: IpAddr = "198.18.1.2".parse().unwrap();
+    c.create_permission(peer, now);
+    let m = sent(&mut c);
+    let req = Message::parse(&m).unwrap();
+    assert_eq!(req.get(ATTR_USERNAME), Some(&b"1767225600:alice"[..]));
+    let fresh = long_term_key("1767225600:alice", REALM, &Secret::new("fresh"));
+    assert!(req.integrity_ok(&fresh));
+    assert!(!req.integrity_ok(&key()));
+}
