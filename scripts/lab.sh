@@ -58,7 +58,7 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #   cone-cone-late      second paste 7 s after the first
 #   cone-cone-verylate  second paste 50 s after the first (a lone round first)
 #   cone-symmetric, symmetric-cone
-#                       must transfer: the birthday technique (256 extra sockets on
+#                       must transfer: the birthday technique (768 extra sockets on
 #                       the symmetric side, 1024 guessed ports from the cone side)
 #   symmetric-symmetric must fail at once: exit 6 on both sides within 5 s of the
 #                       paste, error line mentions "symmetric", nothing written

@@ -37,7 +37,10 @@
 //! [`SPRAY_PHASE`]; from [`OPENER_PHASE`] on, the symmetric side pings the cone side's
 //! mapped address from [`BIRTHDAY_SOCKETS`] extra sockets, each of which its NAT maps to a
 //! new random port. One match is enough. With Linux's 64512 candidate ports a round
-//! succeeds with probability 1 − (1 − 1024/64512)^257 ≈ 98 %. The symmetric side keeps the
+//! succeeds with probability 1 − (1 − 1024/64512)^769 ≈ 99.9995 %: a miss costs a whole
+//! round (10 s, past the 15 s target), which with 256 sockets happened in 1.7 % of rounds
+//! (bench/RESULTS.md). Each socket pings every [`BIRTHDAY_PING_INTERVAL`], so the three
+//! times as many sockets send as many packets per round as 256 did at 0.5 s. The symmetric side keeps the
 //! socket that hears the first pong and answers pings on that socket only, so both sides
 //! confirm the same pair of addresses.
 //!
@@ -98,8 +101,9 @@ pub const BIRTHDAY_PORT_RANGE: std::ops::RangeInclusive<u16> = 1024..=65535;
 /// Part of a round in which the cone side sends its birthday openers; the symmetric side's
 /// sockets start at [`OPENER_PHASE`], so the two clocks may differ by the gap between them.
 pub const SPRAY_PHASE: Duration = Duration::from_secs(1);
-/// How often each extra socket of the symmetric side pings during a round.
-pub const BIRTHDAY_PING_INTERVAL: Duration = Duration::from_millis(500);
+/// How often each extra socket of the symmetric side pings during a round: twice in the
+/// round's last 3 s, the second for a lost ping or answer.
+pub const BIRTHDAY_PING_INTERVAL: Duration = Duration::from_millis(1500);
 
 /// Identifies one of the shell's UDP sockets; [`MAIN_SOCKET`] is the one the user's
 /// `--localport` names, others are the extra sockets of the birthday technique.

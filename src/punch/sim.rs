@@ -629,7 +629,7 @@ fn birthday_runs(runs: u64, symmetric_first: bool, one_way_ms: u64) -> (u64, u64
 
 #[test]
 fn birthday_technique_connects_cone_and_symmetric() {
-    // 1 − (1 − 1024/64512)^257 ≈ 98 % per round; the deadline leaves room for three.
+    // 1 − (1 − 1024/64512)^769 ≈ 99.9995 % per round; the deadline leaves room for three.
     for symmetric_first in [false, true] {
         let (first, all) = birthday_runs(20, symmetric_first, 10);
         assert!(
@@ -825,7 +825,7 @@ fn gaps(step: f64) -> Vec<f64> {
 }
 
 /// The NAT pairs that need rounds, with grids of paste phases fine enough for cone
-/// pairs and coarser ones for the symmetric pairs (257 sockets each; slow in debug builds).
+/// pairs and coarser ones for the symmetric pairs (769 sockets each; slow in debug builds).
 const SWEPT: [(NatType, NatType, f64, f64); 4] = [
     (NatType::Cone, NatType::Cone, 1.0, 0.5),
     (NatType::Cone, NatType::Full, 1.0, 0.5),
@@ -835,8 +835,8 @@ const SWEPT: [(NatType, NatType, f64, f64); 4] = [
 
 /// What the lanes are for: every paste phase, both delays, the NAT pairs that need rounds,
 /// NTP-close clocks (a few hundred ms apart at most, well inside the opener phase). Within
-/// 15 s of the later paste every time, 8 s at the median; cone and symmetric within 15 s
-/// but for the birthday technique's misses (about 2 % of rounds, each costing a round).
+/// 15 s of the later paste every time, 8 s at the median, cone and symmetric included (with
+/// 256 birthday sockets its misses, 1.7 % of rounds, each cost a round: 20.8 s).
 /// The fine grid is `lanes_sweep_report`'s (`cargo test --release -- --ignored`).
 #[test]
 fn lanes_connect_soon_after_the_later_paste_at_every_phase() {
@@ -862,16 +862,7 @@ fn lanes_connect_soon_after_the_later_paste_at_every_phase() {
                 &s.failures[..s.failures.len().min(5)]
             );
             assert!(s.median() <= Duration::from_secs(8), "{what}");
-            let late = s
-                .times
-                .iter()
-                .filter(|t| **t > Duration::from_secs(15))
-                .count();
-            if b == NatType::Symmetric {
-                assert!(late * 100 <= s.times.len() * 5, "{what}");
-            } else {
-                assert_eq!(late, 0, "{what}");
-            }
+            assert!(s.worst() <= Duration::from_secs(15), "{what}");
         }
     }
 }
