@@ -15,8 +15,8 @@ use super::socket::bind;
 use crate::error::Error;
 use crate::nat::BirthdayPart;
 use crate::punch::{
-    attempt_targets, Birthday, Lane, PathKind, PunchConfig, PunchEvent, Puncher, Schedule,
-    SocketId, BIRTHDAY_SOCKETS, V6_SOCKET,
+    attempt_targets, Birthday, Lane, PathKind, PunchConfig, PunchEvent, Puncher, RoundTiming,
+    Schedule, SocketId, BIRTHDAY_SOCKETS, V6_SOCKET,
 };
 use crate::shown::shown;
 use crate::ticket::Ticket;
@@ -84,6 +84,8 @@ pub struct Dialer {
     schedule: Schedule,
     /// Lanes past the main socket's: ours and the peer's port (empty without lanes).
     lanes: Vec<Lane>,
+    /// How rounds lie around their boundaries ([`Dialer::set_round_timing`]).
+    timing: RoundTiming,
 }
 
 /// Puts the main socket (and the IPv6 one) behind the demultiplexer quinn and the puncher
@@ -258,7 +260,13 @@ impl Dialer {
             last_path: None,
             schedule,
             lanes: our_lanes,
+            timing: RoundTiming::SYNCED,
         })
+    }
+
+    /// Widens the rounds for a clock NTP did not correct ([`RoundTiming::UNSYNCED`]).
+    pub fn set_round_timing(&mut self, timing: RoundTiming) {
+        self.timing = timing;
     }
 
     /// When rounds fire: every 10 s in lanes when both tickets list them, else every 40 s.
@@ -379,6 +387,7 @@ impl Dialer {
             schedule: self.schedule,
             first_index,
             lanes: self.lanes.clone(),
+            timing: self.timing,
         }
     }
 

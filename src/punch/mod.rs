@@ -26,7 +26,9 @@
 //!   whichever side's first full probe arrives first finds the other NAT already open, even
 //!   with zero delay between the NATs or clocks that differ by up to that phase;
 //! - addresses that cannot be poisoned (the peer's LAN addresses, a peer with no NAT, and any
-//!   address a valid probe has already come from) are probed at once and throughout.
+//!   address a valid probe has already come from) are probed at once and throughout;
+//! - a side whose clock no NTP server corrected widens its rounds ([`RoundTiming`]) so that
+//!   it meets a peer whose clock is up to [`CLOCK_SLACK`] off either way.
 //!
 //! # One symmetric side: the birthday technique
 //! A symmetric NAT gives every destination a new random public port, so the port in its
@@ -64,7 +66,7 @@ pub mod targets;
 
 pub use birthday::Birthday;
 pub use puncher::Puncher;
-pub use schedule::{immediate_probe_delay, Lane, Schedule};
+pub use schedule::{immediate_probe_delay, Lane, RoundTiming, Schedule};
 pub use targets::{attempt_targets, both_have_ipv6, on_our_networks, targets};
 
 /// Wall-clock boundaries are multiples of this (what the original p2pcopy used).
@@ -79,6 +81,9 @@ pub const MAX_LANES: usize = crate::ticket::MAX_LANE_PORTS + 1;
 /// Time between two rounds without lanes (a peer's ticket from an older p2pcopy): every
 /// fourth boundary, longer than the 30 s a stale NAT entry lives plus one round.
 pub const LEGACY_ROUND_PERIOD: Duration = Duration::from_secs(40);
+/// How far apart the two clocks may be when ours has no NTP answer and the peer's has
+/// (see [`RoundTiming`]); the target is system clocks ±3 s apart.
+pub const CLOCK_SLACK: Duration = Duration::from_secs(3);
 /// Part of a round spent sending low-TTL openers only.
 pub const OPENER_PHASE: Duration = Duration::from_secs(2);
 /// Length of a round; nothing is sent to NAT-mapped addresses after this until the next one.
@@ -208,6 +213,8 @@ pub struct PunchConfig {
     pub first_index: u64,
     /// Lanes 1.. (`schedule.lanes - 1` of them); lane 0 is the main socket.
     pub lanes: Vec<Lane>,
+    /// How rounds lie around their boundaries: wider when NTP did not answer.
+    pub timing: RoundTiming,
 }
 
 /// A probe to send.
@@ -340,6 +347,35 @@ mod tests {
     }
 
     #[test]
+    fn wide_rounds_absorb_the_clock_slack() {
+        // RoundTiming's doc, on the peer's clock (NTP time), ours up to CLOCK_SLACK off
+        // either way; times from the round's boundary.
+        const CONNTRACK_UDP_UNREPLIED: Duration = Duration::from_secs(30);
+        let t = RoundTiming::UNSYNCED;
+        let slack = CLOCK_SLACK.as_secs_f64();
+        let (start, full, end) = (
+            -t.early.as_secs_f64(),
+            t.openers.as_secs_f64() - t.early.as_secs_f64(),
+            t.length.as_secs_f64() - t.early.as_secs_f64(),
+        );
+        // Our NAT is open and our spray done before the peer's first full probe, even with
+        // our clock behind.
+        assert!(start + SPRAY_PHASE.as_secs_f64() + slack <= OPENER_PHASE.as_secs_f64());
+        // Our full probes and birthday pings come after the peer opened and sprayed, even
+        // with our clock ahead.
+        assert!(full - slack >= SPRAY_PHASE.as_secs_f64());
+        // A lone round's stale entries expire before the lane comes back.
+        let lane_back = (ROUND_PERIOD * LANES as u32).as_secs_f64();
+        assert!(end + slack + CONNTRACK_UDP_UNREPLIED.as_secs_f64() < lane_back);
+        // One round is over before the next starts.
+        assert!(t.length < ROUND_PERIOD);
+        assert!(t.openers < t.length && RoundTiming::SYNCED.early.is_zero());
+        // A round joined late is still in its openers.
+        assert!(t.early + t.join_late < t.openers);
+        assert!(RoundTiming::SYNCED.join_late.is_zero());
+    }
+
+    #[test]
     fn immediate_delays() {
         let d: Vec<u64> = (0..7)
             .map(|n| immediate_probe_delay(n).as_millis() as u64)
@@ -359,6 +395,7 @@ mod tests {
             schedule: Schedule::LEGACY,
             first_index: 0,
             lanes: Vec::new(),
+            timing: RoundTiming::SYNCED,
         }
     }
 
