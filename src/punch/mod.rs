@@ -46,6 +46,11 @@
 //! socket that hears the first pong and answers pings on that socket only, so both sides
 //! confirm the same pair of addresses.
 //!
+//! # How fast
+//! Seconds from the later paste to a connection for cone–cone, cone–full, full–symmetric
+//! and cone–symmetric over paste gaps of 0–60 s, in the lab and in the simulator (`sim.rs`),
+//! with and without NTP: bench/RESULTS.md, "Punching targets for all four pairs".
+//!
 //! # Rooms
 //! This file has the constants and the types the shell sees; beside it, `schedule.rs` has
 //! when rounds fire and in which lane, `birthday.rs` the birthday technique, `puncher.rs`
