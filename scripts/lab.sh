@@ -58,7 +58,7 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #   cone-cone-late      second paste 7 s after the first
 #   cone-cone-verylate  second paste 50 s after the first (a lone round first)
 #   cone-symmetric, symmetric-cone
-#                       must transfer: the birthday technique (256 extra sockets on
+#                       must transfer: the birthday technique (768 extra sockets on
 #                       the symmetric side, 1024 guessed ports from the cone side)
 #   symmetric-symmetric must fail at once: exit 6 on both sides within 5 s of the
 #                       paste, error line mentions "symmetric", nothing written
@@ -74,6 +74,12 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       time from the later paste to both sides' "Connected" and to the
 #                       receiver's "Received" (1 MiB); all must transfer
 #   paste-gaps-symmetric  the same with cone-symmetric (sides alternating)
+#   paste-gaps-full     the same with cone-full
+#   paste-gaps-full-symmetric  the same with full-symmetric
+#                       (all four: LAB_PASTE_FAKETIME=+3s, say, runs the later
+#                       paster's system clock that far off through faketime, and
+#                       LAB_PASTE_NO_NTP=1 gives it an NTP server that never
+#                       answers, so the offset stays)
 #   name-clash          a file of that name exists: kept, copy saved as "... (1)"
 #   bad-ticket          garbage pasted: exit 3 on both sides
 #   interrupt           SIGINT while waiting for the round: exit 130
@@ -294,6 +300,8 @@ scenario_run() {
         ;;
     paste-gaps) custom="scenario_paste_gaps cone cone" ;;
     paste-gaps-symmetric) custom="scenario_paste_gaps cone symmetric" ;;
+    paste-gaps-full) custom="scenario_paste_gaps cone full" ;;
+    paste-gaps-full-symmetric) custom="scenario_paste_gaps full symmetric" ;;
     ipv6-firewall)
         custom=scenario_ipv6
         lab_side p2p-s 1 symmetric && lab_side p2p-r 2 symmetric &&
@@ -880,7 +888,7 @@ scenario_birthday() {
 # paste after each gap of LAB_PASTE_GAPS; seconds from the later paste to connected (both
 # sides' "Connected") and done (the receiver's "Received"), per run and median/worst.
 scenario_paste_gaps() {
-    local ka=$1 kb=$2 wd=$3 par=4 i k r a b ok=0
+    local ka=$1 kb=$2 wd=$3 par=4 i k r a b ok=0 fake
     local gaps
     read -r -a gaps <<<"${LAB_PASTE_GAPS:-0 4 9 17 26 33 60}"
     local runs=${#gaps[@]} pids=() conns=() dones=()
@@ -891,13 +899,19 @@ scenario_paste_gaps() {
         for ((k = 0; k < par && i + k < runs; k++)); do
             a=$ka b=$kb
             (((i + k) % 2)) && { a=$kb b=$ka; }
-            { lab_side "p2p-g$k-s" $((2 * k + 1)) "$a" && lab_side "p2p-g$k-r" $((2 * k + 2)) "$b"; } ||
+            # A full NAT forwards the port its host uses (the others ignore it).
+            { lab_side "p2p-g$k-s" $((2 * k + 1)) "$a" "$LAB_SENDER_PORT" &&
+                lab_side "p2p-g$k-r" $((2 * k + 2)) "$b" "$LAB_RECEIVER_PORT"; } ||
                 { echo "run $((i + k)): topology setup failed"; return 1; }
         done
         for ((k = 0; k < par && i + k < runs; k++)); do
             r=$((i + k))
+            # The sender pastes later (--delay); its system clock is the skewed one.
+            fake=()
+            [[ -n ${LAB_PASTE_FAKETIME:-} ]] && fake=(--sender-faketime "$LAB_PASTE_FAKETIME")
+            ((${LAB_PASTE_NO_NTP:-0})) && fake+=(--sender-no-ntp)
             lab_transfer "p2p-g$k-s" "p2p-g$k-r" "$wd/run$r" --size-mb 1 --stamp \
-                --delay "${gaps[r]}" >"$wd/run$r.log" 2>&1 &
+                --delay "${gaps[r]}" "${fake[@]}" >"$wd/run$r.log" 2>&1 &
             pids+=($!)
         done
         for ((k = 0; k < ${#pids[@]}; k++)); do
@@ -922,7 +936,7 @@ scenario_paste_gaps() {
         done
     done
     local stats='{ v[NR] = $1 } END { if (NR) printf "median %.1f s, worst %.1f s", v[int((NR + 1) / 2)], v[NR] }'
-    echo "$ka-$kb, LAB_DELAY_MS=${LAB_DELAY_MS:-0}: $ok/$runs transferred; connected: $(printf '%s\n' "${conns[@]}" | sort -n | awk "$stats"); done: $(printf '%s\n' "${dones[@]}" | sort -n | awk "$stats")"
+    echo "$ka-$kb, LAB_DELAY_MS=${LAB_DELAY_MS:-0}${LAB_PASTE_FAKETIME:+, the later paster clock $LAB_PASTE_FAKETIME}${LAB_PASTE_NO_NTP:+ (no NTP: $LAB_PASTE_NO_NTP)}: $ok/$runs transferred; connected: $(printf '%s\n' "${conns[@]}" | sort -n | awk "$stats"); done: $(printf '%s\n' "${dones[@]}" | sort -n | awk "$stats")"
     ((ok == runs))
 }
 

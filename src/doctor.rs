@@ -345,10 +345,10 @@ pub fn verdict(
             "full-cone NAT: you can reach peers behind any NAT, even a symmetric one".into()
         }
         (NatKind::EndpointIndependent, _) => {
-            "cone NAT: you can reach peers with no NAT or any NAT (a symmetric one by guessing its ports, about 98 % per round)".into()
+            "cone NAT: you can reach peers with no NAT or any NAT (a symmetric one by guessing its ports, about 99.999 % per round)".into()
         }
         (NatKind::EndpointDependent, _) => {
-            "symmetric NAT: you can reach peers with no NAT or a cone NAT (by guessing ports, about 98 % per round), not another symmetric NAT; forward a UDP port on your router and use it as --localport to reach everyone".into()
+            "symmetric NAT: you can reach peers with no NAT or a cone NAT (by guessing ports, about 99.999 % per round), not another symmetric NAT; forward a UDP port on your router and use it as --localport to reach everyone".into()
         }
         (NatKind::Unknown, _) => {
             "only one STUN server answered, so the NAT's kind is unknown: give a second --stun-server to tell".into()

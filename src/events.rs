@@ -61,6 +61,9 @@ pub enum Event {
         nat: NatKind,
         /// The addresses the ticket carries.
         candidates: Vec<Candidate>,
+        /// The public ports of our extra lane sockets, on the mapped address's IP (empty:
+        /// no lanes, e.g. with `--no-stun`; the peer then punches every 40 s).
+        lane_ports: Vec<u16>,
     },
     /// The peer's ticket is known: what the two NAT kinds allow.
     Nat {
@@ -542,6 +545,7 @@ pub(crate) mod tests {
                         addr: addr("192.168.1.20:4300"),
                     },
                 ],
+                lane_ports: vec![40001, 40002, 40003],
             },
             "ticket",
             &[
@@ -550,8 +554,10 @@ pub(crate) mod tests {
                 ("local_port", "number"),
                 ("nat", "string"),
                 ("candidates", "array"),
+                ("lane_ports", "array"),
             ],
         );
+        assert_eq!(v["lane_ports"], serde_json::json!([40001, 40002, 40003]));
         assert_eq!(v["role"], "sender");
         assert_eq!(v["nat"], "cone");
         assert_eq!(v["local_port"], 4300);
@@ -1000,6 +1006,7 @@ pub(crate) mod tests {
                 local_port: 0,
                 nat: NatKind::Unknown,
                 candidates: vec![],
+                lane_ports: vec![],
             },
             Event::Nat {
                 ours: NatKind::Unknown,

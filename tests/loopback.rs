@@ -623,6 +623,8 @@ fn json_events_describe_the_transfer() {
             ticket["candidates"],
             serde_json::json!([{"kind": "host", "addr": format!("127.0.0.1:{port}")}])
         );
+        // --no-stun: no lanes (nothing here needs rounds).
+        assert_eq!(ticket["lane_ports"], serde_json::json!([]));
         let nat = one(ev, "nat");
         assert_eq!(
             (&nat["ours"], &nat["peer"]),

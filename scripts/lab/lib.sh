@@ -645,6 +645,9 @@ lab_fill_tmpfs() {
 #   --timeout N            pass --timeout N to both peers
 #   --delay S              seconds between the first and the second paste
 #   --sender-faketime SPEC / --receiver-faketime SPEC  (e.g. +7s)
+#   --sender-no-ntp        the sender's NTP server is one that never answers (the
+#                          STUN server's address, port 9): it warns and widens
+#                          its rounds
 #   --file PATH            file or folder to send (repeatable; default: random
 #                          3-8 MB file).  With a folder or several: they must be
 #                          everything in one folder, compared with the output
@@ -686,7 +689,7 @@ lab_transfer() {
     shift 3
     local expect=ok ptimeout="" delay=0 sfake="" rfake="" files=() show=0 clash=0
     local tmpfs="" throttle="" cutafter="" cutfor="" sizemb="" out="" tree=0 killat="" countbytes=0
-    local fillafter="" wantpath="" smapped="" rmapped="" stamp=0 sextra=() rextra=()
+    local fillafter="" wantpath="" smapped="" rmapped="" stamp=0 snontp=0 sextra=() rextra=()
     while (($#)); do
         case $1 in
         --expect) expect=$2; shift 2 ;;
@@ -694,6 +697,7 @@ lab_transfer() {
         --delay) delay=$2; shift 2 ;;
         --sender-faketime) sfake=$2; shift 2 ;;
         --receiver-faketime) rfake=$2; shift 2 ;;
+        --sender-no-ntp) snontp=1; shift ;;
         --file) files+=("$2"); shift 2 ;;
         --tree) tree=1; shift ;;
         --out) out=$2; shift 2 ;;
@@ -766,6 +770,9 @@ lab_transfer() {
     [[ -n $ptimeout ]] && common+=(--timeout "$ptimeout")
     local limit=${LAB_PEER_LIMIT:-150}
     [[ -n $ptimeout ]] && limit=$((ptimeout + 30))
+    # The sender's arguments: the same, or with an NTP server that never answers.
+    local scommon=("${common[@]/#$LAB_NTP/${LAB_STUN1%:*}:9}")
+    ((snontp)) || scommon=("${common[@]}")
     local spre=() rpre=()
     [[ -n $sfake ]] && spre=(env FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f "$sfake")
     [[ -n $rfake ]] && rpre=(env FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f "$rfake")
@@ -806,7 +813,7 @@ EOT
         <"$wd/receiver.in" >"$wd/receiver.out" 2>"$wd/receiver.err" &
     local rpid=$!
     timeout -k 5 "$limit" ip netns exec "$sns" "${spre[@]}" "$bin" sender \
-        --localport "$LAB_SENDER_PORT" "${sendargs[@]}" "${common[@]}" "${sextra[@]}" \
+        --localport "$LAB_SENDER_PORT" "${sendargs[@]}" "${scommon[@]}" "${sextra[@]}" \
         <"$wd/sender.in" >"$wd/sender.out" 2>"$wd/sender.err" &
     local spid=$!
     if ((show)); then

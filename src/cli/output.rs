@@ -350,6 +350,7 @@ mod tests {
                 local_port: 1,
                 nat: NatKind::Unknown,
                 candidates: vec![],
+                lane_ports: vec![],
             }),
             Some(Human::Print("Tell this to your peer: p2pcX".into()))
         );

@@ -16,8 +16,8 @@ use super::socket::bind;
 use crate::error::Error;
 use crate::nat::BirthdayPart;
 use crate::punch::{
-    attempt_targets, Birthday, Lane, PathKind, PunchConfig, PunchEvent, Puncher, Schedule,
-    SocketId, BIRTHDAY_SOCKETS, V6_SOCKET,
+    attempt_targets, Birthday, Lane, PathKind, PunchConfig, PunchEvent, Puncher, RoundTiming,
+    Schedule, SocketId, BIRTHDAY_SOCKETS, V6_SOCKET,
 };
 use crate::relay::Allocation;
 use crate::shown::shown;
@@ -96,6 +96,8 @@ pub struct Dialer {
     background: Option<Background>,
     /// The task sending openers to the peer's relay (see [`super::relayed::opener`]).
     opener: Option<tokio::task::JoinHandle<()>>,
+    /// How rounds lie around their boundaries ([`Dialer::set_round_timing`]).
+    timing: RoundTiming,
 }
 
 /// Puts the main socket (and the IPv6 one) behind the demultiplexer quinn and the puncher
@@ -286,7 +288,13 @@ impl Dialer {
             permitted: false,
             background: None,
             opener: None,
+            timing: RoundTiming::SYNCED,
         })
+    }
+
+    /// Widens the rounds for a clock NTP did not correct ([`RoundTiming::UNSYNCED`]).
+    pub fn set_round_timing(&mut self, timing: RoundTiming) {
+        self.timing = timing;
     }
 
     /// When rounds fire: every 10 s in lanes when both tickets list them, else every 40 s.
@@ -470,6 +478,7 @@ impl Dialer {
             schedule: self.schedule,
             first_index,
             lanes: self.lanes.clone(),
+            timing: self.timing,
         }
     }
 

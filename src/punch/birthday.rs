@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::MAIN_SOCKET;
 use super::{
     PathKind, Puncher, SocketId, BIRTHDAY_PING_INTERVAL, BIRTHDAY_PORTS, BIRTHDAY_PORT_RANGE,
-    OPENER_PHASE, ROUND_PROBE_INTERVAL, SPRAY_PHASE,
+    ROUND_PROBE_INTERVAL, SPRAY_PHASE,
 };
 
 /// The part this side plays in the birthday technique, from the two tickets' NAT kinds.
@@ -39,7 +39,7 @@ pub(super) struct Spray {
 
 impl Puncher {
     /// The birthday technique's share of a round tick in round `n` (in `lane`), `offset`
-    /// into it.
+    /// into it (from its start: the spray first, the pings once the openers are over).
     pub(super) fn birthday_tick(&mut self, now: Instant, n: u32, lane: usize, offset: Duration) {
         // Only the peer's NAT-mapped addresses in this lane: the technique is about its
         // NAT's ports.
@@ -59,7 +59,10 @@ impl Puncher {
             return;
         }
         if let Some(Birthday::Open { sockets }) = &self.cfg.birthday {
-            if offset < OPENER_PHASE || self.selected.is_some() || now < self.next_birthday_ping {
+            if offset < self.cfg.timing.openers
+                || self.selected.is_some()
+                || now < self.next_birthday_ping
+            {
                 return;
             }
             let sockets = sockets.clone();

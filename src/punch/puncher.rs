@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::birthday::Spray;
 use super::{
     immediate_probe_delay, Birthday, PathKind, PunchConfig, PunchEvent, Schedule, SocketId, Target,
-    Transmit, KEEPALIVE_INTERVAL, MAIN_SOCKET, OPENER_PHASE, ROUND_LENGTH, ROUND_PROBE_INTERVAL,
+    Transmit, KEEPALIVE_INTERVAL, MAIN_SOCKET, ROUND_PROBE_INTERVAL,
 };
 use crate::wire::{Probe, ProbeKind};
 
@@ -94,7 +94,17 @@ impl Puncher {
                 }
             }
         }
-        let next_round_tick = cfg.first_round.max(now);
+        // A clock without NTP may be ahead: the round whose boundary just passed on it may
+        // not have begun for the peer.
+        let previous = cfg.first_round.checked_sub(cfg.schedule.period);
+        if let Some(previous) = previous.filter(|p| *p + cfg.timing.join_late > now) {
+            if cfg.first_index > 0 {
+                cfg.first_round = previous;
+                cfg.first_index -= 1;
+            }
+        }
+        let early = cfg.timing.early;
+        let next_round_tick = cfg.first_round.checked_sub(early).unwrap_or(now).max(now);
         let spray = match cfg.birthday {
             Some(Birthday::Spray { seed }) => Some(Spray {
                 rng: rand::SeedableRng::seed_from_u64(seed),
@@ -121,9 +131,17 @@ impl Puncher {
         }
     }
 
-    /// Start time of round `n`.
+    /// The boundary of round `n` (it starts [`super::RoundTiming::early`] before).
     pub fn round_start(&self, n: u32) -> Instant {
         self.cfg.first_round + self.cfg.schedule.period * n
+    }
+
+    /// When round `n` starts on our clock.
+    fn round_begins(&self, n: u32) -> Instant {
+        let boundary = self.round_start(n);
+        boundary
+            .checked_sub(self.cfg.timing.early)
+            .unwrap_or(boundary)
     }
 
     /// The lane of round `n`.
@@ -324,20 +342,21 @@ impl Puncher {
     }
 
     fn round_tick(&mut self, now: Instant) {
-        let since_first = now.saturating_duration_since(self.cfg.first_round);
+        let timing = self.cfg.timing;
+        let since_first = (now + timing.early).saturating_duration_since(self.cfg.first_round);
         let n = (since_first.as_nanos() / self.cfg.schedule.period.as_nanos()) as u32;
         let lane = self.lane_of(n);
-        let start = self.round_start(n);
+        let start = self.round_begins(n);
         let offset = now.saturating_duration_since(start);
-        if offset >= ROUND_LENGTH {
-            self.next_round_tick = self.round_start(n + 1);
+        if offset >= timing.length {
+            self.next_round_tick = self.round_begins(n + 1);
             return;
         }
         if self.rounds_started <= n {
             self.rounds_started = n + 1;
             self.events.push_back(PunchEvent::RoundStarted { round: n });
         }
-        let ttl = if offset < OPENER_PHASE {
+        let ttl = if offset < timing.openers {
             self.cfg.opener_ttl
         } else {
             None
@@ -357,8 +376,8 @@ impl Puncher {
             self.birthday_tick(now, n, lane, offset);
         }
         let next = now + ROUND_PROBE_INTERVAL;
-        self.next_round_tick = if next >= start + ROUND_LENGTH {
-            self.round_start(n + 1)
+        self.next_round_tick = if next >= start + timing.length {
+            self.round_begins(n + 1)
         } else {
             next
         };

@@ -103,6 +103,7 @@ pub(super) async fn bind(
         local_port: local.port(),
         nat: nat_kind,
         candidates: ours.candidates.clone(),
+        lane_ports: ours.lane_ports.clone(),
     });
     Ok(Session {
         config,

@@ -30,7 +30,7 @@ pub use link::{Job, Link};
 use crate::error::Error;
 use crate::events::Event;
 use crate::net::{self, Dialer};
-use crate::punch::{PathKind, DEFAULT_OPENER_TTL};
+use crate::punch::{PathKind, RoundTiming, CLOCK_SLACK, DEFAULT_OPENER_TTL};
 use crate::relay::{Allocation, RelayConfig};
 use crate::ticket::{CandidateKind, FullTicket, Role, Ticket};
 use crate::tls::Identity;
@@ -236,7 +236,7 @@ impl Session {
             warning,
         });
         let deadline = pasted + self.config.timeout;
-        let clock = self.clock().await;
+        let (clock, timing) = self.clock().await;
         let opener_ttl = match self.hops_task.take() {
             Some(task) => {
                 let hops = task.await.unwrap_or_default();
@@ -265,7 +265,7 @@ impl Session {
                 .find(|c| c.kind == CandidateKind::PortMapped)
                 .map(|c| c.addr),
         };
-        let dialer = Dialer::new(
+        let mut dialer = Dialer::new(
             self.socket,
             self.v6_socket,
             self.config.role == Role::Sender,
@@ -278,6 +278,7 @@ impl Session {
             self.lanes,
             self.relay,
         )?;
+        dialer.set_round_timing(timing);
         let relay_failure = self.relay_failure.take();
         Link::first(dialer, plan, self.events, self.cleanup, deadline)
             .await
@@ -298,19 +299,22 @@ impl Session {
         }
     }
 
-    /// The shared round clock: this computer's, corrected by NTP when a server answered.
-    async fn clock(&mut self) -> ntp::Clock {
+    /// The shared round clock: this computer's, corrected by NTP when a server answered,
+    /// and how rounds lie around it (wider when no server answered: see [`RoundTiming`]).
+    /// With `--no-ntp` the user vouches for the clock.
+    async fn clock(&mut self) -> (ntp::Clock, RoundTiming) {
         let Some(task) = self.ntp_task.take() else {
-            return ntp::Clock::default();
+            return (ntp::Clock::default(), RoundTiming::SYNCED);
         };
         match task.await.ok().flatten() {
-            Some((_, clock)) => clock,
+            Some((_, clock)) => (clock, RoundTiming::SYNCED),
             None => {
-                let message = "no NTP server answered; using this computer's clock, so connecting may take longer if your clocks differ";
-                self.events.event(&Event::Warning {
-                    message: message.into(),
-                });
-                ntp::Clock::default()
+                let message = format!(
+                    "no NTP server answered; using this computer's clock: rounds are widened to meet a peer whose clock is up to {} s off, and a cone NAT cannot be crossed if they differ more",
+                    CLOCK_SLACK.as_secs()
+                );
+                self.events.event(&Event::Warning { message });
+                (ntp::Clock::default(), RoundTiming::UNSYNCED)
             }
         }
     }
