@@ -9,8 +9,9 @@
 #   BENCH_P2PCOPY=/tmp/p2pcopy-x ...         # measure that binary instead of this tree's build
 #
 # Profiles (scripts/bench/bench.py): lan (one veth), wan (50 ms, 100 Mbit/s, 1 % loss),
-# long (200 ms, 100 Mbit/s, 2 % loss), bdp (100 ms, 1 Gbit/s), gig (1 ms, 1 Gbit/s), and
-# small (3,000 files of 1-16 KiB, LAN, disk to disk, against tar | ssh and rsync -a).
+# long (200 ms, 100 Mbit/s, 2 % loss), bdp (100 ms, 1 Gbit/s), gig (1 ms, 1 Gbit/s), routed
+# (two routers between the hosts, no shaping), jitter (wan's delay and rate plus 0-5 ms each
+# way, no loss), and small (3,000 files of 1-16 KiB, LAN, disk to disk, against tar | ssh and rsync -a).
 # Shaping is done by lab/netem (user space; this kernel has no netem qdisc).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,7 +57,7 @@ python3 scripts/bench/bench.py \
     --netem "$PWD/target/release/p2pcopy-lab-netem" \
     --workdir "$work" --bigdir "$big" \
     --runs "${BENCH_RUNS:-3}" \
-    --profiles "${BENCH_PROFILES:-lan,wan,long,bdp,gig,small}" \
+    --profiles "${BENCH_PROFILES:-lan,routed,wan,jitter,long,bdp,gig,small}" \
     --memory-gib "${BENCH_MEMORY_GIB:-10}" \
     --results "${BENCH_RESULTS:-bench/RESULTS.md}" \
     ${BENCH_BASELINE:+--baseline "$BENCH_BASELINE"}

@@ -136,6 +136,12 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #                       no mapping left after either.  Last the same pair with a
 #                       UPnP-only miniupnpd (symmetric+upnp): mapped and removed
 #                       over UPnP-IGD
+#   ticket-time         seconds from start to the --json ticket event, five runs each
+#                       behind a router without port mapping (cone) and behind
+#                       miniupnpd (symmetric+portmap): without, every run <= 0.3 s
+#                       (LAB_TICKET_MAX); with, every ticket's first candidate is the
+#                       router's port mapping; no mapping left after the runs.  Prints
+#                       each run's time and the medians
 #   flood               a third host that read the receiver's ticket (p2p-x, 198.18.3.2
 #                       on the core) floods its public address:port at LAB_FLOOD_PPS
 #                       (20000) with junk, forged probes (wrong session tag), QUIC
@@ -201,6 +207,7 @@ ALL_SCENARIOS=(
     ipv6-firewall
     birthday-20
     portmap
+    ticket-time
     flood
     relay-doctor
     relay-symmetric
@@ -381,6 +388,10 @@ scenario_run() {
     path-cut)
         opts=(--size-mb 200 --throttle "$BULK_RATE" --cut-after 3 --cut-for 20)
         lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    ticket-time)
+        custom=scenario_ticket_time
+        lab_side p2p-s 1 symmetric+portmap && lab_side p2p-r 2 cone
         ;;
     flood)
         custom=scenario_flood
@@ -840,6 +851,43 @@ PY
     fi
     grep -E 'AddPortMapping|DeletePortMapping' "$LAB_DIR/nat3/miniupnpd.log" | head -n 4 | sed 's/^/  | /'
     portmap_leftovers "after the UPnP transfer" 3 p2p-u || rc=1
+    return $rc
+}
+
+# ticket_times NS RUNS WD NAME: RUNS receivers in NS, each given no peer ticket (stdin
+# empty); prints "T FIRST" per run: the --json ticket event's t and its first candidate's kind.
+ticket_times() {
+    local ns=$1 runs=$2 wd=$3 name=$4 i ev
+    for ((i = 1; i <= runs; i++)); do
+        ev=$wd/$name-$i.jsonl
+        timeout -k 5 20 ip netns exec "$ns" "$P2PCOPY_BIN_ABS" receiver --json --localport 0 \
+            "${LAB_NET_ARGS[@]}" -v </dev/null >"$ev" 2>"$wd/$name-$i.err" || true
+        python3 - "$ev" <<'PY'
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+t = [e for e in events if e["event"] == "ticket"]
+print(f"{t[0]['t']:.3f} {t[0]['candidates'][0]['kind']}" if t else "none none")
+PY
+    done
+}
+
+# scenario_ticket_time WD: time to the ticket without and with a router that maps ports.
+scenario_ticket_time() {
+    local wd=$1 rc=0 runs=${LAB_TICKET_RUNS:-5} max=${LAB_TICKET_MAX:-0.3} quiet mapped
+    mkdir -p "$wd"
+    quiet=$(ticket_times p2p-r "$runs" "$wd" quiet)
+    mapped=$(ticket_times p2p-s "$runs" "$wd" mapped)
+    echo "no router answers: $(cut -d' ' -f1 <<<"$quiet" | paste -sd' ') s (median $(cut -d' ' -f1 <<<"$quiet" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'))"
+    echo "miniupnpd answers: $(cut -d' ' -f1 <<<"$mapped" | paste -sd' ') s (median $(cut -d' ' -f1 <<<"$mapped" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')), first candidates: $(cut -d' ' -f2 <<<"$mapped" | sort | uniq -c | paste -sd' ')"
+    if awk -v max="$max" '$1 == "none" || $1 > max { bad = 1 } END { exit !bad }' <<<"$quiet"; then
+        echo "problem: a ticket without port mapping took longer than $max s (or never came)"
+        rc=1
+    fi
+    if grep -qv ' port_mapped$' <<<"$mapped"; then
+        echo "problem: behind miniupnpd a ticket did not name the port mapping first"
+        rc=1
+    fi
+    portmap_leftovers "after the runs" || rc=1
     return $rc
 }
 

@@ -24,6 +24,11 @@ use std::time::{Duration, Instant};
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics};
 use quinn_proto::RttEstimator;
 
+/// Packets per acknowledgement the peer is asked for (QUIC's ACK frequency extension, set in
+/// [`crate::quic::transport_config`]). Only the newest packet of an ACK frame was
+/// acknowledged at once; the others waited up to this many packets for it, so their RTT
+/// samples carry that wait and the window has to cover it.
+pub const ACK_EVERY: u32 = 8;
 /// Share of a round's packets lost above which the round counts as congested. Random
 /// loss on real paths stays well below (the bench's worst path loses 2 %); a queue
 /// overflowing under our own probe or another flow's load goes above it.
@@ -44,8 +49,9 @@ const BW_ROUNDS: usize = 10;
 /// Startup ends once the delivery rate grew less than this factor for [`FULL_BW_ROUNDS`].
 const FULL_BW_GROWTH: f64 = 1.25;
 const FULL_BW_ROUNDS: u32 = 3;
-/// Startup ends after this many RTT samples in a row exceed the minimum RTT by an eighth
-/// of it, clamped to this range.
+/// Startup ends after this many ACK frames in a row whose newest packet's RTT exceeds the
+/// minimum RTT by an eighth of it, clamped to this range. (The older packets an ACK covers
+/// waited for it at the receiver: their samples show [`ACK_EVERY`]'s wait, not a queue.)
 const STARTUP_RTT_SAMPLES: u32 = 8;
 const STARTUP_RTT_RISE: (Duration, Duration) =
     (Duration::from_millis(4), Duration::from_millis(16));
@@ -152,8 +158,10 @@ pub struct Core {
     round_acked: u64,
     round_lost: u64,
     round_app_limited: bool,
-    /// RTT samples in a row that show a queue (startup only).
+    /// ACK frames in a row that show a queue (startup only).
     queued_samples: u32,
+    /// The RTT of the newest packet acknowledged so far in the current ACK frame.
+    frame_rtt: Option<Duration>,
     /// Delivery rates (bytes/s) of the last [`BW_ROUNDS`] round trips.
     rates: VecDeque<f64>,
     full_bw: f64,
@@ -179,6 +187,7 @@ impl Core {
             round_lost: 0,
             round_app_limited: false,
             queued_samples: 0,
+            frame_rtt: None,
             rates: VecDeque::with_capacity(BW_ROUNDS + 1),
             full_bw: 0.0,
             full_bw_rounds: 0,
@@ -214,14 +223,24 @@ impl Core {
         self.round_app_limited |= app_limited;
         let rtt = now.saturating_duration_since(sent);
         self.min_rtt.update(now, rtt);
+        // quinn reports a frame's packets oldest first: the last one is the newest.
+        self.frame_rtt = Some(rtt);
+        if self.startup {
+            self.window += bytes;
+        }
+    }
+
+    /// Startup's queue test on the ACK frame just processed: packets have started to wait
+    /// in a queue, so the window has passed the path's BDP. Leaving startup now, not on the
+    /// losses of an overflowing queue a round trip later (HyStart++'s idea, RFC 9406),
+    /// keeps startup from throwing away up to a BDP of packets.
+    fn startup_queue_test(&mut self, now: Instant) {
+        let Some(rtt) = self.frame_rtt.take() else {
+            return;
+        };
         if !self.startup {
             return;
         }
-        self.window += bytes;
-        // Packets have started to wait in a queue: the window has passed the path's BDP.
-        // Leaving startup now, not on the losses of an overflowing queue a round trip
-        // later (HyStart++'s idea, RFC 9406, tested per packet), keeps startup from
-        // throwing away up to a BDP of packets.
         let min = self.min_rtt.get().unwrap_or(rtt);
         let queued = rtt >= min + (min / 8).clamp(STARTUP_RTT_RISE.0, STARTUP_RTT_RISE.1);
         self.queued_samples = if queued { self.queued_samples + 1 } else { 0 };
@@ -250,6 +269,7 @@ impl Core {
 
     /// One ACK frame was processed; `largest` is the highest packet number it acknowledged.
     pub fn on_end_acks(&mut self, now: Instant, app_limited: bool, largest: Option<u64>) {
+        self.startup_queue_test(now);
         if largest.is_none_or(|pn| pn < self.round_end) {
             return;
         }
@@ -332,7 +352,8 @@ impl Core {
 
     fn size_window(&mut self) {
         let rtt = self.min_rtt.get().unwrap_or(Duration::ZERO) + ACK_ALLOWANCE;
-        let bdp = self.bandwidth() * rtt.as_secs_f64();
+        // What is in flight includes the packets an ACK waits for at the receiver.
+        let bdp = self.bandwidth() * rtt.as_secs_f64() + (u64::from(ACK_EVERY) * self.mtu) as f64;
         self.window = (CYCLE[self.cycle] * HEADROOM * bdp) as u64;
     }
 }

@@ -6,7 +6,9 @@ Run through scripts/bench.sh (as root: it builds network namespaces).  Topology:
 
     p2p-bench-a (10.88.0.1) ---- [p2p-bench-m: p2pcopy-lab-netem] ---- p2p-bench-b (10.88.0.2)
 
-On the LAN profile a and b share one veth and the middle namespace is absent.  On the
+On the LAN profile a and b share one veth and the middle namespace is absent; on `routed`
+two routers (p2p-bench-m, p2p-bench-n, kernel forwarding, offloads as veths have them) sit
+between them, each host on its own link, as on real networks.  On the
 others the middle namespace bridges two veths through the user-space delay line (this
 kernel has no netem), which adds delay, random loss and a rate limit with a bounded queue.
 The sender is always a, the receiver b; files live on a tmpfs so disks are not measured.
@@ -35,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-A, M, B = "p2p-bench-a", "p2p-bench-m", "p2p-bench-b"
+A, M, N, B = "p2p-bench-a", "p2p-bench-m", "p2p-bench-n", "p2p-bench-b"
 IP_A, IP_B = "10.88.0.1", "10.88.0.2"
 MIB = 1 << 20
 
@@ -46,16 +48,24 @@ PROFILES = {
     "long": (100, 100, 0.02, 200, 30),
     "bdp": (50, 1000, 0.0, 1024, 15),
     "gig": (0.5, 1000, 0.0, 1024, 10),
+    # Two routers between the hosts, no shaping (delay None: no delay line).
+    "routed": (None, None, 0.0, 1024, 10),
+    # wan's delay and rate, no random loss, and 0-5 ms of extra delay per packet (JITTER_MS).
+    "jitter": (25, 100, 0.0, 200, 20),
     # Many small files (the tree below), LAN, disk to disk (--bigdir): not in the default list.
     "small": (None, None, 0.0, 0, 0),
 }
 SMALL_FILES, SMALL_DIRS = 3000, 150
+# Profiles with delay jitter: the delay line's --jitter-ms (each way; no reordering).
+JITTER_MS = {"jitter": 5}
 DESCRIBE = {
     "lan": "LAN: one veth, no shaping",
     "wan": "internet-like: 50 ms RTT, 100 Mbit/s, 1 % loss each way",
     "long": "long and lossy: 200 ms RTT, 100 Mbit/s, 2 % loss each way",
     "bdp": "high BDP: 100 ms RTT, 1 Gbit/s, no loss",
     "gig": "reference for the row above: 1 ms RTT, 1 Gbit/s, no loss",
+    "routed": "routed LAN: two routers between the hosts (kernel forwarding), no shaping",
+    "jitter": f"jittery: 50 ms RTT plus 0-{JITTER_MS['jitter']} ms each way (no reordering), 100 Mbit/s, no loss",
     "small": f"many small files: {SMALL_FILES} files of 1-16 KiB in {SMALL_DIRS} folders, LAN, disk to disk",
 }
 
@@ -73,7 +83,7 @@ def nsx(ns, *cmd):
 
 
 def cleanup():
-    for ns in (A, M, B):
+    for ns in (A, M, N, B):
         pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
         for p in pids:
             try:
@@ -100,7 +110,10 @@ def topology(profile, netem_bin, logdir):
     delay, rate, loss, _, _ = PROFILES[profile]
     ns_new(A)
     ns_new(B)
-    if delay is None:
+    if profile == "routed":
+        routed_topology()
+        proc = None
+    elif delay is None:
         sh("ip", "-n", A, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", B)
         proc = None
     else:
@@ -114,11 +127,14 @@ def topology(profile, netem_bin, logdir):
         args = [netem_bin, "ma", "mb", "--delay-ms", str(delay), "--loss", str(loss)]
         if rate:
             args += ["--rate-mbit", str(rate)]
+        if profile in JITTER_MS:
+            args += ["--jitter-ms", str(JITTER_MS[profile])]
         proc = subprocess.Popen(nsx(M, *args), stdin=subprocess.DEVNULL,
                                 stdout=open(logdir / f"netem-{profile}.log", "w"), stderr=subprocess.STDOUT)
     for ns, ip in ((A, IP_A), (B, IP_B)):
-        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        if profile != "routed":
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
         # Room for a 1 Gbit/s x 100 ms window in TCP's autotuned buffers.  (UDP buffers are
         # capped by net.core.rmem_max, which is not per namespace: it stays as the machine has it.)
         sh(*nsx(ns, "sysctl", "-qw", "net.ipv4.tcp_rmem=4096 131072 67108864",
@@ -132,10 +148,42 @@ def topology(profile, netem_bin, logdir):
     return proc
 
 
+def routed_topology():
+    """a -- m -- n -- b: each host on its own link with a router, the routers on a third;
+    the hosts keep their addresses (/32, on-link routes) so every tool dials the same IPs."""
+    ns_new(M)
+    ns_new(N)
+    links = ((A, "eth0", M, "ra"), (M, "rn", N, "rm"), (N, "rb", B, "eth0"))
+    for x, xdev, y, ydev in links:
+        sh("ip", "-n", x, "link", "add", xdev, "type", "veth", "peer", "name", ydev, "netns", y)
+    addrs = ((A, "eth0", IP_A), (M, "ra", "10.88.1.1"), (M, "rn", "10.88.3.1"), (N, "rm", "10.88.3.2"),
+             (N, "rb", "10.88.2.1"), (B, "eth0", IP_B))
+    for ns, dev, ip in addrs:
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+    for ns in (M, N):
+        sh(*nsx(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+    routes = ((A, "10.88.1.1 dev eth0"), (A, f"{IP_B} via 10.88.1.1 dev eth0"),
+              (M, f"{IP_A} dev ra"), (M, "10.88.3.2 dev rn"), (M, f"{IP_B} via 10.88.3.2 dev rn"),
+              (N, f"{IP_B} dev rb"), (N, "10.88.3.1 dev rm"), (N, f"{IP_A} via 10.88.3.1 dev rm"),
+              (B, "10.88.2.1 dev eth0"), (B, f"{IP_A} via 10.88.2.1 dev eth0"))
+    for ns, route in routes:
+        sh("ip", "-n", ns, "route", "add", *route.split())
+
+
+def router_hops():
+    """How many routers forward between the hosts: the smallest TTL a ping arrives with, less one."""
+    for ttl in range(1, 8):
+        if subprocess.run(nsx(A, "ping", "-c1", "-W1", "-t", str(ttl), IP_B), capture_output=True).returncode == 0:
+            return ttl - 1
+    return None
+
+
 def ping_rtt(count=5):
+    """Mean RTT and its mean deviation (ping's mdev: the jitter), ms."""
     out = subprocess.run(nsx(A, "ping", "-c", str(count), "-i", "0.2", IP_B), capture_output=True, text=True).stdout
-    m = re.search(r"= [\d.]+/([\d.]+)/", out)
-    return float(m.group(1)) if m else None
+    m = re.search(r"= [\d.]+/([\d.]+)/[\d.]+/([\d.]+)", out)
+    return (float(m.group(1)), float(m.group(2))) if m else (None, None)
 
 
 class Proc:
@@ -439,10 +487,13 @@ def main():
             src = wd / f"file-{mib}MiB.bin"
             make_file(src, mib)
             out = wd / "out"
-            chk = {"rtt_ms": ping_rtt()}
+            rtt, mdev = ping_rtt(20)
+            chk = {"rtt_ms": rtt, "mdev_ms": mdev}
             if rate:
                 chk["udp_cap_mbit"] = mbit(run_iperf3_udp(rate * 2)["bps"] / 8)
                 chk["udp_loss_pct"] = run_iperf3_udp(rate // 2)["lost_pct"]
+            if prof == "routed":
+                chk["hops"] = router_hops()
             checks[prof] = chk
             log(f"  path check: {chk}")
             res = {"iperf3": [], "scp": [], "p2pcopy": [], "bbr": [], "baseline": []}
@@ -465,7 +516,7 @@ def main():
                     r = run_iperf3(isecs, isecs + 60, "bbr")
                     res["bbr"].append(r)
                     log(f"  run {i + 1} iperf3 bbr: {mbit(r['bps'] / 8):.0f} Mbit/s")
-                if prof == "lan" or rate:
+                if delay is None or rate:
                     r = run_scp(src, out, key, 900)
                     res["scp"].append(r)
                     log(f"  run {i + 1} scp: {mbit(mib * MIB / r['secs']):.0f} Mbit/s")
@@ -518,9 +569,11 @@ def write_results(args, rows, checks, mem, small):
     for prof, (mib, res) in rows.items():
         chk = checks[prof]
         w(f"\n## {DESCRIBE[prof]}\n")
-        desc = f"File {mib} MiB.  Path check: ping RTT {chk['rtt_ms']:.1f} ms"
+        desc = f"File {mib} MiB.  Path check: ping RTT {chk['rtt_ms']:.1f} ms (mdev {chk['mdev_ms']:.1f})"
         if "udp_cap_mbit" in chk:
             desc += f", UDP at twice the rate delivers {chk['udp_cap_mbit']:.0f} Mbit/s, UDP at half the rate loses {chk['udp_loss_pct']:.2f} %"
+        if "hops" in chk:
+            desc += f", {chk['hops']} routers between the hosts (smallest TTL that arrives, less one)"
         w(desc + ".\n")
         ip = mbit(med([r["bps"] for r in res["iperf3"]]) / 8)
         rate = PROFILES[prof][1]

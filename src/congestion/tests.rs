@@ -397,6 +397,60 @@ fn random_loss_does_not_end_startup() {
 }
 
 #[test]
+fn samples_that_waited_for_the_ack_do_not_end_startup() {
+    // The peer acknowledges every ACK_EVERY-th packet: within a frame, the older packets
+    // waited for the newest one at the receiver (20 ms apart when paced over 200 ms), and
+    // a flight's last few packets wait for the peer's ACK timer (25 ms) as well. Tested
+    // per packet, the timer's frame and the next frame's older packets made a queue.
+    let now = Instant::now();
+    let mut cc = Core::new(now, PKT);
+    let rtt = Duration::from_millis(200);
+    let mut t = now;
+    let mut pn = 0;
+    for _ in 0..6 {
+        let n = cc.window() / PKT;
+        for _ in 0..n {
+            cc.on_sent(pn);
+            pn += 1;
+        }
+        t += rtt;
+        let every = u64::from(ACK_EVERY);
+        for frame in 0..n.div_ceil(every) {
+            let newest = ((frame + 1) * every).min(n);
+            for i in frame * every..newest {
+                let timer = if newest - frame * every < every {
+                    25
+                } else {
+                    0
+                };
+                let waited = Duration::from_millis(20 * (newest - 1 - i) + timer);
+                cc.on_ack(t, t - rtt - waited, PKT, false);
+            }
+            cc.on_end_acks(t, false, Some(pn - n + newest - 1));
+        }
+    }
+    assert!(cc.in_startup());
+    assert!(cc.window() > 20 * initial_window(PKT));
+}
+
+#[test]
+fn a_slow_paths_window_covers_the_packets_an_ack_waits_for() {
+    // 2 Mbit/s, 50 ms: eight packets take 38 ms to arrive, more than the ACK allowance.
+    let mut cc = Core::new(Instant::now(), PKT);
+    cc.startup = false;
+    cc.cycle = 2;
+    cc.push_rate(250_000.0);
+    cc.min_rtt.update(Instant::now(), Duration::from_millis(50));
+    cc.size_window();
+    let in_flight = 250_000.0 * 0.050 + (u64::from(ACK_EVERY) * PKT) as f64;
+    assert!(
+        cc.window() as f64 >= in_flight,
+        "{} < {in_flight}",
+        cc.window()
+    );
+}
+
+#[test]
 fn persistent_congestion_starts_over() {
     let now = Instant::now();
     let mut cc = Core::new(now, PKT);

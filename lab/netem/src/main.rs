@@ -2,10 +2,13 @@
 //!
 //! It bridges Ethernet frames between two interfaces through AF_PACKET sockets, holding each
 //! frame for a fixed one-way delay, optionally dropping a random share and limiting the rate
-//! with a bounded queue (tail drop). Being a layer-2 bridge, it is invisible to IP: TTLs,
+//! with a bounded queue (tail drop), and optionally adding jitter: each frame waits a further
+//! random 0..J ms, but never leaves before the frame ahead of it (the queueing delay of a
+//! Wi-Fi or LTE hop varies, and it does not reorder). Being a layer-2 bridge, it is invisible to IP: TTLs,
 //! addresses and NAT behaviour are those of the routers on either side.
 //!
-//! Usage: `p2pcopy-lab-netem IF_A IF_B [--delay-ms N] [--loss P] [--rate-mbit R] [--queue-ms Q]`
+//! Usage: `p2pcopy-lab-netem IF_A IF_B [--delay-ms N] [--loss P] [--rate-mbit R] [--queue-ms Q]
+//! [--jitter-ms J]`
 //! Runs until killed. Offloads (GSO/TSO/GRO) must be off on the interfaces involved, or
 //! frames larger than the MTU arrive and cannot be sent on.
 
@@ -20,6 +23,7 @@ struct Opts {
     loss: f64,
     rate_bps: Option<f64>,
     queue: Duration,
+    jitter: Duration,
 }
 
 /// One direction: frames read from `rx` wait in `queue` until due, then go out on `tx`.
@@ -118,7 +122,7 @@ impl Direction {
             self.dropped += 1;
             return;
         }
-        let due = match opts.rate_bps {
+        let mut due = match opts.rate_bps {
             None => now + opts.delay,
             Some(bps) => {
                 // Tail drop once the frames waiting for the link would take longer than
@@ -137,6 +141,12 @@ impl Direction {
                 self.next_free + opts.delay
             }
         };
+        if !opts.jitter.is_zero() {
+            due += opts.jitter.mul_f64(rng.next_f64());
+            if let Some((ahead, _)) = self.queue.back() {
+                due = due.max(*ahead);
+            }
+        }
         self.queue.push_back((due, frame));
     }
 
@@ -185,6 +195,7 @@ fn parse() -> Result<(String, String, Opts), String> {
         loss: 0.0,
         rate_bps: None,
         queue: Duration::from_millis(100),
+        jitter: Duration::ZERO,
     };
     while let Some(flag) = args.next() {
         let value: f64 = args
@@ -197,6 +208,7 @@ fn parse() -> Result<(String, String, Opts), String> {
             "--loss" => opts.loss = value,
             "--rate-mbit" => opts.rate_bps = Some(value * 1e6),
             "--queue-ms" => opts.queue = Duration::from_secs_f64(value / 1000.0),
+            "--jitter-ms" => opts.jitter = Duration::from_secs_f64(value / 1000.0),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -207,7 +219,7 @@ fn main() {
     let (a, b, opts) = match parse() {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("p2pcopy-lab-netem: {e}\nusage: p2pcopy-lab-netem IF_A IF_B [--delay-ms N] [--loss P] [--rate-mbit R] [--queue-ms Q]");
+            eprintln!("p2pcopy-lab-netem: {e}\nusage: p2pcopy-lab-netem IF_A IF_B [--delay-ms N] [--loss P] [--rate-mbit R] [--queue-ms Q] [--jitter-ms J]");
             std::process::exit(2);
         }
     };
