@@ -5,6 +5,7 @@
 //! session.connect(peer_ticket)  -> Link                punch, connect (QUIC, pinned)
 //! link.send(&mut job, observer) / link.receive(..)     reconnects when the path dies
 //! link.finish(report) then link.close(&outcome)        tell the peer how it ended
+//! link.into_duplex(opts) -> (Duplex, Arrivals)          or keep it: jobs both ways, any time
 //! ```
 //!
 //! Everything that happens is told to one [`Events`] as an [`Event`], the schema `--json`
@@ -16,6 +17,7 @@
 //! this file (the config, the peer checks and the first connection), `link` (the
 //! connection, reconnects, closing), `observe` (a job's plan, progress and files as events).
 
+mod duplex;
 mod gather;
 mod link;
 mod observe;
@@ -24,6 +26,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use duplex::{Arrival, Arrivals, Duplex, DuplexOptions};
 pub(crate) use gather::or_defaults;
 pub use link::{Job, Link};
 
