@@ -222,8 +222,7 @@ async fn two_links_send_to_each_other_at_once() {
     b.send(&late).await.expect("a later job");
     a_in.next().await.unwrap().result.unwrap();
     a.close().await;
-    let mut b = b;
-    let why = tokio::time::timeout(Duration::from_secs(10), b.ended_by_peer())
+    let why = tokio::time::timeout(Duration::from_secs(10), b.wait_ended())
         .await
         .expect("the peer's close is heard");
     assert!(matches!(why, Error::PeerStopped(_)), "{why:?}");

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::link::Link;
 use crate::error::{CloseCode, Error};
 use crate::events::Event;
+use crate::punch::PathKind;
 use crate::transfer::{self, Incoming, Outgoing, Report, Silent, Store};
 
 /// How a link that stays behaves; [`DuplexOptions::new`] gives the defaults.
@@ -87,6 +88,7 @@ enum Path {
         gen: u64,
         conn: Connection,
         authenticated: bool,
+        kind: PathKind,
     },
     /// The connection `gen` died and a new path is being punched.
     Down,
@@ -126,8 +128,8 @@ struct Request {
 pub struct Duplex {
     jobs: mpsc::UnboundedSender<Request>,
     path: watch::Receiver<Path>,
-    stop: Option<oneshot::Sender<()>>,
-    driver: Option<tokio::task::JoinHandle<()>>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    driver: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Request {
@@ -146,6 +148,7 @@ impl Link {
             gen: 1,
             conn: self.connection().clone(),
             authenticated: self.authenticated(),
+            kind: self.path_kind(),
         };
         let (path_tx, path) = watch::channel(first);
         let (jobs, queue) = mpsc::unbounded_channel();
@@ -165,8 +168,8 @@ impl Link {
         let duplex = Duplex {
             jobs,
             path,
-            stop: Some(stop),
-            driver: Some(driver),
+            stop: std::sync::Mutex::new(Some(stop)),
+            driver: std::sync::Mutex::new(Some(driver)),
         };
         (duplex, Arrivals(arrivals))
     }
@@ -193,10 +196,11 @@ impl Duplex {
         outcome.await.unwrap_or_else(|_| Err(self.ended()))
     }
 
-    /// The connection carrying jobs now, if the path is up.
-    pub fn connection(&self) -> Option<Connection> {
+    /// The connection carrying jobs now, and how its peer address was learned, if the
+    /// path is up.
+    pub fn connection(&self) -> Option<(Connection, PathKind)> {
         match &*self.path.borrow() {
-            Path::Up { conn, .. } => Some(conn.clone()),
+            Path::Up { conn, kind, .. } => Some((conn.clone(), *kind)),
             _ => None,
         }
     }
@@ -211,12 +215,13 @@ impl Duplex {
 
     /// Waits until the link has ended (closed by the peer, or no new path was found) and
     /// says why.
-    pub async fn ended_by_peer(&mut self) -> Error {
+    pub async fn wait_ended(&self) -> Error {
+        let mut path = self.path.clone();
         loop {
-            if let Path::Ended(e) = &*self.path.borrow_and_update() {
+            if let Path::Ended(e) = &*path.borrow_and_update() {
                 return Ended::error(e);
             }
-            if self.path.changed().await.is_err() {
+            if path.changed().await.is_err() {
                 return Error::Internal("the link's driver ended".into());
             }
         }
@@ -230,16 +235,22 @@ impl Duplex {
         }
     }
 
-    /// Closes the link: jobs still queued or moving fail, the peer is told, and the
-    /// router's port mapping is removed.
-    pub async fn close(mut self) {
-        if let Some(stop) = self.stop.take() {
+    /// Closes the link: jobs still queued or moving fail, the peer is told (its link ends
+    /// as closed by us, not as lost), and the router's port mapping is removed. Closing
+    /// again does nothing.
+    pub async fn close(&self) {
+        if let Some(stop) = take(&self.stop) {
             let _ = stop.send(());
         }
-        if let Some(driver) = self.driver.take() {
+        if let Some(driver) = take(&self.driver) {
             let _ = driver.await;
         }
     }
+}
+
+/// Takes what `m` holds, poisoned or not.
+fn take<T>(m: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    m.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 /// What the driver does after a connection ended.
@@ -258,6 +269,7 @@ fn after_close(e: &quinn::ConnectionError) -> Next {
     }
     match transfer::closed(e) {
         Error::ConnectionLost(why) => Next::Reconnect(why),
+        Error::PeerStopped(why) => Next::End(Ended { by_peer: true, why }),
         other => Next::End(Ended {
             by_peer: true,
             why: other.to_string(),
@@ -318,6 +330,7 @@ async fn drive(
             gen,
             conn: link.connection().clone(),
             authenticated: link.authenticated(),
+            kind: link.path_kind(),
         });
     };
     link.close(&outcome).await;
@@ -347,6 +360,7 @@ async fn usable(
                 gen,
                 conn,
                 authenticated,
+                ..
             } if Some(*gen) != stale => return Ok((*gen, conn.clone(), *authenticated)),
             Path::Ended(e) => return Err(Ended::error(e)),
             _ => {}
