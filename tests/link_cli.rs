@@ -22,6 +22,11 @@ struct Daemon {
 
 /// Starts `p2pcopy link --name NAME` with its sockets under `xdg`.
 fn link(name: &str, out: &Path, xdg: &Path) -> Daemon {
+    link_with(name, out, xdg, &[])
+}
+
+/// [`link`] with more flags.
+fn link_with(name: &str, out: &Path, xdg: &Path, extra: &[&str]) -> Daemon {
     let mut child = Command::new(BIN)
         .args([
             "link",
@@ -32,6 +37,7 @@ fn link(name: &str, out: &Path, xdg: &Path) -> Daemon {
             "--no-stun",
             "--no-ntp",
         ])
+        .args(extra)
         .args(["--timeout", "20", "--output"])
         .arg(out)
         .env("XDG_RUNTIME_DIR", xdg)
@@ -289,4 +295,89 @@ fn a_stale_socket_is_replaced() {
     let mut child = again.child;
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Waits until `path` holds `want` (20 s at most); on failure shows what `sender` said.
+fn wait_for_file(path: &Path, want: &[u8], sender: &Daemon) {
+    for _ in 0..200 {
+        if std::fs::read(path).ok().as_deref() == Some(want) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    while let Ok(line) = sender.lines.try_recv() {
+        eprintln!("sender: {line}");
+    }
+    panic!(
+        "{} never held {:?}",
+        path.display(),
+        String::from_utf8_lossy(want)
+    );
+}
+
+#[test]
+fn a_watched_folder_is_sent_as_it_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (xdg, watched, out_a, out_b) = (
+        tmp.path().join("run"),
+        tmp.path().join("outbox"),
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+    );
+    for d in [&xdg, &watched, &out_a, &out_b] {
+        std::fs::create_dir(d).unwrap();
+    }
+    // A watched folder inside the output would send back what arrives.
+    let inside = watched.join("in");
+    std::fs::create_dir(&inside).unwrap();
+    let o = client(
+        &xdg,
+        &[
+            "link",
+            "--name",
+            "x",
+            "--output",
+            inside.to_str().unwrap(),
+            "--watch",
+            watched.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    std::fs::remove_dir(&inside).unwrap();
+
+    let w = watched.to_str().unwrap();
+    let mut a = link_with("watcher", &out_a, &xdg, &["--watch", w]);
+    let mut b = link_with("inbox", &out_b, &xdg, &["--overwrite"]);
+    let (ta, tb) = (a.ticket.clone(), b.ticket.clone());
+    a.paste(&tb);
+    b.paste(&ta);
+    a.wait_for("Watching");
+    b.wait_for("Link inbox is up");
+
+    std::fs::write(watched.join("one.txt"), b"first").unwrap();
+    wait_for_file(&out_b.join("one.txt"), b"first", &a);
+    // A new folder with a file in it, written at once.
+    std::fs::create_dir_all(watched.join("new/deeper")).unwrap();
+    std::fs::write(watched.join("new/deeper/two.txt"), b"second").unwrap();
+    wait_for_file(&out_b.join("new/deeper/two.txt"), b"second", &a);
+    // A change is sent again (here replacing it: the inbox has --overwrite).
+    std::fs::write(watched.join("one.txt"), b"first, changed").unwrap();
+    wait_for_file(&out_b.join("one.txt"), b"first, changed", &a);
+    // A rename arrives under the new name; a deletion is not sent.
+    std::fs::rename(watched.join("one.txt"), watched.join("renamed.txt")).unwrap();
+    wait_for_file(&out_b.join("renamed.txt"), b"first, changed", &a);
+    std::fs::remove_file(watched.join("new/deeper/two.txt")).unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    assert!(
+        out_b.join("new/deeper/two.txt").exists(),
+        "deletions are not sent"
+    );
+    assert!(
+        out_b.join("one.txt").exists(),
+        "nor are renames' old names removed"
+    );
+
+    a.interrupt();
+    a.wait();
+    assert!(b.wait().success());
 }

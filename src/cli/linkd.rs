@@ -81,6 +81,9 @@ impl Events for Tee {
 /// the peer closes it.
 pub async fn link(args: LinkArgs, out: Output, cleanup: &Cleanup) -> Result<(), Error> {
     transfer::check_output_dir(&args.output)?;
+    if let Some(dir) = &args.watch {
+        super::watch::check_apart(dir, &args.output)?;
+    }
     let socket = control::socket_path(&args.name)?;
     let listener = control::bind(&socket, &args.name)?;
     let result = hold(args, &socket, listener, out, cleanup).await;
@@ -130,6 +133,7 @@ async fn hold(
         out,
         uid: crate::sys::effective_uid().unwrap_or(0),
     });
+    let watching = watching(args.watch.as_deref(), out, &daemon)?;
     let serving = serve(listener, daemon.clone());
     let receiving = async {
         while let Some(a) = arrivals.next().await {
@@ -139,12 +143,46 @@ async fn hold(
     let result = tokio::select! {
         _ = serving => Err(Error::Internal("the control socket stopped".into())),
         _ = receiving => ended(&daemon).await,
+        r = watching => r,
         _ = tokio::signal::ctrl_c() => Err(Error::Interrupted("interrupted".into())),
     };
     // Ctrl-C is how a link is meant to end: the peer hears a close, not a lost path, and
     // ends its link too (exit code 0 there).
     daemon.duplex.close().await;
     result
+}
+
+/// Starts watching `dir`, if given, and returns what sends its changes over the link (or
+/// waits for ever).
+fn watching(
+    dir: Option<&std::path::Path>,
+    out: Output,
+    daemon: &Arc<Daemon>,
+) -> Result<impl std::future::Future<Output = Result<(), Error>>, Error> {
+    let watch = match dir {
+        Some(dir) => {
+            let watch = super::watch::Watch::start(dir.to_owned())?;
+            super::run::say_line(
+                out,
+                &format!("Watching {}: what appears or changes there is sent once quiet for 1 s (deletions are not sent)", dir.display()),
+            );
+            Some(watch)
+        }
+        None => None,
+    };
+    let daemon = daemon.clone();
+    Ok(async move {
+        match watch {
+            Some(watch) => {
+                watch
+                    .run(move |name, path| {
+                        start_job(&daemon, What::Named(name, path));
+                    })
+                    .await
+            }
+            None => std::future::pending().await,
+        }
+    })
 }
 
 /// Why the link ended once the peer's jobs stopped coming: a peer that closed its link is
@@ -276,9 +314,15 @@ async fn handle(mut stream: UnixStream, daemon: Arc<Daemon>) {
     }
 }
 
-/// Queues a job, answers `queued`, and (if the caller waits) `done` or `error` once the
-/// peer verified it or it failed. The job goes on if the caller hangs up.
-async fn send_job(mut stream: UnixStream, daemon: Arc<Daemon>, paths: Vec<PathBuf>, wait: bool) {
+/// What a job sends: paths as `send` names them, or one watched file under its name
+/// below the watched folder.
+enum What {
+    Paths(Vec<PathBuf>),
+    Named(String, PathBuf),
+}
+
+/// Queues a job and starts it; the receiver gets the reply for its caller once it ended.
+fn start_job(daemon: &Arc<Daemon>, what: What) -> (u64, tokio::sync::oneshot::Receiver<Value>) {
     let job = {
         let mut n = daemon.next_job.lock().unwrap_or_else(|p| p.into_inner());
         *n += 1;
@@ -289,15 +333,43 @@ async fn send_job(mut stream: UnixStream, daemon: Arc<Daemon>, paths: Vec<PathBu
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .queued += 1;
-    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let shown: Vec<String> = match &what {
+        What::Paths(paths) => paths.iter().map(|p| p.display().to_string()).collect(),
+        What::Named(_, path) => vec![path.display().to_string()],
+    };
     daemon.tell(json!({"event": "job_queued", "job": job, "paths": shown}));
     let (tx, rx) = tokio::sync::oneshot::channel();
     let d = daemon.clone();
     tokio::spawn(async move {
-        let result = d.duplex.send(&paths).await;
+        let result = match what {
+            What::Paths(paths) => d.duplex.send(&paths).await,
+            What::Named(name, path) => match named_job(name, path).await {
+                Ok(job) => d.duplex.send_job(job).await,
+                Err(e) => Err(e),
+            },
+        };
         let v = sent(&d, job, &result);
         let _ = tx.send(v);
     });
+    (job, rx)
+}
+
+/// A one-file job for `path`, announced as `name` (a path below the watched folder).
+async fn named_job(name: String, path: PathBuf) -> Result<transfer::Outgoing, Error> {
+    let mut scan = tokio::task::spawn_blocking(move || crate::manifest::scan(&[path]))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    match scan.entries.as_mut_slice() {
+        [entry] => entry.path = name,
+        _ => return Err(Error::Internal("a watched file scanned as several".into())),
+    }
+    Ok(transfer::Outgoing::new(scan))
+}
+
+/// Queues a job, answers `queued`, and (if the caller waits) `done` or `error` once the
+/// peer verified it or it failed. The job goes on if the caller hangs up.
+async fn send_job(mut stream: UnixStream, daemon: Arc<Daemon>, paths: Vec<PathBuf>, wait: bool) {
+    let (job, rx) = start_job(&daemon, What::Paths(paths));
     if !reply(&mut stream, &json!({"reply": "queued", "job": job})).await || !wait {
         return;
     }

@@ -10,6 +10,8 @@ pub mod output;
 pub mod progress;
 pub mod relay_args;
 mod run;
+#[cfg(unix)]
+mod watch;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -163,6 +165,10 @@ pub struct LinkArgs {
     /// Replace existing files of the same name instead of numbering the new ones.
     #[arg(long)]
     pub overwrite: bool,
+    /// Also send what appears or changes under DIR (recursively), each file once it has
+    /// been quiet for 1 s, under its path below DIR; deletions are not sent.
+    #[arg(long, value_name = "DIR")]
+    pub watch: Option<PathBuf>,
     /// Give up after this many seconds without a path (default: keep trying for ever;
     /// --timeout bounds each attempt).
     #[arg(long, value_name = "SECS")]
