@@ -381,3 +381,52 @@ fn a_watched_folder_is_sent_as_it_changes() {
     a.wait();
     assert!(b.wait().success());
 }
+
+/// A one-shot `p2pcopy sender` may send into a link: its ticket says sender, the link's
+/// says receiver, so the sender dials; its one job lands, then its close ends the link.
+#[test]
+fn a_one_shot_sender_sends_into_a_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (xdg, out) = (tmp.path().join("run"), tmp.path().join("out"));
+    std::fs::create_dir(&xdg).unwrap();
+    std::fs::create_dir(&out).unwrap();
+    let file = tmp.path().join("old-peer.txt");
+    std::fs::write(&file, b"from a one-shot sender").unwrap();
+    let mut inbox = link("inbox", &out, &xdg);
+    let mut sender = Command::new(BIN)
+        .args([
+            "sender",
+            "--bind",
+            "127.0.0.1",
+            "--no-stun",
+            "--no-ntp",
+            "--timeout",
+            "20",
+        ])
+        .arg("--file")
+        .arg(&file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(sender.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let ticket = first
+        .trim()
+        .strip_prefix("Tell this to your peer: ")
+        .expect("ticket line")
+        .to_owned();
+    writeln!(sender.stdin.as_mut().unwrap(), "{}", inbox.ticket).unwrap();
+    inbox.paste(&ticket);
+    let done = sender.wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", text(&done));
+    inbox.wait_for("Your peer closed the link");
+    assert!(inbox.wait().success());
+    assert_eq!(
+        std::fs::read(out.join("old-peer.txt")).unwrap(),
+        b"from a one-shot sender"
+    );
+}
