@@ -285,3 +285,82 @@ async fn a_link_that_stays_reconnects_mid_job() {
     a.close().await;
     b.close().await;
 }
+
+/// Writes down warnings.
+#[derive(Clone, Default)]
+struct Warnings(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Events for Warnings {
+    fn event(&mut self, e: &Event) {
+        if let Event::Warning { message } = e {
+            self.0.lock().unwrap().push(message.clone());
+        }
+    }
+}
+
+/// A peer that keeps the connection alive but never answers the first offer: the job is
+/// reported stalled and sent again on the same connection, where it goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_job_is_sent_again() {
+    let (src, out_a, out_b) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let warnings = Warnings::default();
+    let quick = |role| SessionConfig {
+        stall_timeout: Some(Duration::from_secs(2)),
+        ..config(role)
+    };
+    let a = Session::bind(quick(Role::Sender), warnings.clone())
+        .await
+        .unwrap();
+    let b = Session::bind(quick(Role::Receiver), Notes::default())
+        .await
+        .unwrap();
+    let (at, bt) = (a.ticket().clone(), b.ticket().clone());
+    let (a, b) = tokio::join!(a.connect(Ticket::Full(bt)), b.connect(Ticket::Full(at)));
+    let (a, _a_in) = a
+        .unwrap()
+        .into_duplex(DuplexOptions::new(out_a.path().to_owned()));
+    let b = b.unwrap();
+    let file = small_files(src.path(), "stall", 1);
+    let evil = async {
+        let conn = b.connection().clone();
+        // The first offer is accepted and never read.
+        let _held = conn.accept_bi().await.unwrap();
+        let second = conn.accept_bi().await.unwrap();
+        let mut job = p2pcopy::transfer::Incoming::new(p2pcopy::transfer::Store::new(
+            out_b.path().to_owned(),
+            false,
+        ));
+        let opts = p2pcopy::transfer::Options::new(true);
+        let mut silent = p2pcopy::transfer::Silent;
+        job.run_accepted(&conn, second, opts, &mut silent).await
+    };
+    let (sent, got) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(a.send(&file), evil)
+    })
+    .await
+    .expect("done in time");
+    got.expect("the second offer is received");
+    let report = sent.expect("verified on the second try");
+    assert_eq!(report.files, 1);
+    assert_eq!(
+        std::fs::read(out_b.path().join("stall-0.txt")).unwrap(),
+        std::fs::read(&file[0]).unwrap()
+    );
+    // The warning reaches the session's events through the link's driver task.
+    for _ in 0..50 {
+        if !warnings.0.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let w = warnings.0.lock().unwrap();
+    assert!(
+        w.iter()
+            .any(|m| m.contains("sending the job again (1 of 3)")),
+        "{w:?}"
+    );
+}
