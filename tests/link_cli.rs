@@ -251,6 +251,28 @@ fn two_link_daemons_send_both_ways_and_refuse_strangers() {
             .expect("setpriv runs");
         assert_eq!(o.status.code(), Some(11), "{}", text(&o));
         assert!(text(&o).contains("permission denied"), "{}", text(&o));
+        // Folder and socket opened up by mistake: the link checks who calls anyway.
+        for d in [tmp.path(), xdg.as_path(), &xdg.join("p2pcopy")] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let sock = xdg.join("p2pcopy/left.sock");
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(["send", "--to", "left", "/etc/hostname"])
+            .env("XDG_RUNTIME_DIR", &xdg)
+            .env("HOME", shared.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .output()
+            .expect("setpriv runs");
+        assert_eq!(o.status.code(), Some(11), "{}", text(&o));
+        assert!(
+            text(&o).contains("permission denied: the link left belongs to another user"),
+            "{}",
+            text(&o)
+        );
+        assert!(!out_b.join("hostname").exists(), "never a send");
     }
 
     // Ctrl-C ends a link; the peer hears a close and ends too, with no error.

@@ -439,11 +439,15 @@ fn status_of(daemon: &Daemon) -> Value {
 async fn ask(name: &str, request: &Request) -> Result<BufReader<UnixStream>, Error> {
     let path = control::socket_path(name)?;
     let mut stream = control::connect(&path, name).await?;
-    stream
-        .write_all(request.line().as_bytes())
-        .await
-        .map_err(|e| Error::Control(format!("the link {name} hung up: {e}")))?;
-    Ok(BufReader::new(stream))
+    let wrote = stream.write_all(request.line().as_bytes()).await;
+    let mut replies = BufReader::new(stream);
+    if let Err(e) = wrote {
+        // A link that refuses us says why before it hangs up, maybe before our request
+        // was written.
+        next_reply(&mut replies).await?;
+        return Err(Error::Control(format!("the link {name} hung up: {e}")));
+    }
+    Ok(replies)
 }
 
 /// The next reply line, parsed; `None` once the daemon closed.
