@@ -18,6 +18,8 @@
 //! [`Store`]'s rules, as for a one-shot receiver). A job cut by a lost path resumes on the
 //! next one; a job whose peer stalls (the connection alive, the job not moving, see
 //! [`crate::transfer::watchdog`]) is reported and tried again on the same connection.
+//! Per-file latency and files per second over a link: bench/RESULTS.md ("A link that
+//! stays").
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
