@@ -33,6 +33,8 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO_ROOT"
 # shellcheck source=scripts/lab/lib.sh
 source "$REPO_ROOT/scripts/lab/lib.sh"
+# shellcheck source=scripts/lab/link.sh
+source "$REPO_ROOT/scripts/lab/link.sh"
 
 # Scenarios are "<sender>-<receiver>" kinds unless noted.  Each gets fresh
 # routers and hosts (fresh conntrack); the core and its servers stay up.
@@ -176,6 +178,17 @@ source "$REPO_ROOT/scripts/lab/lib.sh"
 #   relay-bad-creds     cone-cone, the sender's relay password is wrong: one warning line
 #                       naming the relay and 401, the transfer completes over the punched
 #                       path; no credential in any output
+#   link                cone-cone, `p2pcopy link` on both sides (scripts/lab/link.sh):
+#                       LAB_LINK_FILES (100) one-file `send`s from each side at once, all
+#                       verified and none twice (prints files/s), then ten 1 KiB sends:
+#                       median time from `send` to verified against 2 RTT + 10 ms
+#                       (printed, not enforced); Ctrl-C on one side ends both (130, 0)
+#   link-refused        cone-cone links; uid 65534 (setpriv) is refused with exit 11
+#                       "permission denied" by the 0700 folder, and again by the daemon's
+#                       uid check once folder and socket are opened up by hand; the
+#                       owner's send still works
+#   link-watch          cone-cone links, one with --watch: a new file, a new folder, a
+#                       change and a rename arrive (times printed); a deletion does not
 ALL_SCENARIOS=(
     public-public
     public-cone
@@ -215,6 +228,9 @@ ALL_SCENARIOS=(
     relay-udp-blocked-both
     relay-upgrade
     relay-bad-creds
+    link
+    link-refused
+    link-watch
 )
 FAIL_TIMEOUT=50
 # Core throttle for the 200 MB scenarios (resume, path-cut): ~15 s for the file.
@@ -402,6 +418,10 @@ scenario_run() {
         custom=scenario_portmap
         lab_side p2p-s 1 symmetric+portmap && lab_side p2p-r 2 symmetric &&
             lab_side p2p-u 3 symmetric+upnp
+        ;;
+    link | link-refused | link-watch)
+        custom=scenario_${name//-/_}
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
         ;;
     *)
         echo "unknown scenario $name"

@@ -114,6 +114,18 @@ pub enum Error {
     /// A bug or an unexpected local failure.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The local link's control socket: no link of that name runs, it belongs to another
+    /// user, or the name is taken by a live link.
+    #[error("{0}")]
+    Control(String),
+    /// A job a link ran for `p2pcopy send` failed: the link's own error, with its exit code.
+    #[error("{message}")]
+    Job {
+        /// The exit code the link's error has (one of the other variants').
+        code: u8,
+        /// The link's error message.
+        message: String,
+    },
 }
 
 impl Error {
@@ -134,6 +146,12 @@ impl Error {
             | Error::PeerStore(_) => 9,
             Error::Protocol(_) => 10,
             Error::Interrupted(_) => 130,
+            Error::Control(_) => 11,
+            // Another variant's code, as the link reported it; an unknown one is a bug.
+            Error::Job { code, .. } => match code {
+                2..=11 | 130 => *code,
+                _ => 1,
+            },
         }
     }
 
@@ -277,6 +295,7 @@ mod tests {
             Error::DiskFull { path: "x".into() },
             Error::Protocol(String::new()),
             Error::Interrupted(String::new()),
+            Error::Control(String::new()),
         ];
         let mut codes: Vec<u8> = samples.iter().map(Error::exit_code).collect();
         codes.sort_unstable();
@@ -328,6 +347,7 @@ mod tests {
             Error::Protocol("pr".into()),
             Error::Interrupted("interrupted".into()),
             Error::Internal("x".into()),
+            Error::Control("c".into()),
         ]
     }
 

@@ -452,6 +452,16 @@ pub fn to_line(event: &Event, t: f64) -> String {
     String::from_utf8(buf).expect("JSON is UTF-8")
 }
 
+/// Any JSON value as one line (no newline), escaped as [`to_line`] escapes events: the
+/// control socket's replies and a link's own events use it.
+pub fn value_line(value: &serde_json::Value) -> String {
+    let mut buf = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, Inert);
+    // A Value's keys are strings: serializing cannot fail.
+    value.serialize(&mut ser).expect("values always serialize");
+    String::from_utf8(buf).expect("JSON is UTF-8")
+}
+
 /// serde_json's compact output, with the characters a terminal acts on that JSON leaves raw
 /// (DEL, C1 and the bidi controls; it escapes C0 itself) written as `\uXXXX` too: a program
 /// parses the exact names all the same, and a person watching the stream on a terminal sees

@@ -95,4 +95,6 @@ pub mod transfer;
 pub mod wire;
 
 pub use error::{Error, Result};
-pub use session::{Cleanup, Events, Job, Link, Session, SessionConfig};
+pub use session::{
+    Arrival, Arrivals, Cleanup, Duplex, DuplexOptions, Events, Job, Link, Session, SessionConfig,
+};

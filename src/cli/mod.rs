@@ -3,10 +3,15 @@
 //! ([`output`]), and the progress bar ([`progress`]).
 
 pub mod config;
+pub mod control;
+#[cfg(unix)]
+mod linkd;
 pub mod output;
 pub mod progress;
 pub mod relay_args;
 mod run;
+#[cfg(unix)]
+mod watch;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -63,6 +68,14 @@ pub enum Command {
     Sender(SenderArgs),
     /// Receive into the current directory (or --output).
     Receiver(ReceiverArgs),
+    /// Hold a link that stays: after one ticket exchange, both sides send any number of
+    /// jobs, any time (`p2pcopy send --to NAME`), until Ctrl-C; the peer's land in --output.
+    Link(LinkArgs),
+    /// Send files or folders over a running link (`p2pcopy link --name NAME`); returns once
+    /// the peer verified them.
+    Send(SendArgs),
+    /// Show the running links: peer, path, RTT, queue, jobs done, rate.
+    Status(StatusArgs),
     /// Run a STUN server (RFC 5389; RFC 5780 NAT behaviour discovery with --alternate-ip),
     /// for networks that cannot reach public ones: give its address to --stun-server.
     StunServer(StunServerArgs),
@@ -137,6 +150,54 @@ pub struct ReceiverArgs {
     /// Network flags.
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+/// Flags of `p2pcopy link`.
+#[derive(Debug, Args)]
+pub struct LinkArgs {
+    /// The link's name, for `p2pcopy send --to NAME` and `status` (letters, digits, `.`,
+    /// `_`, `-`).
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// Directory the peer's files land in (as a receiver's --output).
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
+    pub output: PathBuf,
+    /// Replace existing files of the same name instead of numbering the new ones.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Also send what appears or changes under DIR (recursively), each file once it has
+    /// been quiet for 1 s, under its path below DIR; deletions are not sent.
+    #[arg(long, value_name = "DIR")]
+    pub watch: Option<PathBuf>,
+    /// Give up after this many seconds without a path (default: keep trying for ever;
+    /// --timeout bounds each attempt).
+    #[arg(long, value_name = "SECS")]
+    pub reconnect_for: Option<u64>,
+    /// Network flags.
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// Flags of `p2pcopy send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The running link to send over (its --name).
+    #[arg(long, value_name = "NAME")]
+    pub to: String,
+    /// Files or folders to send, as one job.
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Return once the link has queued the job, without waiting for the peer.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// Flags of `p2pcopy status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this link (default: every running link of yours).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 /// Flags of `p2pcopy stun-server`.

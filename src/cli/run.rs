@@ -11,7 +11,7 @@ use super::relay_args;
 use super::{Cli, Command, DoctorArgs, NetArgs, ReceiverArgs, SenderArgs, StunServerArgs};
 use crate::error::Error;
 use crate::events::Event;
-use crate::session::{Cleanup, Link, Session, SessionConfig};
+use crate::session::{Cleanup, Events, Link, Session, SessionConfig};
 use crate::ticket::{Role, Ticket};
 use crate::{ntp, stun, transfer};
 
@@ -46,6 +46,16 @@ pub async fn run(cli: Cli, out: Output) -> Result<(), Error> {
             let result = match command {
                 Command::Sender(args) => sender(args, out, &cleanup).await,
                 Command::Receiver(args) => receiver(args, out, &cleanup).await,
+                #[cfg(unix)]
+                Command::Link(args) => super::linkd::link(args, out, &cleanup).await,
+                #[cfg(unix)]
+                Command::Send(args) => super::linkd::send(args, out).await,
+                #[cfg(unix)]
+                Command::Status(args) => super::linkd::status(args, out).await,
+                #[cfg(not(unix))]
+                Command::Link(_) | Command::Send(_) | Command::Status(_) => Err(Error::Usage(
+                    "links (`link`, `send`, `status`) are not supported on this platform yet: they need a Unix socket".into(),
+                )),
                 _ => Err(Error::Internal("not a transfer command".into())),
             };
             cleanup.release().await;
@@ -60,7 +70,7 @@ fn interrupted() -> Error {
 }
 
 /// The session's settings from the flags both roles share.
-fn config(role: Role, net: &NetArgs) -> Result<SessionConfig, Error> {
+pub(super) fn session_config(role: Role, net: &NetArgs) -> Result<SessionConfig, Error> {
     Ok(SessionConfig {
         role,
         bind: net.bind,
@@ -74,13 +84,25 @@ fn config(role: Role, net: &NetArgs) -> Result<SessionConfig, Error> {
         stall_timeout: (net.stall_timeout > 0)
             .then(|| std::time::Duration::from_secs(net.stall_timeout)),
         relays: relay_args::for_transfers(&net.relay)?,
+        link: false,
     })
 }
 
 /// Binds, shows our ticket (the session's `ticket` event), takes the peer's and connects.
 async fn connect(role: Role, net: &NetArgs, out: Output, cleanup: &Cleanup) -> Result<Link, Error> {
+    connect_with(session_config(role, net)?, net, out, out, cleanup).await
+}
+
+/// [`connect`] with a config of the caller's, and `events` hearing the session.
+pub(super) async fn connect_with(
+    config: SessionConfig,
+    net: &NetArgs,
+    out: Output,
+    events: impl Events + 'static,
+    cleanup: &Cleanup,
+) -> Result<Link, Error> {
     let run = async {
-        let session = Session::bind_with(config(role, net)?, out, cleanup).await?;
+        let session = Session::bind_with(config, events, cleanup).await?;
         let peer = match &net.peer {
             Some(text) => text.parse()?,
             None => prompt_for_peer(&session, out).await?,
@@ -154,6 +176,11 @@ async fn receiver(args: ReceiverArgs, out: Output, cleanup: &Cleanup) -> Result<
     }
     link.close(&result).await;
     result
+}
+
+/// An informational line for a person (not with --quiet or --json), escaped.
+pub(super) fn say_line(out: Output, line: &str) {
+    say!(out, "{line}");
 }
 
 /// The sender's closing lines.

@@ -118,6 +118,16 @@ impl Link {
         self.run(Job::Receive(job), observer).await
     }
 
+    /// The stall bound the session was configured with.
+    pub(super) fn stall_timeout(&self) -> Option<Duration> {
+        self.plan.stall_timeout
+    }
+
+    /// Tells the session's events `event`.
+    pub(super) fn event(&mut self, event: &Event) {
+        self.events.event(event);
+    }
+
     /// Runs `job` (which must suit our role) with today's reconnect loop.
     pub async fn run(
         &mut self,
@@ -160,7 +170,7 @@ impl Link {
     }
 
     /// Punches a new path after the last one died (`why`).
-    async fn reconnect(&mut self, why: String) -> Result<(), Error> {
+    pub(super) async fn reconnect(&mut self, why: String) -> Result<(), Error> {
         let timeout = self.plan.timeout.as_secs();
         self.events.event(&Event::Reconnecting {
             reason: why.clone(),

@@ -5,6 +5,7 @@
 //! session.connect(peer_ticket)  -> Link                punch, connect (QUIC, pinned)
 //! link.send(&mut job, observer) / link.receive(..)     reconnects when the path dies
 //! link.finish(report) then link.close(&outcome)        tell the peer how it ended
+//! link.into_duplex(opts) -> (Duplex, Arrivals)          or keep it: jobs both ways, any time
 //! ```
 //!
 //! Everything that happens is told to one [`Events`] as an [`Event`], the schema `--json`
@@ -16,6 +17,7 @@
 //! this file (the config, the peer checks and the first connection), `link` (the
 //! connection, reconnects, closing), `observe` (a job's plan, progress and files as events).
 
+mod duplex;
 mod gather;
 mod link;
 mod observe;
@@ -24,6 +26,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use duplex::{Arrival, Arrivals, Duplex, DuplexOptions};
 pub(crate) use gather::or_defaults;
 pub use link::{Job, Link};
 
@@ -79,6 +82,10 @@ pub struct SessionConfig {
     /// TURN relays of the user's own, tried in order at bind: the first that gives an
     /// allocation puts its relayed address into the ticket.
     pub relays: Vec<RelayConfig>,
+    /// A link that stays ([`Link::into_duplex`]) with a peer doing the same: both tickets
+    /// say "receiver" (so a one-shot `p2pcopy sender` may send into it too), and of two such
+    /// peers the one with the smaller certificate fingerprint dials ([`dials`]).
+    pub link: bool,
 }
 
 impl SessionConfig {
@@ -97,6 +104,15 @@ impl SessionConfig {
             timeout: Duration::from_secs(120),
             stall_timeout: Some(transfer::DEFAULT_STALL_TIMEOUT),
             relays: Vec::new(),
+            link: false,
+        }
+    }
+
+    /// The defaults for one side of a link that stays: a receiver's, with [`Self::link`].
+    pub fn link() -> SessionConfig {
+        SessionConfig {
+            link: true,
+            ..SessionConfig::new(Role::Receiver)
         }
     }
 }
@@ -193,14 +209,15 @@ impl Session {
 
     /// Refuses a ticket that cannot lead anywhere: our own, or one of the same role.
     pub fn check_peer(&self, peer: &Ticket) -> Result<(), Error> {
-        check_peer(peer, &self.ours)
+        check_peer_for(peer, &self.ours, self.config.link)
     }
 
     /// Checks the peer's ticket against ours and what the NATs allow, then punches and
     /// connects; reports `nat`, maybe a `warning`, `connecting`, `punch_round`s and
     /// `connected`. Fails when no path is found within the config's timeout.
     pub async fn connect(mut self, peer: Ticket) -> Result<Link, Error> {
-        check_peer(&peer, &self.ours)?;
+        check_peer_for(&peer, &self.ours, self.config.link)?;
+        let dials = dials(&self.ours, &peer, self.config.link);
         let pasted = Instant::now();
         let (nat_kind, peer_nat) = (self.ours.nat, peer.nat());
         // A router's port mapping on either side reaches through any NAT, symmetric included:
@@ -268,7 +285,7 @@ impl Session {
         let mut dialer = Dialer::new(
             self.socket,
             self.v6_socket,
-            self.config.role == Role::Sender,
+            dials,
             self.identity,
             peer,
             Some(opener_ttl),
@@ -336,15 +353,30 @@ fn with_relay_failure(why: String, relay: &str) -> String {
     format!("{why}; the {relay}")
 }
 
+/// Whether we dial (the QUIC client): a sender does; on a link facing another link (both
+/// tickets say "receiver") the side with the smaller fingerprint does, which both compute
+/// alike; facing a one-shot sender, the sender does.
+pub fn dials(ours: &FullTicket, peer: &Ticket, link: bool) -> bool {
+    match peer {
+        Ticket::Full(t) if link && t.role == Role::Receiver => ours.fingerprint < t.fingerprint,
+        _ => ours.role == Role::Sender,
+    }
+}
+
 /// Refuses tickets that cannot lead anywhere: our own, or one of the same role.
 pub fn check_peer(peer: &Ticket, ours: &FullTicket) -> Result<(), Error> {
+    check_peer_for(peer, ours, false)
+}
+
+/// [`check_peer`], where on a `link` two receivers' tickets are two links.
+fn check_peer_for(peer: &Ticket, ours: &FullTicket, link: bool) -> Result<(), Error> {
     if let Ticket::Full(t) = peer {
         if t.fingerprint == ours.fingerprint {
             return Err(Error::Roles(
                 "that is your own ticket; paste the one your peer sent you".into(),
             ));
         }
-        if t.role == ours.role {
+        if t.role == ours.role && !(link && t.role == Role::Receiver) {
             return Err(Error::Roles(format!(
                 "your peer also ran `p2pcopy {}`; one of you must run `p2pcopy {}`",
                 ours.role,
@@ -387,5 +419,29 @@ mod tests {
             ..ours.clone()
         });
         assert!(check_peer(&good, &ours).is_ok());
+    }
+
+    #[test]
+    fn of_two_links_exactly_one_dials() {
+        let link = |b| FullTicket {
+            role: Role::Receiver,
+            nat: NatKind::Unknown,
+            fingerprint: Fingerprint::from_bytes([b; 32]),
+            candidates: Vec::new(),
+            lane_ports: Vec::new(),
+        };
+        let (a, b) = (link(1), link(2));
+        assert!(check_peer_for(&Ticket::Full(b.clone()), &a, true).is_ok());
+        assert!(check_peer_for(&Ticket::Full(b.clone()), &a, false).is_err());
+        assert!(dials(&a, &Ticket::Full(b.clone()), true));
+        assert!(!dials(&b, &Ticket::Full(a.clone()), true));
+        // A one-shot sender dials into a link; a one-shot receiver never dials.
+        let sender = FullTicket {
+            role: Role::Sender,
+            ..link(0)
+        };
+        assert!(!dials(&b, &Ticket::Full(sender.clone()), true));
+        assert!(dials(&sender, &Ticket::Full(b.clone()), false));
+        assert!(!dials(&a, &Ticket::Full(b), false));
     }
 }

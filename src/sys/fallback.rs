@@ -40,3 +40,7 @@ pub(super) fn raise_open_file_limit(_want: u64) -> u64 {
 pub(super) fn free_space(_dir: &Path) -> Option<u64> {
     None
 }
+
+pub(super) fn effective_uid() -> Option<u32> {
+    None
+}

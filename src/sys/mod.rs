@@ -75,6 +75,11 @@ pub fn raise_open_file_limit(want: u64) -> u64 {
     per_process::raise_open_file_limit(want)
 }
 
+/// This process's effective user id (the owner its files get); `None` where there is none.
+pub fn effective_uid() -> Option<u32> {
+    per_process::effective_uid()
+}
+
 /// Bytes free for an unprivileged user on the file system holding `dir`, if known.
 pub fn free_space(dir: &Path) -> Option<u64> {
     per_process::free_space(dir)

@@ -33,3 +33,8 @@ pub(super) fn free_space(dir: &Path) -> Option<u64> {
     }
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
+
+pub(super) fn effective_uid() -> Option<u32> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    Some(unsafe { libc::geteuid() })
+}

@@ -180,7 +180,22 @@ impl Incoming {
         opts: Options,
         observer: &mut dyn Observer,
     ) -> Result<(), Error> {
-        match self.run_once(conn, opts, observer).await {
+        match self.run_once(conn, None, opts, observer).await {
+            Err(e) => Err(explain(conn, e).await),
+            ok => ok,
+        }
+    }
+
+    /// [`Incoming::run`] on a control stream already accepted: a persistent link waits
+    /// for the next job itself, without the watchdog (an idle link is no stall).
+    pub async fn run_accepted(
+        &mut self,
+        conn: &Connection,
+        control: (SendStream, RecvStream),
+        opts: Options,
+        observer: &mut dyn Observer,
+    ) -> Result<(), Error> {
+        match self.run_once(conn, Some(control), opts, observer).await {
             Err(e) => Err(explain(conn, e).await),
             ok => ok,
         }
@@ -189,16 +204,22 @@ impl Incoming {
     async fn run_once(
         &mut self,
         conn: &Connection,
+        control: Option<(SendStream, RecvStream)>,
         opts: Options,
         observer: &mut dyn Observer,
     ) -> Result<(), Error> {
         let first = self.report.connection_started();
         let watch = Watch::new(conn, opts.stall_timeout);
-        let (mut send, mut recv) = watch
-            .guard(Waiting::Offer, async {
-                conn.accept_bi().await.map_err(|e| closed(&e))
-            })
-            .await?;
+        let (mut send, mut recv) = match control {
+            Some(streams) => streams,
+            None => {
+                watch
+                    .guard(Waiting::Offer, async {
+                        conn.accept_bi().await.map_err(|e| closed(&e))
+                    })
+                    .await?
+            }
+        };
         let mut seq = control::Receiver::new(opts.flags(), opts.manifest_limit);
         read_manifest(&watch, &mut recv, &mut seq).await?;
         let offer = seq

@@ -1,0 +1,218 @@
+# shellcheck shell=bash
+# Lab scenarios of a link that stays (`p2pcopy link`, `send --to`, `status`, `--watch`).
+# Sourced by scripts/lab.sh after lib.sh; the topology (p2p-s, p2p-r) is set up by the
+# caller.  Each side runs `p2pcopy link` in its namespace with its own control-socket
+# folder (XDG_RUNTIME_DIR); `send` and `status` run in the same namespace (the socket is a
+# file, the namespace only keeps the client where its daemon is).
+
+# link_up WD [S_EXTRA...] -- [R_EXTRA...]: starts both daemons (names "to-r" in p2p-s and
+# "to-s" in p2p-r), pastes the tickets, waits until both say their link is up.
+link_up() {
+    local wd=$1
+    shift
+    local sx=() rx=() side=s
+    while (($#)); do
+        if [[ $1 == -- ]]; then side=r; shift; continue; fi
+        if [[ $side == s ]]; then sx+=("$1"); else rx+=("$1"); fi
+        shift
+    done
+    local bin=${P2PCOPY_BIN_ABS:?P2PCOPY_BIN_ABS not set}
+    LINK_SPID="" LINK_RPID=""
+    mkdir -p "$wd/out-s" "$wd/out-r" "$wd/run-s" "$wd/run-r"
+    chmod 700 "$wd/run-s" "$wd/run-r"
+    mkfifo "$wd/s.in" "$wd/r.in"
+    exec {LINK_SFD}<>"$wd/s.in"
+    exec {LINK_RFD}<>"$wd/r.in"
+    XDG_RUNTIME_DIR=$wd/run-s timeout -k 5 300 ip netns exec p2p-s "$bin" link --name to-r \
+        --output "$wd/out-s" --localport "$LAB_SENDER_PORT" "${LAB_NET_ARGS[@]}" "${sx[@]}" \
+        <"$wd/s.in" >"$wd/s.out" 2>"$wd/s.err" &
+    LINK_SPID=$!
+    XDG_RUNTIME_DIR=$wd/run-r timeout -k 5 300 ip netns exec p2p-r "$bin" link --name to-s \
+        --output "$wd/out-r" --localport "$LAB_RECEIVER_PORT" "${LAB_NET_ARGS[@]}" "${rx[@]}" \
+        <"$wd/r.in" >"$wd/r.out" 2>"$wd/r.err" &
+    LINK_RPID=$!
+    local st="" rt=""
+    for _ in $(seq 1 150); do
+        st=$(sed -n 's/^Tell this to your peer: //p' "$wd/s.out" | head -n 1)
+        rt=$(sed -n 's/^Tell this to your peer: //p' "$wd/r.out" | head -n 1)
+        [[ -n $st && -n $rt ]] && break
+        sleep 0.2
+    done
+    [[ -n $st && -n $rt ]] || { echo "ticket lines missing"; return 1; }
+    printf '%s\n' "$rt" >&"$LINK_SFD"
+    printf '%s\n' "$st" >&"$LINK_RFD"
+    local t0=$SECONDS
+    until grep -q '^Link to-r is up' "$wd/s.err" && grep -q '^Link to-s is up' "$wd/r.err"; do
+        ((SECONDS - t0 < 60)) || { echo "links not up within 60 s"; return 1; }
+        sleep 0.2
+    done
+    echo "both links up in $((SECONDS - t0)) s: $(grep -h '^Connected' "$wd/s.err" | head -n 1)"
+}
+
+# link_down WD: Ctrl-C on the sender side's daemon; the other must end by itself with 0.
+link_down() {
+    local wd=$1 src=0 rrc=0
+    [[ -n ${LINK_SPID:-} && -n ${LINK_RPID:-} ]] || return 1
+    kill -INT "$LINK_SPID" 2>/dev/null
+    wait "$LINK_SPID" || src=$?
+    wait "$LINK_RPID" || rrc=$?
+    exec {LINK_SFD}>&- {LINK_RFD}>&-
+    echo "after Ctrl-C on one side: exit codes $src (130 expected) and $rrc (0 expected)"
+    ((src == 130 && rrc == 0)) || return 1
+    grep -q 'Your peer closed the link' "$wd/r.err" || { echo "no 'Your peer closed the link'"; return 1; }
+}
+
+# link_tails WD: the daemons' last lines, for a failed scenario.
+link_tails() {
+    local f
+    for f in "$1"/s.out "$1"/s.err "$1"/r.out "$1"/r.err; do
+        [[ -f $f ]] || continue
+        echo "---- $f (tail)"
+        tail -n 30 "$f" | sed 's/^/| /'
+    done
+}
+
+# link_send SIDE ARGS...: `p2pcopy send --to` from side s (to r) or r (to s).
+link_send() {
+    local side=$1
+    shift
+    local ns=p2p-s name=to-r
+    [[ $side == r ]] && ns=p2p-r name=to-s
+    XDG_RUNTIME_DIR=$LINK_WD/run-$side ip netns exec "$ns" "$P2PCOPY_BIN_ABS" send --to "$name" "$@"
+}
+
+# now_ms: wall-clock milliseconds.
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# scenario_link WD: cone-cone; N small files sent one `send` at a time from both sides at
+# once (all verified, none twice), then the latency of a 1 KiB file from `send` to
+# verified over the established link, against 2 RTT + 10 ms.
+scenario_link() {
+    local wd=$1 n=${LAB_LINK_FILES:-100}
+    rm -rf "$wd"
+    mkdir -p "$wd/in-s" "$wd/in-r"
+    LINK_WD=$wd
+    link_up "$wd" || { link_down "$wd"; link_tails "$wd"; return 1; }
+    local i
+    for i in $(seq 1 "$n"); do
+        head -c $((100 + RANDOM % 4000)) /dev/urandom >"$wd/in-s/s$i.bin"
+        head -c $((100 + RANDOM % 4000)) /dev/urandom >"$wd/in-r/r$i.bin"
+    done
+    local t0 fails=0
+    t0=$(now_ms)
+    (for i in $(seq 1 "$n"); do link_send s "$wd/in-s/s$i.bin" >/dev/null 2>>"$wd/send-s.err" || echo "s$i" >>"$wd/failed"; done) &
+    local p1=$!
+    (for i in $(seq 1 "$n"); do link_send r "$wd/in-r/r$i.bin" >/dev/null 2>>"$wd/send-r.err" || echo "r$i" >>"$wd/failed"; done) &
+    local p2=$!
+    wait "$p1" "$p2"
+    local ms=$(($(now_ms) - t0))
+    [[ -s $wd/failed ]] && { echo "sends failed: $(tr '\n' ' ' <"$wd/failed")"; fails=1; }
+    local got_r got_s
+    got_r=$(find "$wd/out-r" -type f | wc -l)
+    got_s=$(find "$wd/out-s" -type f | wc -l)
+    for i in $(seq 1 "$n"); do
+        cmp -s "$wd/in-s/s$i.bin" "$wd/out-r/s$i.bin" || { echo "s$i.bin differs or is missing"; fails=1; }
+        cmp -s "$wd/in-r/r$i.bin" "$wd/out-s/r$i.bin" || { echo "r$i.bin differs or is missing"; fails=1; }
+    done
+    ((got_r == n && got_s == n)) || { echo "files: $got_r and $got_s, $n each expected (none twice)"; fails=1; }
+    echo "both ways at once: $((2 * n)) one-file sends in $ms ms: $((2 * n * 1000 / (ms + 1))) files/s"
+
+    local rtt lat=() l
+    rtt=$(XDG_RUNTIME_DIR=$wd/run-s ip netns exec p2p-s "$P2PCOPY_BIN_ABS" --json status --name to-r |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["rtt_ms"])')
+    local job=() j
+    for i in $(seq 1 10); do
+        head -c 1024 /dev/urandom >"$wd/in-s/kib$i.bin"
+        t0=$(now_ms)
+        j=$(XDG_RUNTIME_DIR=$wd/run-s ip netns exec p2p-s "$P2PCOPY_BIN_ABS" --json send --to to-r "$wd/in-s/kib$i.bin") ||
+            { echo "1 KiB send $i failed"; fails=1; }
+        lat+=($(($(now_ms) - t0)))
+        job+=($(printf '%s\n' "$j" | python3 -c 'import json,sys; print(round([json.loads(l) for l in sys.stdin][-1]["elapsed_s"]*1000))'))
+    done
+    l=$(printf '%s\n' "${lat[@]}" | sort -n | sed -n 5p)
+    local target=$((2 * rtt + 10)) jm
+    jm=$(printf '%s\n' "${job[@]}" | sort -n | sed -n 5p)
+    echo "1 KiB from \`p2pcopy send\` to verified: median ${l} ms (all: ${lat[*]}), of which the job on the link ${jm} ms (all: ${job[*]}); rtt ${rtt} ms; target 2 RTT + 10 ms = ${target} ms: $( ((l <= target)) && echo met || echo MISSED)"
+    link_down "$wd" || fails=1
+    ((fails == 0)) || link_tails "$wd"
+    ((fails == 0))
+}
+
+# scenario_link_refused WD: a second local user (uid 65534) is refused by the control
+# socket: first by the folder (0700), then, with the folder and socket opened up by hand,
+# by the daemon's own uid check; never a send.
+scenario_link_refused() {
+    local wd=$1 fails=0
+    rm -rf "$wd"
+    mkdir -p "$wd"
+    LINK_WD=$wd
+    link_up "$wd" || { link_down "$wd"; link_tails "$wd"; return 1; }
+    # The other user needs a binary it may run and a home of its own (no root config).
+    local shared
+    shared=$(mktemp -d /tmp/p2p-lab-link-XXXXXX)
+    chmod 755 "$shared"
+    cp "$P2PCOPY_BIN_ABS" "$shared/p2pcopy"
+    chmod 755 "$shared/p2pcopy"
+    echo "secret" >"$wd/secret.txt"
+    local out rc
+    other() {
+        rc=0
+        out=$(XDG_RUNTIME_DIR=$wd/run-s HOME=$shared ip netns exec p2p-s \
+            setpriv --reuid=65534 --regid=65534 --clear-groups "$shared/p2pcopy" send --to to-r "$wd/secret.txt" 2>&1) || rc=$?
+    }
+    other
+    echo "another user, private folder: exit $rc: $out"
+    [[ $rc == 11 && $out == *"permission denied"* ]] || fails=1
+    # Opened up by mistake: the daemon still checks who is calling.
+    chmod 755 "$wd" "$wd/run-s" "$wd/run-s/p2pcopy"
+    chmod 666 "$wd/run-s/p2pcopy/to-r.sock"
+    other
+    echo "another user, folder and socket opened up: exit $rc: $out"
+    [[ $rc == 11 && $out == *"permission denied"* ]] || fails=1
+    [[ -e $wd/out-r/secret.txt ]] && { echo "the other user's send arrived"; fails=1; }
+    # The owner still can.
+    link_send s "$wd/secret.txt" >/dev/null || { echo "the owner's send failed"; fails=1; }
+    cmp -s "$wd/secret.txt" "$wd/out-r/secret.txt" || { echo "the owner's file did not arrive"; fails=1; }
+    rm -rf "$shared"
+    link_down "$wd" || fails=1
+    ((fails == 0)) || link_tails "$wd"
+    ((fails == 0))
+}
+
+# scenario_link_watch WD: cone-cone, p2p-s watches a folder: a new file, a new folder with
+# a file, a change (the peer has --overwrite) and a rename arrive; a deletion does not.
+scenario_link_watch() {
+    local wd=$1 fails=0
+    rm -rf "$wd"
+    mkdir -p "$wd/watched"
+    LINK_WD=$wd
+    link_up "$wd" --watch "$wd/watched" -- --overwrite || { link_down "$wd"; link_tails "$wd"; return 1; }
+    arrives() { # FILE-UNDER-OUT-R CONTENT
+        local t0
+        t0=$(now_ms)
+        for _ in $(seq 1 100); do
+            if [[ -f $wd/out-r/$1 && $(cat "$wd/out-r/$1") == "$2" ]]; then
+                echo "$1 arrived $(($(now_ms) - t0)) ms after it was written"
+                return 0
+            fi
+            sleep 0.1
+        done
+        echo "$1 never arrived with '$2'"
+        return 1
+    }
+    echo one >"$wd/watched/one.txt"
+    arrives one.txt one || fails=1
+    mkdir -p "$wd/watched/new/deeper"
+    echo two >"$wd/watched/new/deeper/two.txt"
+    arrives new/deeper/two.txt two || fails=1
+    echo "one, changed" >"$wd/watched/one.txt"
+    arrives one.txt "one, changed" || fails=1
+    mv "$wd/watched/one.txt" "$wd/watched/renamed.txt"
+    arrives renamed.txt "one, changed" || fails=1
+    rm "$wd/watched/new/deeper/two.txt"
+    sleep 2
+    [[ -f $wd/out-r/new/deeper/two.txt ]] || { echo "a deletion was sent"; fails=1; }
+    link_down "$wd" || fails=1
+    ((fails == 0)) || link_tails "$wd"
+    ((fails == 0))
+}

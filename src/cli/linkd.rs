@@ -1,0 +1,559 @@
+//! `p2pcopy link` (the daemon holding a link that stays, serving its control socket),
+//! `p2pcopy send --to NAME` and `p2pcopy status` (its clients). The protocol is
+//! [`super::control`]'s; the link is [`crate::session::Duplex`].
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast;
+
+use super::control::{self, Request};
+use super::output::Output;
+use super::run::{connect_with, session_config};
+use super::{LinkArgs, SendArgs, StatusArgs};
+use crate::error::Error;
+use crate::events::{millis, seconds, to_line, value_line, Event};
+use crate::session::{Arrival, Cleanup, Duplex, DuplexOptions, Events};
+use crate::transfer::{self, Report};
+
+/// What `status` reports beside the path: the daemon's counts.
+#[derive(Debug, Default)]
+struct Counts {
+    queued: u64,
+    sent_jobs: u64,
+    sent_bytes: u64,
+    received_jobs: u64,
+    received_bytes: u64,
+    failed_jobs: u64,
+    /// The last job's rate either way, bytes per second.
+    last_rate: u64,
+}
+
+/// What the connection handlers share.
+struct Daemon {
+    name: String,
+    socket: PathBuf,
+    duplex: Duplex,
+    counts: Mutex<Counts>,
+    events: broadcast::Sender<String>,
+    started: Instant,
+    next_job: Mutex<u64>,
+    out: Output,
+    uid: u32,
+}
+
+impl Daemon {
+    /// Tells the daemon's own output and every `events` listener `v`.
+    fn tell(&self, v: Value) {
+        let line = value_line(&v);
+        if self.out.is_json() {
+            println!("{line}");
+        }
+        let _ = self.events.send(line);
+    }
+}
+
+/// The session's events: printed as for any run, and streamed on the socket too.
+#[derive(Clone)]
+struct Tee {
+    out: Output,
+    events: broadcast::Sender<String>,
+    start: Instant,
+}
+
+impl Events for Tee {
+    fn event(&mut self, event: &Event) {
+        self.out.event(event);
+        if event.in_json() {
+            let _ = self
+                .events
+                .send(to_line(event, seconds(self.start.elapsed())));
+        }
+    }
+}
+
+/// `p2pcopy link --name NAME`: takes the name's socket first (a clash fails before any
+/// ticket is exchanged), connects as any run does, then holds the link until Ctrl-C or
+/// the peer closes it.
+pub async fn link(args: LinkArgs, out: Output, cleanup: &Cleanup) -> Result<(), Error> {
+    transfer::check_output_dir(&args.output)?;
+    if let Some(dir) = &args.watch {
+        super::watch::check_apart(dir, &args.output)?;
+    }
+    let socket = control::socket_path(&args.name)?;
+    let listener = control::bind(&socket, &args.name)?;
+    let result = hold(args, &socket, listener, out, cleanup).await;
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+async fn hold(
+    args: LinkArgs,
+    socket: &std::path::Path,
+    listener: UnixListener,
+    out: Output,
+    cleanup: &Cleanup,
+) -> Result<(), Error> {
+    let (events, _) = broadcast::channel(1024);
+    let tee = Tee {
+        out,
+        events: events.clone(),
+        start: Instant::now(),
+    };
+    let mut config = session_config(crate::ticket::Role::Receiver, &args.net)?;
+    config.link = true;
+    let link = connect_with(config, &args.net, out, tee, cleanup).await?;
+    let opts = DuplexOptions {
+        overwrite: args.overwrite,
+        reconnect_for: args.reconnect_for.map(Duration::from_secs),
+        ..DuplexOptions::new(args.output.clone())
+    };
+    let (duplex, mut arrivals) = link.into_duplex(opts);
+    super::run::say_line(
+        out,
+        &format!(
+            "Link {} is up; send with `p2pcopy send --to {} PATH...` (control socket {})",
+            args.name,
+            args.name,
+            socket.display()
+        ),
+    );
+    let daemon = Arc::new(Daemon {
+        name: args.name.clone(),
+        socket: socket.to_owned(),
+        duplex,
+        counts: Mutex::default(),
+        events,
+        started: Instant::now(),
+        next_job: Mutex::new(0),
+        out,
+        uid: crate::sys::effective_uid().unwrap_or(0),
+    });
+    let watching = watching(args.watch.as_deref(), out, &daemon)?;
+    let serving = serve(listener, daemon.clone());
+    let receiving = async {
+        while let Some(a) = arrivals.next().await {
+            arrived(&daemon, a);
+        }
+    };
+    let result = tokio::select! {
+        _ = serving => Err(Error::Internal("the control socket stopped".into())),
+        _ = receiving => ended(&daemon).await,
+        r = watching => r,
+        _ = tokio::signal::ctrl_c() => Err(Error::Interrupted("interrupted".into())),
+    };
+    // Ctrl-C is how a link is meant to end: the peer hears a close, not a lost path, and
+    // ends its link too (exit code 0 there).
+    daemon.duplex.close().await;
+    result
+}
+
+/// Starts watching `dir`, if given, and returns what sends its changes over the link (or
+/// waits for ever).
+fn watching(
+    dir: Option<&std::path::Path>,
+    out: Output,
+    daemon: &Arc<Daemon>,
+) -> Result<impl std::future::Future<Output = Result<(), Error>>, Error> {
+    let watch = match dir {
+        Some(dir) => {
+            let watch = super::watch::Watch::start(dir.to_owned())?;
+            super::run::say_line(
+                out,
+                &format!("Watching {}: what appears or changes there is sent once quiet for 1 s (deletions are not sent)", dir.display()),
+            );
+            Some(watch)
+        }
+        None => None,
+    };
+    let daemon = daemon.clone();
+    Ok(async move {
+        match watch {
+            Some(watch) => {
+                watch
+                    .run(move |name, path| {
+                        start_job(&daemon, What::Named(name, path));
+                    })
+                    .await
+            }
+            None => std::future::pending().await,
+        }
+    })
+}
+
+/// Why the link ended once the peer's jobs stopped coming: a peer that closed its link is
+/// no error.
+async fn ended(daemon: &Daemon) -> Result<(), Error> {
+    let e = daemon.duplex.wait_ended().await;
+    match e {
+        Error::PeerStopped(ref why) if why == "done" => {
+            super::run::say_line(daemon.out, "Your peer closed the link");
+            Ok(())
+        }
+        e => Err(e),
+    }
+}
+
+/// Counts, prints and streams a job the peer sent.
+fn arrived(daemon: &Daemon, a: Arrival) {
+    let r = &a.report;
+    {
+        let mut c = daemon.counts.lock().unwrap_or_else(|p| p.into_inner());
+        match a.result {
+            Ok(()) => c.received_jobs += 1,
+            Err(_) => c.failed_jobs += 1,
+        }
+        c.received_bytes += r.moved;
+        c.last_rate = crate::events::rate(r.moved, r.elapsed);
+    }
+    for (path, hash) in &a.saved {
+        super::run::say_line(
+            daemon.out,
+            &format!("Received {path}, BLAKE3 {hash} verified"),
+        );
+    }
+    let saved: Vec<Value> = a
+        .saved
+        .iter()
+        .map(|(p, h)| json!({"path": p, "blake3": h.to_hex().as_str()}))
+        .collect();
+    let mut v = json!({"event": "job_received", "saved": saved});
+    summary_fields(&mut v, r);
+    if let Err(e) = &a.result {
+        super::run::say_line(daemon.out, &format!("A job from your peer failed: {e}"));
+        v["code"] = json!(e.exit_code());
+        v["message"] = json!(e.to_string());
+    }
+    daemon.tell(v);
+}
+
+/// A job's numbers, as today's `summary` event names them.
+fn summary_fields(v: &mut Value, r: &Report) {
+    v["files"] = json!(r.files);
+    v["folders"] = json!(r.dirs);
+    v["total_bytes"] = json!(r.total);
+    v["moved_bytes"] = json!(r.moved);
+    v["resumed_bytes"] = json!(r.resumed);
+    v["already_there"] = json!(r.already_there);
+    v["reconnects"] = json!(r.reconnects);
+    v["elapsed_s"] = json!(seconds(r.elapsed));
+    v["bytes_per_s"] = json!(crate::events::rate(r.moved, r.elapsed));
+}
+
+/// Accepts control connections for ever, one task each.
+async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream, daemon.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Writes one reply line; a caller that hung up is no error of ours.
+async fn reply(stream: &mut UnixStream, v: &Value) -> bool {
+    let mut line = value_line(v);
+    line.push('\n');
+    stream.write_all(line.as_bytes()).await.is_ok()
+}
+
+/// Serves one control connection: checks who it is, reads its request, answers.
+async fn handle(mut stream: UnixStream, daemon: Arc<Daemon>) {
+    // The socket's folder and mode keep others out; the peer's uid is checked anyway.
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    if uid != Some(daemon.uid) {
+        let e = Error::Control(format!(
+            "permission denied: the link {} belongs to another user",
+            daemon.name
+        ));
+        reply(&mut stream, &control::error_reply(None, &e)).await;
+        return;
+    }
+    let mut line = String::new();
+    let got = BufReader::new((&mut stream).take(control::MAX_REQUEST))
+        .read_line(&mut line)
+        .await;
+    let request = match got {
+        Ok(_) => Request::parse(&line),
+        Err(e) => Err(Error::Usage(format!("cannot read the request: {e}"))),
+    };
+    match request {
+        Err(e) => {
+            reply(&mut stream, &control::error_reply(None, &e)).await;
+        }
+        Ok(Request::Status) => {
+            reply(&mut stream, &status_of(&daemon)).await;
+        }
+        Ok(Request::Events) => {
+            let mut rx = daemon.events.subscribe();
+            loop {
+                match rx.recv().await {
+                    Ok(line) => {
+                        let line = line + "\n";
+                        if stream.write_all(line.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::info!(missed = n, "an events listener fell behind");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+        Ok(Request::Send { paths, wait }) => send_job(stream, daemon, paths, wait).await,
+    }
+}
+
+/// What a job sends: paths as `send` names them, or one watched file under its name
+/// below the watched folder.
+enum What {
+    Paths(Vec<PathBuf>),
+    Named(String, PathBuf),
+}
+
+/// Queues a job and starts it; the receiver gets the reply for its caller once it ended.
+fn start_job(daemon: &Arc<Daemon>, what: What) -> (u64, tokio::sync::oneshot::Receiver<Value>) {
+    let job = {
+        let mut n = daemon.next_job.lock().unwrap_or_else(|p| p.into_inner());
+        *n += 1;
+        *n
+    };
+    daemon
+        .counts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .queued += 1;
+    let shown: Vec<String> = match &what {
+        What::Paths(paths) => paths.iter().map(|p| p.display().to_string()).collect(),
+        What::Named(_, path) => vec![path.display().to_string()],
+    };
+    daemon.tell(json!({"event": "job_queued", "job": job, "paths": shown}));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let d = daemon.clone();
+    tokio::spawn(async move {
+        let result = match what {
+            What::Paths(paths) => d.duplex.send(&paths).await,
+            What::Named(name, path) => match named_job(name, path).await {
+                Ok(job) => d.duplex.send_job(job).await,
+                Err(e) => Err(e),
+            },
+        };
+        let v = sent(&d, job, &result);
+        let _ = tx.send(v);
+    });
+    (job, rx)
+}
+
+/// A one-file job for `path`, announced as `name` (a path below the watched folder).
+async fn named_job(name: String, path: PathBuf) -> Result<transfer::Outgoing, Error> {
+    let mut scan = tokio::task::spawn_blocking(move || crate::manifest::scan(&[path]))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    match scan.entries.as_mut_slice() {
+        [entry] => entry.path = name,
+        _ => return Err(Error::Internal("a watched file scanned as several".into())),
+    }
+    Ok(transfer::Outgoing::new(scan))
+}
+
+/// Queues a job, answers `queued`, and (if the caller waits) `done` or `error` once the
+/// peer verified it or it failed. The job goes on if the caller hangs up.
+async fn send_job(mut stream: UnixStream, daemon: Arc<Daemon>, paths: Vec<PathBuf>, wait: bool) {
+    let (job, rx) = start_job(&daemon, What::Paths(paths));
+    if !reply(&mut stream, &json!({"reply": "queued", "job": job})).await || !wait {
+        return;
+    }
+    if let Ok(v) = rx.await {
+        reply(&mut stream, &v).await;
+    }
+}
+
+/// Counts, prints and streams a job of ours that ended; returns the reply for its caller.
+fn sent(daemon: &Daemon, job: u64, result: &Result<Report, Error>) -> Value {
+    let mut c = daemon.counts.lock().unwrap_or_else(|p| p.into_inner());
+    c.queued = c.queued.saturating_sub(1);
+    match result {
+        Ok(r) => {
+            c.sent_jobs += 1;
+            c.sent_bytes += r.moved;
+            c.last_rate = crate::events::rate(r.moved, r.elapsed);
+            drop(c);
+            let mut v = json!({"event": "job_sent", "job": job});
+            summary_fields(&mut v, r);
+            daemon.tell(v.clone());
+            super::run::say_line(
+                daemon.out,
+                &format!("Sent job {job}: {} files, verified by your peer", r.files),
+            );
+            v["reply"] = json!("done");
+            v.as_object_mut().map(|o| o.remove("event"));
+            v
+        }
+        Err(e) => {
+            c.failed_jobs += 1;
+            drop(c);
+            let mut v = control::error_reply(Some(job), e);
+            daemon.tell(json!({"event": "job_failed", "job": job, "code": e.exit_code(), "message": e.to_string()}));
+            super::run::say_line(daemon.out, &format!("Job {job} failed: {e}"));
+            v["job"] = json!(job);
+            v
+        }
+    }
+}
+
+/// The `status` reply.
+fn status_of(daemon: &Daemon) -> Value {
+    let c = daemon.counts.lock().unwrap_or_else(|p| p.into_inner());
+    let path = daemon.duplex.connection();
+    json!({
+        "reply": "status",
+        "name": daemon.name,
+        "socket": daemon.socket.display().to_string(),
+        "up": path.is_some(),
+        "peer": path.as_ref().map(|(conn, _)| conn.remote_address().to_string()),
+        "path_kind": path.as_ref().map(|(_, kind)| kind),
+        "rtt_ms": path.as_ref().map(|(conn, _)| millis(conn.rtt())),
+        "reconnects": daemon.duplex.reconnects(),
+        "queue": c.queued,
+        "sent_jobs": c.sent_jobs,
+        "sent_bytes": c.sent_bytes,
+        "received_jobs": c.received_jobs,
+        "received_bytes": c.received_bytes,
+        "failed_jobs": c.failed_jobs,
+        "bytes_per_s": c.last_rate,
+        "uptime_s": seconds(daemon.started.elapsed()),
+    })
+}
+
+/// Sends one request to the link `name` and returns a reader of its replies.
+async fn ask(name: &str, request: &Request) -> Result<BufReader<UnixStream>, Error> {
+    let path = control::socket_path(name)?;
+    let mut stream = control::connect(&path, name).await?;
+    let wrote = stream.write_all(request.line().as_bytes()).await;
+    let mut replies = BufReader::new(stream);
+    if let Err(e) = wrote {
+        // A link that refuses us says why before it hangs up, maybe before our request
+        // was written.
+        next_reply(&mut replies).await?;
+        return Err(Error::Control(format!("the link {name} hung up: {e}")));
+    }
+    Ok(replies)
+}
+
+/// The next reply line, parsed; `None` once the daemon closed.
+async fn next_reply(replies: &mut BufReader<UnixStream>) -> Result<Option<Value>, Error> {
+    let mut line = String::new();
+    let n = replies
+        .read_line(&mut line)
+        .await
+        .map_err(|e| Error::Control(format!("cannot read the link's reply: {e}")))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_str(&line)
+        .map_err(|e| Error::Control(format!("the link's reply is not JSON: {e}")))?;
+    if v["reply"] == "error" {
+        return Err(control::reply_error(&v));
+    }
+    Ok(Some(v))
+}
+
+/// `p2pcopy send --to NAME PATHS...`: returns once the peer verified the job (or at once
+/// with `--no-wait`), with the exit code the job ended with.
+pub async fn send(args: SendArgs, out: Output) -> Result<(), Error> {
+    let mut paths = Vec::new();
+    for p in &args.paths {
+        let abs = std::path::absolute(p).map_err(|e| Error::Input {
+            path: p.clone(),
+            source: e,
+        })?;
+        paths.push(abs);
+    }
+    let wait = !args.no_wait;
+    let mut replies = ask(&args.to, &Request::Send { paths, wait }).await?;
+    let gone = || Error::Control(format!("the link {} stopped before the job ended", args.to));
+    let queued = next_reply(&mut replies).await?.ok_or_else(gone)?;
+    print_reply(out, &queued);
+    super::run::say_line(
+        out,
+        &format!("Queued as job {} on the link {}", queued["job"], args.to),
+    );
+    if !wait {
+        return Ok(());
+    }
+    let done = next_reply(&mut replies).await?.ok_or_else(gone)?;
+    print_reply(out, &done);
+    super::run::say_line(
+        out,
+        &format!(
+            "Sent {} files ({} bytes) in {} s; your peer verified them (BLAKE3)",
+            done["files"], done["total_bytes"], done["elapsed_s"]
+        ),
+    );
+    Ok(())
+}
+
+/// A reply as a JSON line, for `--json`.
+fn print_reply(out: Output, v: &Value) {
+    if out.is_json() {
+        println!("{}", value_line(v));
+    }
+}
+
+/// `p2pcopy status [--name NAME]`: each running link's state, once.
+pub async fn status(args: StatusArgs, out: Output) -> Result<(), Error> {
+    let names = match args.name {
+        Some(name) => vec![name],
+        None => control::running_names()?,
+    };
+    if names.is_empty() {
+        return Err(Error::Control(
+            "no link is running (start one with `p2pcopy link --name NAME`)".into(),
+        ));
+    }
+    for name in &names {
+        let v = match ask(name, &Request::Status).await {
+            Ok(mut replies) => next_reply(&mut replies)
+                .await?
+                .ok_or_else(|| Error::Control(format!("the link {name} did not answer")))?,
+            // A socket left by a dead daemon is no running link.
+            Err(_) if names.len() > 1 => continue,
+            Err(e) => return Err(e),
+        };
+        if out.is_json() {
+            println!("{}", value_line(&v));
+        } else {
+            print_status(out, name, &v);
+        }
+    }
+    Ok(())
+}
+
+/// A link's status for a person.
+fn print_status(out: Output, name: &str, v: &Value) {
+    let peer = v["peer"].as_str().unwrap_or("none (reconnecting)");
+    out.print(format_args!(
+        "link {name}: peer {peer} ({}), rtt {} ms, {} reconnects",
+        v["path_kind"], v["rtt_ms"], v["reconnects"]
+    ));
+    out.print(format_args!(
+        "  queue {}, sent {} jobs ({} bytes), received {} jobs ({} bytes), {} failed, last rate {} B/s",
+        v["queue"],
+        v["sent_jobs"],
+        v["sent_bytes"],
+        v["received_jobs"],
+        v["received_bytes"],
+        v["failed_jobs"],
+        v["bytes_per_s"]
+    ));
+}

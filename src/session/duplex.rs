@@ -1,0 +1,469 @@
+//! A link that stays: after the first connection, both sides send any number of jobs, at
+//! any time, in both directions, until one of them closes it.
+//!
+//! Each job is today's job, unchanged on the wire: the sending side opens a control stream
+//! (Offer, manifest, plan, files, verdicts) and the other side accepts it. QUIC keeps the
+//! two directions apart by itself (a side accepts only the streams its peer opened), so one
+//! job can move each way at once. Within one direction jobs go one at a time, in the order
+//! they were asked for: a job's file streams carry no job number, so two jobs the same way
+//! would take each other's files. Because nothing changes on the wire, a link that stays
+//! also serves a one-shot peer (`p2pcopy sender` or `receiver`): its one job moves, then its
+//! close ends the link.
+//!
+//! Three tasks share the connection: the driver owns the [`Link`], watches the connection
+//! and punches a new path when it dies (with no overall limit unless one is given; QUIC
+//! keep-alives every 2 s keep the NATs' mappings open meanwhile, see [`crate::quic`]); the
+//! sending task runs the queued jobs; the receiving task accepts the peer's jobs into the
+//! output folder (jail, no silent overwrite, verified before the final name, resume: the
+//! [`Store`]'s rules, as for a one-shot receiver). A job cut by a lost path resumes on the
+//! next one; a job whose peer stalls (the connection alive, the job not moving, see
+//! [`crate::transfer::watchdog`]) is reported and tried again on the same connection.
+//! Per-file latency and files per second over a link: bench/RESULTS.md ("A link that
+//! stays").
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use quinn::Connection;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::link::Link;
+use crate::error::{CloseCode, Error};
+use crate::events::Event;
+use crate::punch::PathKind;
+use crate::transfer::{self, Incoming, Outgoing, Report, Silent, Store};
+
+/// How a link that stays behaves; [`DuplexOptions::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct DuplexOptions {
+    /// Where the peer's jobs land (it must exist).
+    pub output: PathBuf,
+    /// Replace existing files instead of storing under a numbered name.
+    pub overwrite: bool,
+    /// How long to keep punching for a new path after the last one died; `None` keeps
+    /// trying for ever.
+    pub reconnect_for: Option<Duration>,
+    /// How often a stalled job is tried again before its `send` fails.
+    pub stall_retries: u32,
+}
+
+impl DuplexOptions {
+    /// Receives into `output`, never overwrites, reconnects for ever, retries a stalled job
+    /// three times.
+    pub fn new(output: PathBuf) -> DuplexOptions {
+        DuplexOptions {
+            output,
+            overwrite: false,
+            reconnect_for: None,
+            stall_retries: 3,
+        }
+    }
+}
+
+/// A job the peer sent us, once it ended.
+#[derive(Debug)]
+pub struct Arrival {
+    /// How the job ended: `Ok` when every file arrived and was verified.
+    pub result: Result<(), Error>,
+    /// What the job did.
+    pub report: Report,
+    /// Each stored file's path relative to the output folder, with its BLAKE3.
+    pub saved: Vec<(String, blake3::Hash)>,
+}
+
+/// The peer's jobs as they end, in order ([`Arrivals::next`]).
+#[derive(Debug)]
+pub struct Arrivals(mpsc::UnboundedReceiver<Arrival>);
+
+impl Arrivals {
+    /// The next job the peer sent; `None` once the link has ended.
+    pub async fn next(&mut self) -> Option<Arrival> {
+        self.0.recv().await
+    }
+}
+
+/// The state of the link's path, as the driver publishes it.
+#[derive(Clone, Debug)]
+enum Path {
+    /// A connection carries jobs; `gen` counts connections from 1.
+    Up {
+        gen: u64,
+        conn: Connection,
+        authenticated: bool,
+        kind: PathKind,
+    },
+    /// The connection `gen` died and a new path is being punched.
+    Down,
+    /// The link is over: closed by us (`None`) or for the reason given.
+    Ended(Option<Ended>),
+}
+
+/// Why the link ended, kept as text so every waiting job can get an error of its own.
+#[derive(Clone, Debug)]
+struct Ended {
+    /// The peer closed it (its reason); otherwise no new path was found.
+    by_peer: bool,
+    why: String,
+}
+
+impl Ended {
+    fn error(ended: &Option<Ended>) -> Error {
+        match ended {
+            None => Error::Usage("the link was closed".into()),
+            Some(e) if e.by_peer => Error::PeerStopped(e.why.clone()),
+            Some(e) => Error::ConnectionLost(e.why.clone()),
+        }
+    }
+}
+
+/// A job to send and where its outcome goes.
+struct Request {
+    job: Outgoing,
+    reply: oneshot::Sender<Result<Report, Error>>,
+}
+
+/// A link that stays: [`Duplex::send`] any time, the peer's jobs from [`Arrivals`].
+///
+/// Made by [`Link::into_duplex`] on both sides. Dropping it closes the link as
+/// [`Duplex::close`] does, without waiting.
+#[derive(Debug)]
+pub struct Duplex {
+    jobs: mpsc::UnboundedSender<Request>,
+    path: watch::Receiver<Path>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    driver: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request").finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// Keeps this link for any number of jobs both ways (see [`Duplex`]); the peer must do
+    /// the same (or be a one-shot peer, whose single job ends the link). Must be called
+    /// inside a Tokio runtime: the link's tasks are spawned on it.
+    pub fn into_duplex(self, opts: DuplexOptions) -> (Duplex, Arrivals) {
+        let stall = self.stall_timeout();
+        let first = Path::Up {
+            gen: 1,
+            conn: self.connection().clone(),
+            authenticated: self.authenticated(),
+            kind: self.path_kind(),
+        };
+        let (path_tx, path) = watch::channel(first);
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let (arrived, arrivals) = mpsc::unbounded_channel();
+        let (notes, noted) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel();
+        let store = Store::new(opts.output.clone(), opts.overwrite);
+        tokio::spawn(sending(
+            queue,
+            path.clone(),
+            stall,
+            opts.stall_retries,
+            notes,
+        ));
+        tokio::spawn(receiving(path.clone(), store, stall, arrived));
+        let driver = tokio::spawn(drive(self, path_tx, stopped, noted, opts.reconnect_for));
+        let duplex = Duplex {
+            jobs,
+            path,
+            stop: std::sync::Mutex::new(Some(stop)),
+            driver: std::sync::Mutex::new(Some(driver)),
+        };
+        (duplex, Arrivals(arrivals))
+    }
+}
+
+impl Duplex {
+    /// Sends `paths` (files and folders) as one job and returns once the peer verified every
+    /// file, or the job failed. Callable any time and from several tasks at once: jobs this
+    /// way go one at a time, in the order asked for.
+    pub async fn send(&self, paths: &[PathBuf]) -> Result<Report, Error> {
+        let paths = paths.to_vec();
+        let scan = tokio::task::spawn_blocking(move || crate::manifest::scan(&paths))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        self.send_job(Outgoing::new(scan)).await
+    }
+
+    /// Sends a job already made (a scan of the caller's choice), as [`Duplex::send`].
+    pub async fn send_job(&self, job: Outgoing) -> Result<Report, Error> {
+        let (reply, outcome) = oneshot::channel();
+        if self.jobs.send(Request { job, reply }).is_err() {
+            return Err(self.ended());
+        }
+        outcome.await.unwrap_or_else(|_| Err(self.ended()))
+    }
+
+    /// The connection carrying jobs now, and how its peer address was learned, if the
+    /// path is up.
+    pub fn connection(&self) -> Option<(Connection, PathKind)> {
+        match &*self.path.borrow() {
+            Path::Up { conn, kind, .. } => Some((conn.clone(), *kind)),
+            _ => None,
+        }
+    }
+
+    /// Connections after the first (paths lost and found again).
+    pub fn reconnects(&self) -> u64 {
+        match &*self.path.borrow() {
+            Path::Up { gen, .. } => gen - 1,
+            _ => 0,
+        }
+    }
+
+    /// Waits until the link has ended (closed by the peer, or no new path was found) and
+    /// says why.
+    pub async fn wait_ended(&self) -> Error {
+        let mut path = self.path.clone();
+        loop {
+            if let Path::Ended(e) = &*path.borrow_and_update() {
+                return Ended::error(e);
+            }
+            if path.changed().await.is_err() {
+                return Error::Internal("the link's driver ended".into());
+            }
+        }
+    }
+
+    /// The error for a job asked for after the link ended.
+    fn ended(&self) -> Error {
+        match &*self.path.borrow() {
+            Path::Ended(e) => Ended::error(e),
+            _ => Error::Internal("the link's sending task ended".into()),
+        }
+    }
+
+    /// Closes the link: jobs still queued or moving fail, the peer is told (its link ends
+    /// as closed by us, not as lost), and the router's port mapping is removed. Closing
+    /// again does nothing.
+    pub async fn close(&self) {
+        if let Some(stop) = take(&self.stop) {
+            let _ = stop.send(());
+        }
+        if let Some(driver) = take(&self.driver) {
+            let _ = driver.await;
+        }
+    }
+}
+
+/// Takes what `m` holds, poisoned or not.
+fn take<T>(m: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    m.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// What the driver does after a connection ended.
+enum Next {
+    Reconnect(String),
+    End(Ended),
+}
+
+/// Reconnects on a lost path, ends on the peer's close; reads why a connection ended.
+fn after_close(e: &quinn::ConnectionError) -> Next {
+    if let quinn::ConnectionError::ApplicationClosed(c) = e {
+        // A peer that found the path dead first closes it with "lost" before punching.
+        if CloseCode::from(c.error_code) == CloseCode::NO_ERROR && &c.reason[..] == b"lost" {
+            return Next::Reconnect("your peer lost the path".into());
+        }
+    }
+    match transfer::closed(e) {
+        Error::ConnectionLost(why) => Next::Reconnect(why),
+        Error::PeerStopped(why) => Next::End(Ended { by_peer: true, why }),
+        other => Next::End(Ended {
+            by_peer: true,
+            why: other.to_string(),
+        }),
+    }
+}
+
+/// The driver: publishes the path, punches a new one when it dies, forwards the workers'
+/// notes to the session's events, and closes the link when told or when it ends.
+async fn drive(
+    mut link: Link,
+    path: watch::Sender<Path>,
+    mut stop: oneshot::Receiver<()>,
+    mut notes: mpsc::UnboundedReceiver<Event>,
+    reconnect_for: Option<Duration>,
+) {
+    let mut gen = 1;
+    let outcome = loop {
+        let conn = link.connection().clone();
+        let why = loop {
+            tokio::select! {
+                e = conn.closed() => break Some(e),
+                _ = &mut stop => break None,
+                Some(note) = notes.recv() => link.event(&note),
+            }
+        };
+        let Some(why) = why else {
+            path.send_replace(Path::Ended(None));
+            break Ok(());
+        };
+        let reason = match after_close(&why) {
+            Next::Reconnect(reason) => reason,
+            Next::End(ended) => {
+                path.send_replace(Path::Ended(Some(ended)));
+                break Ok(());
+            }
+        };
+        path.send_replace(Path::Down);
+        let found = tokio::select! {
+            r = reconnect(&mut link, reason, reconnect_for) => Some(r),
+            _ = &mut stop => None,
+        };
+        match found {
+            Some(Ok(())) => gen += 1,
+            Some(Err(e)) => {
+                path.send_replace(Path::Ended(Some(Ended {
+                    by_peer: false,
+                    why: e.to_string(),
+                })));
+                break Err(e);
+            }
+            None => {
+                path.send_replace(Path::Ended(None));
+                break Ok(());
+            }
+        }
+        path.send_replace(Path::Up {
+            gen,
+            conn: link.connection().clone(),
+            authenticated: link.authenticated(),
+            kind: link.path_kind(),
+        });
+    };
+    link.close(&outcome).await;
+}
+
+/// Punches until a new path is found, or `limit` has passed since the path died.
+async fn reconnect(link: &mut Link, why: String, limit: Option<Duration>) -> Result<(), Error> {
+    let lost = Instant::now();
+    loop {
+        match link.reconnect(why.clone()).await {
+            Err(Error::ConnectionLost(e)) if limit.is_none_or(|l| lost.elapsed() < l) => {
+                tracing::info!(error = %e, "no new path yet; punching on");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Waits for a connection other than `stale` (any, if `None`); fails once the link ended.
+async fn usable(
+    path: &mut watch::Receiver<Path>,
+    stale: Option<u64>,
+) -> Result<(u64, Connection, bool), Error> {
+    loop {
+        match &*path.borrow_and_update() {
+            Path::Up {
+                gen,
+                conn,
+                authenticated,
+                ..
+            } if Some(*gen) != stale => return Ok((*gen, conn.clone(), *authenticated)),
+            Path::Ended(e) => return Err(Ended::error(e)),
+            _ => {}
+        }
+        if path.changed().await.is_err() {
+            return Err(Error::Internal("the link's driver ended".into()));
+        }
+    }
+}
+
+/// The sending task: runs the queued jobs one at a time.
+async fn sending(
+    mut queue: mpsc::UnboundedReceiver<Request>,
+    mut path: watch::Receiver<Path>,
+    stall: Option<Duration>,
+    retries: u32,
+    notes: mpsc::UnboundedSender<Event>,
+) {
+    while let Some(mut req) = queue.recv().await {
+        let result = send_one(&mut req.job, &mut path, stall, retries, &notes).await;
+        let _ = req.reply.send(result.map(|()| req.job.report().clone()));
+    }
+}
+
+/// Sends one job until the peer verified it: on a new path after a lost one, or again on
+/// the same connection after a stall (at most `retries` times).
+async fn send_one(
+    job: &mut Outgoing,
+    path: &mut watch::Receiver<Path>,
+    stall: Option<Duration>,
+    retries: u32,
+    notes: &mpsc::UnboundedSender<Event>,
+) -> Result<(), Error> {
+    let (mut stale, mut tried) = (None, 0);
+    loop {
+        let (gen, conn, authenticated) = usable(path, stale).await?;
+        let opts = transfer::Options {
+            stall_timeout: stall,
+            ..transfer::Options::new(authenticated)
+        };
+        let e = match job.run(&conn, opts, &mut Silent).await {
+            Ok(()) => return Ok(()),
+            Err(e @ (Error::ConnectionLost(_) | Error::Stalled(_))) => e,
+            Err(e) => return Err(e),
+        };
+        if conn.close_reason().is_some() {
+            // The driver punches a new path; the job resumes there.
+            stale = Some(gen);
+            continue;
+        }
+        tried += 1;
+        if tried > retries {
+            return Err(e);
+        }
+        let _ = notes.send(Event::Warning {
+            message: format!("{e}; sending the job again ({tried} of {retries})"),
+        });
+        stale = None;
+    }
+}
+
+/// The receiving task: accepts the peer's jobs into `store`, one at a time, and hands each
+/// to the program once it ended. A job cut by a lost path or a stall is not handed over:
+/// the peer sends it again and its files resume.
+async fn receiving(
+    mut path: watch::Receiver<Path>,
+    store: Store,
+    stall: Option<Duration>,
+    arrived: mpsc::UnboundedSender<Arrival>,
+) {
+    let mut stale = None;
+    loop {
+        let Ok((gen, conn, authenticated)) = usable(&mut path, stale).await else {
+            return;
+        };
+        // An idle link waits here without a watchdog: no job is no stall.
+        let control = tokio::select! {
+            c = conn.accept_bi() => c,
+            _ = path.changed() => continue,
+        };
+        let Ok(control) = control else {
+            stale = Some(gen);
+            continue;
+        };
+        let opts = transfer::Options {
+            stall_timeout: stall,
+            ..transfer::Options::new(authenticated)
+        };
+        let mut job = Incoming::new(store.clone());
+        let result = job.run_accepted(&conn, control, opts, &mut Silent).await;
+        if let Err(Error::ConnectionLost(_) | Error::Stalled(_)) = result {
+            stale = conn.close_reason().map(|_| gen);
+            continue;
+        }
+        stale = None;
+        let arrival = Arrival {
+            saved: job.saved_hashes().collect(),
+            report: job.report().clone(),
+            result,
+        };
+        // Nobody listening is no reason to refuse the peer's jobs.
+        let _ = arrived.send(arrival);
+    }
+}
