@@ -3,16 +3,19 @@
 //! link survives by itself.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use p2pcopy::events::Event;
-use p2pcopy::ticket::{Candidate, CandidateKind, FullTicket, Role, Ticket};
+use p2pcopy::ticket::{Role, Ticket};
 use p2pcopy::transfer::part_name;
 use p2pcopy::{Arrivals, Duplex, DuplexOptions, Error, Events, Session, SessionConfig};
+
+#[path = "common/forward.rs"]
+mod forward;
+use forward::{forwarder, through};
 
 /// Loopback only: no STUN, NTP or router, and bounded waits.
 fn config(role: Role) -> SessionConfig {
@@ -41,41 +44,6 @@ impl Events for Notes {
             }
         }
     }
-}
-
-/// A UDP forwarder on loopback to `target`; nothing passes while `cut` is set.
-async fn forwarder(target: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut client, mut buf) = (None, vec![0u8; 65536]);
-        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-            if cut.load(Ordering::SeqCst) {
-                continue;
-            }
-            let to = if from == target {
-                match client {
-                    Some(c) => c,
-                    None => continue,
-                }
-            } else {
-                client = Some(from);
-                target
-            };
-            let _ = sock.send_to(&buf[..n], to).await;
-        }
-    });
-    addr
-}
-
-fn through(t: &FullTicket, via: SocketAddr) -> Ticket {
-    Ticket::Full(FullTicket {
-        candidates: vec![Candidate {
-            kind: CandidateKind::Host,
-            addr: via,
-        }],
-        ..t.clone()
-    })
 }
 
 type Side = (Duplex, Arrivals);

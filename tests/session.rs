@@ -2,16 +2,19 @@
 //! handed over in memory, a folder sent and checked byte for byte, the events each side
 //! reported; and a path cut mid-transfer that the link survives by itself.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use p2pcopy::events::Event;
-use p2pcopy::ticket::{Candidate, CandidateKind, FullTicket, Role, Ticket};
+use p2pcopy::ticket::{Role, Ticket};
 use p2pcopy::transfer::{Incoming, Observer, Outgoing, Silent, Store};
 use p2pcopy::{Error, Events, Link, Session, SessionConfig};
+
+#[path = "common/forward.rs"]
+mod forward;
+use forward::{forwarder, through};
 
 /// Loopback only: no STUN, NTP or router, and bounded waits.
 fn config(role: Role) -> SessionConfig {
@@ -109,43 +112,6 @@ fn assert_same(a: &Path, b: &Path) {
             "{rel} differs"
         );
     }
-}
-
-/// A UDP forwarder on loopback to `target`: what comes from `target` goes back to whoever
-/// last sent here; nothing passes while `cut` is set.
-async fn forwarder(target: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut client, mut buf) = (None, vec![0u8; 65536]);
-        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-            if cut.load(Ordering::SeqCst) {
-                continue;
-            }
-            let to = if from == target {
-                match client {
-                    Some(c) => c,
-                    None => continue,
-                }
-            } else {
-                client = Some(from);
-                target
-            };
-            let _ = sock.send_to(&buf[..n], to).await;
-        }
-    });
-    addr
-}
-
-/// `t` with its addresses replaced by `via`; the fingerprint stays, so pinning holds.
-fn through(t: &FullTicket, via: SocketAddr) -> Ticket {
-    Ticket::Full(FullTicket {
-        candidates: vec![Candidate {
-            kind: CandidateKind::Host,
-            addr: via,
-        }],
-        ..t.clone()
-    })
 }
 
 /// Runs a sender (of `src`) and a receiver (into `out`) to the end, as a program would.
