@@ -125,8 +125,9 @@ pub enum Event {
     Reconnecting {
         /// Why the connection counts as lost.
         reason: String,
-        /// Seconds it keeps trying before giving up.
-        timeout_s: u64,
+        /// Seconds it keeps trying before giving up; `None` (JSON `null`): no limit (a link
+        /// that stays, without `--reconnect-for`).
+        timeout_s: Option<u64>,
     },
     /// Both sides agreed what moves on this connection.
     Plan {
@@ -775,12 +776,21 @@ pub(crate) mod tests {
         let v = check(
             Event::Reconnecting {
                 reason: "no answer".into(),
-                timeout_s: 120,
+                timeout_s: Some(120),
             },
             "reconnecting",
             &[("reason", "string"), ("timeout_s", "number")],
         );
         assert_eq!(v["timeout_s"], 120);
+        let v = check(
+            Event::Reconnecting {
+                reason: "no answer".into(),
+                timeout_s: None,
+            },
+            "reconnecting",
+            &[("reason", "string"), ("timeout_s", "null")],
+        );
+        assert!(v["timeout_s"].is_null());
     }
 
     #[test]
@@ -1047,7 +1057,7 @@ pub(crate) mod tests {
             },
             Event::Reconnecting {
                 reason: String::new(),
-                timeout_s: 1,
+                timeout_s: Some(1),
             },
             Event::Plan {
                 files: 0,

@@ -196,8 +196,17 @@ pub fn human(event: &Event) -> Option<Human> {
             "Found a direct path to {remote} ({}); the data moves onto it",
             path_kind.describe()
         )),
-        Event::Reconnecting { reason, timeout_s } => say(format!(
+        Event::Reconnecting {
+            reason,
+            timeout_s: Some(timeout_s),
+        } => say(format!(
             "Connection lost ({reason}); reconnecting for up to {timeout_s} s. Received data is kept."
+        )),
+        Event::Reconnecting {
+            reason,
+            timeout_s: None,
+        } => say(format!(
+            "Connection lost ({reason}); reconnecting until a new path is found (Ctrl-C to stop)."
         )),
         _ => None,
     }
@@ -326,9 +335,16 @@ mod tests {
         assert_eq!(
             said(Event::Reconnecting {
                 reason: "gone".into(),
-                timeout_s: 120
+                timeout_s: Some(120)
             }),
             "Connection lost (gone); reconnecting for up to 120 s. Received data is kept."
+        );
+        assert_eq!(
+            said(Event::Reconnecting {
+                reason: "gone".into(),
+                timeout_s: None
+            }),
+            "Connection lost (gone); reconnecting until a new path is found (Ctrl-C to stop)."
         );
         assert_eq!(
             said(Event::Warning {

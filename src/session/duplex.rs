@@ -341,8 +341,10 @@ async fn drive(
 /// Punches until a new path is found, or `limit` has passed since the path died.
 async fn reconnect(link: &mut Link, why: String, limit: Option<Duration>) -> Result<(), Error> {
     let lost = Instant::now();
+    // Once: a link that keeps punching must not say "for up to 120 s" every 120 s.
+    link.announce_reconnect(&why, limit);
     loop {
-        match link.reconnect(why.clone()).await {
+        match link.punch_again(why.clone()).await {
             Err(Error::ConnectionLost(e)) if limit.is_none_or(|l| lost.elapsed() < l) => {
                 tracing::info!(error = %e, "no new path yet; punching on");
             }

@@ -169,13 +169,24 @@ impl Link {
         }
     }
 
-    /// Punches a new path after the last one died (`why`).
+    /// Punches a new path after the last one died (`why`), for up to the plan's timeout.
     pub(super) async fn reconnect(&mut self, why: String) -> Result<(), Error> {
-        let timeout = self.plan.timeout.as_secs();
+        self.announce_reconnect(&why, Some(self.plan.timeout));
+        self.punch_again(why).await
+    }
+
+    /// Tells the program the path died (`why`) and for how long a new one is sought
+    /// (`None`: until one is found).
+    pub(super) fn announce_reconnect(&mut self, why: &str, limit: Option<Duration>) {
         self.events.event(&Event::Reconnecting {
-            reason: why.clone(),
-            timeout_s: timeout,
+            reason: why.to_owned(),
+            timeout_s: limit.map(|l| l.as_secs()),
         });
+    }
+
+    /// One attempt, up to the plan's timeout, at a new path after the last one died.
+    pub(super) async fn punch_again(&mut self, why: String) -> Result<(), Error> {
+        let timeout = self.plan.timeout.as_secs();
         self.path
             .connection
             .close(CloseCode::NO_ERROR.into(), b"lost");
