@@ -698,6 +698,10 @@ relay_count() {
 scenario_relay_upgrade() {
     local wd=$1 pid rc=0 a0 b0 a1 b1 direct before after side
     relay_counters || { echo "counter rules failed"; return 1; }
+    # The loop below reads the sides' output before lab_transfer has made its folder: an
+    # earlier run's output there (the delayed lab runs this scenario again) would end it at
+    # once and count every relayed byte as "after the switch".
+    rm -rf "$wd"
     lab_transfer p2p-s p2p-r "$wd" --size-mb 200 --throttle "$BULK_RATE" \
         --receiver-extra "$(relay_flags)" >"$wd.log" 2>&1 &
     pid=$!
