@@ -13,21 +13,9 @@ use p2pcopy::ticket::{Role, Ticket};
 use p2pcopy::transfer::part_name;
 use p2pcopy::{Arrivals, Duplex, DuplexOptions, Error, Events, Session, SessionConfig};
 
-#[path = "common/forward.rs"]
-mod forward;
-use forward::{forwarder, through};
-
-/// Loopback only: no STUN, NTP or router, and bounded waits.
-fn config(role: Role) -> SessionConfig {
-    SessionConfig {
-        bind: "127.0.0.1".parse().unwrap(),
-        no_stun: true,
-        no_ntp: true,
-        no_portmap: true,
-        timeout: Duration::from_secs(20),
-        ..SessionConfig::new(role)
-    }
-}
+#[path = "common/sessions.rs"]
+mod sessions;
+use sessions::{config, forwarder, through};
 
 /// Restores `cut` once both sides have reported a lost path.
 #[derive(Clone, Default)]

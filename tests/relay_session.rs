@@ -15,25 +15,23 @@ use p2pcopy::events::Event;
 use p2pcopy::punch::PathKind;
 use p2pcopy::relay::{Allocation, RelayConfig, Transport};
 use p2pcopy::ticket::{Candidate, CandidateKind, FullTicket, Role, Ticket};
-use p2pcopy::transfer::{Incoming, Outgoing, Silent, Store};
 use p2pcopy::{Link, Session, SessionConfig};
 
 #[path = "common/coturn.rs"]
 mod coturn;
 use coturn::{coturn, long_term, uri, LOOPBACK};
 
+#[path = "common/sessions.rs"]
+mod sessions;
+use sessions::pseudo_random;
+
 const PASSWORD: &str = "pw-relay-5c1d";
 
-/// Loopback only: no STUN, NTP or router, and bounded waits.
+/// The shared loopback settings, with these relays.
 fn config(role: Role, relays: Vec<RelayConfig>) -> SessionConfig {
     SessionConfig {
-        bind: LOOPBACK,
-        no_stun: true,
-        no_ntp: true,
-        no_portmap: true,
-        timeout: Duration::from_secs(20),
         relays,
-        ..SessionConfig::new(role)
+        ..sessions::config(role)
     }
 }
 
@@ -120,40 +118,9 @@ async fn a_relay_that_refuses_is_one_warning_and_the_session_goes_on() {
     assert!(!json(&notes).contains(wrong));
 }
 
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Sends `file` from `sender` to `receiver`'s `out`, as a program would.
-async fn copy(mut sender: Link, mut receiver: Link, file: &Path, out: &Path) {
-    let mut sending = Outgoing::new(p2pcopy::manifest::scan(&[file.to_owned()]).unwrap());
-    let mut receiving = Incoming::new(Store::new(out.to_owned(), false));
-    let (s, r) = tokio::join!(
-        async {
-            let result = sender.send(&mut sending, &mut Silent).await;
-            if result.is_ok() {
-                sender.finish(sending.report()).await;
-            }
-            sender.close(&result).await;
-            result
-        },
-        async {
-            let result = receiver.receive(&mut receiving, &mut Silent).await;
-            if result.is_ok() {
-                receiver.finish(receiving.report()).await;
-            }
-            receiver.close(&result).await;
-            result
-        }
-    );
+/// Sends `file` from `sender` to `receiver`'s `out`, as a program would; both must succeed.
+async fn copy(sender: Link, receiver: Link, file: &Path, out: &Path) {
+    let (s, r, _) = sessions::copy(sender, receiver, file, out, None).await;
     s.unwrap();
     r.unwrap();
 }

@@ -9,24 +9,12 @@ use std::time::Duration;
 
 use p2pcopy::events::Event;
 use p2pcopy::ticket::{Role, Ticket};
-use p2pcopy::transfer::{Incoming, Observer, Outgoing, Silent, Store};
-use p2pcopy::{Error, Events, Link, Session, SessionConfig};
+use p2pcopy::transfer::{Outgoing, Silent};
+use p2pcopy::{Events, Link, Session};
 
-#[path = "common/forward.rs"]
-mod forward;
-use forward::{forwarder, through};
-
-/// Loopback only: no STUN, NTP or router, and bounded waits.
-fn config(role: Role) -> SessionConfig {
-    SessionConfig {
-        bind: "127.0.0.1".parse().unwrap(),
-        no_stun: true,
-        no_ntp: true,
-        no_portmap: true,
-        timeout: Duration::from_secs(20),
-        ..SessionConfig::new(role)
-    }
-}
+#[path = "common/sessions.rs"]
+mod sessions;
+use sessions::{config, copy, forwarder, pseudo_random, through};
 
 /// Writes down every event; restores `cut` once both sides have reported a lost path.
 #[derive(Clone, Default)]
@@ -68,34 +56,6 @@ impl Notes {
     }
 }
 
-/// Cuts the path once the receiver holds `after` bytes.
-struct CutAfter {
-    after: u64,
-    cut: Arc<AtomicBool>,
-    done: bool,
-}
-
-impl Observer for CutAfter {
-    fn moved(&mut self, _n: u64, done: u64) {
-        if !self.done && done >= self.after {
-            self.done = true;
-            self.cut.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A folder with a nested file and a bigger one; returns the folder.
 fn tree(root: &Path, big: usize) -> PathBuf {
     let dir = root.join("tree");
@@ -112,45 +72,6 @@ fn assert_same(a: &Path, b: &Path) {
             "{rel} differs"
         );
     }
-}
-
-/// Runs a sender (of `src`) and a receiver (into `out`) to the end, as a program would.
-async fn copy(
-    mut sender: Link,
-    mut receiver: Link,
-    src: &Path,
-    out: &Path,
-    cut_after: Option<(u64, Arc<AtomicBool>)>,
-) -> (Result<(), Error>, Result<(), Error>, u32) {
-    let mut sending = Outgoing::new(p2pcopy::manifest::scan(&[src.to_owned()]).unwrap());
-    let mut receiving = Incoming::new(Store::new(out.to_owned(), false));
-    let mut watcher: Box<dyn Observer> = match cut_after {
-        Some((after, cut)) => Box::new(CutAfter {
-            after,
-            cut,
-            done: false,
-        }),
-        None => Box::new(Silent),
-    };
-    let (s, r) = tokio::join!(
-        async {
-            let result = sender.send(&mut sending, &mut Silent).await;
-            if result.is_ok() {
-                sender.finish(sending.report()).await;
-            }
-            sender.close(&result).await;
-            result
-        },
-        async {
-            let result = receiver.receive(&mut receiving, &mut *watcher).await;
-            if result.is_ok() {
-                receiver.finish(receiving.report()).await;
-            }
-            receiver.close(&result).await;
-            result
-        }
-    );
-    (s, r, receiving.report().reconnects)
 }
 
 /// Both sessions bound, the tickets exchanged (through `route`), both connected.
