@@ -617,6 +617,30 @@ lab_fill_tmpfs() {
     echo "filled the receiver's tmpfs from inside pid $p's mount namespace: $LAB_FILLER of $fill bytes ($avail were free of $total, now $after; part file was at $psize bytes)"
 }
 
+# lab_throttle RATE: the core forwards at most RATE of UDP (nft limit, e.g. "12 mbytes"),
+# in table inet p2pcut (lab_transfer deletes it at its start).
+lab_throttle() {
+    lab_nsx p2p-core nft -f - <<EOT
+table inet p2pcut {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        meta l4proto udp limit rate over $1/second burst 256 kbytes drop
+    }
+}
+EOT
+}
+
+# lab_cut: the core forwards nothing until lab_restore.
+lab_cut() {
+    lab_nsx p2p-core nft add table inet p2pcut
+    lab_nsx p2p-core nft add chain inet p2pcut cut '{ type filter hook forward priority -20; policy drop; }'
+}
+
+# lab_restore: undoes lab_cut (a throttle stays).
+lab_restore() {
+    lab_nsx p2p-core nft delete chain inet p2pcut cut
+}
+
 # lab_transfer SENDER_NS RECEIVER_NS WORKDIR [options]
 #   --expect MODE          ok: both exit 0, content identical, no part file left;
 #                          fail: both exit 6 within timeout+15 s, stderr
@@ -780,14 +804,7 @@ lab_transfer() {
     lab_nsx p2p-core nft delete table inet p2pcut 2>/dev/null || true
     lab_nsx p2p-core nft delete table inet p2pcount 2>/dev/null || true
     if [[ -n $throttle ]]; then
-        lab_nsx p2p-core nft -f - <<EOT || { echo "throttle rule failed"; return 1; }
-table inet p2pcut {
-    chain forward {
-        type filter hook forward priority -10; policy accept;
-        meta l4proto udp limit rate over $throttle/second burst 256 kbytes drop
-    }
-}
-EOT
+        lab_throttle "$throttle" || { echo "throttle rule failed"; return 1; }
     fi
     local wans=()
     if ((countbytes)); then
@@ -861,14 +878,13 @@ EOT
         if lab_wait_connected "$wd"; then
             lab_event "$events" "both connected"
             sleep "$cutafter"
-            lab_nsx p2p-core nft add table inet p2pcut
-            lab_nsx p2p-core nft add chain inet p2pcut cut '{ type filter hook forward priority -20; policy drop; }'
+            lab_cut
             lab_event "$events" "cut"
             tpaste=$SECONDS
             echo "cut the core's forwarding ${cutafter}s after both connected"
             if [[ -n $cutfor ]]; then
                 sleep "$cutfor"
-                lab_nsx p2p-core nft delete chain inet p2pcut cut
+                lab_restore
                 lab_event "$events" "restored"
                 echo "restored the core's forwarding after ${cutfor}s"
             fi

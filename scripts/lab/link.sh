@@ -236,21 +236,14 @@ scenario_link_cut_idle() {
     LINK_WD=$wd
     LINK_LIFETIME=$((idle + 300)) link_up "$wd" || { link_down "$wd"; link_tails "$wd"; return 1; }
     head -c $((200 << 20)) /dev/urandom >"$wd/in/big.bin"
-    lab_nsx p2p-core nft -f - <<EOT || { echo "throttle rule failed"; return 1; }
-table inet p2pcut {
-    chain forward {
-        type filter hook forward priority -10; policy accept;
-        meta l4proto udp limit rate over $BULK_RATE/second burst 256 kbytes drop
-    }
-}
-EOT
+    lab_throttle "$BULK_RATE" || { echo "throttle rule failed"; return 1; }
     local t0=$SECONDS
     link_send s "$wd/in/big.bin" >"$wd/send-big.out" 2>&1 &
     local sp=$!
     sleep 5
-    lab_nsx p2p-core nft add chain inet p2pcut cut '{ type filter hook forward priority -20; policy drop; }'
+    lab_cut
     sleep 20
-    lab_nsx p2p-core nft delete chain inet p2pcut cut
+    lab_restore
     echo "cut the core's forwarding for 20 s, 5 s into the file"
     if wait "$sp"; then
         echo "200 MB over the link with a 20 s cut: verified $((SECONDS - t0)) s after \`send\`"
