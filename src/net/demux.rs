@@ -381,26 +381,24 @@ impl DemuxSocket {
         }
         kept
     }
-}
 
-impl AsyncUdpSocket for DemuxSocket {
-    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(PrimaryPoller {
-            demux: self,
-            current: None,
-        })
+    /// Sends quinn's `transmit` the way `route` says.
+    fn send_routed(
+        &self,
+        relay: &RelayPath,
+        route: Route,
+        transmit: &QuinnTransmit,
+    ) -> io::Result<()> {
+        match route {
+            Route::Direct(a) | Route::PeerRelay(a) => self.send_to(a, transmit),
+            Route::OurRelay(to) => relay.send_via_ours(to, transmit),
+            // Nowhere to send yet: lost, and sent again by quinn.
+            Route::None => Ok(()),
+        }
     }
 
-    fn try_send(&self, transmit: &QuinnTransmit) -> io::Result<()> {
-        let mut destination = canonical(transmit.destination);
-        if let Some(relay) = self.relay.get().filter(|r| r.peer() == destination) {
-            destination = match relay.route() {
-                Route::Direct(a) | Route::PeerRelay(a) => a,
-                Route::OurRelay(to) => return relay.send_via_ours(to, transmit),
-                // Nowhere to send yet: lost, and sent again by quinn.
-                Route::None => return Ok(()),
-            };
-        }
+    /// Sends quinn's `transmit` to `destination` from the socket its route names.
+    fn send_to(&self, destination: SocketAddr, transmit: &QuinnTransmit) -> io::Result<()> {
         let routed = self
             .routes
             .read()
@@ -422,6 +420,27 @@ impl AsyncUdpSocket for DemuxSocket {
             src_ip: transmit.src_ip.map(|ip| ip.to_canonical()),
             ..*transmit
         })
+    }
+}
+
+impl AsyncUdpSocket for DemuxSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(PrimaryPoller {
+            demux: self,
+            current: None,
+        })
+    }
+
+    fn try_send(&self, transmit: &QuinnTransmit) -> io::Result<()> {
+        let destination = canonical(transmit.destination);
+        let Some(relay) = self.relay.get().filter(|r| r.peer() == destination) else {
+            return self.send_to(destination, transmit);
+        };
+        if let Some(copy) = relay.doubt_route() {
+            // Best effort: the datagram's own way below decides what quinn is told.
+            let _ = self.send_routed(relay, copy, transmit);
+        }
+        self.send_routed(relay, relay.route(), transmit)
     }
 
     fn poll_recv(

@@ -142,10 +142,18 @@ impl RelayPath {
         };
         self.now.send_if_modified(|old| {
             let changed = *old != now;
+            if changed {
+                tracing::debug!(?route, "the data to the peer goes another way");
+            }
             *old = now;
             changed
         });
         route
+    }
+
+    /// A second way for the next datagram while the direct path is in doubt.
+    pub(super) fn doubt_route(&self) -> Option<Route> {
+        self.router().doubt_route(Instant::now())
     }
 
     /// Sends quinn's `transmit` through our allocation to `to`, one datagram per segment.
@@ -176,7 +184,7 @@ impl RelayPath {
             };
             // Only addresses we permitted get through the relay: the peer's, from its
             // ticket. Pinning stays the authentication.
-            if self.router().heard_via_relay(from) {
+            if self.router().heard_via_relay(from, Instant::now()) {
                 if let Some(a) = &self.alloc {
                     a.bind_channel(from);
                 }

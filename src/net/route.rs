@@ -6,7 +6,9 @@
 //! [`Router::peer`]); underneath, every datagram to it goes the best way known now (iroh's
 //! "magicsock" idea: QUIC v1 lets a client never change the server's address):
 //! - **direct**, once the puncher confirmed a path and as long as the peer's datagrams keep
-//!   arriving on it (within [`DIRECT_STALE`]; QUIC's keep-alives come every 2 s);
+//!   arriving on it (QUIC's keep-alives come every 2 s); silent for [`DIRECT_DOUBT`], each
+//!   datagram also goes the relay's way, and the first word of the peer through the relay
+//!   (or [`DIRECT_STALE`] of silence) gives the direct path up;
 //! - else **through our allocation**, to the peer's relayed address if it has one, else to
 //!   where the peer's datagrams to our relayed address came from (its NAT's mapping towards
 //!   the relay), else to its ticket's public addresses (a peer without NAT);
@@ -21,6 +23,15 @@ use std::time::{Duration, Instant};
 /// How long a direct path carries the data after the last datagram that came in on it:
 /// longer than two of QUIC's keep-alive intervals (2 s), so an idle connection keeps it.
 pub const DIRECT_STALE: Duration = Duration::from_secs(5);
+
+/// How long the direct path may be silent before each datagram to the peer also goes
+/// through the relay, until [`DIRECT_STALE`] gives the direct path up. Longer than QUIC's
+/// keep-alive interval (2 s), so an idle healthy path sends nothing twice; short enough that
+/// a probe reaches the peer before the idle timeout (10 s): quinn's probes back off
+/// exponentially, and under load their gaps can straddle the whole span from 3 to 10 s,
+/// so waiting for `DIRECT_STALE` alone lost the connection (tests/relay_session.rs, about
+/// 1 run in 10 with both cores busy).
+pub const DIRECT_DOUBT: Duration = Duration::from_secs(3);
 
 /// Where one datagram to the peer goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +69,8 @@ pub struct Router {
     learned: Option<SocketAddr>,
     /// The confirmed direct path, and when something last arrived on it.
     direct: Option<(SocketAddr, Instant)>,
+    /// When the peer's QUIC last came through a relay (ours or its own).
+    relay_heard: Option<Instant>,
 }
 
 impl Router {
@@ -76,6 +89,7 @@ impl Router {
             fallback,
             learned: None,
             direct: None,
+            relay_heard: None,
         })
     }
 
@@ -108,13 +122,33 @@ impl Router {
     /// Where a datagram to the peer goes now.
     pub fn route(&self, now: Instant) -> Route {
         match (self.direct, self.relay_route()) {
-            (Some((addr, last)), _) if now.saturating_duration_since(last) < DIRECT_STALE => {
+            (Some((addr, last)), relay) if self.direct_holds(last, now, relay) => {
                 Route::Direct(addr)
             }
             // A stale direct path still beats no way at all.
             (Some((addr, _)), Route::None) => Route::Direct(addr),
             (_, relay) => relay,
         }
+    }
+
+    /// Whether the direct path, last heard at `last`, still carries the data: while it
+    /// is heard within [`DIRECT_DOUBT`]; in doubt, until [`DIRECT_STALE`] unless the peer
+    /// was heard through the relay since (the relay works and the direct path does not).
+    fn direct_holds(&self, last: Instant, now: Instant, relay: Route) -> bool {
+        let silent = now.saturating_duration_since(last);
+        silent < DIRECT_DOUBT
+            || relay == Route::None
+            || (silent < DIRECT_STALE && self.relay_heard.is_none_or(|t| t <= last))
+    }
+
+    /// A second way for each datagram while the direct path is in doubt (silent for
+    /// [`DIRECT_DOUBT`], no word through the relay yet): the relay's. QUIC drops the copy
+    /// that arrives second.
+    pub fn doubt_route(&self, now: Instant) -> Option<Route> {
+        let (_, last) = self.direct?;
+        let relay = self.relay_route();
+        let in_doubt = now.saturating_duration_since(last) >= DIRECT_DOUBT;
+        (in_doubt && relay != Route::None && self.direct_holds(last, now, relay)).then_some(relay)
     }
 
     /// Every address our allocation sends to before the peer's own datagrams show the way:
@@ -125,7 +159,8 @@ impl Router {
 
     /// A datagram of the peer came in through our allocation from `from`; returns whether
     /// this is a new address to send to.
-    pub fn heard_via_relay(&mut self, from: SocketAddr) -> bool {
+    pub fn heard_via_relay(&mut self, from: SocketAddr, now: Instant) -> bool {
+        self.relay_heard = Some(now);
         if self.learned == Some(from) {
             return false;
         }
@@ -139,12 +174,13 @@ impl Router {
     }
 
     /// A datagram of the peer arrived on our own sockets from `from`: it keeps the direct
-    /// path alive when that is where it came from.
+    /// path alive when that is where it came from, and shows the peer's relay works when
+    /// it came from there.
     pub fn heard_directly(&mut self, from: SocketAddr, now: Instant) {
-        if let Some((addr, last)) = &mut self.direct {
-            if *addr == from {
-                *last = now;
-            }
+        match &mut self.direct {
+            Some((addr, last)) if *addr == from => *last = now,
+            _ if self.peers_relay == Some(from) => self.relay_heard = Some(now),
+            _ => {}
         }
     }
 }
@@ -170,8 +206,8 @@ mod tests {
         // Until the peer is heard: its ticket's public address.
         assert_eq!(r.relay_route(), Route::OurRelay(a("203.0.113.7:4000")));
         // A symmetric peer's NAT maps it to another port towards the relay.
-        assert!(r.heard_via_relay(a("203.0.113.7:61000")));
-        assert!(!r.heard_via_relay(a("203.0.113.7:61000")));
+        assert!(r.heard_via_relay(a("203.0.113.7:61000"), Instant::now()));
+        assert!(!r.heard_via_relay(a("203.0.113.7:61000"), Instant::now()));
         assert_eq!(
             r.route(Instant::now()),
             Route::OurRelay(a("203.0.113.7:61000"))
@@ -180,7 +216,7 @@ mod tests {
         let theirs = a("198.51.100.9:50001");
         let mut both = Router::new(Some(ours), Some(theirs), vec![]).unwrap();
         assert_eq!(both.peer(), theirs);
-        assert!(!both.heard_via_relay(a("203.0.113.7:61000")));
+        assert!(!both.heard_via_relay(a("203.0.113.7:61000"), Instant::now()));
         assert_eq!(both.relay_route(), Route::OurRelay(theirs));
         // Nothing known at all: nowhere yet.
         let none = Router::new(Some(ours), None, vec![]).unwrap();
@@ -208,13 +244,22 @@ mod tests {
         assert!(!r.route(t0).relayed());
         // Heard on it: stays direct past the first stale time.
         r.heard_directly(direct, t0 + Duration::from_secs(4));
-        // Datagrams from elsewhere (the relay) do not keep it alive.
-        r.heard_directly(theirs, t0 + Duration::from_secs(8));
+        // Datagrams from elsewhere do not keep it alive.
+        r.heard_directly(a("203.0.113.8:4000"), t0 + Duration::from_secs(8));
         assert_eq!(r.route(t0 + Duration::from_secs(8)), Route::Direct(direct));
+        // In doubt: direct, and a copy through the relay.
+        let doubt = t0 + Duration::from_secs(4) + DIRECT_DOUBT;
+        assert_eq!(r.route(doubt), Route::Direct(direct));
+        assert_eq!(r.doubt_route(doubt), Some(Route::PeerRelay(theirs)));
+        assert_eq!(r.doubt_route(t0 + Duration::from_secs(5)), None);
         // Silent for longer than DIRECT_STALE: back to the relay.
         assert_eq!(
             r.route(t0 + Duration::from_secs(4) + DIRECT_STALE),
             Route::PeerRelay(theirs)
+        );
+        assert_eq!(
+            r.doubt_route(t0 + Duration::from_secs(4) + DIRECT_STALE),
+            None
         );
         // And direct again as soon as the peer is heard on it.
         let later = t0 + Duration::from_secs(30);
@@ -227,10 +272,42 @@ mod tests {
     }
 
     #[test]
+    fn in_doubt_the_first_word_through_the_relay_moves_the_data_onto_it() {
+        let t0 = Instant::now();
+        let theirs = a("198.51.100.9:50001");
+        let direct = a("203.0.113.7:4000");
+        let mut r = Router::new(None, Some(theirs), vec![]).unwrap();
+        r.confirmed(direct, t0);
+        // Heard through the relay while the direct path is healthy: nothing changes.
+        r.heard_directly(theirs, t0 + Duration::from_secs(1));
+        r.heard_directly(direct, t0 + Duration::from_secs(2));
+        assert_eq!(r.route(t0 + Duration::from_secs(2)), Route::Direct(direct));
+        // Silent on the direct path since, then the relay's copy is answered.
+        let doubt = t0 + Duration::from_secs(2) + DIRECT_DOUBT;
+        assert_eq!(r.route(doubt), Route::Direct(direct));
+        assert!(r.doubt_route(doubt).is_some());
+        r.heard_directly(theirs, doubt);
+        assert_eq!(r.route(doubt), Route::PeerRelay(theirs));
+        assert_eq!(r.doubt_route(doubt), None);
+        // The direct path heard again: back on it.
+        let back = doubt + Duration::from_secs(1);
+        r.heard_directly(direct, back);
+        assert_eq!(r.route(back), Route::Direct(direct));
+        // Our allocation's word counts the same way.
+        let ours = a("198.51.100.5:50000");
+        let mut o = Router::new(Some(ours), None, vec![a("203.0.113.7:61000")]).unwrap();
+        o.confirmed(direct, t0);
+        o.heard_via_relay(a("203.0.113.7:61000"), doubt);
+        assert_eq!(o.route(doubt), Route::OurRelay(a("203.0.113.7:61000")));
+    }
+
+    #[test]
     fn a_stale_direct_path_beats_no_way_at_all() {
         let t0 = Instant::now();
         let mut r = Router::new(Some(a("198.51.100.5:50000")), None, vec![]).unwrap();
         r.confirmed(a("203.0.113.7:4000"), t0);
+        // Nothing to send a copy through.
+        assert_eq!(r.doubt_route(t0 + DIRECT_DOUBT), None);
         assert_eq!(
             r.route(t0 + DIRECT_STALE * 3),
             Route::Direct(a("203.0.113.7:4000"))

@@ -17,6 +17,7 @@ use p2pcopy::{Error, Link, SessionConfig};
 
 /// Loopback only: no STUN, NTP or router, and bounded waits.
 pub fn config(role: Role) -> SessionConfig {
+    trace();
     SessionConfig {
         bind: "127.0.0.1".parse().unwrap(),
         no_stun: true,
@@ -25,6 +26,14 @@ pub fn config(role: Role) -> SessionConfig {
         timeout: Duration::from_secs(20),
         ..SessionConfig::new(role)
     }
+}
+
+/// Logs as `RUST_LOG` says, shown with a failing test's output (silent by default).
+pub fn trace() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 /// `n` bytes that do not compress, the same for the same `seed`.
