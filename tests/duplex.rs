@@ -294,14 +294,49 @@ async fn a_stalled_job_is_sent_again() {
         let mut silent = p2pcopy::transfer::Silent;
         job.run_accepted(&conn, second, opts, &mut silent).await
     };
+    // The job's own events, as `send --to` forwards them.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let job_events = {
+        let seen = seen.clone();
+        move |e: &Event| seen.lock().unwrap().push(e.clone())
+    };
     let (sent, got) = tokio::time::timeout(Duration::from_secs(30), async {
-        tokio::join!(a.send(&file), evil)
+        tokio::join!(a.send_observed(&file, job_events), evil)
     })
     .await
     .expect("done in time");
     got.expect("the second offer is received");
     let report = sent.expect("verified on the second try");
     assert_eq!(report.files, 1);
+    assert_eq!(report.reconnects, 0, "a stall retry is no reconnect");
+    let seen = seen.lock().unwrap().clone();
+    let names: Vec<&str> = seen
+        .iter()
+        .map(|e| match e {
+            Event::Plan { .. } => "plan",
+            Event::Progress { .. } => "progress",
+            Event::FileDone { .. } => "file_done",
+            Event::Warning { .. } => "warning",
+            Event::Summary { .. } => "summary",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(names.first(), Some(&"warning"), "{names:?}");
+    assert!(names.contains(&"file_done"), "{names:?}");
+    assert_eq!(names.last(), Some(&"summary"), "{names:?}");
+    match seen.last() {
+        Some(Event::Summary {
+            role,
+            files,
+            reconnects,
+            verification_code,
+            ..
+        }) => {
+            assert_eq!((*role, *files, *reconnects), (Role::Sender, 1, 0));
+            assert_eq!(verification_code, &None, "both tickets were checked");
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         std::fs::read(out_b.path().join("stall-0.txt")).unwrap(),
         std::fs::read(&file[0]).unwrap()

@@ -5,6 +5,8 @@
 pub mod config;
 pub mod control;
 #[cfg(unix)]
+mod linkc;
+#[cfg(unix)]
 mod linkd;
 pub mod output;
 pub mod progress;

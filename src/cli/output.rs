@@ -47,6 +47,11 @@ impl Output {
         }
     }
 
+    /// Seconds since the run started, as the `t` of its JSON lines.
+    pub fn elapsed_s(&self) -> f64 {
+        seconds(self.start.elapsed())
+    }
+
     /// Whether a program reads this run (no prompts, no retries at a terminal).
     pub fn is_json(&self) -> bool {
         self.mode == Mode::Json

@@ -28,9 +28,12 @@ use quinn::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::link::Link;
+use super::observe::{Progress, Tee};
+use super::Events;
 use crate::error::{CloseCode, Error};
-use crate::events::Event;
+use crate::events::{rate, seconds, Event};
 use crate::punch::PathKind;
+use crate::ticket::Role;
 use crate::transfer::{self, Incoming, Outgoing, Report, Silent, Store};
 
 /// How a link that stays behaves; [`DuplexOptions::new`] gives the defaults.
@@ -91,6 +94,8 @@ enum Path {
         conn: Connection,
         authenticated: bool,
         kind: PathKind,
+        /// The code both users compare when either could not check the other.
+        code: Option<String>,
     },
     /// The connection `gen` died and a new path is being punched.
     Down,
@@ -116,9 +121,10 @@ impl Ended {
     }
 }
 
-/// A job to send and where its outcome goes.
+/// A job to send, who hears how it goes, and where its outcome goes.
 struct Request {
     job: Outgoing,
+    events: Box<dyn Events>,
     reply: oneshot::Sender<Result<Report, Error>>,
 }
 
@@ -151,6 +157,7 @@ impl Link {
             conn: self.connection().clone(),
             authenticated: self.authenticated(),
             kind: self.path_kind(),
+            code: self.code_to_compare(false).map(str::to_owned),
         };
         let (path_tx, path) = watch::channel(first);
         let (jobs, queue) = mpsc::unbounded_channel();
@@ -189,10 +196,36 @@ impl Duplex {
         self.send_job(Outgoing::new(scan)).await
     }
 
+    /// [`Duplex::send`], telling `events` what the job does, as a one-shot sender's
+    /// session tells its events: `plan`, `progress`, `file_done`, a `warning` for each
+    /// stall retry, and `summary` last when every file was verified.
+    pub async fn send_observed(
+        &self,
+        paths: &[PathBuf],
+        events: impl Events + 'static,
+    ) -> Result<Report, Error> {
+        let paths = paths.to_vec();
+        let scan = tokio::task::spawn_blocking(move || crate::manifest::scan(&paths))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        self.send_job_observed(Outgoing::new(scan), events).await
+    }
+
     /// Sends a job already made (a scan of the caller's choice), as [`Duplex::send`].
     pub async fn send_job(&self, job: Outgoing) -> Result<Report, Error> {
+        self.send_job_observed(job, |_: &Event| {}).await
+    }
+
+    /// [`Duplex::send_job`], telling `events` what the job does (see
+    /// [`Duplex::send_observed`]).
+    pub async fn send_job_observed(
+        &self,
+        job: Outgoing,
+        events: impl Events + 'static,
+    ) -> Result<Report, Error> {
         let (reply, outcome) = oneshot::channel();
-        if self.jobs.send(Request { job, reply }).is_err() {
+        let events = Box::new(events);
+        if self.jobs.send(Request { job, events, reply }).is_err() {
             return Err(self.ended());
         }
         outcome.await.unwrap_or_else(|_| Err(self.ended()))
@@ -333,6 +366,7 @@ async fn drive(
             conn: link.connection().clone(),
             authenticated: link.authenticated(),
             kind: link.path_kind(),
+            code: link.code_to_compare(false).map(str::to_owned),
         });
     };
     link.close(&outcome).await;
@@ -353,19 +387,32 @@ async fn reconnect(link: &mut Link, why: String, limit: Option<Duration>) -> Res
     }
 }
 
+/// A connection jobs can use now.
+struct Carrier {
+    gen: u64,
+    conn: Connection,
+    authenticated: bool,
+    code: Option<String>,
+}
+
 /// Waits for a connection other than `stale` (any, if `None`); fails once the link ended.
-async fn usable(
-    path: &mut watch::Receiver<Path>,
-    stale: Option<u64>,
-) -> Result<(u64, Connection, bool), Error> {
+async fn usable(path: &mut watch::Receiver<Path>, stale: Option<u64>) -> Result<Carrier, Error> {
     loop {
         match &*path.borrow_and_update() {
             Path::Up {
                 gen,
                 conn,
                 authenticated,
+                code,
                 ..
-            } if Some(*gen) != stale => return Ok((*gen, conn.clone(), *authenticated)),
+            } if Some(*gen) != stale => {
+                return Ok(Carrier {
+                    gen: *gen,
+                    conn: conn.clone(),
+                    authenticated: *authenticated,
+                    code: code.clone(),
+                })
+            }
             Path::Ended(e) => return Err(Ended::error(e)),
             _ => {}
         }
@@ -384,44 +431,86 @@ async fn sending(
     notes: mpsc::UnboundedSender<Event>,
 ) {
     while let Some(mut req) = queue.recv().await {
-        let result = send_one(&mut req.job, &mut path, stall, retries, &notes).await;
-        let _ = req.reply.send(result.map(|()| req.job.report().clone()));
+        let events = &mut *req.events;
+        let result = send_one(&mut req.job, events, &mut path, stall, retries, &notes).await;
+        let result = result.map(|code| {
+            let r = req.job.report().clone();
+            events.event(&summary(&r, code));
+            r
+        });
+        let _ = req.reply.send(result);
+    }
+}
+
+/// A sent job's `summary` event, as a one-shot sender's; `code` is the code to compare
+/// when either side could not check the other's certificate.
+fn summary(r: &Report, code: Option<String>) -> Event {
+    Event::Summary {
+        role: Role::Sender,
+        files: r.files,
+        folders: r.dirs,
+        links: r.links,
+        total_bytes: r.total,
+        moved_bytes: r.moved,
+        resumed_bytes: r.resumed,
+        already_there: r.already_there,
+        reconnects: r.reconnects,
+        elapsed_s: seconds(r.elapsed),
+        bytes_per_s: rate(r.moved, r.elapsed),
+        verification_code: code,
     }
 }
 
 /// Sends one job until the peer verified it: on a new path after a lost one, or again on
-/// the same connection after a stall (at most `retries` times).
+/// the same connection after a stall (at most `retries` times). `events` hears the job's
+/// plans, progress, files and stall retries. Returns the code to compare, if one applies.
 async fn send_one(
     job: &mut Outgoing,
+    events: &mut dyn Events,
     path: &mut watch::Receiver<Path>,
     stall: Option<Duration>,
     retries: u32,
     notes: &mpsc::UnboundedSender<Event>,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let (mut stale, mut tried) = (None, 0);
+    // Kept across connections, like the job: a resumed job's bar goes on where it was.
+    let mut progress: Option<Progress> = None;
     loop {
-        let (gen, conn, authenticated) = usable(path, stale).await?;
+        let c = usable(path, stale).await?;
         let opts = transfer::Options {
             stall_timeout: stall,
-            ..transfer::Options::new(authenticated)
+            ..transfer::Options::new(c.authenticated)
         };
-        let e = match job.run(&conn, opts, &mut Silent).await {
-            Ok(()) => return Ok(()),
+        let mut tee = Tee {
+            events: &mut *events,
+            progress: &mut progress,
+            inner: &mut Silent,
+            path: None,
+        };
+        let e = match job.run(&c.conn, opts, &mut tee).await {
+            Ok(()) => {
+                let peer_checked = job.report().peer_authenticated;
+                return Ok(c.code.filter(|_| !c.authenticated || !peer_checked));
+            }
             Err(e @ (Error::ConnectionLost(_) | Error::Stalled(_))) => e,
             Err(e) => return Err(e),
         };
-        if conn.close_reason().is_some() {
+        if c.conn.close_reason().is_some() {
             // The driver punches a new path; the job resumes there.
-            stale = Some(gen);
+            stale = Some(c.gen);
             continue;
         }
         tried += 1;
         if tried > retries {
             return Err(e);
         }
-        let _ = notes.send(Event::Warning {
+        let warning = Event::Warning {
             message: format!("{e}; sending the job again ({tried} of {retries})"),
-        });
+        };
+        events.event(&warning);
+        let _ = notes.send(warning);
+        // The same connection again: a retry, not a reconnect.
+        job.retry_on_same_connection();
         stale = None;
     }
 }
@@ -437,7 +526,13 @@ async fn receiving(
 ) {
     let mut stale = None;
     loop {
-        let Ok((gen, conn, authenticated)) = usable(&mut path, stale).await else {
+        let Ok(Carrier {
+            gen,
+            conn,
+            authenticated,
+            ..
+        }) = usable(&mut path, stale).await
+        else {
             return;
         };
         // An idle link waits here without a watchdog: no job is no stall.
