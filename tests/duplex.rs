@@ -11,6 +11,7 @@ use std::time::Duration;
 use p2pcopy::events::Event;
 use p2pcopy::ticket::{Role, Ticket};
 use p2pcopy::transfer::part_name;
+use p2pcopy::wire::DeleteStatus;
 use p2pcopy::{Arrivals, Duplex, DuplexOptions, Error, Events, Session, SessionConfig};
 
 #[path = "common/sessions.rs"]
@@ -54,13 +55,15 @@ async fn pair(notes: &Notes, cut: bool, out_a: &Path, out_b: &Path) -> (Side, Si
         (Ticket::Full(bt), Ticket::Full(at))
     };
     let (a, b) = tokio::join!(a.connect(to_b), b.connect(to_a));
-    let opts = |out: &Path| DuplexOptions {
+    // Only the other side honours deletions.
+    let opts = |out: &Path, allow_delete| DuplexOptions {
         reconnect_for: Some(Duration::from_secs(30)),
+        allow_delete,
         ..DuplexOptions::new(out.to_owned())
     };
     (
-        a.unwrap().into_duplex(opts(out_a)),
-        b.unwrap().into_duplex(opts(out_b)),
+        a.unwrap().into_duplex(opts(out_a, false)),
+        b.unwrap().into_duplex(opts(out_b, true)),
     )
 }
 
@@ -238,6 +241,59 @@ async fn a_link_that_stays_reconnects_mid_job() {
     // The new path carries the next job both ways.
     let more = small_files(src.path(), "after", 1);
     b.send(&more).await.expect("a job on the new path");
+    a.close().await;
+    b.close().await;
+}
+
+/// A deletion goes in order after the job that sent the file; the peer removes only what
+/// is still as sent, and only when its link allows deletions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_are_honoured_only_where_allowed() {
+    let (src, out_a, out_b) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let notes = Notes::default();
+    let ((a, _a_in), (b, _b_in)) = pair(&notes, false, out_a.path(), out_b.path()).await;
+    let files = small_files(src.path(), "del", 2);
+    let sent = a.send(&files).await.unwrap();
+    let hash = |name: &str| sent.hashes.iter().find(|(n, _)| n == name).unwrap().1;
+    let (h0, h1) = (hash("del-0.txt"), hash("del-1.txt"));
+    // Changed on the receiving side since: kept.
+    std::fs::write(out_b.path().join("del-1.txt"), b"edited here").unwrap();
+    assert_eq!(
+        a.delete("del-1.txt", Some(h1)).await.unwrap(),
+        DeleteStatus::Kept
+    );
+    assert!(out_b.path().join("del-1.txt").exists());
+    assert_eq!(
+        a.delete("del-0.txt", Some(h0)).await.unwrap(),
+        DeleteStatus::Deleted
+    );
+    assert!(!out_b.path().join("del-0.txt").exists());
+    assert_eq!(
+        a.delete("del-0.txt", Some(h0)).await.unwrap(),
+        DeleteStatus::Missing
+    );
+    assert_eq!(
+        a.delete("../escape", Some(h0)).await.unwrap(),
+        DeleteStatus::Refused
+    );
+    // The other way: that link did not allow deletions.
+    let back = b.send(&files[..1]).await.unwrap();
+    let victim = out_a.path().join("del-0.txt");
+    assert!(victim.exists());
+    let h = back.hashes[0].1;
+    assert_eq!(
+        b.delete("del-0.txt", Some(h)).await.unwrap(),
+        DeleteStatus::Refused
+    );
+    assert!(victim.exists());
+    // Jobs still move after deletions.
+    a.send(&files[..1])
+        .await
+        .expect("a job after the deletions");
     a.close().await;
     b.close().await;
 }

@@ -476,6 +476,69 @@ fn a_watched_folder_is_sent_as_it_changes() {
     assert!(b.wait().success());
 }
 
+/// Waits until `path` is gone (20 s at most).
+fn wait_gone(path: &Path, sender: &Daemon) {
+    for _ in 0..200 {
+        if !path.exists() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    while let Ok(line) = sender.lines.try_recv() {
+        eprintln!("sender: {line}");
+    }
+    panic!("{} is still there", path.display());
+}
+
+/// `--watch --delete` sends deletions of what it sent; the peer, with `--allow-delete`,
+/// removes its copy only while it is as sent; a folder goes once empty.
+#[test]
+fn a_watched_folder_sends_deletions_with_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (xdg, watched, out_a, out_b) = (
+        tmp.path().join("run"),
+        tmp.path().join("outbox"),
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+    );
+    for d in [&xdg, &watched, &out_a, &out_b] {
+        std::fs::create_dir(d).unwrap();
+    }
+    // --delete without --watch means nothing: refused.
+    let o = client(&xdg, &["link", "--name", "x", "--delete"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let w = watched.to_str().unwrap();
+    let mut a = link_with("mirror", &out_a, &xdg, &["--watch", w, "--delete"]);
+    let mut b = link_with("copy", &out_b, &xdg, &["--allow-delete"]);
+    let (ta, tb) = (a.ticket.clone(), b.ticket.clone());
+    a.paste(&tb);
+    b.paste(&ta);
+    a.wait_for("Watching");
+    b.wait_for("Link copy is up");
+
+    std::fs::create_dir(watched.join("sub")).unwrap();
+    std::fs::write(watched.join("sub/one.txt"), b"one").unwrap();
+    std::fs::write(watched.join("two.txt"), b"two").unwrap();
+    wait_for_file(&out_b.join("sub/one.txt"), b"one", &a);
+    wait_for_file(&out_b.join("two.txt"), b"two", &a);
+    // Edited on the receiving side: its copy is no longer what was sent, so it stays.
+    std::fs::write(out_b.join("two.txt"), b"two, edited there").unwrap();
+    std::fs::remove_file(watched.join("two.txt")).unwrap();
+    a.wait_for("Deleted two.txt: your peer says kept");
+    assert_eq!(
+        std::fs::read(out_b.join("two.txt")).unwrap(),
+        b"two, edited there"
+    );
+    // A folder and its file: both go, the file first.
+    std::fs::remove_dir_all(watched.join("sub")).unwrap();
+    wait_gone(&out_b.join("sub"), &a);
+    a.wait_for("Deleted sub: your peer says deleted");
+
+    a.interrupt();
+    a.wait();
+    assert!(b.wait().success());
+}
+
 /// A one-shot `p2pcopy sender` may send into a link: its ticket says sender, the link's
 /// says receiver, so the sender dials; its one job lands, then its close ends the link.
 #[test]

@@ -14,11 +14,13 @@ use tokio::sync::{broadcast, mpsc};
 use super::control::{self, Request};
 use super::output::Output;
 use super::run::{connect_with, session_config};
+use super::watch::{Due, Sent, Watch};
 use super::LinkArgs;
 use crate::error::Error;
 use crate::events::{millis, seconds, to_line, value_line, Event};
 use crate::session::{Arrival, Cleanup, Duplex, DuplexOptions, Events};
 use crate::transfer::{self, Report};
+use crate::wire::DeleteStatus;
 
 /// What `status` reports beside the path: the daemon's counts.
 #[derive(Debug, Default)]
@@ -42,6 +44,8 @@ struct Daemon {
     events: broadcast::Sender<String>,
     started: Instant,
     next_job: Mutex<u64>,
+    /// What the watch sent, for its deletions.
+    sent: Mutex<Sent>,
     out: Output,
     uid: u32,
 }
@@ -109,6 +113,7 @@ async fn hold(
     let link = connect_with(config, &args.net, out, tee, cleanup).await?;
     let opts = DuplexOptions {
         overwrite: args.overwrite,
+        allow_delete: args.allow_delete,
         reconnect_for: args.reconnect_for.map(Duration::from_secs),
         ..DuplexOptions::new(args.output.clone())
     };
@@ -130,10 +135,11 @@ async fn hold(
         events,
         started: Instant::now(),
         next_job: Mutex::new(0),
+        sent: Mutex::default(),
         out,
         uid: crate::sys::effective_uid().unwrap_or(0),
     });
-    let watching = watching(args.watch.as_deref(), out, &daemon)?;
+    let watching = watching(args.watch.as_deref(), args.delete, out, &daemon)?;
     let serving = serve(listener, daemon.clone());
     let receiving = async {
         while let Some(a) = arrivals.next().await {
@@ -152,19 +158,25 @@ async fn hold(
     result
 }
 
-/// Starts watching `dir`, if given, and returns what sends its changes over the link (or
-/// waits for ever).
+/// Starts watching `dir`, if given (its deletions too with `deletions`), and returns what
+/// sends its changes over the link (or waits for ever).
 fn watching(
     dir: Option<&std::path::Path>,
+    deletions: bool,
     out: Output,
     daemon: &Arc<Daemon>,
 ) -> Result<impl std::future::Future<Output = Result<(), Error>>, Error> {
     let watch = match dir {
         Some(dir) => {
-            let watch = super::watch::Watch::start(dir.to_owned())?;
+            let watch = Watch::start(dir.to_owned(), deletions)?;
+            let what = if deletions {
+                "deletions of what this link sent are sent too"
+            } else {
+                "deletions are not sent"
+            };
             super::run::say_line(
                 out,
-                &format!("Watching {}: what appears or changes there is sent once quiet for 1 s (deletions are not sent)", dir.display()),
+                &format!("Watching {}: what appears or changes there is sent once quiet for 1 s ({what})", dir.display()),
             );
             Some(watch)
         }
@@ -172,17 +184,68 @@ fn watching(
     };
     let daemon = daemon.clone();
     Ok(async move {
-        match watch {
-            Some(watch) => {
-                watch
-                    .run(move |name, path| {
-                        start_job(&daemon, What::Named(name, path), None);
-                    })
-                    .await
+        let Some(watch) = watch else {
+            return std::future::pending().await;
+        };
+        // One at a time, in the order they came due: a file's deletion must not overtake
+        // its sending, nor a folder's the deletion of its files.
+        let (tx, mut due) = mpsc::unbounded_channel();
+        let work = async {
+            while let Some(d) = due.recv().await {
+                match d {
+                    Due::File(name, path) => {
+                        let (_, done) = start_job(&daemon, What::Named(name, path), None);
+                        let _ = done.await;
+                    }
+                    Due::Gone(name) => send_deletion(&daemon, name).await,
+                }
             }
-            None => std::future::pending().await,
+        };
+        tokio::select! {
+            r = watch.run(move |d| {
+                let _ = tx.send(d);
+            }) => r,
+            () = work => Ok(()),
         }
     })
+}
+
+/// Asks the peer to delete `name` (gone from the watched folder), if this link sent it,
+/// and tells what became of it.
+async fn send_deletion(daemon: &Daemon, name: String) {
+    let asked = daemon
+        .sent
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .deletion(&name);
+    let Some(hash) = asked else {
+        tracing::debug!(name, "gone, but never sent: no deletion to send");
+        return;
+    };
+    match daemon.duplex.delete(&name, hash).await {
+        Ok(status) => {
+            if matches!(status, DeleteStatus::Deleted | DeleteStatus::Missing) {
+                daemon
+                    .sent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .deleted(&name);
+            }
+            let result = crate::events::delete_status_name(status);
+            super::run::say_line(
+                daemon.out,
+                &format!("Deleted {name}: your peer says {result}"),
+            );
+            daemon.tell(json!({"event": "delete_sent", "path": name, "result": result}));
+        }
+        Err(e) => {
+            super::run::say_line(
+                daemon.out,
+                &format!("Could not send the deletion of {name}: {e}"),
+            );
+            daemon.tell(json!({"event": "delete_failed", "path": name, "code": e.exit_code(), "message": e.to_string()}));
+        }
+    }
 }
 
 /// Why the link ended once the peer's jobs stopped coming: a peer that closed its link is
@@ -370,7 +433,17 @@ fn start_job(
             (What::Paths(paths), Some(lines)) => d.duplex.send_observed(&paths, lines).await,
             (What::Paths(paths), None) => d.duplex.send(&paths).await,
             (What::Named(name, path), _) => match named_job(name, path).await {
-                Ok(job) => d.duplex.send_job(job).await,
+                Ok(job) => {
+                    let r = d.duplex.send_job(job).await;
+                    if let Ok(r) = &r {
+                        // Named by its path below the watched folder: its deletion's key.
+                        let mut sent = d.sent.lock().unwrap_or_else(|p| p.into_inner());
+                        for (name, hash) in &r.hashes {
+                            sent.sent(name, *hash);
+                        }
+                    }
+                    r
+                }
                 Err(e) => Err(e),
             },
         };

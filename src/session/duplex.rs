@@ -27,14 +27,17 @@ use std::time::{Duration, Instant};
 use quinn::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod sending;
+
 use super::link::Link;
-use super::observe::{Progress, Tee};
 use super::Events;
 use crate::error::{CloseCode, Error};
-use crate::events::{rate, seconds, Event};
+use crate::events::Event;
 use crate::punch::PathKind;
-use crate::ticket::Role;
+use crate::transfer::delete::{DeleteAsked, Opened};
 use crate::transfer::{self, Incoming, Outgoing, Report, Silent, Store};
+use crate::wire::DeleteStatus;
+use sending::{sending, Request};
 
 /// How a link that stays behaves; [`DuplexOptions::new`] gives the defaults.
 #[derive(Clone, Debug)]
@@ -48,17 +51,21 @@ pub struct DuplexOptions {
     pub reconnect_for: Option<Duration>,
     /// How often a stalled job is tried again before its `send` fails.
     pub stall_retries: u32,
+    /// Honour the peer's requests to delete paths under `output` ([`Duplex::delete`]);
+    /// without it each is refused.
+    pub allow_delete: bool,
 }
 
 impl DuplexOptions {
     /// Receives into `output`, never overwrites, reconnects for ever, retries a stalled job
-    /// three times.
+    /// three times, refuses the peer's deletions.
     pub fn new(output: PathBuf) -> DuplexOptions {
         DuplexOptions {
             output,
             overwrite: false,
             reconnect_for: None,
             stall_retries: 3,
+            allow_delete: false,
         }
     }
 }
@@ -121,13 +128,6 @@ impl Ended {
     }
 }
 
-/// A job to send, who hears how it goes, and where its outcome goes.
-struct Request {
-    job: Outgoing,
-    events: Box<dyn Events>,
-    reply: oneshot::Sender<Result<Report, Error>>,
-}
-
 /// A link that stays: [`Duplex::send`] any time, the peer's jobs from [`Arrivals`].
 ///
 /// Made by [`Link::into_duplex`] on both sides. Dropping it closes the link as
@@ -138,12 +138,6 @@ pub struct Duplex {
     path: watch::Receiver<Path>,
     stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     driver: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request").finish_non_exhaustive()
-    }
 }
 
 impl Link {
@@ -170,9 +164,13 @@ impl Link {
             path.clone(),
             stall,
             opts.stall_retries,
-            notes,
+            notes.clone(),
         ));
-        tokio::spawn(receiving(path.clone(), store, stall, arrived));
+        let peer_deletes = PeerDeletes {
+            allowed: opts.allow_delete,
+            notes,
+        };
+        tokio::spawn(receiving(path.clone(), store, stall, arrived, peer_deletes));
         let driver = tokio::spawn(drive(self, path_tx, stopped, noted, opts.reconnect_for));
         let duplex = Duplex {
             jobs,
@@ -225,7 +223,37 @@ impl Duplex {
     ) -> Result<Report, Error> {
         let (reply, outcome) = oneshot::channel();
         let events = Box::new(events);
-        if self.jobs.send(Request { job, events, reply }).is_err() {
+        if self
+            .jobs
+            .send(Request::Send {
+                job: Box::new(job),
+                events,
+                reply,
+            })
+            .is_err()
+        {
+            return Err(self.ended());
+        }
+        outcome.await.unwrap_or_else(|_| Err(self.ended()))
+    }
+
+    /// Asks the peer to delete `path` (relative, `/`-separated) under its output folder:
+    /// the file, if it still holds `hash` (what we sent), or with `None` the folder, if
+    /// empty. Goes in order with the jobs this way (a file sent, then deleted, is deleted
+    /// after it arrived); a lost path is waited out as a job's is. The peer decides: it
+    /// refuses unless its link allows deletions ([`DuplexOptions::allow_delete`]).
+    pub async fn delete(
+        &self,
+        path: &str,
+        hash: Option<blake3::Hash>,
+    ) -> Result<DeleteStatus, Error> {
+        let (reply, outcome) = oneshot::channel();
+        let path = path.to_owned();
+        if self
+            .jobs
+            .send(Request::Delete { path, hash, reply })
+            .is_err()
+        {
             return Err(self.ended());
         }
         outcome.await.unwrap_or_else(|_| Err(self.ended()))
@@ -422,96 +450,17 @@ async fn usable(path: &mut watch::Receiver<Path>, stale: Option<u64>) -> Result<
     }
 }
 
-/// The sending task: runs the queued jobs one at a time.
-async fn sending(
-    mut queue: mpsc::UnboundedReceiver<Request>,
-    mut path: watch::Receiver<Path>,
-    stall: Option<Duration>,
-    retries: u32,
+/// How the peer's deletions are answered, and where what became of them is told.
+struct PeerDeletes {
+    allowed: bool,
     notes: mpsc::UnboundedSender<Event>,
-) {
-    while let Some(mut req) = queue.recv().await {
-        let events = &mut *req.events;
-        let result = send_one(&mut req.job, events, &mut path, stall, retries, &notes).await;
-        let result = result.map(|code| {
-            let r = req.job.report().clone();
-            events.event(&summary(&r, code));
-            r
-        });
-        let _ = req.reply.send(result);
-    }
 }
 
-/// A sent job's `summary` event, as a one-shot sender's; `code` is the code to compare
-/// when either side could not check the other's certificate.
-fn summary(r: &Report, code: Option<String>) -> Event {
-    Event::Summary {
-        role: Role::Sender,
-        files: r.files,
-        folders: r.dirs,
-        links: r.links,
-        total_bytes: r.total,
-        moved_bytes: r.moved,
-        resumed_bytes: r.resumed,
-        already_there: r.already_there,
-        reconnects: r.reconnects,
-        elapsed_s: seconds(r.elapsed),
-        bytes_per_s: rate(r.moved, r.elapsed),
-        verification_code: code,
-    }
-}
-
-/// Sends one job until the peer verified it: on a new path after a lost one, or again on
-/// the same connection after a stall (at most `retries` times). `events` hears the job's
-/// plans, progress, files and stall retries. Returns the code to compare, if one applies.
-async fn send_one(
-    job: &mut Outgoing,
-    events: &mut dyn Events,
-    path: &mut watch::Receiver<Path>,
-    stall: Option<Duration>,
-    retries: u32,
-    notes: &mpsc::UnboundedSender<Event>,
-) -> Result<Option<String>, Error> {
-    let (mut stale, mut tried) = (None, 0);
-    // Kept across connections, like the job: a resumed job's bar goes on where it was.
-    let mut progress: Option<Progress> = None;
-    loop {
-        let c = usable(path, stale).await?;
-        let opts = transfer::Options {
-            stall_timeout: stall,
-            ..transfer::Options::new(c.authenticated)
-        };
-        let mut tee = Tee {
-            events: &mut *events,
-            progress: &mut progress,
-            inner: &mut Silent,
-            path: None,
-        };
-        let e = match job.run(&c.conn, opts, &mut tee).await {
-            Ok(()) => {
-                let peer_checked = job.report().peer_authenticated;
-                return Ok(c.code.filter(|_| !c.authenticated || !peer_checked));
-            }
-            Err(e @ (Error::ConnectionLost(_) | Error::Stalled(_))) => e,
-            Err(e) => return Err(e),
-        };
-        if c.conn.close_reason().is_some() {
-            // The driver punches a new path; the job resumes there.
-            stale = Some(c.gen);
-            continue;
-        }
-        tried += 1;
-        if tried > retries {
-            return Err(e);
-        }
-        let warning = Event::Warning {
-            message: format!("{e}; sending the job again ({tried} of {retries})"),
-        };
-        events.event(&warning);
-        let _ = notes.send(warning);
-        // The same connection again: a retry, not a reconnect.
-        job.retry_on_same_connection();
-        stale = None;
+impl PeerDeletes {
+    async fn answer(&self, asked: DeleteAsked, root: &std::path::Path) {
+        let path = asked.path.clone();
+        let result = asked.answer(root, self.allowed).await;
+        let _ = self.notes.send(Event::Deleted { path, result });
     }
 }
 
@@ -523,6 +472,7 @@ async fn receiving(
     store: Store,
     stall: Option<Duration>,
     arrived: mpsc::UnboundedSender<Arrival>,
+    deletes: PeerDeletes,
 ) {
     let mut stale = None;
     loop {
@@ -549,7 +499,15 @@ async fn receiving(
             ..transfer::Options::new(authenticated)
         };
         let mut job = Incoming::new(store.clone());
-        let result = job.run_accepted(&conn, control, opts, &mut Silent).await;
+        let result = match transfer::delete::opened(&conn, control, stall).await {
+            Ok(Opened::Job(started)) => job.run_started(&conn, started, opts, &mut Silent).await,
+            Ok(Opened::Delete(asked)) => {
+                deletes.answer(asked, store.root()).await;
+                stale = None;
+                continue;
+            }
+            Err(e) => Err(e),
+        };
         if let Err(Error::ConnectionLost(_) | Error::Stalled(_)) = result {
             stale = conn.close_reason().map(|_| gen);
             continue;

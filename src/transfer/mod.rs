@@ -19,6 +19,7 @@
 //! everything, for a program that only wants the [`Report`].
 
 pub mod control;
+pub mod delete;
 mod receive;
 mod send;
 mod store;
