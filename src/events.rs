@@ -201,7 +201,8 @@ pub enum Event {
         path: String,
         /// `deleted`, `missing` (already gone), `kept` (it differs from what was sent, or a
         /// folder is not empty) or `refused` (this link was started without
-        /// `--allow-delete`, or the path is not a plain file or folder here).
+        /// `--allow-delete`, the peer did not send that file over this link, or the path is
+        /// not a plain file or folder here).
         result: DeleteStatus,
     },
     /// The run failed; the last event before the process exits with `code`.

@@ -198,8 +198,9 @@ pub enum DeleteStatus {
     /// Kept: the file differs from what was sent (changed there, or another file of that
     /// name), or the folder is not empty.
     Kept,
-    /// Refused: the receiving link does not allow deletions, or the path is not a plain
-    /// file or folder inside its output folder (a symlink on the way, say).
+    /// Refused: the receiving link does not allow deletions, the path is not what the
+    /// peer sent it over this link, or not a plain file or folder inside its output folder
+    /// (a symlink on the way, say).
     Refused,
 }
 

@@ -272,13 +272,41 @@ async fn deletions_are_honoured_only_where_allowed() {
         DeleteStatus::Deleted
     );
     assert!(!out_b.path().join("del-0.txt").exists());
+    // Deleted, it is no longer something we sent there.
     assert_eq!(
         a.delete("del-0.txt", Some(h0)).await.unwrap(),
+        DeleteStatus::Refused
+    );
+    // Deleted there by hand: missing.
+    std::fs::remove_file(out_b.path().join("del-1.txt")).unwrap();
+    assert_eq!(
+        a.delete("del-1.txt", Some(h1)).await.unwrap(),
         DeleteStatus::Missing
     );
     assert_eq!(
         a.delete("../escape", Some(h0)).await.unwrap(),
         DeleteStatus::Refused
+    );
+    // A file of the peer's own is not ours to delete, though we know its content.
+    std::fs::write(out_b.path().join("own.txt"), b"mine").unwrap();
+    let own = Some(blake3::hash(b"mine"));
+    assert_eq!(
+        a.delete("own.txt", own).await.unwrap(),
+        DeleteStatus::Refused
+    );
+    assert!(out_b.path().join("own.txt").exists());
+    // Nor a file it received, named with other content than it holds from us.
+    std::fs::write(src.path().join("again.txt"), b"v1").unwrap();
+    a.send(&[src.path().join("again.txt")]).await.unwrap();
+    let v2 = Some(blake3::hash(b"v2"));
+    assert_eq!(
+        a.delete("again.txt", v2).await.unwrap(),
+        DeleteStatus::Refused
+    );
+    let v1 = Some(blake3::hash(b"v1"));
+    assert_eq!(
+        a.delete("again.txt", v1).await.unwrap(),
+        DeleteStatus::Deleted
     );
     // The other way: that link did not allow deletions.
     let back = b.send(&files[..1]).await.unwrap();

@@ -14,11 +14,12 @@ use tokio::sync::{broadcast, mpsc};
 use super::control::{self, Request};
 use super::output::Output;
 use super::run::{connect_with, session_config};
-use super::watch::{Due, Sent, Watch};
+use super::watch::{Due, Watch};
 use super::LinkArgs;
 use crate::error::Error;
 use crate::events::{millis, seconds, to_line, value_line, Event};
 use crate::session::{Arrival, Cleanup, Duplex, DuplexOptions, Events};
+use crate::transfer::delete::Ledger;
 use crate::transfer::{self, Report};
 use crate::wire::DeleteStatus;
 
@@ -45,7 +46,7 @@ struct Daemon {
     started: Instant,
     next_job: Mutex<u64>,
     /// What the watch sent, for its deletions.
-    sent: Mutex<Sent>,
+    sent: Mutex<Ledger>,
     out: Output,
     uid: u32,
 }
@@ -229,7 +230,7 @@ async fn send_deletion(daemon: &Daemon, name: String) {
                     .sent
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .deleted(&name);
+                    .forget(&name);
             }
             let result = crate::events::delete_status_name(status);
             super::run::say_line(
@@ -439,7 +440,7 @@ fn start_job(
                         // Named by its path below the watched folder: its deletion's key.
                         let mut sent = d.sent.lock().unwrap_or_else(|p| p.into_inner());
                         for (name, hash) in &r.hashes {
-                            sent.sent(name, *hash);
+                            sent.add(name, *hash);
                         }
                     }
                     r

@@ -221,7 +221,7 @@ pub fn human(event: &Event) -> Option<Human> {
                 "Your peer deleted {path}; kept here: it differs from what your peer sent (or the folder is not empty)"
             ),
             DeleteStatus::Refused => format!(
-                "Your peer asked to delete {path}; refused (this link has no --allow-delete, or it is not a plain file or folder inside --output)"
+                "Your peer asked to delete {path}; refused (this link has no --allow-delete, your peer did not send it over this link, or it is not a plain file or folder inside --output)"
             ),
         }),
         _ => None,

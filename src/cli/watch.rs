@@ -12,7 +12,7 @@
 //! A file that changes while it is being sent gets a new due time and is sent again once
 //! quiet.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -121,44 +121,6 @@ pub enum Due {
     File(String, PathBuf),
     /// A path no longer there (deleted or renamed away), by its name below the folder.
     Gone(String),
-}
-
-/// What this link sent from the watched folder, by name: which deletions are ours to send.
-/// A path the link never sent (a scratch file made and removed within the quiet second,
-/// say) is nobody's business on the peer.
-#[derive(Debug, Default)]
-pub struct Sent {
-    files: HashMap<String, blake3::Hash>,
-    /// The folders above the files sent.
-    dirs: HashSet<String>,
-}
-
-impl Sent {
-    /// The file `name` was sent with this content (the latest wins).
-    pub fn sent(&mut self, name: &str, hash: blake3::Hash) {
-        self.files.insert(name.to_owned(), hash);
-        let mut at = name;
-        while let Some((parent, _)) = at.rsplit_once('/') {
-            self.dirs.insert(parent.to_owned());
-            at = parent;
-        }
-    }
-
-    /// The deletion to send for `name`, gone from the folder: `Some(Some(hash))` for a file
-    /// sent with that content, `Some(None)` for a folder files were sent from, `None` for
-    /// a path this link never sent.
-    pub fn deletion(&self, name: &str) -> Option<Option<blake3::Hash>> {
-        match self.files.get(name) {
-            Some(h) => Some(Some(*h)),
-            None => self.dirs.contains(name).then_some(None),
-        }
-    }
-
-    /// `name` is gone on the peer too.
-    pub fn deleted(&mut self, name: &str) {
-        self.files.remove(name);
-        self.dirs.remove(name);
-    }
 }
 
 /// A folder being watched (recursively): changes are collected from [`Watch::start`] on,
@@ -332,31 +294,6 @@ mod tests {
         // A folder: what is in it comes due later.
         assert_eq!(came_due(root, root.join("d"), &mut q), None);
         assert!(q.poll_timeout().is_some());
-    }
-
-    #[test]
-    fn only_what_was_sent_is_deleted() {
-        let (one, two) = (blake3::hash(b"1"), blake3::hash(b"2"));
-        let mut sent = Sent::default();
-        sent.sent("a/b/c.txt", one);
-        sent.sent("top.txt", one);
-        sent.sent("top.txt", two);
-        assert_eq!(
-            sent.deletion("top.txt"),
-            Some(Some(two)),
-            "the latest content"
-        );
-        assert_eq!(sent.deletion("a/b/c.txt"), Some(Some(one)));
-        assert_eq!(sent.deletion("a/b"), Some(None));
-        assert_eq!(sent.deletion("a"), Some(None));
-        assert_eq!(sent.deletion("scratch.tmp"), None);
-        assert_eq!(sent.deletion("a/b/c"), None);
-        sent.deleted("a/b/c.txt");
-        assert_eq!(sent.deletion("a/b/c.txt"), None);
-        // Its folders are still ours to delete once empty.
-        assert_eq!(sent.deletion("a/b"), Some(None));
-        sent.deleted("a/b");
-        assert_eq!(sent.deletion("a/b"), None);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use super::Events;
 use crate::error::{CloseCode, Error};
 use crate::events::Event;
 use crate::punch::PathKind;
-use crate::transfer::delete::{DeleteAsked, Opened};
+use crate::transfer::delete::{DeleteAsked, Ledger, Opened};
 use crate::transfer::{self, Incoming, Outgoing, Report, Silent, Store};
 use crate::wire::DeleteStatus;
 use sending::{sending, Request};
@@ -51,8 +51,9 @@ pub struct DuplexOptions {
     pub reconnect_for: Option<Duration>,
     /// How often a stalled job is tried again before its `send` fails.
     pub stall_retries: u32,
-    /// Honour the peer's requests to delete paths under `output` ([`Duplex::delete`]);
-    /// without it each is refused.
+    /// Honour the peer's requests to delete paths under `output` ([`Duplex::delete`]),
+    /// only of files it sent over this link (and the folders they went into); without it
+    /// each is refused.
     pub allow_delete: bool,
 }
 
@@ -169,6 +170,7 @@ impl Link {
         let peer_deletes = PeerDeletes {
             allowed: opts.allow_delete,
             notes,
+            received: Ledger::default(),
         };
         tokio::spawn(receiving(path.clone(), store, stall, arrived, peer_deletes));
         let driver = tokio::spawn(drive(self, path_tx, stopped, noted, opts.reconnect_for));
@@ -241,7 +243,8 @@ impl Duplex {
     /// the file, if it still holds `hash` (what we sent), or with `None` the folder, if
     /// empty. Goes in order with the jobs this way (a file sent, then deleted, is deleted
     /// after it arrived); a lost path is waited out as a job's is. The peer decides: it
-    /// refuses unless its link allows deletions ([`DuplexOptions::allow_delete`]).
+    /// refuses unless its link allows deletions ([`DuplexOptions::allow_delete`]) and we
+    /// sent it that file (that BLAKE3) over this link.
     pub async fn delete(
         &self,
         path: &str,
@@ -454,12 +457,28 @@ async fn usable(path: &mut watch::Receiver<Path>, stale: Option<u64>) -> Result<
 struct PeerDeletes {
     allowed: bool,
     notes: mpsc::UnboundedSender<Event>,
+    /// What the peer sent us over this link: the only paths it may delete.
+    received: Ledger,
 }
 
 impl PeerDeletes {
-    async fn answer(&self, asked: DeleteAsked, root: &std::path::Path) {
-        let path = asked.path.clone();
-        let result = asked.answer(root, self.allowed).await;
+    /// Notes the files of a job that arrived.
+    fn arrived(&mut self, saved: &[(String, blake3::Hash)]) {
+        for (name, hash) in saved {
+            self.received.add(name, *hash);
+        }
+    }
+
+    async fn answer(&mut self, asked: DeleteAsked, root: &std::path::Path) {
+        let (path, here) = (asked.path.clone(), asked.name_here());
+        let sent_by_peer = here
+            .as_deref()
+            .and_then(|h| self.received.deletion(h))
+            .is_some_and(|held| held == asked.hash());
+        let result = asked.answer(root, self.allowed && sent_by_peer).await;
+        if let (DeleteStatus::Deleted | DeleteStatus::Missing, Some(h)) = (result, &here) {
+            self.received.forget(h);
+        }
         let _ = self.notes.send(Event::Deleted { path, result });
     }
 }
@@ -472,7 +491,7 @@ async fn receiving(
     store: Store,
     stall: Option<Duration>,
     arrived: mpsc::UnboundedSender<Arrival>,
-    deletes: PeerDeletes,
+    mut deletes: PeerDeletes,
 ) {
     let mut stale = None;
     loop {
@@ -513,8 +532,10 @@ async fn receiving(
             continue;
         }
         stale = None;
+        let saved: Vec<_> = job.saved_hashes().collect();
+        deletes.arrived(&saved);
         let arrival = Arrival {
-            saved: job.saved_hashes().collect(),
+            saved,
             report: job.report().clone(),
             result,
         };

@@ -8,9 +8,13 @@
 //! folder is ever reached); a file is removed only while it still holds exactly what was
 //! sent (the request carries its BLAKE3), so a file changed there since, or another file
 //! that took the name, is kept; a folder only when empty; anything else (a symlink, a
-//! device) is refused. The caller decides whether deletions are allowed at all (the
-//! receiving link's own `--allow-delete`); without it every request is refused.
+//! device) is refused. The caller decides whether a request is allowed at all: a link
+//! allows it only with its own `--allow-delete`, and only for a path its [`Ledger`] says
+//! this peer sent over this link with that very BLAKE3 (or a folder such files went into),
+//! so a peer cannot name a file it never sent, whatever it knows of its content. The
+//! sending side keeps a [`Ledger`] too: it sends deletions only of what it sent.
 
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -22,6 +26,43 @@ use super::watchdog::{Waiting, Watch};
 use super::{closed, lost_write, read_frame};
 use crate::error::Error;
 use crate::wire::{DeleteStatus, Frame};
+
+/// Files that crossed a link, by `/`-separated name, with their BLAKE3 (the latest wins),
+/// and the folders above them: which deletions are the link's business. A path not in it
+/// (a scratch file made and removed within the watch's quiet second, a file of the user's
+/// own) is not.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    files: HashMap<String, blake3::Hash>,
+    dirs: HashSet<String>,
+}
+
+impl Ledger {
+    /// The file `name` crossed with this content.
+    pub fn add(&mut self, name: &str, hash: blake3::Hash) {
+        self.files.insert(name.to_owned(), hash);
+        let mut at = name;
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            self.dirs.insert(parent.to_owned());
+            at = parent;
+        }
+    }
+
+    /// The deletion that fits `name`: `Some(Some(hash))` for a file that crossed with that
+    /// content, `Some(None)` for a folder such files went into, `None` for anything else.
+    pub fn deletion(&self, name: &str) -> Option<Option<blake3::Hash>> {
+        match self.files.get(name) {
+            Some(h) => Some(Some(*h)),
+            None => self.dirs.contains(name).then_some(None),
+        }
+    }
+
+    /// `name` is gone on both sides.
+    pub fn forget(&mut self, name: &str) {
+        self.files.remove(name);
+        self.dirs.remove(name);
+    }
+}
 
 /// What the peer opened a control stream for.
 pub enum Opened {
@@ -66,6 +107,19 @@ pub async fn opened(
 }
 
 impl DeleteAsked {
+    /// The request's path as it would be stored here (confined, `/`-separated, as a
+    /// received job's saved names are); `None` for a path that leaves the folder.
+    pub fn name_here(&self) -> Option<String> {
+        let rel = crate::manifest::confine(&self.path).ok()?;
+        let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
+        Some(parts?.join("/"))
+    }
+
+    /// What the request says the path holds: a file's BLAKE3, or `None` for a folder.
+    pub fn hash(&self) -> Option<blake3::Hash> {
+        self.hash
+    }
+
     /// Deletes the path under `root` if `allowed` and the rules let it (see the module
     /// doc), answers the peer, and says what became of it.
     pub async fn answer(mut self, root: &Path, allowed: bool) -> DeleteStatus {
@@ -207,6 +261,31 @@ mod tests {
             assert_eq!(d(name, Some(sent)), DeleteStatus::Refused, "{name:?}");
         }
         assert!(dir.path().join("victim").exists());
+    }
+
+    #[test]
+    fn a_ledger_knows_what_crossed() {
+        let (one, two) = (blake3::hash(b"1"), blake3::hash(b"2"));
+        let mut sent = Ledger::default();
+        sent.add("a/b/c.txt", one);
+        sent.add("top.txt", one);
+        sent.add("top.txt", two);
+        assert_eq!(
+            sent.deletion("top.txt"),
+            Some(Some(two)),
+            "the latest content"
+        );
+        assert_eq!(sent.deletion("a/b/c.txt"), Some(Some(one)));
+        assert_eq!(sent.deletion("a/b"), Some(None));
+        assert_eq!(sent.deletion("a"), Some(None));
+        assert_eq!(sent.deletion("scratch.tmp"), None);
+        assert_eq!(sent.deletion("a/b/c"), None);
+        sent.forget("a/b/c.txt");
+        assert_eq!(sent.deletion("a/b/c.txt"), None);
+        // Its folders are still ours to delete once empty.
+        assert_eq!(sent.deletion("a/b"), Some(None));
+        sent.forget("a/b");
+        assert_eq!(sent.deletion("a/b"), None);
     }
 
     #[cfg(unix)]
