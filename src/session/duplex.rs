@@ -18,6 +18,10 @@
 //! [`Store`]'s rules, as for a one-shot receiver). A job cut by a lost path resumes on the
 //! next one; a job whose peer stalls (the connection alive, the job not moving, see
 //! [`crate::transfer::watchdog`]) is reported and tried again on the same connection.
+//! A deletion ([`Duplex::delete`], `--watch --delete`) is a control stream that starts
+//! with `Delete` instead of an offer, queued with the jobs; the receiving task tells the two
+//! apart by the first frame and answers it by [`crate::transfer::delete`]'s rules, only for
+//! files the peer sent over this link and only with [`DuplexOptions::allow_delete`].
 //! Per-file latency and files per second over a link: bench/RESULTS.md ("A link that
 //! stays").
 
@@ -189,11 +193,7 @@ impl Duplex {
     /// file, or the job failed. Callable any time and from several tasks at once: jobs this
     /// way go one at a time, in the order asked for.
     pub async fn send(&self, paths: &[PathBuf]) -> Result<Report, Error> {
-        let paths = paths.to_vec();
-        let scan = tokio::task::spawn_blocking(move || crate::manifest::scan(&paths))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
-        self.send_job(Outgoing::new(scan)).await
+        self.send_observed(paths, |_: &Event| {}).await
     }
 
     /// [`Duplex::send`], telling `events` what the job does, as a one-shot sender's
