@@ -189,6 +189,9 @@ source "$REPO_ROOT/scripts/lab/link.sh"
 #                       owner's send still works
 #   link-watch          cone-cone links, one with --watch: a new file, a new folder, a
 #                       change and a rename arrive (times printed); a deletion does not
+#   link-delete         cone-cone links, --watch --delete against --allow-delete: a
+#                       deleted file and folder go on the peer (times printed), a copy
+#                       edited there is kept
 #   link-cut-idle       cone-cone links (not in the default run, ~12 min): 200 MB over the
 #                       link with the core cut for 20 s mid-file, verified; then
 #                       LAB_LINK_IDLE_S (600) s idle and a 1 KiB file the other way over
@@ -235,6 +238,7 @@ ALL_SCENARIOS=(
     link
     link-refused
     link-watch
+    link-delete
 )
 FAIL_TIMEOUT=50
 # Core throttle for the 200 MB scenarios (resume, path-cut): ~15 s for the file.
@@ -423,7 +427,7 @@ scenario_run() {
         lab_side p2p-s 1 symmetric+portmap && lab_side p2p-r 2 symmetric &&
             lab_side p2p-u 3 symmetric+upnp
         ;;
-    link | link-refused | link-watch | link-cut-idle)
+    link | link-refused | link-watch | link-delete | link-cut-idle)
         custom=scenario_${name//-/_}
         lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
         ;;

@@ -19,7 +19,7 @@ use crate::portmap::Protocol;
 use crate::punch::PathKind;
 use crate::shown::is_unsafe;
 use crate::ticket::{Candidate, CandidateKind, NatKind, Role};
-use crate::wire::FileStatus;
+use crate::wire::{DeleteStatus, FileStatus};
 
 /// One thing that happened during a run, as `--json` prints it.
 ///
@@ -193,6 +193,17 @@ pub enum Event {
         bytes_per_s: u64,
         /// The code to compare with the peer, when either side used a bare `ip:port`.
         verification_code: Option<String>,
+    },
+    /// A link's peer asked to delete a path under our output folder (its `--watch DIR
+    /// --delete`); what became of it.
+    Deleted {
+        /// The path as the peer named it (relative, `/`-separated).
+        path: String,
+        /// `deleted`, `missing` (already gone), `kept` (it differs from what was sent, or a
+        /// folder is not empty) or `refused` (this link was started without
+        /// `--allow-delete`, the peer did not send that file over this link, or the path is
+        /// not a plain file or folder here).
+        result: DeleteStatus,
     },
     /// The run failed; the last event before the process exits with `code`.
     Error {
@@ -420,6 +431,22 @@ impl Serialize for FileStatus {
             FileStatus::HashMismatch => "hash_mismatch",
             FileStatus::SourceChanged => "source_changed",
         })
+    }
+}
+
+impl Serialize for DeleteStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(delete_status_name(*self))
+    }
+}
+
+/// How JSON spells a [`DeleteStatus`] (the control socket's `delete_sent` uses it too).
+pub fn delete_status_name(status: DeleteStatus) -> &'static str {
+    match status {
+        DeleteStatus::Deleted => "deleted",
+        DeleteStatus::Missing => "missing",
+        DeleteStatus::Kept => "kept",
+        DeleteStatus::Refused => "refused",
     }
 }
 
@@ -1092,6 +1119,10 @@ pub(crate) mod tests {
                 elapsed_s: 0.0,
                 bytes_per_s: 0,
                 verification_code: None,
+            },
+            Event::Deleted {
+                path: String::new(),
+                result: crate::wire::DeleteStatus::Kept,
             },
             Event::Error {
                 code: 1,

@@ -188,10 +188,49 @@ impl FileStatus {
     }
 }
 
+/// What became of a link's request to delete a path ([`Frame::Delete`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteStatus {
+    /// Removed.
+    Deleted,
+    /// Nothing was there (already gone).
+    Missing,
+    /// Kept: the file differs from what was sent (changed there, or another file of that
+    /// name), or the folder is not empty.
+    Kept,
+    /// Refused: the receiving link does not allow deletions, the path is not what the
+    /// peer sent it over this link, or not a plain file or folder inside its output folder
+    /// (a symlink on the way, say).
+    Refused,
+}
+
+impl DeleteStatus {
+    fn encode(self) -> u8 {
+        match self {
+            DeleteStatus::Deleted => 0,
+            DeleteStatus::Missing => 1,
+            DeleteStatus::Kept => 2,
+            DeleteStatus::Refused => 3,
+        }
+    }
+
+    fn decode(b: u8) -> Result<Self, WireError> {
+        Ok(match b {
+            0 => DeleteStatus::Deleted,
+            1 => DeleteStatus::Missing,
+            2 => DeleteStatus::Kept,
+            3 => DeleteStatus::Refused,
+            other => return Err(WireError::Status(other)),
+        })
+    }
+}
+
 /// A message on the job's control stream (one bidirectional QUIC stream the sender opens).
 ///
 /// Order: sender `Offer`, `Entry` × n; receiver `Accept`, `Claim` × k, `PlanEnd`; then, while
 /// file data flows on unidirectional streams, receiver `FileDone` per file and `JobDone`.
+/// A link that stays may open a control stream with `Delete` instead of `Offer`; the other
+/// side answers `Deleted` and the stream ends (no job).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     /// Sender: what follows.
@@ -223,6 +262,20 @@ pub enum Frame {
     /// reads (the frames only count as they arrive; at one per 2 s, the receiver's 2 MiB
     /// stream window would fill after a week of a disk that never answers).
     Busy,
+    /// A link's sender, instead of an `Offer`: delete this path under your output folder,
+    /// if it still holds what we sent (`hash`: a file with this BLAKE3; `None`: an empty
+    /// folder).
+    Delete {
+        /// Relative, `/`-separated, as a manifest entry's path.
+        path: String,
+        /// The file's BLAKE3 as sent; `None` for a folder.
+        hash: Option<[u8; 32]>,
+    },
+    /// The answer to `Delete`.
+    Deleted {
+        /// What became of the path.
+        status: DeleteStatus,
+    },
 }
 
 const T_OFFER: u8 = 1;
@@ -233,6 +286,8 @@ const T_PLAN_END: u8 = 5;
 const T_FILE_DONE: u8 = 6;
 const T_JOB_DONE: u8 = 7;
 const T_BUSY: u8 = 8;
+const T_DELETE: u8 = 9;
+const T_DELETED: u8 = 10;
 
 impl Frame {
     /// Appends the encoded frame to `out`.
@@ -281,6 +336,21 @@ impl Frame {
             }
             Frame::JobDone => T_JOB_DONE,
             Frame::Busy => T_BUSY,
+            Frame::Delete { path, hash } => {
+                match hash {
+                    Some(h) => {
+                        out.push(1);
+                        out.extend_from_slice(h);
+                    }
+                    None => out.push(2),
+                }
+                put_str(out, path);
+                T_DELETE
+            }
+            Frame::Deleted { status } => {
+                out.push(status.encode());
+                T_DELETED
+            }
         };
         let len = (out.len() - start - FRAME_HEADER_LEN) as u32;
         out[start] = ty;
@@ -290,7 +360,7 @@ impl Frame {
     /// Checks a frame header; returns the type and payload length to read next.
     pub fn decode_header(h: &[u8; FRAME_HEADER_LEN]) -> Result<(u8, usize), WireError> {
         let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
-        if !(T_OFFER..=T_BUSY).contains(&h[0]) {
+        if !(T_OFFER..=T_DELETED).contains(&h[0]) {
             return Err(WireError::FrameType(h[0]));
         }
         if len as usize > MAX_FRAME_PAYLOAD {
@@ -332,6 +402,21 @@ impl Frame {
             }
             T_JOB_DONE => Frame::JobDone,
             T_BUSY => Frame::Busy,
+            T_DELETE => {
+                let bad = || WireError::Malformed("delete");
+                let hash = match r.u8().ok_or_else(bad)? {
+                    1 => Some(r.take(32).ok_or_else(bad)?.try_into().expect("32 bytes")),
+                    2 => None,
+                    _ => return Err(bad()),
+                };
+                Frame::Delete {
+                    path: r.string()?,
+                    hash,
+                }
+            }
+            T_DELETED => Frame::Deleted {
+                status: DeleteStatus::decode(r.u8().ok_or(WireError::Malformed("deleted"))?)?,
+            },
             other => return Err(WireError::FrameType(other)),
         };
         if !r.0.is_empty() {
@@ -569,7 +654,59 @@ mod tests {
             },
             Frame::JobDone,
             Frame::Busy,
+            Frame::Delete {
+                path: "sub/gone.txt".into(),
+                hash: Some([7; 32]),
+            },
+            Frame::Delete {
+                path: "sub".into(),
+                hash: None,
+            },
+            Frame::Deleted {
+                status: DeleteStatus::Deleted,
+            },
+            Frame::Deleted {
+                status: DeleteStatus::Missing,
+            },
+            Frame::Deleted {
+                status: DeleteStatus::Kept,
+            },
+            Frame::Deleted {
+                status: DeleteStatus::Refused,
+            },
         ]
+    }
+
+    #[test]
+    fn delete_frames_reject_lies() {
+        let enc = |f: Frame| {
+            let mut b = Vec::new();
+            f.encode(&mut b);
+            b
+        };
+        let mut kind = enc(Frame::Delete {
+            path: "a".into(),
+            hash: None,
+        });
+        kind[FRAME_HEADER_LEN] = 3;
+        assert_eq!(Frame::decode(&kind), Err(WireError::Malformed("delete")));
+        // A file's hash cut short.
+        let short = [T_DELETE, 0, 0, 0, 5, 1, 0, 0, 0, 0];
+        assert_eq!(Frame::decode(&short), Err(WireError::Malformed("delete")));
+        let mut bad = enc(Frame::Delete {
+            path: "ab".into(),
+            hash: None,
+        });
+        bad[FRAME_HEADER_LEN + 3] = 0xff;
+        assert_eq!(Frame::decode(&bad), Err(WireError::PathEncoding));
+        let status = [T_DELETED, 0, 0, 0, 1, 4];
+        assert_eq!(Frame::decode(&status), Err(WireError::Status(4)));
+        let empty = [T_DELETED, 0, 0, 0, 0];
+        assert_eq!(Frame::decode(&empty), Err(WireError::Malformed("deleted")));
+        assert_eq!(
+            Frame::decode(&[11, 0, 0, 0, 0]),
+            Err(WireError::FrameType(11))
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use p2pcopy::events::Event;
 use p2pcopy::ticket::{Role, Ticket};
 use p2pcopy::transfer::part_name;
+use p2pcopy::wire::DeleteStatus;
 use p2pcopy::{Arrivals, Duplex, DuplexOptions, Error, Events, Session, SessionConfig};
 
 #[path = "common/sessions.rs"]
@@ -54,13 +55,15 @@ async fn pair(notes: &Notes, cut: bool, out_a: &Path, out_b: &Path) -> (Side, Si
         (Ticket::Full(bt), Ticket::Full(at))
     };
     let (a, b) = tokio::join!(a.connect(to_b), b.connect(to_a));
-    let opts = |out: &Path| DuplexOptions {
+    // Only the other side honours deletions.
+    let opts = |out: &Path, allow_delete| DuplexOptions {
         reconnect_for: Some(Duration::from_secs(30)),
+        allow_delete,
         ..DuplexOptions::new(out.to_owned())
     };
     (
-        a.unwrap().into_duplex(opts(out_a)),
-        b.unwrap().into_duplex(opts(out_b)),
+        a.unwrap().into_duplex(opts(out_a, false)),
+        b.unwrap().into_duplex(opts(out_b, true)),
     )
 }
 
@@ -242,6 +245,87 @@ async fn a_link_that_stays_reconnects_mid_job() {
     b.close().await;
 }
 
+/// A deletion goes in order after the job that sent the file; the peer removes only what
+/// is still as sent, and only when its link allows deletions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_are_honoured_only_where_allowed() {
+    let (src, out_a, out_b) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let notes = Notes::default();
+    let ((a, _a_in), (b, _b_in)) = pair(&notes, false, out_a.path(), out_b.path()).await;
+    let files = small_files(src.path(), "del", 2);
+    let sent = a.send(&files).await.unwrap();
+    let hash = |name: &str| sent.hashes.iter().find(|(n, _)| n == name).unwrap().1;
+    let (h0, h1) = (hash("del-0.txt"), hash("del-1.txt"));
+    // Changed on the receiving side since: kept.
+    std::fs::write(out_b.path().join("del-1.txt"), b"edited here").unwrap();
+    assert_eq!(
+        a.delete("del-1.txt", Some(h1)).await.unwrap(),
+        DeleteStatus::Kept
+    );
+    assert!(out_b.path().join("del-1.txt").exists());
+    assert_eq!(
+        a.delete("del-0.txt", Some(h0)).await.unwrap(),
+        DeleteStatus::Deleted
+    );
+    assert!(!out_b.path().join("del-0.txt").exists());
+    // Deleted, it is no longer something we sent there.
+    assert_eq!(
+        a.delete("del-0.txt", Some(h0)).await.unwrap(),
+        DeleteStatus::Refused
+    );
+    // Deleted there by hand: missing.
+    std::fs::remove_file(out_b.path().join("del-1.txt")).unwrap();
+    assert_eq!(
+        a.delete("del-1.txt", Some(h1)).await.unwrap(),
+        DeleteStatus::Missing
+    );
+    assert_eq!(
+        a.delete("../escape", Some(h0)).await.unwrap(),
+        DeleteStatus::Refused
+    );
+    // A file of the peer's own is not ours to delete, though we know its content.
+    std::fs::write(out_b.path().join("own.txt"), b"mine").unwrap();
+    let own = Some(blake3::hash(b"mine"));
+    assert_eq!(
+        a.delete("own.txt", own).await.unwrap(),
+        DeleteStatus::Refused
+    );
+    assert!(out_b.path().join("own.txt").exists());
+    // Nor a file it received, named with other content than it holds from us.
+    std::fs::write(src.path().join("again.txt"), b"v1").unwrap();
+    a.send(&[src.path().join("again.txt")]).await.unwrap();
+    let v2 = Some(blake3::hash(b"v2"));
+    assert_eq!(
+        a.delete("again.txt", v2).await.unwrap(),
+        DeleteStatus::Refused
+    );
+    let v1 = Some(blake3::hash(b"v1"));
+    assert_eq!(
+        a.delete("again.txt", v1).await.unwrap(),
+        DeleteStatus::Deleted
+    );
+    // The other way: that link did not allow deletions.
+    let back = b.send(&files[..1]).await.unwrap();
+    let victim = out_a.path().join("del-0.txt");
+    assert!(victim.exists());
+    let h = back.hashes[0].1;
+    assert_eq!(
+        b.delete("del-0.txt", Some(h)).await.unwrap(),
+        DeleteStatus::Refused
+    );
+    assert!(victim.exists());
+    // Jobs still move after deletions.
+    a.send(&files[..1])
+        .await
+        .expect("a job after the deletions");
+    a.close().await;
+    b.close().await;
+}
+
 /// Writes down warnings.
 #[derive(Clone, Default)]
 struct Warnings(Arc<std::sync::Mutex<Vec<String>>>);
@@ -294,14 +378,49 @@ async fn a_stalled_job_is_sent_again() {
         let mut silent = p2pcopy::transfer::Silent;
         job.run_accepted(&conn, second, opts, &mut silent).await
     };
+    // The job's own events, as `send --to` forwards them.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let job_events = {
+        let seen = seen.clone();
+        move |e: &Event| seen.lock().unwrap().push(e.clone())
+    };
     let (sent, got) = tokio::time::timeout(Duration::from_secs(30), async {
-        tokio::join!(a.send(&file), evil)
+        tokio::join!(a.send_observed(&file, job_events), evil)
     })
     .await
     .expect("done in time");
     got.expect("the second offer is received");
     let report = sent.expect("verified on the second try");
     assert_eq!(report.files, 1);
+    assert_eq!(report.reconnects, 0, "a stall retry is no reconnect");
+    let seen = seen.lock().unwrap().clone();
+    let names: Vec<&str> = seen
+        .iter()
+        .map(|e| match e {
+            Event::Plan { .. } => "plan",
+            Event::Progress { .. } => "progress",
+            Event::FileDone { .. } => "file_done",
+            Event::Warning { .. } => "warning",
+            Event::Summary { .. } => "summary",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(names.first(), Some(&"warning"), "{names:?}");
+    assert!(names.contains(&"file_done"), "{names:?}");
+    assert_eq!(names.last(), Some(&"summary"), "{names:?}");
+    match seen.last() {
+        Some(Event::Summary {
+            role,
+            files,
+            reconnects,
+            verification_code,
+            ..
+        }) => {
+            assert_eq!((*role, *files, *reconnects), (Role::Sender, 1, 0));
+            assert_eq!(verification_code, &None, "both tickets were checked");
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         std::fs::read(out_b.path().join("stall-0.txt")).unwrap(),
         std::fs::read(&file[0]).unwrap()

@@ -189,7 +189,8 @@ fn two_link_daemons_send_both_ways_and_refuse_strangers() {
     assert_eq!(std::fs::read_dir(&out_a).unwrap().count(), 4, "none twice");
     assert_eq!(std::fs::read_dir(&out_b).unwrap().count(), 4, "none twice");
 
-    // --json: the reply lines; a job that cannot be read ends with its exit code.
+    // --json: the job's events as `sender --json` prints them; a job that cannot be read
+    // ends with its exit code and an `error` event.
     let j = client(
         &xdg,
         &[
@@ -201,15 +202,37 @@ fn two_link_daemons_send_both_ways_and_refuse_strangers() {
         ],
     );
     assert!(j.status.success(), "{}", text(&j));
-    let replies: Vec<serde_json::Value> = String::from_utf8_lossy(&j.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(replies[0]["reply"], "queued");
-    assert_eq!(replies[1]["reply"], "done");
-    assert_eq!(replies[1]["files"], 1);
+    assert_sender_events(&j.stdout, &std::fs::read(src.join("l0.txt")).unwrap());
     let missing = client(&xdg, &["send", "--to", "left", "/nonexistent/file"]);
     assert_eq!(missing.status.code(), Some(4), "{}", text(&missing));
+    let missing = client(
+        &xdg,
+        &["--json", "send", "--to", "left", "/nonexistent/file"],
+    );
+    assert_eq!(missing.status.code(), Some(4), "{}", text(&missing));
+    let last: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&missing.stdout)
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&last["event"], &last["code"]),
+        (&"error".into(), &4.into())
+    );
+    // A person sees the closing lines, the hash among them.
+    let h = client(
+        &xdg,
+        &["send", "--to", "left", src.join("l1.txt").to_str().unwrap()],
+    );
+    assert!(h.status.success(), "{}", text(&h));
+    let hash = blake3::hash(&std::fs::read(src.join("l1.txt")).unwrap());
+    assert!(
+        text(&h).contains(&format!("The receiver verified it: BLAKE3 {hash}")),
+        "{}",
+        text(&h)
+    );
 
     let st = client(&xdg, &["--json", "status"]);
     assert!(st.status.success(), "{}", text(&st));
@@ -222,8 +245,8 @@ fn two_link_daemons_send_both_ways_and_refuse_strangers() {
     assert_eq!(links[0]["up"], true);
     assert_eq!(links[0]["path_kind"], "lan");
     assert!(links[0]["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
-    assert_eq!(links[0]["sent_jobs"], 5, "{:?}", links[0]);
-    assert_eq!(links[0]["failed_jobs"], 1, "{:?}", links[0]);
+    assert_eq!(links[0]["sent_jobs"], 6, "{:?}", links[0]);
+    assert_eq!(links[0]["failed_jobs"], 2, "{:?}", links[0]);
     assert_eq!(links[0]["received_jobs"], 4, "{:?}", links[0]);
 
     // Another local user is refused (root runs the test suite in CI; skipped otherwise).
@@ -283,6 +306,55 @@ fn two_link_daemons_send_both_ways_and_refuse_strangers() {
     assert!(
         !xdg.join("p2pcopy/left.sock").exists(),
         "the socket is removed"
+    );
+}
+
+/// `send --json`'s lines: `job_queued`, then what `sender --json` prints of a one-file
+/// job (`plan`, `progress`, `file_done` with the file's BLAKE3, `summary` last, every
+/// field of it), `t` never going back.
+fn assert_sender_events(stdout: &[u8], data: &[u8]) {
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = lines.iter().map(|v| v["event"].as_str().unwrap()).collect();
+    assert_eq!(names[..2], ["job_queued", "plan"], "{names:?}");
+    assert_eq!(
+        names[names.len() - 2..],
+        ["file_done", "summary"],
+        "{names:?}"
+    );
+    assert!(names.contains(&"progress"), "{names:?}");
+    let t: Vec<f64> = lines.iter().map(|v| v["t"].as_f64().unwrap()).collect();
+    assert!(t.windows(2).all(|w| w[0] <= w[1]), "{t:?}");
+    let done = &lines[names.len() - 2];
+    assert_eq!(done["blake3"], blake3::hash(data).to_hex().as_str());
+    assert_eq!(done["size"], data.len());
+    let summary = lines.last().unwrap().as_object().unwrap();
+    let mut keys: Vec<&str> = summary.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "already_there",
+            "bytes_per_s",
+            "elapsed_s",
+            "event",
+            "files",
+            "folders",
+            "links",
+            "moved_bytes",
+            "reconnects",
+            "resumed_bytes",
+            "role",
+            "t",
+            "total_bytes",
+            "verification_code",
+        ]
+    );
+    assert_eq!(
+        (&summary["role"], &summary["files"]),
+        (&"sender".into(), &1.into())
     );
 }
 
@@ -398,6 +470,69 @@ fn a_watched_folder_is_sent_as_it_changes() {
         out_b.join("one.txt").exists(),
         "nor are renames' old names removed"
     );
+
+    a.interrupt();
+    a.wait();
+    assert!(b.wait().success());
+}
+
+/// Waits until `path` is gone (20 s at most).
+fn wait_gone(path: &Path, sender: &Daemon) {
+    for _ in 0..200 {
+        if !path.exists() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    while let Ok(line) = sender.lines.try_recv() {
+        eprintln!("sender: {line}");
+    }
+    panic!("{} is still there", path.display());
+}
+
+/// `--watch --delete` sends deletions of what it sent; the peer, with `--allow-delete`,
+/// removes its copy only while it is as sent; a folder goes once empty.
+#[test]
+fn a_watched_folder_sends_deletions_with_delete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (xdg, watched, out_a, out_b) = (
+        tmp.path().join("run"),
+        tmp.path().join("outbox"),
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+    );
+    for d in [&xdg, &watched, &out_a, &out_b] {
+        std::fs::create_dir(d).unwrap();
+    }
+    // --delete without --watch means nothing: refused.
+    let o = client(&xdg, &["link", "--name", "x", "--delete"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let w = watched.to_str().unwrap();
+    let mut a = link_with("mirror", &out_a, &xdg, &["--watch", w, "--delete"]);
+    let mut b = link_with("copy", &out_b, &xdg, &["--allow-delete"]);
+    let (ta, tb) = (a.ticket.clone(), b.ticket.clone());
+    a.paste(&tb);
+    b.paste(&ta);
+    a.wait_for("Watching");
+    b.wait_for("Link copy is up");
+
+    std::fs::create_dir(watched.join("sub")).unwrap();
+    std::fs::write(watched.join("sub/one.txt"), b"one").unwrap();
+    std::fs::write(watched.join("two.txt"), b"two").unwrap();
+    wait_for_file(&out_b.join("sub/one.txt"), b"one", &a);
+    wait_for_file(&out_b.join("two.txt"), b"two", &a);
+    // Edited on the receiving side: its copy is no longer what was sent, so it stays.
+    std::fs::write(out_b.join("two.txt"), b"two, edited there").unwrap();
+    std::fs::remove_file(watched.join("two.txt")).unwrap();
+    a.wait_for("Deleted two.txt: your peer says kept");
+    assert_eq!(
+        std::fs::read(out_b.join("two.txt")).unwrap(),
+        b"two, edited there"
+    );
+    // A folder and its file: both go, the file first.
+    std::fs::remove_dir_all(watched.join("sub")).unwrap();
+    wait_gone(&out_b.join("sub"), &a);
+    a.wait_for("Deleted sub: your peer says deleted");
 
     a.interrupt();
     a.wait();

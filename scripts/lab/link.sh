@@ -218,6 +218,45 @@ scenario_link_watch() {
     ((fails == 0))
 }
 
+# scenario_link_delete WD: cone-cone, p2p-s watches a folder with --delete, p2p-r allows
+# deletions: a file and a folder deleted in the watched folder go on the peer; a copy
+# edited on the peer since it arrived is kept.
+scenario_link_delete() {
+    local wd=$1 fails=0
+    rm -rf "$wd"
+    mkdir -p "$wd/watched/sub"
+    LINK_WD=$wd
+    link_up "$wd" --watch "$wd/watched" --delete -- --allow-delete ||
+        { link_down "$wd"; link_tails "$wd"; return 1; }
+    until_ms() { # TEST-EXPRESSION WHAT: waits up to 10 s for it
+        local t0
+        t0=$(now_ms)
+        for _ in $(seq 1 100); do
+            if eval "$1"; then
+                echo "$2 after $(($(now_ms) - t0)) ms"
+                return 0
+            fi
+            sleep 0.1
+        done
+        echo "never: $2"
+        return 1
+    }
+    echo one >"$wd/watched/sub/one.txt"
+    echo two >"$wd/watched/two.txt"
+    until_ms "[[ -f $wd/out-r/sub/one.txt && -f $wd/out-r/two.txt ]]" "both files arrived" || fails=1
+    echo "two, edited there" >"$wd/out-r/two.txt"
+    rm "$wd/watched/two.txt"
+    until_ms "grep -q 'Deleted two.txt: your peer says kept' '$wd/s.err'" "the edited copy kept" || fails=1
+    [[ $(cat "$wd/out-r/two.txt") == "two, edited there" ]] || { echo "the edited copy changed"; fails=1; }
+    rm -r "$wd/watched/sub"
+    until_ms "[[ ! -e $wd/out-r/sub ]]" "the deleted folder and its file gone on the peer" || fails=1
+    grep -q 'Your peer deleted sub/one.txt; deleted here too' "$wd/r.err" ||
+        { echo "the peer did not say what it deleted"; fails=1; }
+    link_down "$wd" || fails=1
+    ((fails == 0)) || link_tails "$wd"
+    ((fails == 0))
+}
+
 # lost_count WD: how many times either daemon said its connection was lost.
 lost_count() {
     cat "$1/s.err" "$1/r.err" | grep -c '^Connection lost' || true

@@ -11,6 +11,9 @@
 //! ```text
 //! {"op":"send","paths":["/abs/a.txt"],"wait":true} -> {"reply":"queued","job":1}
 //!                                                     {"reply":"done","job":1,...} or {"reply":"error",...}
+//! {"op":"send",...,"events":true}                  -> {"reply":"queued","job":1}
+//!                                                     {"t":0.01,"event":"plan",...} ... (the job's events)
+//!                                                     {"reply":"done",...} or {"reply":"error",...}
 //! {"op":"status"}                                  -> {"reply":"status",...}
 //! {"op":"events"}                                  -> {"event":...} lines, as they happen
 //! ```
@@ -39,6 +42,10 @@ pub enum Request {
         /// Reply `done` (or `error`) when the job ended, not only `queued`.
         #[serde(default = "yes")]
         wait: bool,
+        /// With `wait`, also stream the job's events between `queued` and the last reply,
+        /// as `p2pcopy sender --json` prints them (`t`: seconds since the request).
+        #[serde(default)]
+        events: bool,
     },
     /// The link's state, once.
     Status,
@@ -75,6 +82,21 @@ impl Request {
         s.push('\n');
         s
     }
+}
+
+/// A job's event line from the link (`{"t":T,"event":...}`, `t` counted from the
+/// request) with `t` moved on by `offset` seconds, so it counts from the caller's start as
+/// every `--json` line does; `None` for a line that is not an event.
+pub fn restamp(line: &str, offset: f64) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v.get("event")?.as_str()?;
+    let t = v.get("t")?.as_f64()?;
+    // The link writes `t` first (events::to_line); the rest of the line stays as written.
+    let rest = line.trim_end().strip_prefix("{\"t\":")?;
+    let (_, rest) = rest.split_once(',')?;
+    let t = std::time::Duration::try_from_secs_f64((t + offset).max(0.0)).ok()?;
+    let t = crate::events::seconds(t);
+    Some(format!("{{\"t\":{},{rest}", serde_json::Value::from(t)))
 }
 
 /// An error reply: the error's message and exit code.
@@ -254,14 +276,24 @@ mod tests {
             Request::parse(r#"{"op":"send","paths":["/a","/b c"]}"#).unwrap(),
             Request::Send {
                 paths: vec!["/a".into(), "/b c".into()],
-                wait: true
+                wait: true,
+                events: false,
             }
         );
         assert_eq!(
             Request::parse(r#"{"op":"send","paths":["/a"],"wait":false}"#).unwrap(),
             Request::Send {
                 paths: vec!["/a".into()],
-                wait: false
+                wait: false,
+                events: false,
+            }
+        );
+        assert_eq!(
+            Request::parse(r#"{"op":"send","paths":["/a"],"events":true}"#).unwrap(),
+            Request::Send {
+                paths: vec!["/a".into()],
+                wait: true,
+                events: true,
             }
         );
         assert_eq!(
@@ -279,6 +311,8 @@ mod tests {
             r#"{"op":"send","paths":[]}"#,
             r#"{"op":"send","paths":["relative"]}"#,
             r#"{"op":"send","paths":["/a"],"wait":"yes"}"#,
+            r#"{"op":"send","paths":["/a"],"events":1}"#,
+            r#"{"op":"send","paths":["/a"],"evnets":true}"#,
         ] {
             let e = Request::parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad}");
@@ -286,8 +320,38 @@ mod tests {
         let req = Request::Send {
             paths: vec!["/x".into()],
             wait: false,
+            events: true,
         };
         assert_eq!(Request::parse(&req.line()).unwrap(), req);
+    }
+
+    #[test]
+    fn job_events_count_from_the_callers_start() {
+        let e = crate::events::Event::FileDone {
+            path: "a\u{1b}[2J.txt".into(),
+            size: 5,
+            blake3: "ab".repeat(32),
+            status: crate::wire::FileStatus::Stored,
+            saved_as: None,
+        };
+        let line = crate::events::to_line(&e, 0.25);
+        let moved = restamp(&line, 1.5).unwrap();
+        let want = crate::events::to_line(&e, 1.75);
+        assert_eq!(moved, want);
+        // Rounded to milliseconds as every line is; a clock skew never goes below zero.
+        let odd = restamp(&crate::events::to_line(&e, 0.1), 0.2).unwrap();
+        assert!(odd.starts_with(r#"{"t":0.3,"event":"file_done""#), "{odd}");
+        assert!(restamp(&line, -9.0).unwrap().starts_with(r#"{"t":0.0,"#));
+        for not_an_event in [
+            r#"{"reply":"done","job":1}"#,
+            r#"{"t":1,"reply":"done"}"#,
+            r#"{"event":"plan","t":1}"#,
+            r#"{"t":"x","event":"plan"}"#,
+            "not json",
+            "",
+        ] {
+            assert_eq!(restamp(not_an_event, 1.0), None, "{not_an_event}");
+        }
     }
 
     #[test]

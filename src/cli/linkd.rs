@@ -1,5 +1,5 @@
-//! `p2pcopy link` (the daemon holding a link that stays, serving its control socket),
-//! `p2pcopy send --to NAME` and `p2pcopy status` (its clients). The protocol is
+//! `p2pcopy link`: the daemon holding a link that stays, serving its control socket (its
+//! clients, `send --to` and `status`, are [`super::linkc`]). The protocol is
 //! [`super::control`]'s; the link is [`crate::session::Duplex`].
 
 use std::path::PathBuf;
@@ -9,16 +9,19 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use super::control::{self, Request};
 use super::output::Output;
 use super::run::{connect_with, session_config};
-use super::{LinkArgs, SendArgs, StatusArgs};
+use super::watch::{Due, Watch};
+use super::LinkArgs;
 use crate::error::Error;
 use crate::events::{millis, seconds, to_line, value_line, Event};
 use crate::session::{Arrival, Cleanup, Duplex, DuplexOptions, Events};
+use crate::transfer::delete::Ledger;
 use crate::transfer::{self, Report};
+use crate::wire::DeleteStatus;
 
 /// What `status` reports beside the path: the daemon's counts.
 #[derive(Debug, Default)]
@@ -42,6 +45,8 @@ struct Daemon {
     events: broadcast::Sender<String>,
     started: Instant,
     next_job: Mutex<u64>,
+    /// What the watch sent, for its deletions.
+    sent: Mutex<Ledger>,
     out: Output,
     uid: u32,
 }
@@ -109,6 +114,7 @@ async fn hold(
     let link = connect_with(config, &args.net, out, tee, cleanup).await?;
     let opts = DuplexOptions {
         overwrite: args.overwrite,
+        allow_delete: args.allow_delete,
         reconnect_for: args.reconnect_for.map(Duration::from_secs),
         ..DuplexOptions::new(args.output.clone())
     };
@@ -130,10 +136,11 @@ async fn hold(
         events,
         started: Instant::now(),
         next_job: Mutex::new(0),
+        sent: Mutex::default(),
         out,
         uid: crate::sys::effective_uid().unwrap_or(0),
     });
-    let watching = watching(args.watch.as_deref(), out, &daemon)?;
+    let watching = watching(args.watch.as_deref(), args.delete, out, &daemon)?;
     let serving = serve(listener, daemon.clone());
     let receiving = async {
         while let Some(a) = arrivals.next().await {
@@ -152,19 +159,25 @@ async fn hold(
     result
 }
 
-/// Starts watching `dir`, if given, and returns what sends its changes over the link (or
-/// waits for ever).
+/// Starts watching `dir`, if given (its deletions too with `deletions`), and returns what
+/// sends its changes over the link (or waits for ever).
 fn watching(
     dir: Option<&std::path::Path>,
+    deletions: bool,
     out: Output,
     daemon: &Arc<Daemon>,
 ) -> Result<impl std::future::Future<Output = Result<(), Error>>, Error> {
     let watch = match dir {
         Some(dir) => {
-            let watch = super::watch::Watch::start(dir.to_owned())?;
+            let watch = Watch::start(dir.to_owned(), deletions)?;
+            let what = if deletions {
+                "deletions of what this link sent are sent too"
+            } else {
+                "deletions are not sent"
+            };
             super::run::say_line(
                 out,
-                &format!("Watching {}: what appears or changes there is sent once quiet for 1 s (deletions are not sent)", dir.display()),
+                &format!("Watching {}: what appears or changes there is sent once quiet for 1 s ({what})", dir.display()),
             );
             Some(watch)
         }
@@ -172,17 +185,68 @@ fn watching(
     };
     let daemon = daemon.clone();
     Ok(async move {
-        match watch {
-            Some(watch) => {
-                watch
-                    .run(move |name, path| {
-                        start_job(&daemon, What::Named(name, path));
-                    })
-                    .await
+        let Some(watch) = watch else {
+            return std::future::pending().await;
+        };
+        // One at a time, in the order they came due: a file's deletion must not overtake
+        // its sending, nor a folder's the deletion of its files.
+        let (tx, mut due) = mpsc::unbounded_channel();
+        let work = async {
+            while let Some(d) = due.recv().await {
+                match d {
+                    Due::File(name, path) => {
+                        let (_, done) = start_job(&daemon, What::Named(name, path), None);
+                        let _ = done.await;
+                    }
+                    Due::Gone(name) => send_deletion(&daemon, name).await,
+                }
             }
-            None => std::future::pending().await,
+        };
+        tokio::select! {
+            r = watch.run(move |d| {
+                let _ = tx.send(d);
+            }) => r,
+            () = work => Ok(()),
         }
     })
+}
+
+/// Asks the peer to delete `name` (gone from the watched folder), if this link sent it,
+/// and tells what became of it.
+async fn send_deletion(daemon: &Daemon, name: String) {
+    let asked = daemon
+        .sent
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .deletion(&name);
+    let Some(hash) = asked else {
+        tracing::debug!(name, "gone, but never sent: no deletion to send");
+        return;
+    };
+    match daemon.duplex.delete(&name, hash).await {
+        Ok(status) => {
+            if matches!(status, DeleteStatus::Deleted | DeleteStatus::Missing) {
+                daemon
+                    .sent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .forget(&name);
+            }
+            let result = crate::events::delete_status_name(status);
+            super::run::say_line(
+                daemon.out,
+                &format!("Deleted {name}: your peer says {result}"),
+            );
+            daemon.tell(json!({"event": "delete_sent", "path": name, "result": result}));
+        }
+        Err(e) => {
+            super::run::say_line(
+                daemon.out,
+                &format!("Could not send the deletion of {name}: {e}"),
+            );
+            daemon.tell(json!({"event": "delete_failed", "path": name, "code": e.exit_code(), "message": e.to_string()}));
+        }
+    }
 }
 
 /// Why the link ended once the peer's jobs stopped coming: a peer that closed its link is
@@ -310,7 +374,11 @@ async fn handle(mut stream: UnixStream, daemon: Arc<Daemon>) {
                 }
             }
         }
-        Ok(Request::Send { paths, wait }) => send_job(stream, daemon, paths, wait).await,
+        Ok(Request::Send {
+            paths,
+            wait,
+            events,
+        }) => send_job(stream, daemon, paths, wait, wait && events).await,
     }
 }
 
@@ -321,8 +389,29 @@ enum What {
     Named(String, PathBuf),
 }
 
-/// Queues a job and starts it; the receiver gets the reply for its caller once it ended.
-fn start_job(daemon: &Arc<Daemon>, what: What) -> (u64, tokio::sync::oneshot::Receiver<Value>) {
+/// A job's events as lines for the caller that asked for it, `t` counted from its request.
+struct JobLines {
+    lines: mpsc::UnboundedSender<String>,
+    start: Instant,
+}
+
+impl Events for JobLines {
+    fn event(&mut self, event: &Event) {
+        if event.in_json() {
+            let _ = self
+                .lines
+                .send(to_line(event, seconds(self.start.elapsed())));
+        }
+    }
+}
+
+/// Queues a job and starts it; the receiver gets the reply for its caller once it ended,
+/// `lines` the job's events on the way if given.
+fn start_job(
+    daemon: &Arc<Daemon>,
+    what: What,
+    lines: Option<JobLines>,
+) -> (u64, tokio::sync::oneshot::Receiver<Value>) {
     let job = {
         let mut n = daemon.next_job.lock().unwrap_or_else(|p| p.into_inner());
         *n += 1;
@@ -341,10 +430,21 @@ fn start_job(daemon: &Arc<Daemon>, what: What) -> (u64, tokio::sync::oneshot::Re
     let (tx, rx) = tokio::sync::oneshot::channel();
     let d = daemon.clone();
     tokio::spawn(async move {
-        let result = match what {
-            What::Paths(paths) => d.duplex.send(&paths).await,
-            What::Named(name, path) => match named_job(name, path).await {
-                Ok(job) => d.duplex.send_job(job).await,
+        let result = match (what, lines) {
+            (What::Paths(paths), Some(lines)) => d.duplex.send_observed(&paths, lines).await,
+            (What::Paths(paths), None) => d.duplex.send(&paths).await,
+            (What::Named(name, path), _) => match named_job(name, path).await {
+                Ok(job) => {
+                    let r = d.duplex.send_job(job).await;
+                    if let Ok(r) = &r {
+                        // Named by its path below the watched folder: its deletion's key.
+                        let mut sent = d.sent.lock().unwrap_or_else(|p| p.into_inner());
+                        for (name, hash) in &r.hashes {
+                            sent.add(name, *hash);
+                        }
+                    }
+                    r
+                }
                 Err(e) => Err(e),
             },
         };
@@ -366,14 +466,43 @@ async fn named_job(name: String, path: PathBuf) -> Result<transfer::Outgoing, Er
     Ok(transfer::Outgoing::new(scan))
 }
 
-/// Queues a job, answers `queued`, and (if the caller waits) `done` or `error` once the
-/// peer verified it or it failed. The job goes on if the caller hangs up.
-async fn send_job(mut stream: UnixStream, daemon: Arc<Daemon>, paths: Vec<PathBuf>, wait: bool) {
-    let (job, rx) = start_job(&daemon, What::Paths(paths));
+/// Queues a job, answers `queued`, then (if the caller waits) the job's events if asked
+/// for, and `done` or `error` once the peer verified it or it failed. The job goes on if
+/// the caller hangs up.
+async fn send_job(
+    mut stream: UnixStream,
+    daemon: Arc<Daemon>,
+    paths: Vec<PathBuf>,
+    wait: bool,
+    events: bool,
+) {
+    let (tx, mut lines) = mpsc::unbounded_channel();
+    let job_lines = events.then(|| JobLines {
+        lines: tx,
+        start: Instant::now(),
+    });
+    let (job, mut rx) = start_job(&daemon, What::Paths(paths), job_lines);
     if !reply(&mut stream, &json!({"reply": "queued", "job": job})).await || !wait {
         return;
     }
-    if let Ok(v) = rx.await {
+    let done = loop {
+        tokio::select! {
+            // The job's events are all queued before its outcome: drain them first.
+            biased;
+            Some(line) = lines.recv() => {
+                if stream.write_all((line + "\n").as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            v = &mut rx => break v,
+        }
+    };
+    while let Ok(line) = lines.try_recv() {
+        if stream.write_all((line + "\n").as_bytes()).await.is_err() {
+            return;
+        }
+    }
+    if let Ok(v) = done {
         reply(&mut stream, &v).await;
     }
 }
@@ -433,127 +562,4 @@ fn status_of(daemon: &Daemon) -> Value {
         "bytes_per_s": c.last_rate,
         "uptime_s": seconds(daemon.started.elapsed()),
     })
-}
-
-/// Sends one request to the link `name` and returns a reader of its replies.
-async fn ask(name: &str, request: &Request) -> Result<BufReader<UnixStream>, Error> {
-    let path = control::socket_path(name)?;
-    let mut stream = control::connect(&path, name).await?;
-    let wrote = stream.write_all(request.line().as_bytes()).await;
-    let mut replies = BufReader::new(stream);
-    if let Err(e) = wrote {
-        // A link that refuses us says why before it hangs up, maybe before our request
-        // was written.
-        next_reply(&mut replies).await?;
-        return Err(Error::Control(format!("the link {name} hung up: {e}")));
-    }
-    Ok(replies)
-}
-
-/// The next reply line, parsed; `None` once the daemon closed.
-async fn next_reply(replies: &mut BufReader<UnixStream>) -> Result<Option<Value>, Error> {
-    let mut line = String::new();
-    let n = replies
-        .read_line(&mut line)
-        .await
-        .map_err(|e| Error::Control(format!("cannot read the link's reply: {e}")))?;
-    if n == 0 {
-        return Ok(None);
-    }
-    let v: Value = serde_json::from_str(&line)
-        .map_err(|e| Error::Control(format!("the link's reply is not JSON: {e}")))?;
-    if v["reply"] == "error" {
-        return Err(control::reply_error(&v));
-    }
-    Ok(Some(v))
-}
-
-/// `p2pcopy send --to NAME PATHS...`: returns once the peer verified the job (or at once
-/// with `--no-wait`), with the exit code the job ended with.
-pub async fn send(args: SendArgs, out: Output) -> Result<(), Error> {
-    let mut paths = Vec::new();
-    for p in &args.paths {
-        let abs = std::path::absolute(p).map_err(|e| Error::Input {
-            path: p.clone(),
-            source: e,
-        })?;
-        paths.push(abs);
-    }
-    let wait = !args.no_wait;
-    let mut replies = ask(&args.to, &Request::Send { paths, wait }).await?;
-    let gone = || Error::Control(format!("the link {} stopped before the job ended", args.to));
-    let queued = next_reply(&mut replies).await?.ok_or_else(gone)?;
-    print_reply(out, &queued);
-    super::run::say_line(
-        out,
-        &format!("Queued as job {} on the link {}", queued["job"], args.to),
-    );
-    if !wait {
-        return Ok(());
-    }
-    let done = next_reply(&mut replies).await?.ok_or_else(gone)?;
-    print_reply(out, &done);
-    super::run::say_line(
-        out,
-        &format!(
-            "Sent {} files ({} bytes) in {} s; your peer verified them (BLAKE3)",
-            done["files"], done["total_bytes"], done["elapsed_s"]
-        ),
-    );
-    Ok(())
-}
-
-/// A reply as a JSON line, for `--json`.
-fn print_reply(out: Output, v: &Value) {
-    if out.is_json() {
-        println!("{}", value_line(v));
-    }
-}
-
-/// `p2pcopy status [--name NAME]`: each running link's state, once.
-pub async fn status(args: StatusArgs, out: Output) -> Result<(), Error> {
-    let names = match args.name {
-        Some(name) => vec![name],
-        None => control::running_names()?,
-    };
-    if names.is_empty() {
-        return Err(Error::Control(
-            "no link is running (start one with `p2pcopy link --name NAME`)".into(),
-        ));
-    }
-    for name in &names {
-        let v = match ask(name, &Request::Status).await {
-            Ok(mut replies) => next_reply(&mut replies)
-                .await?
-                .ok_or_else(|| Error::Control(format!("the link {name} did not answer")))?,
-            // A socket left by a dead daemon is no running link.
-            Err(_) if names.len() > 1 => continue,
-            Err(e) => return Err(e),
-        };
-        if out.is_json() {
-            println!("{}", value_line(&v));
-        } else {
-            print_status(out, name, &v);
-        }
-    }
-    Ok(())
-}
-
-/// A link's status for a person.
-fn print_status(out: Output, name: &str, v: &Value) {
-    let peer = v["peer"].as_str().unwrap_or("none (reconnecting)");
-    out.print(format_args!(
-        "link {name}: peer {peer} ({}), rtt {} ms, {} reconnects",
-        v["path_kind"], v["rtt_ms"], v["reconnects"]
-    ));
-    out.print(format_args!(
-        "  queue {}, sent {} jobs ({} bytes), received {} jobs ({} bytes), {} failed, last rate {} B/s",
-        v["queue"],
-        v["sent_jobs"],
-        v["sent_bytes"],
-        v["received_jobs"],
-        v["received_bytes"],
-        v["failed_jobs"],
-        v["bytes_per_s"]
-    ));
 }

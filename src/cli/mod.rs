@@ -5,6 +5,8 @@
 pub mod config;
 pub mod control;
 #[cfg(unix)]
+mod linkc;
+#[cfg(unix)]
 mod linkd;
 pub mod output;
 pub mod progress;
@@ -166,9 +168,17 @@ pub struct LinkArgs {
     #[arg(long)]
     pub overwrite: bool,
     /// Also send what appears or changes under DIR (recursively), each file once it has
-    /// been quiet for 1 s, under its path below DIR; deletions are not sent.
+    /// been quiet for 1 s, under its path below DIR; deletions are not sent (see --delete).
     #[arg(long, value_name = "DIR")]
     pub watch: Option<PathBuf>,
+    /// With --watch: also send deletions. The peer removes its copy only if its link has
+    /// --allow-delete and the copy is still what this link sent.
+    #[arg(long, requires = "watch")]
+    pub delete: bool,
+    /// Honour the peer's deletions (its --watch --delete) under --output: a file only while
+    /// it holds exactly what the peer sent, a folder only when empty.
+    #[arg(long)]
+    pub allow_delete: bool,
     /// Give up after this many seconds without a path (default: keep trying for ever;
     /// --timeout bounds each attempt).
     #[arg(long, value_name = "SECS")]

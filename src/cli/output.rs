@@ -10,6 +10,7 @@ use crate::nat;
 use crate::punch::PathKind;
 use crate::session::Events;
 use crate::shown::shown;
+use crate::wire::DeleteStatus;
 
 /// Where a run reports: to a person (stderr lines, a progress bar, the ticket on stdout) or
 /// to a program (JSON lines on stdout, nothing else there).
@@ -45,6 +46,11 @@ impl Output {
             start: Instant::now(),
             mode: Mode::Json,
         }
+    }
+
+    /// Seconds since the run started, as the `t` of its JSON lines.
+    pub fn elapsed_s(&self) -> f64 {
+        seconds(self.start.elapsed())
     }
 
     /// Whether a program reads this run (no prompts, no retries at a terminal).
@@ -208,6 +214,16 @@ pub fn human(event: &Event) -> Option<Human> {
         } => say(format!(
             "Connection lost ({reason}); reconnecting until a new path is found (Ctrl-C to stop)."
         )),
+        Event::Deleted { path, result } => say(match result {
+            DeleteStatus::Deleted => format!("Your peer deleted {path}; deleted here too"),
+            DeleteStatus::Missing => format!("Your peer deleted {path}; it was not here"),
+            DeleteStatus::Kept => format!(
+                "Your peer deleted {path}; kept here: it differs from what your peer sent (or the folder is not empty)"
+            ),
+            DeleteStatus::Refused => format!(
+                "Your peer asked to delete {path}; refused (this link has no --allow-delete, your peer did not send it over this link, or it is not a plain file or folder inside --output)"
+            ),
+        }),
         _ => None,
     }
 }
@@ -370,6 +386,18 @@ mod tests {
             }),
             Some(Human::Print("Tell this to your peer: p2pcX".into()))
         );
+        assert_eq!(
+            said(Event::Deleted {
+                path: "a/b.txt".into(),
+                result: DeleteStatus::Deleted
+            }),
+            "Your peer deleted a/b.txt; deleted here too"
+        );
+        assert!(said(Event::Deleted {
+            path: "x".into(),
+            result: DeleteStatus::Refused
+        })
+        .contains("--allow-delete"));
         assert!(!Event::Bound { local_port: 1 }.in_json());
         assert!(!Event::Measured { nat: NatKind::None }.in_json());
         assert!(Event::PunchRound { round: 1 }.in_json());

@@ -89,6 +89,15 @@ impl Progress {
         }
     }
 
+    /// Moves the count to `done`: forward as [`Progress::inc`] (the plain lines come out
+    /// too), back as [`Progress::set`].
+    pub fn advance_to(&mut self, done: u64) {
+        match done.checked_sub(self.done) {
+            Some(n) => self.inc(n),
+            None => self.set(done),
+        }
+    }
+
     /// Bytes counted so far.
     pub fn done(&self) -> u64 {
         self.done

@@ -49,9 +49,9 @@ pub async fn run(cli: Cli, out: Output) -> Result<(), Error> {
                 #[cfg(unix)]
                 Command::Link(args) => super::linkd::link(args, out, &cleanup).await,
                 #[cfg(unix)]
-                Command::Send(args) => super::linkd::send(args, out).await,
+                Command::Send(args) => super::linkc::send(args, out).await,
                 #[cfg(unix)]
-                Command::Status(args) => super::linkd::status(args, out).await,
+                Command::Status(args) => super::linkc::status(args, out).await,
                 #[cfg(not(unix))]
                 Command::Link(_) | Command::Send(_) | Command::Status(_) => Err(Error::Usage(
                     "links (`link`, `send`, `status`) are not supported on this platform yet: they need a Unix socket".into(),

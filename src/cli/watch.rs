@@ -6,9 +6,11 @@
 //! shell ([`Watch`]) feeds it the `notify` crate's events and sends what comes due: a
 //! regular file as a one-file job named by its path under DIR (so `DIR/sub/x.txt` lands as
 //! `sub/x.txt`), a new folder by looking at what is already in it. Reads are not changes
-//! (sending a file reads it); a deleted path is gone when it comes due and is passed over,
-//! so deletions are not sent. A file that changes while it is being sent gets a new due
-//! time and is sent again once quiet.
+//! (sending a file reads it). A path that is gone when it comes due was deleted (or renamed
+//! away): it is passed over, unless deletions are watched too (`--delete`), when it is
+//! handed out as [`Due::Gone`], the deepest first so a folder's files go before the folder.
+//! A file that changes while it is being sent gets a new due time and is sent again once
+//! quiet.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -101,27 +103,40 @@ pub fn check_apart(watch: &Path, output: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Whether a `notify` event is a change worth sending (not a read, not a deletion).
-fn is_change(kind: &notify::EventKind) -> bool {
+/// Whether a `notify` event is a change worth sending: not a read, and a deletion only
+/// when `deletions` are sent.
+fn is_change(kind: &notify::EventKind, deletions: bool) -> bool {
     use notify::EventKind;
-    matches!(
-        kind,
-        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other
-    )
+    match kind {
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => true,
+        EventKind::Remove(_) => deletions,
+        EventKind::Access(_) => false,
+    }
+}
+
+/// What came due under the watched folder.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Due {
+    /// A file to send: its name below the folder, and where it is.
+    File(String, PathBuf),
+    /// A path no longer there (deleted or renamed away), by its name below the folder.
+    Gone(String),
 }
 
 /// A folder being watched (recursively): changes are collected from [`Watch::start`] on,
 /// and [`Watch::run`] sends them.
 pub struct Watch {
     root: PathBuf,
+    deletions: bool,
     events: tokio::sync::mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
     /// Kept for as long as the watch runs: dropping it ends the watch.
     _watcher: notify::RecommendedWatcher,
 }
 
 impl Watch {
-    /// Starts watching `root`: a change made once this returns is not missed.
-    pub fn start(root: PathBuf) -> Result<Watch, Error> {
+    /// Starts watching `root` (and what is deleted there too, if `deletions`): a change
+    /// made once this returns is not missed.
+    pub fn start(root: PathBuf, deletions: bool) -> Result<Watch, Error> {
         use notify::{RecursiveMode, Watcher};
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         let cannot = |e: notify::Error| Error::Input {
@@ -137,20 +152,22 @@ impl Watch {
             .map_err(cannot)?;
         Ok(Watch {
             root,
+            deletions,
             events,
             _watcher: watcher,
         })
     }
 
-    /// Calls `send(name, path)` for every file that comes due; runs until the watcher fails.
-    pub async fn run(mut self, mut send: impl FnMut(String, PathBuf)) -> Result<(), Error> {
+    /// Calls `send` with every file that comes due (and every path gone, if deletions are
+    /// watched); runs until the watcher fails.
+    pub async fn run(mut self, mut send: impl FnMut(Due)) -> Result<(), Error> {
         let mut quiet = Quiet::new(QUIET);
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
             let wake = quiet.poll_timeout().unwrap_or(far);
             tokio::select! {
                 e = self.events.recv() => match e {
-                    Some(Ok(event)) if is_change(&event.kind) => {
+                    Some(Ok(event)) if is_change(&event.kind, self.deletions) => {
                         for p in event.paths {
                             quiet.changed(p, Instant::now());
                         }
@@ -160,8 +177,17 @@ impl Watch {
                     None => return Err(Error::Internal("the folder watcher stopped".into())),
                 },
                 _ = tokio::time::sleep_until(wake) => {
+                    let mut gone = Vec::new();
                     for path in quiet.poll_due(Instant::now()) {
-                        due(&self.root, path, &mut quiet, &mut send);
+                        match came_due(&self.root, path, &mut quiet) {
+                            Some(Due::Gone(name)) if self.deletions => gone.push(name),
+                            Some(Due::Gone(_)) | None => {}
+                            Some(file) => send(file),
+                        }
+                    }
+                    // Names come in order, a folder before what is in it: deepest first.
+                    for name in gone.into_iter().rev() {
+                        send(Due::Gone(name));
                     }
                 }
             }
@@ -169,24 +195,27 @@ impl Watch {
     }
 }
 
-/// A path that came due: a file is sent, a folder's contents are looked at (what was
-/// written into it before the watch on it began), anything else is passed over.
-fn due(root: &Path, path: PathBuf, quiet: &mut Quiet, send: &mut impl FnMut(String, PathBuf)) {
-    let Ok(meta) = std::fs::symlink_metadata(&path) else {
-        return; // deleted (or renamed away) meanwhile: deletions are not sent
-    };
-    let Some(name) = job_name(root, &path) else {
-        return;
+/// A path that came due: a file is to be sent, a path no longer there is gone, a folder's
+/// contents are looked at (what was written into it before the watch on it began),
+/// anything else is passed over.
+fn came_due(root: &Path, path: PathBuf, quiet: &mut Quiet) -> Option<Due> {
+    let name = job_name(root, &path)?;
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(Due::Gone(name)),
+        Err(_) => return None,
     };
     if meta.is_file() {
-        send(name, path);
-    } else if meta.is_dir() {
+        return Some(Due::File(name, path));
+    }
+    if meta.is_dir() {
         if let Ok(entries) = std::fs::read_dir(&path) {
             for e in entries.flatten() {
                 quiet.changed(e.path(), Instant::now());
             }
         }
     }
+    None
 }
 
 #[cfg(test)]
@@ -237,10 +266,34 @@ mod tests {
     fn reads_and_deletions_are_not_changes() {
         use notify::event::{AccessKind, CreateKind, ModifyKind, RemoveKind};
         use notify::EventKind;
-        assert!(is_change(&EventKind::Create(CreateKind::File)));
-        assert!(is_change(&EventKind::Modify(ModifyKind::Any)));
-        assert!(!is_change(&EventKind::Access(AccessKind::Any)));
-        assert!(!is_change(&EventKind::Remove(RemoveKind::File)));
+        for deletions in [false, true] {
+            assert!(is_change(&EventKind::Create(CreateKind::File), deletions));
+            assert!(is_change(&EventKind::Modify(ModifyKind::Any), deletions));
+            assert!(!is_change(&EventKind::Access(AccessKind::Any), deletions));
+        }
+        assert!(!is_change(&EventKind::Remove(RemoveKind::File), false));
+        assert!(is_change(&EventKind::Remove(RemoveKind::File), true));
+    }
+
+    #[test]
+    fn what_came_due_is_a_file_a_gone_path_or_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/f"), b"x").unwrap();
+        let mut q = Quiet::new(QUIET);
+        assert_eq!(
+            came_due(root, root.join("d/f"), &mut q),
+            Some(Due::File("d/f".into(), root.join("d/f")))
+        );
+        assert_eq!(
+            came_due(root, root.join("d/gone"), &mut q),
+            Some(Due::Gone("d/gone".into()))
+        );
+        assert_eq!(came_due(root, root.join(".hidden"), &mut q), None);
+        // A folder: what is in it comes due later.
+        assert_eq!(came_due(root, root.join("d"), &mut q), None);
+        assert!(q.poll_timeout().is_some());
     }
 
     #[test]
@@ -265,13 +318,44 @@ mod shell_tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_owned();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let watch = Watch::start(root.clone()).unwrap();
-        let watching = tokio::spawn(watch.run(move |name, _| {
-            let _ = tx.send(name);
+        let watch = Watch::start(root.clone(), false).unwrap();
+        let watching = tokio::spawn(watch.run(move |due| {
+            let _ = tx.send(due);
         }));
         std::fs::write(root.join("a.txt"), b"x").unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
         watching.abort();
-        assert_eq!(got.unwrap().as_deref(), Some("a.txt"));
+        assert_eq!(
+            got.unwrap(),
+            Some(Due::File("a.txt".into(), root.join("a.txt")))
+        );
+    }
+
+    #[tokio::test]
+    async fn deletions_come_due_deepest_first_only_when_watched() {
+        let tmp = tempfile::tempdir().unwrap();
+        for deletions in [true, false] {
+            let root = tmp.path().join(deletions.to_string());
+            std::fs::create_dir_all(root.join("d")).unwrap();
+            std::fs::write(root.join("d/f"), b"x").unwrap();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let watch = Watch::start(root.clone(), deletions).unwrap();
+            let watching = tokio::spawn(watch.run(move |due| {
+                let _ = tx.send(due);
+            }));
+            std::fs::remove_dir_all(root.join("d")).unwrap();
+            let mut got = Vec::new();
+            while let Ok(Some(due)) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await
+            {
+                got.push(due);
+            }
+            watching.abort();
+            let want = if deletions {
+                vec![Due::Gone("d/f".into()), Due::Gone("d".into())]
+            } else {
+                vec![]
+            };
+            assert_eq!(got, want);
+        }
     }
 }

@@ -18,6 +18,10 @@
 //! [`Store`]'s rules, as for a one-shot receiver). A job cut by a lost path resumes on the
 //! next one; a job whose peer stalls (the connection alive, the job not moving, see
 //! [`crate::transfer::watchdog`]) is reported and tried again on the same connection.
+//! A deletion ([`Duplex::delete`], `--watch --delete`) is a control stream that starts
+//! with `Delete` instead of an offer, queued with the jobs; the receiving task tells the two
+//! apart by the first frame and answers it by [`crate::transfer::delete`]'s rules, only for
+//! files the peer sent over this link and only with [`DuplexOptions::allow_delete`].
 //! Per-file latency and files per second over a link: bench/RESULTS.md ("A link that
 //! stays").
 
@@ -27,11 +31,17 @@ use std::time::{Duration, Instant};
 use quinn::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod sending;
+
 use super::link::Link;
+use super::Events;
 use crate::error::{CloseCode, Error};
 use crate::events::Event;
 use crate::punch::PathKind;
+use crate::transfer::delete::{DeleteAsked, Ledger, Opened};
 use crate::transfer::{self, Incoming, Outgoing, Report, Silent, Store};
+use crate::wire::DeleteStatus;
+use sending::{sending, Request};
 
 /// How a link that stays behaves; [`DuplexOptions::new`] gives the defaults.
 #[derive(Clone, Debug)]
@@ -45,17 +55,22 @@ pub struct DuplexOptions {
     pub reconnect_for: Option<Duration>,
     /// How often a stalled job is tried again before its `send` fails.
     pub stall_retries: u32,
+    /// Honour the peer's requests to delete paths under `output` ([`Duplex::delete`]),
+    /// only of files it sent over this link (and the folders they went into); without it
+    /// each is refused.
+    pub allow_delete: bool,
 }
 
 impl DuplexOptions {
     /// Receives into `output`, never overwrites, reconnects for ever, retries a stalled job
-    /// three times.
+    /// three times, refuses the peer's deletions.
     pub fn new(output: PathBuf) -> DuplexOptions {
         DuplexOptions {
             output,
             overwrite: false,
             reconnect_for: None,
             stall_retries: 3,
+            allow_delete: false,
         }
     }
 }
@@ -91,6 +106,8 @@ enum Path {
         conn: Connection,
         authenticated: bool,
         kind: PathKind,
+        /// The code both users compare when either could not check the other.
+        code: Option<String>,
     },
     /// The connection `gen` died and a new path is being punched.
     Down,
@@ -116,12 +133,6 @@ impl Ended {
     }
 }
 
-/// A job to send and where its outcome goes.
-struct Request {
-    job: Outgoing,
-    reply: oneshot::Sender<Result<Report, Error>>,
-}
-
 /// A link that stays: [`Duplex::send`] any time, the peer's jobs from [`Arrivals`].
 ///
 /// Made by [`Link::into_duplex`] on both sides. Dropping it closes the link as
@@ -132,12 +143,6 @@ pub struct Duplex {
     path: watch::Receiver<Path>,
     stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     driver: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request").finish_non_exhaustive()
-    }
 }
 
 impl Link {
@@ -151,6 +156,7 @@ impl Link {
             conn: self.connection().clone(),
             authenticated: self.authenticated(),
             kind: self.path_kind(),
+            code: self.code_to_compare(false).map(str::to_owned),
         };
         let (path_tx, path) = watch::channel(first);
         let (jobs, queue) = mpsc::unbounded_channel();
@@ -163,9 +169,14 @@ impl Link {
             path.clone(),
             stall,
             opts.stall_retries,
-            notes,
+            notes.clone(),
         ));
-        tokio::spawn(receiving(path.clone(), store, stall, arrived));
+        let peer_deletes = PeerDeletes {
+            allowed: opts.allow_delete,
+            notes,
+            received: Ledger::default(),
+        };
+        tokio::spawn(receiving(path.clone(), store, stall, arrived, peer_deletes));
         let driver = tokio::spawn(drive(self, path_tx, stopped, noted, opts.reconnect_for));
         let duplex = Duplex {
             jobs,
@@ -182,17 +193,70 @@ impl Duplex {
     /// file, or the job failed. Callable any time and from several tasks at once: jobs this
     /// way go one at a time, in the order asked for.
     pub async fn send(&self, paths: &[PathBuf]) -> Result<Report, Error> {
+        self.send_observed(paths, |_: &Event| {}).await
+    }
+
+    /// [`Duplex::send`], telling `events` what the job does, as a one-shot sender's
+    /// session tells its events: `plan`, `progress`, `file_done`, a `warning` for each
+    /// stall retry, and `summary` last when every file was verified.
+    pub async fn send_observed(
+        &self,
+        paths: &[PathBuf],
+        events: impl Events + 'static,
+    ) -> Result<Report, Error> {
         let paths = paths.to_vec();
         let scan = tokio::task::spawn_blocking(move || crate::manifest::scan(&paths))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
-        self.send_job(Outgoing::new(scan)).await
+        self.send_job_observed(Outgoing::new(scan), events).await
     }
 
     /// Sends a job already made (a scan of the caller's choice), as [`Duplex::send`].
     pub async fn send_job(&self, job: Outgoing) -> Result<Report, Error> {
+        self.send_job_observed(job, |_: &Event| {}).await
+    }
+
+    /// [`Duplex::send_job`], telling `events` what the job does (see
+    /// [`Duplex::send_observed`]).
+    pub async fn send_job_observed(
+        &self,
+        job: Outgoing,
+        events: impl Events + 'static,
+    ) -> Result<Report, Error> {
         let (reply, outcome) = oneshot::channel();
-        if self.jobs.send(Request { job, reply }).is_err() {
+        let events = Box::new(events);
+        if self
+            .jobs
+            .send(Request::Send {
+                job: Box::new(job),
+                events,
+                reply,
+            })
+            .is_err()
+        {
+            return Err(self.ended());
+        }
+        outcome.await.unwrap_or_else(|_| Err(self.ended()))
+    }
+
+    /// Asks the peer to delete `path` (relative, `/`-separated) under its output folder:
+    /// the file, if it still holds `hash` (what we sent), or with `None` the folder, if
+    /// empty. Goes in order with the jobs this way (a file sent, then deleted, is deleted
+    /// after it arrived); a lost path is waited out as a job's is. The peer decides: it
+    /// refuses unless its link allows deletions ([`DuplexOptions::allow_delete`]) and we
+    /// sent it that file (that BLAKE3) over this link.
+    pub async fn delete(
+        &self,
+        path: &str,
+        hash: Option<blake3::Hash>,
+    ) -> Result<DeleteStatus, Error> {
+        let (reply, outcome) = oneshot::channel();
+        let path = path.to_owned();
+        if self
+            .jobs
+            .send(Request::Delete { path, hash, reply })
+            .is_err()
+        {
             return Err(self.ended());
         }
         outcome.await.unwrap_or_else(|_| Err(self.ended()))
@@ -333,6 +397,7 @@ async fn drive(
             conn: link.connection().clone(),
             authenticated: link.authenticated(),
             kind: link.path_kind(),
+            code: link.code_to_compare(false).map(str::to_owned),
         });
     };
     link.close(&outcome).await;
@@ -353,19 +418,32 @@ async fn reconnect(link: &mut Link, why: String, limit: Option<Duration>) -> Res
     }
 }
 
+/// A connection jobs can use now.
+struct Carrier {
+    gen: u64,
+    conn: Connection,
+    authenticated: bool,
+    code: Option<String>,
+}
+
 /// Waits for a connection other than `stale` (any, if `None`); fails once the link ended.
-async fn usable(
-    path: &mut watch::Receiver<Path>,
-    stale: Option<u64>,
-) -> Result<(u64, Connection, bool), Error> {
+async fn usable(path: &mut watch::Receiver<Path>, stale: Option<u64>) -> Result<Carrier, Error> {
     loop {
         match &*path.borrow_and_update() {
             Path::Up {
                 gen,
                 conn,
                 authenticated,
+                code,
                 ..
-            } if Some(*gen) != stale => return Ok((*gen, conn.clone(), *authenticated)),
+            } if Some(*gen) != stale => {
+                return Ok(Carrier {
+                    gen: *gen,
+                    conn: conn.clone(),
+                    authenticated: *authenticated,
+                    code: code.clone(),
+                })
+            }
             Path::Ended(e) => return Err(Ended::error(e)),
             _ => {}
         }
@@ -375,54 +453,33 @@ async fn usable(
     }
 }
 
-/// The sending task: runs the queued jobs one at a time.
-async fn sending(
-    mut queue: mpsc::UnboundedReceiver<Request>,
-    mut path: watch::Receiver<Path>,
-    stall: Option<Duration>,
-    retries: u32,
+/// How the peer's deletions are answered, and where what became of them is told.
+struct PeerDeletes {
+    allowed: bool,
     notes: mpsc::UnboundedSender<Event>,
-) {
-    while let Some(mut req) = queue.recv().await {
-        let result = send_one(&mut req.job, &mut path, stall, retries, &notes).await;
-        let _ = req.reply.send(result.map(|()| req.job.report().clone()));
-    }
+    /// What the peer sent us over this link: the only paths it may delete.
+    received: Ledger,
 }
 
-/// Sends one job until the peer verified it: on a new path after a lost one, or again on
-/// the same connection after a stall (at most `retries` times).
-async fn send_one(
-    job: &mut Outgoing,
-    path: &mut watch::Receiver<Path>,
-    stall: Option<Duration>,
-    retries: u32,
-    notes: &mpsc::UnboundedSender<Event>,
-) -> Result<(), Error> {
-    let (mut stale, mut tried) = (None, 0);
-    loop {
-        let (gen, conn, authenticated) = usable(path, stale).await?;
-        let opts = transfer::Options {
-            stall_timeout: stall,
-            ..transfer::Options::new(authenticated)
-        };
-        let e = match job.run(&conn, opts, &mut Silent).await {
-            Ok(()) => return Ok(()),
-            Err(e @ (Error::ConnectionLost(_) | Error::Stalled(_))) => e,
-            Err(e) => return Err(e),
-        };
-        if conn.close_reason().is_some() {
-            // The driver punches a new path; the job resumes there.
-            stale = Some(gen);
-            continue;
+impl PeerDeletes {
+    /// Notes the files of a job that arrived.
+    fn arrived(&mut self, saved: &[(String, blake3::Hash)]) {
+        for (name, hash) in saved {
+            self.received.add(name, *hash);
         }
-        tried += 1;
-        if tried > retries {
-            return Err(e);
+    }
+
+    async fn answer(&mut self, asked: DeleteAsked, root: &std::path::Path) {
+        let (path, here) = (asked.path.clone(), asked.name_here());
+        let sent_by_peer = here
+            .as_deref()
+            .and_then(|h| self.received.deletion(h))
+            .is_some_and(|held| held == asked.hash());
+        let result = asked.answer(root, self.allowed && sent_by_peer).await;
+        if let (DeleteStatus::Deleted | DeleteStatus::Missing, Some(h)) = (result, &here) {
+            self.received.forget(h);
         }
-        let _ = notes.send(Event::Warning {
-            message: format!("{e}; sending the job again ({tried} of {retries})"),
-        });
-        stale = None;
+        let _ = self.notes.send(Event::Deleted { path, result });
     }
 }
 
@@ -434,10 +491,17 @@ async fn receiving(
     store: Store,
     stall: Option<Duration>,
     arrived: mpsc::UnboundedSender<Arrival>,
+    mut deletes: PeerDeletes,
 ) {
     let mut stale = None;
     loop {
-        let Ok((gen, conn, authenticated)) = usable(&mut path, stale).await else {
+        let Ok(Carrier {
+            gen,
+            conn,
+            authenticated,
+            ..
+        }) = usable(&mut path, stale).await
+        else {
             return;
         };
         // An idle link waits here without a watchdog: no job is no stall.
@@ -454,14 +518,24 @@ async fn receiving(
             ..transfer::Options::new(authenticated)
         };
         let mut job = Incoming::new(store.clone());
-        let result = job.run_accepted(&conn, control, opts, &mut Silent).await;
+        let result = match transfer::delete::opened(&conn, control, stall).await {
+            Ok(Opened::Job(started)) => job.run_started(&conn, started, opts, &mut Silent).await,
+            Ok(Opened::Delete(asked)) => {
+                deletes.answer(asked, store.root()).await;
+                stale = None;
+                continue;
+            }
+            Err(e) => Err(e),
+        };
         if let Err(Error::ConnectionLost(_) | Error::Stalled(_)) = result {
             stale = conn.close_reason().map(|_| gen);
             continue;
         }
         stale = None;
+        let saved: Vec<_> = job.saved_hashes().collect();
+        deletes.arrived(&saved);
         let arrival = Arrival {
-            saved: job.saved_hashes().collect(),
+            saved,
             report: job.report().clone(),
             result,
         };

@@ -36,6 +36,8 @@ fn named(f: &Frame) -> String {
         Frame::FileDone { index, .. } => format!("FileDone for entry {index}"),
         Frame::JobDone => "JobDone".into(),
         Frame::Busy => "Busy".into(),
+        Frame::Delete { .. } => "Delete".into(),
+        Frame::Deleted { .. } => "Deleted".into(),
     }
 }
 

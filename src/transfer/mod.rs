@@ -19,6 +19,7 @@
 //! everything, for a program that only wants the [`Report`].
 
 pub mod control;
+pub mod delete;
 mod receive;
 mod send;
 mod store;
@@ -186,6 +187,9 @@ pub struct Report {
     started: Option<Instant>,
     /// Bytes of the job the receiver has now, as the observer was told.
     done: u64,
+    /// The next connection to carry the job is the last one again (a retry after a
+    /// stall), which is no reconnect.
+    again: bool,
 }
 
 impl Report {
@@ -204,7 +208,9 @@ impl Report {
             self.started = Some(Instant::now());
             true
         } else {
-            self.reconnects += 1;
+            if !std::mem::take(&mut self.again) {
+                self.reconnects += 1;
+            }
             false
         }
     }

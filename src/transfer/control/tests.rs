@@ -257,6 +257,14 @@ fn every_frame() -> Vec<Frame> {
         },
         Frame::JobDone,
         Frame::Busy,
+        // A link's deletion is no part of a job, in any phase on either side.
+        Frame::Delete {
+            path: "x".into(),
+            hash: None,
+        },
+        Frame::Deleted {
+            status: crate::wire::DeleteStatus::Deleted,
+        },
     ]
 }
 

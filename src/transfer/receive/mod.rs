@@ -180,7 +180,27 @@ impl Incoming {
         opts: Options,
         observer: &mut dyn Observer,
     ) -> Result<(), Error> {
-        match self.run_once(conn, None, opts, observer).await {
+        match self.run_once(conn, None, None, opts, observer).await {
+            Err(e) => Err(explain(conn, e).await),
+            ok => ok,
+        }
+    }
+
+    /// [`Incoming::run_accepted`] on a control stream whose first frame was already read
+    /// ([`super::delete::opened`]: a link that stays tells a job from a deletion by it).
+    pub async fn run_started(
+        &mut self,
+        conn: &Connection,
+        started: super::delete::Started,
+        opts: Options,
+        observer: &mut dyn Observer,
+    ) -> Result<(), Error> {
+        let super::delete::Started { send, recv, first } = started;
+        let control = Some((send, recv));
+        match self
+            .run_once(conn, control, Some(first), opts, observer)
+            .await
+        {
             Err(e) => Err(explain(conn, e).await),
             ok => ok,
         }
@@ -195,7 +215,10 @@ impl Incoming {
         opts: Options,
         observer: &mut dyn Observer,
     ) -> Result<(), Error> {
-        match self.run_once(conn, Some(control), opts, observer).await {
+        match self
+            .run_once(conn, Some(control), None, opts, observer)
+            .await
+        {
             Err(e) => Err(explain(conn, e).await),
             ok => ok,
         }
@@ -205,6 +228,7 @@ impl Incoming {
         &mut self,
         conn: &Connection,
         control: Option<(SendStream, RecvStream)>,
+        first_frame: Option<Frame>,
         opts: Options,
         observer: &mut dyn Observer,
     ) -> Result<(), Error> {
@@ -221,7 +245,7 @@ impl Incoming {
             }
         };
         let mut seq = control::Receiver::new(opts.flags(), opts.manifest_limit);
-        read_manifest(&watch, &mut recv, &mut seq).await?;
+        read_manifest(&watch, &mut recv, first_frame, &mut seq).await?;
         let offer = seq
             .offer()
             .ok_or_else(|| Error::Internal("manifest without an offer".into()))?;
@@ -512,9 +536,13 @@ impl Incoming {
 async fn read_manifest(
     watch: &Watch,
     recv: &mut RecvStream,
+    first: Option<Frame>,
     seq: &mut control::Receiver,
 ) -> Result<(), Error> {
-    let offer = watch.guard(Waiting::Offer, read_frame(recv)).await?;
+    let offer = match first {
+        Some(f) => f,
+        None => watch.guard(Waiting::Offer, read_frame(recv)).await?,
+    };
     seq.handle_frame(offer)?;
     watch
         .guard(Waiting::Manifest, async {

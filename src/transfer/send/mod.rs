@@ -51,6 +51,12 @@ impl Outgoing {
         &self.report
     }
 
+    /// Says that the next [`Outgoing::run`] is on the connection the last one ran on (a
+    /// retry after a stall), so the report does not count it as a reconnect.
+    pub fn retry_on_same_connection(&mut self) {
+        self.report.again = true;
+    }
+
     /// Sends the job over `conn` until the receiver confirms every entry, telling `observer`
     /// how it goes. Called again with a new connection after a lost one, it continues where
     /// the receiver stands.
