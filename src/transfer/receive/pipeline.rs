@@ -13,6 +13,10 @@
 //! A round is whatever the writer verified while the syncer flushed the last one (at most
 //! [`ROUND_FILES`]): on a fast disk rounds stay small and verdicts quick, on a slow one
 //! they grow, and each fsync round costs about the same whatever its size.
+//!
+//! A small file reaches the disk only once it arrived whole: a connection lost in the
+//! middle of one sends it again from its start (at most [`SMALL_FILE`]), where a large
+//! file resumes from what arrived.
 
 use std::collections::VecDeque;
 use std::io::Write;
