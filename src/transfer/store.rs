@@ -178,12 +178,10 @@ impl Store {
     /// returns where it went. Without `--overwrite` an existing file is never replaced: the
     /// new one becomes `name (1).ext` (or the next free number).
     pub fn persist(&self, part: Part, rel: &Path, entry: &Entry) -> Result<PathBuf, Error> {
-        self.seal(&part, entry)?;
-        // The data must be on disk before the name says the file is complete.
-        part.file
-            .sync_all()
-            .map_err(|e| Error::write(part.path.clone(), e))?;
-        self.name(part, rel)
+        let mut saved = self.persist_all(vec![(part, rel.to_owned(), entry.clone())])?;
+        saved
+            .pop()
+            .ok_or_else(|| Error::Internal("nothing persisted".into()))
     }
 
     /// [`Store::persist`] for several verified part files (each with its path under the
@@ -195,8 +193,11 @@ impl Store {
     /// after a crash every final name holds the complete, verified file, as with
     /// [`Store::persist`]. A crash before the names leaves complete part files, which the
     /// next run claims at their full length, the sender proves by hash, and the receiver
-    /// names without the data crossing again. Names themselves are not flushed (neither
-    /// are they by `persist`): after a crash a name may be missing, never wrong.
+    /// names without the data crossing again. Then every folder that got a name is
+    /// flushed too, before this returns and so before any verdict says "stored": a file
+    /// the sender was told is stored keeps its final name across a crash. (A crash between
+    /// the names and that flush may lose a name, never make one wrong: the part file or
+    /// the named file is there, and the next run claims it.)
     ///
     /// What the batch saves: fsyncs issued together can share one journal commit and disk
     /// cache flush (ext4's and XFS's logs group the fsyncs that arrive while a commit
@@ -209,10 +210,12 @@ impl Store {
         let parts: Vec<&Part> = batch.iter().map(|(part, _, _)| part).collect();
         sync_together(&parts)?;
         drop(parts);
-        batch
+        let saved = batch
             .into_iter()
             .map(|(part, rel, _)| self.name(part, &rel))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        sync_folders(&saved)?;
+        Ok(saved)
     }
 
     /// Gives a verified part file the announced time and permissions.
@@ -348,6 +351,31 @@ fn sync_together(parts: &[&Part]) -> Result<(), Error> {
         }
         Ok(())
     })
+}
+
+/// Flushes the folders holding `files` (each once), so their new names are on disk.
+fn sync_folders(files: &[PathBuf]) -> Result<(), Error> {
+    let mut done: Vec<&Path> = Vec::new();
+    for dir in files.iter().filter_map(|f| f.parent()) {
+        // A round's files mostly share a few folders: a short list beats a set.
+        if done.contains(&dir) {
+            continue;
+        }
+        sync_folder(dir).map_err(|e| Error::write(dir.to_owned(), e))?;
+        done.push(dir);
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn sync_folder(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Elsewhere a folder cannot be opened as a file; NTFS logs its names itself.
+#[cfg(not(unix))]
+fn sync_folder(_dir: &Path) -> io::Result<()> {
+    Ok(())
 }
 
 /// The hidden name of the part file for final name `name`.

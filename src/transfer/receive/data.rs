@@ -7,6 +7,7 @@ use std::time::Duration;
 use quinn::{Connection, ReadError, RecvStream};
 use tokio::sync::mpsc;
 
+use super::pipeline::Job;
 use super::{FileRef, Files};
 use crate::error::Error;
 use crate::shown::shown;
@@ -104,6 +105,69 @@ pub(super) async fn receive_file(
     };
     store.discard(part);
     Ok((Outcome::Status(status), ours))
+}
+
+/// Reads a small file into memory and hands it to the disk pipeline.
+pub(super) async fn receive_small(
+    rx: &mut Files<'_, '_>,
+    stream: &mut RecvStream,
+    file: &FileRef<'_>,
+    start: u64,
+    claim: Option<Held>,
+    observer: &mut dyn Observer,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let rest = file.entry.size - start;
+    let hasher = match claim {
+        Some(Held {
+            hasher: Some(h), ..
+        }) if start > 0 => *h,
+        _ => blake3::Hasher::new(),
+    };
+    // Waiting for memory is waiting for our own disk: the sender hears we are busy.
+    let pipe = &rx.pipe;
+    let permit = rx.ctl.wait(pipe.reserve(rest)).await??;
+    let watch = rx.ctl.watch;
+    let (data, trailer) = read_small(stream, rest, observer, report, watch).await?;
+    rx.seq.file_received(file.index)?;
+    rx.pipe.push(Job {
+        index: file.index,
+        rel: file.rel.to_owned(),
+        entry: file.entry.clone(),
+        start,
+        hasher,
+        data,
+        trailer,
+        permit,
+    })
+}
+
+/// Reads the rest of a small file (`len` bytes, one segment) and its trailer into memory,
+/// for the disk pipeline; the stream must be past its head.
+async fn read_small(
+    stream: &mut RecvStream,
+    len: u64,
+    observer: &mut dyn Observer,
+    report: &mut Report,
+    watch: &Watch,
+) -> Result<(Vec<u8>, Trailer), Error> {
+    let (tx, mut filled) = mpsc::channel::<Filled>(1);
+    let (_spare_tx, mut spare) = mpsc::unbounded_channel();
+    let got = pump(stream, &tx, &mut spare, len, observer, report, watch).await;
+    let trailer = match got {
+        Ok(()) => watch.guard(Waiting::MidFile, read_trailer(stream)).await?,
+        Err(Pumped::SourceChanged) => Trailer::SourceChanged,
+        Err(Pumped::Failed(e)) => return Err(e),
+    };
+    // At most CHUNK bytes: `pump` sent them as one buffer (none for an empty file).
+    let data = match filled.try_recv() {
+        Ok((mut buf, n)) => {
+            buf.truncate(n);
+            buf
+        }
+        Err(_) => Vec::new(),
+    };
+    Ok((data, trailer))
 }
 
 /// Stops a data stream when we cannot store its file, so the sender stops sending at once

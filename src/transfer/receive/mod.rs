@@ -1,6 +1,7 @@
 //! The receiver's half of a job.
 
 mod data;
+mod pipeline;
 mod tree;
 
 use std::collections::{HashMap, HashSet};
@@ -12,13 +13,14 @@ use quinn::{Connection, RecvStream, SendStream};
 use tokio::task::JoinHandle;
 
 use super::control::{self, RecvPhase, Segment};
-use super::store::{Held, Part, Store};
+use super::store::{Held, Store};
 use super::watchdog::{heartbeat_every, Waiting, Watch};
 use super::{closed, explain, lost_write, read_frame, FileDone, Observer, Options, Report};
 use crate::error::Error;
 use crate::manifest::confine;
 use crate::wire::{Claim, Entry, FileStatus, Frame, FLAG_AUTHENTICATED, FLAG_HEARTBEAT};
-use data::{accept_data, receive_file, stop_if_store_failed, Outcome};
+use data::{accept_data, receive_file, receive_small, stop_if_store_failed, Outcome};
+use pipeline::{Done, Pipeline, SMALL_FILE};
 use tree::{finish_tree, prepare};
 
 /// A job being received, kept across reconnects.
@@ -34,6 +36,9 @@ pub struct Incoming {
     /// Entries the observer was told are done: a reconnect reports them again as already
     /// there, which is no news.
     reported: HashSet<u32>,
+    /// The last connection's disk threads, still naming what they were handed: joined
+    /// before a reconnect looks at the disk.
+    disk_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// One announced file: its index, its entry, and its path under the output folder.
@@ -53,18 +58,11 @@ struct Files<'a, 'b> {
     held: HashMap<u32, Held>,
     /// This is the run's first connection.
     first: bool,
-    /// Verified files waiting for their durability round, in the order they arrived.
-    batch: Vec<(u32, Part, blake3::Hash)>,
+    /// Small files' disk work, off this task.
+    pipe: Pipeline,
     /// How each file ended, with its hash.
     statuses: Vec<(u32, FileStatus, blake3::Hash)>,
 }
-
-/// Files at most this large wait for a durability round with others (see
-/// [`Store::persist_all`]); a larger one is flushed on its own, and the waiting ones are
-/// named before it starts, so no verdict waits for a large file to cross.
-const SMALL_FILE: u64 = 1 << 20;
-/// Most files in one durability round: each is an open part file until it is named.
-const BATCH_FILES: usize = 32;
 
 impl Files<'_, '_> {
     /// Sends what the sequence has queued.
@@ -109,10 +107,15 @@ impl Control<'_> {
     /// large held file or flushing one to a slow disk takes longer than the sender's
     /// patience, and QUIC keep-alives alone do not tell it we are still working.
     async fn busy<T>(&mut self, work: JoinHandle<T>) -> Result<T, Error> {
-        let mut work = std::pin::pin!(work);
         let internal = |e: tokio::task::JoinError| Error::Internal(e.to_string());
+        self.wait(work).await?.map_err(internal)
+    }
+
+    /// [`Control::busy`] for any wait on our own disk.
+    async fn wait<T>(&mut self, work: impl std::future::Future<Output = T>) -> Result<T, Error> {
+        let mut work = std::pin::pin!(work);
         let Some(every) = self.heartbeat else {
-            return work.await.map_err(internal);
+            return Ok(work.await);
         };
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -120,7 +123,7 @@ impl Control<'_> {
         Frame::Busy.encode(&mut beat);
         loop {
             tokio::select! {
-                r = &mut work => return r.map_err(internal),
+                r = &mut work => return Ok(r),
                 _ = tick.tick() => self.write(&beat).await?,
             }
         }
@@ -137,6 +140,7 @@ impl Incoming {
             renamed: HashMap::new(),
             stored_now: HashSet::new(),
             reported: HashSet::new(),
+            disk_threads: Vec::new(),
         }
     }
 
@@ -234,6 +238,11 @@ impl Incoming {
     ) -> Result<(), Error> {
         let first = self.report.connection_started();
         let watch = Watch::new(conn, opts.stall_timeout);
+        let threads = std::mem::take(&mut self.disk_threads);
+        if !threads.is_empty() {
+            let join = move || threads.into_iter().for_each(|t| drop(t.join()));
+            let _ = tokio::task::spawn_blocking(join).await;
+        }
         let (mut send, mut recv) = match control {
             Some(streams) => streams,
             None => {
@@ -265,10 +274,12 @@ impl Incoming {
             seq,
             held,
             first,
-            batch: Vec::new(),
+            pipe: Pipeline::start(self.store.clone())?,
             statuses: Vec::new(),
         };
-        self.receive_files(&mut rx, &rels, observer).await?;
+        let received = self.receive_files(&mut rx, &rels, observer).await;
+        self.disk_threads = rx.pipe.take_threads();
+        received?;
 
         let (store, entries) = (self.store.clone(), Arc::clone(rx.seq.manifest()));
         let link_renames = rx
@@ -339,6 +350,10 @@ impl Incoming {
     }
 
     /// Receives the files in the order the sender sends them, telling it how each ended.
+    ///
+    /// Small files go to the disk pipeline whole and this task goes on to the next one;
+    /// their verdicts are sent as their durability rounds finish. Before a large file the
+    /// pipeline settles, so its verdicts do not wait for the large file to cross.
     async fn receive_files(
         &mut self,
         rx: &mut Files<'_, '_>,
@@ -361,85 +376,115 @@ impl Incoming {
                 entry: &entries[index as usize],
                 rel: &rels[index as usize],
             };
-            let large = file.entry.size - head.start > SMALL_FILE;
-            if large {
-                self.commit(rx, rels, observer)
-                    .await
-                    .inspect_err(|e| stop_if_store_failed(&mut stream, e))?;
-            }
             let claim = rx.held.remove(&index);
             let (first, path) = (rx.first, &file.entry.path);
             self.report
                 .file_started(observer, path, first, claimed, head.start);
-            let got = receive_file(
-                &self.store,
-                rx,
-                &mut stream,
-                &file,
-                head.start,
-                claim,
-                observer,
-                &mut self.report,
-            )
-            .await;
-            let (outcome, hash) = got.inspect_err(|e| stop_if_store_failed(&mut stream, e))?;
-            rx.seq.file_received(index)?;
-            match outcome {
-                Outcome::Verified(part) => {
-                    rx.batch.push((index, part, hash));
-                    if large || rx.batch.len() >= BATCH_FILES || rx.seq.pending() == 0 {
-                        self.commit(rx, rels, observer)
-                            .await
-                            .inspect_err(|e| stop_if_store_failed(&mut stream, e))?;
-                    }
-                }
-                Outcome::Status(status) => {
-                    let status = self.record(&file, Err(status), hash, observer);
-                    rx.statuses.push((index, status, hash));
-                    rx.seq.file_finished(index, status)?;
-                }
+            let rest = file.entry.size - head.start;
+            // "Already there" needs no disk: the old way answers it at once.
+            let proven = claim.as_ref().is_some_and(|h| h.complete && rest == 0);
+            let got = if rest <= SMALL_FILE && !proven {
+                let report = &mut self.report;
+                receive_small(rx, &mut stream, &file, head.start, claim, observer, report).await
+            } else {
+                let (start, rest) = (head.start, (rels, claim));
+                self.receive_large(rx, &mut stream, &file, start, rest, observer)
+                    .await
+            };
+            got.inspect_err(|e| stop_if_store_failed(&mut stream, e))?;
+            while let Some(done) = rx.pipe.try_next() {
+                self.verdict(rx, rels, done, observer)?;
             }
             rx.flush().await?;
         }
-        self.commit(rx, rels, observer).await?;
+        self.settle(rx, rels, observer).await?;
         rx.flush().await
     }
 
-    /// Gives the verified files of the batch their final names after one durability round,
-    /// and queues their verdicts.
-    async fn commit(
+    /// Receives a large file (or proves one already there) the old way, once the
+    /// pipeline has settled, and makes it durable on its own.
+    async fn receive_large(
+        &mut self,
+        rx: &mut Files<'_, '_>,
+        stream: &mut RecvStream,
+        file: &FileRef<'_>,
+        start: u64,
+        (rels, claim): (&[PathBuf], Option<Held>),
+        observer: &mut dyn Observer,
+    ) -> Result<(), Error> {
+        // Proving a file already there touches no disk: nothing to settle for.
+        let proven = claim.as_ref().is_some_and(|h| h.complete) && start == file.entry.size;
+        if !proven {
+            self.settle(rx, rels, observer).await?;
+        }
+        let got = receive_file(
+            &self.store,
+            rx,
+            stream,
+            file,
+            start,
+            claim,
+            observer,
+            &mut self.report,
+        )
+        .await;
+        let (outcome, hash) = got?;
+        rx.seq.file_received(file.index)?;
+        let saved = match outcome {
+            Outcome::Verified(part) => {
+                let (rel, entry) = (file.rel.to_owned(), file.entry.clone());
+                // Flushing can take long on a slow disk: off the runtime, which drives
+                // the connection (its keep-alives and our heartbeats).
+                let store = self.store.clone();
+                let persisted =
+                    tokio::task::spawn_blocking(move || store.persist(part, &rel, &entry));
+                Ok(rx.ctl.busy(persisted).await??)
+            }
+            Outcome::Status(status) => Err(status),
+        };
+        let status = self.record(file, saved, hash, observer);
+        rx.statuses.push((file.index, status, hash));
+        rx.seq.file_finished(file.index, status)
+    }
+
+    /// Waits until every file handed to the pipeline has its verdict queued.
+    async fn settle(
         &mut self,
         rx: &mut Files<'_, '_>,
         rels: &[PathBuf],
         observer: &mut dyn Observer,
     ) -> Result<(), Error> {
-        if rx.batch.is_empty() {
-            return Ok(());
-        }
-        let entries = Arc::clone(rx.seq.manifest());
-        let mut verified = Vec::with_capacity(rx.batch.len());
-        let mut parts = Vec::with_capacity(rx.batch.len());
-        for (index, part, hash) in rx.batch.drain(..) {
-            let i = index as usize;
-            verified.push((index, hash));
-            parts.push((part, rels[i].clone(), entries[i].clone()));
-        }
-        // Flushing can take long on a slow disk: off the runtime, which drives the
-        // connection (its keep-alives and our heartbeats).
-        let store = self.store.clone();
-        let persisted = tokio::task::spawn_blocking(move || store.persist_all(parts));
-        let saved = rx.ctl.busy(persisted).await??;
-        for ((index, hash), at) in verified.into_iter().zip(saved) {
-            let file = FileRef {
-                index,
-                entry: &entries[index as usize],
-                rel: &rels[index as usize],
-            };
-            let status = self.record(&file, Ok(at), hash, observer);
-            rx.statuses.push((index, status, hash));
-            rx.seq.file_finished(index, status)?;
+        rx.pipe.settle()?;
+        while rx.pipe.settling() > 0 {
+            let pipe = &mut rx.pipe;
+            let done = rx.ctl.wait(pipe.next()).await?;
+            self.verdict(rx, rels, done, observer)?;
         }
         Ok(())
+    }
+
+    /// Takes in one report of the pipeline: a file's verdict is recorded and queued.
+    fn verdict(
+        &mut self,
+        rx: &mut Files<'_, '_>,
+        rels: &[PathBuf],
+        done: Done,
+        observer: &mut dyn Observer,
+    ) -> Result<(), Error> {
+        let (index, saved, hash) = match done {
+            Done::File { index, saved, hash } => (index, saved, hash),
+            Done::Settled => return Ok(()),
+            Done::Failed(e) => return Err(e),
+        };
+        let entries = Arc::clone(rx.seq.manifest());
+        let file = FileRef {
+            index,
+            entry: &entries[index as usize],
+            rel: &rels[index as usize],
+        };
+        let status = self.record(&file, saved, hash, observer);
+        rx.statuses.push((index, status, hash));
+        rx.seq.file_finished(index, status)
     }
 
     /// Notes where a file ended (stored where `saved` says, or not stored with that

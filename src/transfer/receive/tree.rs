@@ -48,13 +48,19 @@ pub(super) fn prepare(
     }
     drop(order);
     let mut held = HashMap::new();
+    // Files come folder by folder: each folder is checked once per run of its files, not
+    // once per file (a stat per path component each time).
+    let mut made = None;
     for (i, (e, rel)) in entries.iter().zip(&rels).enumerate() {
         match e.kind {
             EntryKind::Dir => {
                 store.make_dir(rel)?;
             }
             EntryKind::File => {
-                store.make_parent(rel)?;
+                if made != Some(rel.parent()) {
+                    store.make_parent(rel)?;
+                    made = Some(rel.parent());
+                }
                 let h = match verified.get(&(rel.clone(), e.size)) {
                     Some(hash) => Some(Held {
                         offset: e.size,
