@@ -53,8 +53,10 @@ const ACK_ALLOWANCE: Duration = Duration::from_millis(4);
 /// through (BBRv2's `inflight_hi`, whose threshold is 2 %). Above the bench's random loss
 /// (1-2 %), below what a policer drops when the window lets 10 % too much through.
 const CAP_LOSS: f64 = 0.05;
+/// Room the cap leaves below what got through, for the policer's bucket to refill.
+const CAP_MARGIN: f64 = 0.9;
 /// Growth of that cap per clean round (BBRv2 probes its `inflight_hi` up likewise).
-const CAP_GROWTH: f64 = 1.1;
+const CAP_GROWTH: f64 = 1.03;
 /// Window gains of the probing cycle, one per round trip: probe up, drain, cruise. As
 /// the window caps what is in flight, any window under one BDP (0.85 × [`HEADROOM`])
 /// empties the queue within the round; BBR's 0.75, made for pacing, cost a fifth of a
@@ -340,7 +342,7 @@ impl Core {
                 *r = r.min(rate);
             }
         }
-        self.cap_inflight(cut, share_lost, limited);
+        self.cap_inflight(cut, share_lost, limited, rate);
         // A round the application held back shows its own rate, not the path's.
         if !limited || rate > self.bandwidth() {
             self.push_rate(rate);
@@ -365,10 +367,15 @@ impl Core {
     }
 
     /// After a round that lost more than [`CAP_LOSS`] (`cut`), what may be in flight is
-    /// capped at the share of the window that got through; clean rounds lift the cap.
-    fn cap_inflight(&mut self, cut: bool, share_lost: f64, limited: bool) {
+    /// capped at the share of the window that got through, but not below what the round
+    /// delivered per minimum RTT (a round that lost nearly all, as the one after startup
+    /// overshoots, would leave the link idle for many rounds); clean rounds lift the cap.
+    fn cap_inflight(&mut self, cut: bool, share_lost: f64, limited: bool, rate: f64) {
         if cut {
-            let cap = (self.window() as f64 * (1.0 - share_lost)) as u64;
+            let min_rtt = self.min_rtt.get().unwrap_or_default().as_secs_f64();
+            let delivered = rate.min(self.bandwidth()) * min_rtt;
+            let through = self.window() as f64 * (1.0 - share_lost) * CAP_MARGIN;
+            let cap = through.max(delivered) as u64;
             self.inflight_cap = Some(self.inflight_cap.map_or(cap, |c| c.min(cap)));
         } else if !limited && share_lost <= CAP_LOSS {
             self.inflight_cap = self.inflight_cap.map(|c| (c as f64 * CAP_GROWTH) as u64);

@@ -545,9 +545,10 @@ fn shares_with_reno(queue_s: f64) -> (f64, f64) {
 #[test]
 fn a_loss_based_flow_keeps_its_share_in_a_buffer_of_a_bdp_or_more() {
     // As with BBRv1: where the router buffers a BDP or more, the loss-based flow fills the
-    // queue and holds its own (shares seen: 22 / 78 Mbit/s at 1 BDP, 18 / 82 at 4 BDP).
-    // In a shallow buffer (0.2 BDP) random-loss tolerance costs it: it halves on every
-    // overflow while we do not, and ends with ~2 %. The README says so.
+    // queue and holds its own (shares seen: 32 / 68 Mbit/s at 1 BDP, 26 / 74 at 4 BDP, the
+    // same with or without the in-flight cap). In a shallow buffer (0.2 BDP) random-loss
+    // tolerance costs it: it halves on every overflow while we do not, and ends with ~1 %.
+    // The README says so.
     for queue_s in [0.01, 0.05, 0.2] {
         let (ours, reno) = shares_with_reno(queue_s);
         eprintln!("queue {queue_s} s: ours {ours:.1}, NewReno {reno:.1} Mbit/s");
@@ -618,7 +619,7 @@ fn a_congested_round_caps_the_window_until_clean_rounds_lift_it() {
     let floor = 2 * u64::from(ACK_EVERY) * PKT;
     assert!(capped <= (open / 10).max(floor), "{capped} > {open} / 10");
     cc.round_lost = 0;
-    for _ in 0..40 {
+    for _ in 0..200 {
         cc.end_round(12.5e6, false);
     }
     assert!(cc.inflight_cap.is_none());
