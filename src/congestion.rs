@@ -19,9 +19,9 @@
 //! builds no queue, so nothing but the window holds the sender back; on a short path the
 //! window's allowances are many times the BDP (at 0.1 ms RTT quinn's pacer then ran at
 //! ~56 × the bandwidth estimate and 91 % of the packets were lost). A round that loses
-//! more than `CAP_LOSS` (5 %) therefore caps what may be in flight a little below the share of
-//! the window that got through, as BBRv2's `inflight_hi` does; the cap grows back while
-//! rounds stay clean. Below a millisecond the cap's floor (the 16 packets the peer's ACK
+//! more than `CAP_LOSS` (5 %) therefore caps what may be in flight a little below the
+//! share of the window that got through, as BBRv2's `inflight_hi` does; the cap grows
+//! back while rounds stay clean. Below a millisecond the cap's floor (the 16 packets the peer's ACK
 //! rule needs) still lets ~20 % be dropped. Figures: bench/RESULTS.md, "Policed paths".
 //!
 //! [`Core`] holds that logic without quinn's types, for tests; the
