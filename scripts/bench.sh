@@ -11,7 +11,9 @@
 # Profiles (scripts/bench/bench.py): lan (one veth), wan (50 ms, 100 Mbit/s, 1 % loss),
 # long (200 ms, 100 Mbit/s, 2 % loss), bdp (100 ms, 1 Gbit/s), gig (1 ms, 1 Gbit/s), routed
 # (two routers between the hosts, no shaping), jitter (wan's delay and rate plus 0-5 ms each
-# way, no loss), and small (3,000 files of 1-16 KiB, LAN, disk to disk, against tar | ssh and rsync -a).
+# way, no loss), small (3,000 files of 1-16 KiB, LAN, disk to disk, against tar | ssh and
+# rsync -a), and, not in the default list, policed and policed-long (2 and 40 ms RTT, an nft
+# policer of ~100 Mbit/s that drops; the results add p2pcopy's QUIC packets sent and lost).
 # Shaping is done by lab/netem (user space; this kernel has no netem qdisc).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

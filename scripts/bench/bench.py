@@ -52,12 +52,18 @@ PROFILES = {
     "routed": (None, None, 0.0, 1024, 10),
     # wan's delay and rate, no random loss, and 0-5 ms of extra delay per packet (JITTER_MS).
     "jitter": (25, 100, 0.0, 200, 20),
+    # A policer (token bucket that drops, no queue: POLICED) on a short and a longer path.
+    "policed": (1, None, 0.0, 200, 20),
+    "policed-long": (20, None, 0.0, 200, 20),
     # Many small files (the tree below), LAN, disk to disk (--bigdir): not in the default list.
     "small": (None, None, 0.0, 0, 0),
 }
 SMALL_FILES, SMALL_DIRS = 3000, 150
 # Profiles with delay jitter: the delay line's --jitter-ms (each way; no reordering).
 JITTER_MS = {"jitter": 5}
+# Policed profiles: (Mbit/s, burst) of an nft limit on the receiving host's input, as ISP
+# plans and scripts/lab/lib.sh's lab_throttle police: what exceeds the bucket is dropped.
+POLICED = {"policed": (100, "256 kbytes"), "policed-long": (100, "256 kbytes")}
 DESCRIBE = {
     "lan": "LAN: one veth, no shaping",
     "wan": "internet-like: 50 ms RTT, 100 Mbit/s, 1 % loss each way",
@@ -66,6 +72,8 @@ DESCRIBE = {
     "gig": "reference for the row above: 1 ms RTT, 1 Gbit/s, no loss",
     "routed": "routed LAN: two routers between the hosts (kernel forwarding), no shaping",
     "jitter": f"jittery: 50 ms RTT plus 0-{JITTER_MS['jitter']} ms each way (no reordering), 100 Mbit/s, no loss",
+    "policed": "policed: 2 ms RTT, a 100 Mbit/s token-bucket policer (burst 256 KB) that drops, no queue",
+    "policed-long": "policed, longer: 40 ms RTT, a 100 Mbit/s token-bucket policer (burst 256 KB) that drops, no queue",
     "small": f"many small files: {SMALL_FILES} files of 1-16 KiB in {SMALL_DIRS} folders, LAN, disk to disk",
 }
 
@@ -139,6 +147,11 @@ def topology(profile, netem_bin, logdir):
         # capped by net.core.rmem_max, which is not per namespace: it stays as the machine has it.)
         sh(*nsx(ns, "sysctl", "-qw", "net.ipv4.tcp_rmem=4096 131072 67108864",
                 "net.ipv4.tcp_wmem=4096 65536 67108864"))
+    if profile in POLICED:
+        mbit_s, burst = POLICED[profile]
+        rule = (f"table inet p2pbench {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n"
+                f"  ip saddr {IP_A} limit rate over {mbit_s * 125} kbytes/second burst {burst} drop\n }}\n}}\n")
+        sh(*nsx(B, "nft", "-f", "-"), input=rule, text=True)
     for _ in range(50):
         if subprocess.run(nsx(A, "ping", "-c1", "-W1", IP_B), capture_output=True).returncode == 0:
             break
@@ -254,7 +267,9 @@ def run_p2pcopy(binary, src, outdir, limit, logdir):
 
     r = Proc(nsx(B, *wrap("receiver"), "receiver", "--localport", "21300", "--output", str(outdir), *common),
              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(logdir / "receiver.err", "w"), text=True)
-    s = Proc(nsx(A, *wrap("sender"), "sender", "--localport", "4300", "--file", str(src), *common),
+    # The sender's QUIC path stats (packets sent and lost) at the end, without -v's other logs.
+    env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn,p2pcopy::transfer=info")}
+    s = Proc(nsx(A, *wrap("sender"), "sender", "--localport", "4300", "--file", str(src), *common), env=env,
              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(logdir / "sender.err", "w"), text=True)
 
     # Event times as the lines arrive: the receiver's `plan` (sent right before the data
@@ -298,7 +313,10 @@ def run_p2pcopy(binary, src, outdir, limit, logdir):
         raise RuntimeError(f"p2pcopy failed: sender {s.code}, receiver {r.code}; see {logdir}")
     if t_first is None or "plan" not in events["receiver"]:
         raise RuntimeError("p2pcopy: first byte never seen")
+    stats = re.findall(r"path stats.*?sent_packets=(\d+) lost_packets=(\d+)",
+                       (logdir / "sender.err").read_text())
     return {
+        "sent": int(stats[-1][0]) if stats else None, "lost": int(stats[-1][1]) if stats else None,
         "total": r.end - t_paste,
         "secs": r.end - events["receiver"]["plan"],
         "connect": t_first - t_paste,
@@ -491,9 +509,10 @@ def main():
             out = wd / "out"
             rtt, mdev = ping_rtt(20)
             chk = {"rtt_ms": rtt, "mdev_ms": mdev}
-            if rate:
-                chk["udp_cap_mbit"] = mbit(run_iperf3_udp(rate * 2)["bps"] / 8)
-                chk["udp_loss_pct"] = run_iperf3_udp(rate // 2)["lost_pct"]
+            cap = rate or POLICED.get(prof, (None,))[0]
+            if cap:
+                chk["udp_cap_mbit"] = mbit(run_iperf3_udp(cap * 2)["bps"] / 8)
+                chk["udp_loss_pct"] = run_iperf3_udp(cap // 2)["lost_pct"]
             if prof == "routed":
                 chk["hops"] = router_hops()
             checks[prof] = chk
@@ -507,18 +526,18 @@ def main():
                 if i == 0 and not filecmp.cmp(src, out / src.name, shallow=False):
                     raise RuntimeError("p2pcopy's copy differs from the source")
                 res["p2pcopy"].append(r)
-                log(f"  run {i + 1} p2pcopy: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, connect {r['connect']:.2f} s, "
+                log(f"  run {i + 1} p2pcopy: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, {loss_text(r)}, connect {r['connect']:.2f} s, "
                     f"cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s, rss {r['rss_s']:.0f}/{r['rss_r']:.0f} MiB")
                 if args.baseline:
                     r = run_p2pcopy(args.baseline, src, out, 600, logdir)
                     res["baseline"].append(r)
-                    log(f"  run {i + 1} baseline: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, "
+                    log(f"  run {i + 1} baseline: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, {loss_text(r)}, "
                         f"cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s")
                 if i == 0:
                     r = run_iperf3(isecs, isecs + 60, "bbr")
                     res["bbr"].append(r)
                     log(f"  run {i + 1} iperf3 bbr: {mbit(r['bps'] / 8):.0f} Mbit/s")
-                if delay is None or rate:
+                if delay is None or rate or prof in POLICED:
                     r = run_scp(src, out, key, 900)
                     res["scp"].append(r)
                     log(f"  run {i + 1} scp: {mbit(mib * MIB / r['secs']):.0f} Mbit/s")
@@ -578,7 +597,7 @@ def write_results(args, rows, checks, mem, small):
             desc += f", {chk['hops']} routers between the hosts (smallest TTL that arrives, less one)"
         w(desc + ".\n")
         ip = mbit(med([r["bps"] for r in res["iperf3"]]) / 8)
-        rate = PROFILES[prof][1]
+        rate = PROFILES[prof][1] or POLICED.get(prof, (None,))[0]
         w("| tool | Mbit/s (median) | runs | vs iperf3 | vs scp | of link | connect s | CPU s/GiB send / recv | peak RSS MiB send / recv |")
         w("|---|---|---|---|---|---|---|---|---|")
         scp = None
@@ -609,6 +628,11 @@ def write_results(args, rows, checks, mem, small):
             w(f"| scp (OpenSSH {ssh_version()}, TCP {default_cc()}) | {scp:.0f} | {runs} | {scp / ip:.2f}× | 1.00× | {link(scp)} "
               f"| {med([r['connect'] for r in res['scp']]):.2f} | {med([r['cpu_s'] for r in res['scp']]) / gib:.2f} / — "
               f"| {max(r['rss_s'] for r in res['scp']):.0f} / — |")
+        for key, label in (("p2pcopy", "p2pcopy"), ("baseline", "baseline")):
+            if res[key] and res[key][0].get("sent") is not None:
+                w(f"\n{label}: QUIC packets sent / lost (sender's path stats) per run: "
+                  + "; ".join(loss_text(r) for r in res[key]) + ".")
+        w("iperf3 cubic retransmits per run: " + ", ".join(str(r["retrans"]) for r in res["iperf3"]) + ".")
     for prof, res in small.items():
         w(f"\n## {DESCRIBE[prof]}\n")
         w("Whole runs: p2pcopy from the second paste to the receiver's exit (handshake included; every file "
@@ -652,6 +676,12 @@ def write_results(args, rows, checks, mem, small):
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text("\n".join(lines) + "\n" + tail)
     log(f"wrote {args.results}")
+
+
+def loss_text(r):
+    if r.get("sent") is None:
+        return "no path stats"
+    return f"{r['sent']} sent / {r['lost']} lost ({100 * r['lost'] / max(r['sent'], 1):.1f} %)"
 
 
 def default_cc():

@@ -6,12 +6,19 @@ use super::*;
 
 const PKT: u64 = 1400;
 
+#[derive(Default)]
 struct Path {
     /// Bottleneck rate over time: (from second, bytes per second).
     rates: Vec<(f64, f64)>,
     delay: f64,
     queue_s: f64,
     loss: f64,
+    /// Extra delay each way, uniform in 0..jitter seconds, without reordering (as the
+    /// bench's delay line has it).
+    jitter: f64,
+    /// A token bucket in front of the bottleneck that drops what exceeds it:
+    /// (bytes per second, burst bytes).
+    policer: Option<(f64, f64)>,
 }
 
 impl Path {
@@ -201,6 +208,9 @@ fn simulate_flows(path: &Path, flows: Vec<(Box<dyn Cc>, f64)>, secs: f64, seed: 
         .map(|(cc, starts)| Sender::new(cc, starts, seconds))
         .collect();
     let mut link_free = 0.0f64;
+    // The policer's tokens and when they were last topped up; the newest arrival each way.
+    let (mut bucket, mut bucket_at) = (path.policer.map_or(0.0, |p| p.1), 0.0f64);
+    let (mut arrived, mut acked) = (0.0f64, 0.0f64);
     let mut now = 0.0f64;
     while now < secs {
         let (i, (t, step)) = senders
@@ -222,12 +232,33 @@ fn simulate_flows(path: &Path, flows: Vec<(Box<dyn Cc>, f64)>, secs: f64, seed: 
                 s.flow.sent[now as usize] += 1;
                 let rate = path.rate_at(now);
                 let backlog = (link_free - now).max(0.0) * rate;
-                let ack = if backlog + PKT as f64 > rate * path.queue_s {
+                let policed = path.policer.is_some_and(|(rate, burst)| {
+                    bucket = (bucket + (now - bucket_at) * rate).min(burst);
+                    bucket_at = now;
+                    let drop = bucket < PKT as f64;
+                    if !drop {
+                        bucket -= PKT as f64;
+                    }
+                    drop
+                });
+                let ack = if policed || backlog + PKT as f64 > rate * path.queue_s {
                     s.flow.drops[now as usize] += 1;
                     None
                 } else {
                     link_free = link_free.max(now) + PKT as f64 / rate;
-                    (random() >= path.loss).then_some(link_free + 2.0 * path.delay)
+                    (random() >= path.loss).then(|| {
+                        // (No draws without jitter: the other tests' loss patterns stay.)
+                        let mut jitter = || {
+                            if path.jitter > 0.0 {
+                                random() * path.jitter
+                            } else {
+                                0.0
+                            }
+                        };
+                        arrived = arrived.max(link_free + path.delay + jitter());
+                        acked = acked.max(arrived + path.delay + jitter());
+                        acked
+                    })
                 };
                 s.outstanding.push_back((pn, now, ack));
             }
@@ -301,6 +332,7 @@ fn long_lossy_path_is_filled_without_overflowing_its_queue() {
         delay: 0.1,
         queue_s: 0.1,
         loss: 0.02,
+        ..Path::default()
     };
     let flow = simulate(&path, 30.0, 7);
     let rate = goodput(&flow, 10, 30);
@@ -318,6 +350,7 @@ fn high_bdp_path_is_filled() {
         delay: 0.05,
         queue_s: 0.1,
         loss: 0.0,
+        ..Path::default()
     };
     let flow = simulate(&path, 8.0, 3);
     let rate = goodput(&flow, 3, 8);
@@ -335,6 +368,7 @@ fn a_halved_bottleneck_is_followed_down_and_its_queue_recovers() {
         delay: 0.025,
         queue_s: 0.05,
         loss: 0.0,
+        ..Path::default()
     };
     let flow = simulate(&path, 25.0, 11);
     let before = goodput(&flow, 5, 10);
@@ -482,6 +516,7 @@ fn a_second_flow_gets_its_share() {
         delay: 0.025,
         queue_s: 0.05,
         loss: 0.0,
+        ..Path::default()
     };
     let ours = || Box::new(Core::new(Instant::now(), PKT)) as Box<dyn Cc>;
     let flows = simulate_flows(&path, vec![(ours(), 0.0), (ours(), 5.0)], 40.0, 5);
@@ -499,6 +534,7 @@ fn shares_with_reno(queue_s: f64) -> (f64, f64) {
         delay: 0.025,
         queue_s,
         loss: 0.0,
+        ..Path::default()
     };
     let ours = Box::new(Core::new(Instant::now(), PKT)) as Box<dyn Cc>;
     let reno = Box::new(Reno::new()) as Box<dyn Cc>;
@@ -509,9 +545,10 @@ fn shares_with_reno(queue_s: f64) -> (f64, f64) {
 #[test]
 fn a_loss_based_flow_keeps_its_share_in_a_buffer_of_a_bdp_or_more() {
     // As with BBRv1: where the router buffers a BDP or more, the loss-based flow fills the
-    // queue and holds its own (shares seen: 22 / 78 Mbit/s at 1 BDP, 18 / 82 at 4 BDP).
-    // In a shallow buffer (0.2 BDP) random-loss tolerance costs it: it halves on every
-    // overflow while we do not, and ends with ~2 %. The README says so.
+    // queue and holds its own (shares seen: 32 / 68 Mbit/s at 1 BDP, 26 / 74 at 4 BDP, the
+    // same with or without the in-flight cap). In a shallow buffer (0.2 BDP) random-loss
+    // tolerance costs it: it halves on every overflow while we do not, and ends with ~1 %.
+    // The README says so.
     for queue_s in [0.01, 0.05, 0.2] {
         let (ours, reno) = shares_with_reno(queue_s);
         eprintln!("queue {queue_s} s: ours {ours:.1}, NewReno {reno:.1} Mbit/s");
@@ -521,4 +558,70 @@ fn a_loss_based_flow_keeps_its_share_in_a_buffer_of_a_bdp_or_more() {
             assert!(ours > 10.0, "we starved: {ours:.1} Mbit/s");
         }
     }
+}
+
+/// Packets sent and lost (dropped or random) over seconds `from..to`, as a share.
+fn loss(flow: &Flow, from: usize, to: usize) -> f64 {
+    let sent: u64 = flow.sent[from..to].iter().sum();
+    let delivered: u64 = flow.delivered[from..to].iter().sum::<u64>() / PKT;
+    1.0 - delivered as f64 / sent as f64
+}
+
+/// A policer of 100 Mbit/s with a 256 KB burst (as `nft limit ... burst 256 kbytes`) in
+/// front of a 1 Gbit/s link with a short queue, at `rtt_s`.
+fn policed(rtt_s: f64) -> Path {
+    Path {
+        rates: vec![(0.0, 125e6)],
+        delay: rtt_s / 2.0,
+        queue_s: 0.001,
+        policer: Some((12.5e6, 256e3)),
+        ..Path::default()
+    }
+}
+
+#[test]
+fn a_policer_is_not_flooded() {
+    // Sized by the minimum RTT plus the 4 ms allowance, the window let quinn's pacer send
+    // well above the policed rate: 72 % of the packets were dropped at 2 ms, 19 % at 40 ms.
+    // (Below a millisecond this simulator, which acknowledges every packet, says little:
+    // the real peer acknowledges every ACK_EVERY-th, so the window cannot go that low.)
+    for (rtt_s, seed) in [(0.002, 13), (0.04, 17)] {
+        let flow = simulate(&policed(rtt_s), 30.0, seed);
+        let rate = goodput(&flow, 10, 30);
+        let lost = loss(&flow, 10, 30);
+        eprintln!(
+            "policed at {} ms: {rate:.1} Mbit/s, {:.1} % lost",
+            rtt_s * 1e3,
+            lost * 100.0
+        );
+        assert!(rate > 90.0, "goodput {rate:.1} Mbit/s");
+        assert!(lost < 0.15, "{:.1} % lost", lost * 100.0);
+    }
+}
+
+#[test]
+fn a_congested_round_caps_the_window_until_clean_rounds_lift_it() {
+    let now = Instant::now();
+    let mut cc = Core::new(now, PKT);
+    cc.startup = false;
+    cc.cycle = 2;
+    cc.push_rate(12.5e6);
+    cc.min_rtt.update(now, Duration::from_micros(200));
+    cc.size_window();
+    let open = cc.window();
+    // A round of 100 packets of which 90 were dropped.
+    cc.round_end = 100;
+    cc.last_sent = 200;
+    cc.round_acked = 10 * PKT;
+    cc.round_lost = 90 * PKT;
+    cc.end_round(12.5e6, false);
+    let capped = cc.window();
+    let floor = 2 * u64::from(ACK_EVERY) * PKT;
+    assert!(capped <= (open / 10).max(floor), "{capped} > {open} / 10");
+    cc.round_lost = 0;
+    for _ in 0..200 {
+        cc.end_round(12.5e6, false);
+    }
+    assert!(cc.inflight_cap.is_none());
+    assert!(cc.window() > capped);
 }
