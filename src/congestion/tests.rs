@@ -579,10 +579,13 @@ fn policed(rtt_s: f64) -> Path {
     }
 }
 
+/// Open (issue 16): sized by the minimum RTT plus the 4 ms allowance, the window lets
+/// quinn's pacer send well above a policer's rate: 72 % of the packets are dropped at 2 ms,
+/// 19 % at 40 ms. An in-flight cap after each lossy round (branch `cc`) passed this but
+/// collapsed under random loss (the test below); a fix must pass both.
 #[test]
+#[ignore = "open: a policer is flooded (issue 16, bench/RESULTS.md \"Policed paths\")"]
 fn a_policer_is_not_flooded() {
-    // Sized by the minimum RTT plus the 4 ms allowance, the window let quinn's pacer send
-    // well above the policed rate: 72 % of the packets were dropped at 2 ms, 19 % at 40 ms.
     // (Below a millisecond this simulator, which acknowledges every packet, says little:
     // the real peer acknowledges every ACK_EVERY-th, so the window cannot go that low.)
     for (rtt_s, seed) in [(0.002, 13), (0.04, 17)] {
@@ -599,29 +602,24 @@ fn a_policer_is_not_flooded() {
     }
 }
 
+/// Random loss of several percent (Wi-Fi, LTE) is not congestion: the rate holds. (The
+/// in-flight cap tried for policers fell to 4.5 Mbit/s here at 5 % and 50 ms.)
 #[test]
-fn a_congested_round_caps_the_window_until_clean_rounds_lift_it() {
-    let now = Instant::now();
-    let mut cc = Core::new(now, PKT);
-    cc.startup = false;
-    cc.cycle = 2;
-    cc.push_rate(12.5e6);
-    cc.min_rtt.update(now, Duration::from_micros(200));
-    cc.size_window();
-    let open = cc.window();
-    // A round of 100 packets of which 90 were dropped.
-    cc.round_end = 100;
-    cc.last_sent = 200;
-    cc.round_acked = 10 * PKT;
-    cc.round_lost = 90 * PKT;
-    cc.end_round(12.5e6, false);
-    let capped = cc.window();
-    let floor = 2 * u64::from(ACK_EVERY) * PKT;
-    assert!(capped <= (open / 10).max(floor), "{capped} > {open} / 10");
-    cc.round_lost = 0;
-    for _ in 0..200 {
-        cc.end_round(12.5e6, false);
+fn random_loss_of_several_percent_keeps_the_rate() {
+    for loss in [0.05, 0.08] {
+        let path = Path {
+            rates: vec![(0.0, 12.5e6)],
+            delay: 0.025,
+            queue_s: 0.05,
+            loss,
+            ..Path::default()
+        };
+        let flow = simulate(&path, 30.0, 7);
+        let rate = goodput(&flow, 10, 30);
+        let can = 100.0 * (1.0 - loss);
+        assert!(
+            rate > 0.85 * can,
+            "{loss}: goodput {rate:.1} of {can:.0} Mbit/s"
+        );
     }
-    assert!(cc.inflight_cap.is_none());
-    assert!(cc.window() > capped);
 }
