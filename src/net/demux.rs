@@ -436,11 +436,12 @@ impl AsyncUdpSocket for DemuxSocket {
         let Some(relay) = self.relay.get().filter(|r| r.peer() == destination) else {
             return self.send_to(destination, transmit);
         };
-        if let Some(copy) = relay.doubt_route() {
+        let (route, copy) = relay.routes();
+        if let Some(copy) = copy {
             // Best effort: the datagram's own way below decides what quinn is told.
             let _ = self.send_routed(relay, copy, transmit);
         }
-        self.send_routed(relay, relay.route(), transmit)
+        self.send_routed(relay, route, transmit)
     }
 
     fn poll_recv(

@@ -112,7 +112,7 @@ impl RelayPath {
 
     /// Which way the data goes now.
     pub(super) fn current(&self) -> PathNow {
-        self.route();
+        self.routes();
         *self.now.borrow()
     }
 
@@ -121,9 +121,10 @@ impl RelayPath {
         self.now.subscribe()
     }
 
-    /// Where the next datagram to the peer goes (noting a change for the watchers).
-    pub(super) fn route(&self) -> Route {
-        let route = self.router().route(Instant::now());
+    /// Where the next datagram to the peer goes, and where a copy of it goes while the
+    /// direct path is in doubt (noting a change for the watchers).
+    pub(super) fn routes(&self) -> (Route, Option<Route>) {
+        let (route, copy) = self.router().routes(Instant::now());
         let now = match route {
             Route::Direct(a) => PathNow {
                 kind: *self.direct_kind.lock().unwrap_or_else(|e| e.into_inner()),
@@ -148,12 +149,7 @@ impl RelayPath {
             *old = now;
             changed
         });
-        route
-    }
-
-    /// A second way for the next datagram while the direct path is in doubt.
-    pub(super) fn doubt_route(&self) -> Option<Route> {
-        self.router().doubt_route(Instant::now())
+        (route, copy)
     }
 
     /// Sends quinn's `transmit` through our allocation to `to`, one datagram per segment.

@@ -119,36 +119,36 @@ impl Router {
         }
     }
 
-    /// Where a datagram to the peer goes now.
-    pub fn route(&self, now: Instant) -> Route {
-        match (self.direct, self.relay_route()) {
-            (Some((addr, last)), relay) if self.direct_holds(last, now, relay) => {
-                Route::Direct(addr)
-            }
-            // A stale direct path still beats no way at all.
-            (Some((addr, _)), Route::None) => Route::Direct(addr),
-            (_, relay) => relay,
+    /// Where a datagram to the peer goes now, and a second way for a copy of it while the
+    /// direct path is in doubt: silent for [`DIRECT_DOUBT`] and no word of the peer
+    /// through the relay since, the relay's (QUIC drops the copy that arrives second). The
+    /// direct path is given up after [`DIRECT_STALE`], or at once when the peer was heard
+    /// through the relay in doubt (the relay works and the direct path does not).
+    pub fn routes(&self, now: Instant) -> (Route, Option<Route>) {
+        let relay = self.relay_route();
+        let Some((addr, last)) = self.direct else {
+            return (relay, None);
+        };
+        let silent = now.saturating_duration_since(last);
+        // A stale direct path still beats no way at all.
+        if silent < DIRECT_DOUBT || relay == Route::None {
+            (Route::Direct(addr), None)
+        } else if silent < DIRECT_STALE && self.relay_heard.is_none_or(|t| t <= last) {
+            (Route::Direct(addr), Some(relay))
+        } else {
+            (relay, None)
         }
     }
 
-    /// Whether the direct path, last heard at `last`, still carries the data: while it
-    /// is heard within [`DIRECT_DOUBT`]; in doubt, until [`DIRECT_STALE`] unless the peer
-    /// was heard through the relay since (the relay works and the direct path does not).
-    fn direct_holds(&self, last: Instant, now: Instant, relay: Route) -> bool {
-        let silent = now.saturating_duration_since(last);
-        silent < DIRECT_DOUBT
-            || relay == Route::None
-            || (silent < DIRECT_STALE && self.relay_heard.is_none_or(|t| t <= last))
+    /// Where a datagram to the peer goes now (see [`Router::routes`]).
+    pub fn route(&self, now: Instant) -> Route {
+        self.routes(now).0
     }
 
-    /// A second way for each datagram while the direct path is in doubt (silent for
-    /// [`DIRECT_DOUBT`], no word through the relay yet): the relay's. QUIC drops the copy
-    /// that arrives second.
+    /// The way for a copy of each datagram while the direct path is in doubt (see
+    /// [`Router::routes`]).
     pub fn doubt_route(&self, now: Instant) -> Option<Route> {
-        let (_, last) = self.direct?;
-        let relay = self.relay_route();
-        let in_doubt = now.saturating_duration_since(last) >= DIRECT_DOUBT;
-        (in_doubt && relay != Route::None && self.direct_holds(last, now, relay)).then_some(relay)
+        self.routes(now).1
     }
 
     /// Every address our allocation sends to before the peer's own datagrams show the way:
