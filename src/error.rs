@@ -182,9 +182,7 @@ impl Error {
     /// Classifies a failed write into the output file: a full disk gets its own error.
     pub fn write(path: PathBuf, source: io::Error) -> Self {
         // ENOSPC and EDQUOT both mean "no room"; io::ErrorKind::StorageFull covers ENOSPC.
-        if source.kind() == io::ErrorKind::StorageFull
-            || source.raw_os_error() == Some(libc::EDQUOT)
-        {
+        if source.kind() == io::ErrorKind::StorageFull || crate::sys::is_quota_exceeded(&source) {
             Error::DiskFull { path }
         } else {
             Error::Write { path, source }

@@ -27,6 +27,11 @@ fn link(name: &str, out: &Path, xdg: &Path) -> Daemon {
 
 /// [`link`] with more flags.
 fn link_with(name: &str, out: &Path, xdg: &Path, extra: &[&str]) -> Daemon {
+    link_env(name, out, xdg, extra, &[])
+}
+
+/// [`link_with`] with more environment.
+fn link_env(name: &str, out: &Path, xdg: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
     let mut child = Command::new(BIN)
         .args([
             "link",
@@ -41,6 +46,7 @@ fn link_with(name: &str, out: &Path, xdg: &Path, extra: &[&str]) -> Daemon {
         .args(["--timeout", "20", "--output"])
         .arg(out)
         .env("XDG_RUNTIME_DIR", xdg)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -307,6 +313,98 @@ fn two_link_daemons_send_both_ways_and_refuse_strangers() {
         !xdg.join("p2pcopy/left.sock").exists(),
         "the socket is removed"
     );
+}
+
+/// The loopback form of the control socket (Windows' form; `P2PCOPY_CONTROL=tcp` here):
+/// `send` and `status` through it, callers without the token refused, the port file private
+/// and gone once the link ends.
+#[test]
+fn links_answer_on_a_loopback_port_with_a_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (xdg, out_a, out_b, src) = (
+        tmp.path().join("run"),
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("src"),
+    );
+    for d in [&xdg, &out_a, &out_b, &src] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let tcp = [("P2PCOPY_CONTROL", "tcp")];
+    let mut a = link_env("left", &out_a, &xdg, &[], &tcp);
+    let mut b = link_env("right", &out_b, &xdg, &[], &tcp);
+    let (ta, tb) = (a.ticket.clone(), b.ticket.clone());
+    a.paste(&tb);
+    b.paste(&ta);
+    a.wait_for("Link left is up");
+    b.wait_for("Link right is up");
+    let port_file = xdg.join("p2pcopy/left.tcp");
+    let mode = std::fs::metadata(&port_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!xdg.join("p2pcopy/left.sock").exists());
+
+    let f = src.join("x.txt");
+    std::fs::write(&f, b"over loopback".repeat(1000)).unwrap();
+    let o = client(&xdg, &["send", "--to", "left", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(out_b.join("x.txt")).unwrap(),
+        std::fs::read(&f).unwrap()
+    );
+    let o = client(&xdg, &["--json", "status"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(s.lines().count(), 2, "both links: {s}");
+    assert!(
+        s.contains("left.tcp") && s.contains("\"sent_jobs\":1"),
+        "{s}"
+    );
+
+    // The port answers anyone local: without the token, a request gets a refusal only.
+    let text_file = std::fs::read_to_string(&port_file).unwrap();
+    let (addr, token) = text_file.trim().split_once(' ').unwrap();
+    for first in [
+        "{\"op\":\"status\"}\n".to_owned(),
+        format!("{}\n", "0".repeat(token.len())),
+    ] {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(first.as_bytes()).unwrap();
+        s.write_all(b"{\"op\":\"status\"}\n").unwrap();
+        let mut lines = BufReader::new(s).lines();
+        let reply = lines.next().unwrap().unwrap();
+        assert!(reply.contains("permission denied"), "{reply}");
+        assert!(lines.next().is_none(), "nothing after the refusal");
+    }
+    if is_root() {
+        // Another user cannot read the token, even with the folders opened up by mistake.
+        let shared = tempfile::Builder::new()
+            .prefix("link-cli-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let bin = shared.path().join("p2pcopy");
+        std::fs::copy(BIN, &bin).unwrap();
+        let open = std::fs::Permissions::from_mode(0o755);
+        for d in [shared.path(), &bin, tmp.path(), &xdg, &xdg.join("p2pcopy")] {
+            std::fs::set_permissions(d, open.clone()).unwrap();
+        }
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(["send", "--to", "left", "/etc/hostname"])
+            .env("XDG_RUNTIME_DIR", &xdg)
+            .env("HOME", shared.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .output()
+            .expect("setpriv runs");
+        assert_eq!(o.status.code(), Some(11), "{}", text(&o));
+        assert!(text(&o).contains("permission denied"), "{}", text(&o));
+    }
+    a.interrupt();
+    assert_eq!(a.wait().code(), Some(130));
+    b.wait_for("Your peer closed the link");
+    assert!(b.wait().success());
+    assert!(!port_file.exists(), "the port file is removed");
 }
 
 /// `send --json`'s lines: `job_queued`, then what `sender --json` prints of a one-file

@@ -748,6 +748,7 @@ fn json_errors_are_events_with_the_exit_code() {
     check(&["receiver", "--localport", "99999"], 2, "99999");
 }
 
+#[cfg(unix)]
 #[test]
 fn ctrl_c_at_the_prompt_exits_at_once() {
     // The prompt's stdin stays open: a blocking read of the ticket must not hold the exit.

@@ -207,12 +207,15 @@ fn the_binary_with_relay_flags_and_a_config_file() {
         ),
     )
     .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        dir.join("config.toml"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("config.toml"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+    }
     let args = [
         "doctor",
         "--bind",

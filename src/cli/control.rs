@@ -1,10 +1,7 @@
-//! The control socket of a link that stays: where it lives, who may use it, and what is
-//! said on it.
+//! What is said on the control socket of a link that stays.
 //!
-//! `p2pcopy link --name NAME` listens on a Unix socket, `$XDG_RUNTIME_DIR/p2pcopy/NAME.sock`
-//! (or `$TMPDIR/p2pcopy-UID/NAME.sock` where no runtime dir is set): the folder is made
-//! mode 0700 and must be ours and private, the socket is mode 0600, and the daemon also
-//! checks the connecting process's uid, so another local user is refused twice over. One
+//! `p2pcopy link --name NAME` serves it ([`super::endpoint`] says where it lives and who
+//! may use it: a private Unix socket, or a loopback port with a token file). One
 //! request per connection, one JSON object per line (NDJSON); the replies follow, one per
 //! line, and the daemon closes the connection after the last (the README documents them):
 //!
@@ -18,10 +15,10 @@
 //! {"op":"events"}                                  -> {"event":...} lines, as they happen
 //! ```
 //!
-//! This file is the sans-IO part (names, paths, requests, replies) and the socket's set-up
-//! (a stale socket from a dead daemon is replaced, a live one is not stolen).
+//! This file is the sans-IO part (names, requests, replies); [`super::endpoint`] is where
+//! the socket lives and who may use it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -140,132 +137,6 @@ pub fn check_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// The folder of this user's control sockets: `$XDG_RUNTIME_DIR/p2pcopy`, or
-/// `$TMPDIR/p2pcopy-UID` where the runtime dir is not set.
-pub fn socket_dir(runtime_dir: Option<&Path>, uid: u32) -> PathBuf {
-    match runtime_dir.filter(|d| !d.as_os_str().is_empty()) {
-        Some(d) => d.join("p2pcopy"),
-        None => std::env::temp_dir().join(format!("p2pcopy-{uid}")),
-    }
-}
-
-/// The socket of the link `name` for this process's user.
-pub fn socket_path(name: &str) -> Result<PathBuf, Error> {
-    check_name(name)?;
-    let uid = crate::sys::effective_uid().unwrap_or(0);
-    let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
-    Ok(socket_dir(runtime.as_deref(), uid).join(format!("{name}.sock")))
-}
-
-/// The names of this user's link sockets (running links, and stale sockets of dead ones).
-pub fn running_names() -> Result<Vec<String>, Error> {
-    let dir = socket_path("x")?
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_default();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(Vec::new());
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            let name = name.strip_suffix(".sock")?.to_owned();
-            check_name(&name).ok().map(|()| name)
-        })
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
-#[cfg(unix)]
-pub use unix::{bind, connect};
-
-#[cfg(unix)]
-mod unix {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    use std::path::Path;
-
-    use tokio::net::{UnixListener, UnixStream};
-
-    use crate::error::Error;
-
-    /// Makes the socket folder (0700) or checks that an existing one is ours and private.
-    fn private_dir(dir: &Path) -> Result<(), Error> {
-        let made = std::fs::DirBuilder::new().mode(0o700).create(dir);
-        if let Err(e) = made {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
-                return Err(Error::Control(format!(
-                    "cannot make the control folder {}: {e}",
-                    dir.display()
-                )));
-            }
-        }
-        let meta = std::fs::symlink_metadata(dir).map_err(|e| {
-            Error::Control(format!(
-                "cannot read the control folder {}: {e}",
-                dir.display()
-            ))
-        })?;
-        let uid = crate::sys::effective_uid().unwrap_or(0);
-        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
-            return Err(Error::Control(format!(
-                "the control folder {} is not a private folder of yours (owner uid {}, mode {:o}); remove it",
-                dir.display(),
-                meta.uid(),
-                meta.mode() & 0o7777
-            )));
-        }
-        Ok(())
-    }
-
-    /// Listens on `path` (mode 0600 in a private folder). A socket left by a dead daemon
-    /// (nobody answers) is replaced; a live one is not stolen.
-    pub fn bind(path: &Path, name: &str) -> Result<UnixListener, Error> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        private_dir(dir)?;
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            use std::os::unix::fs::FileTypeExt;
-            if !meta.file_type().is_socket() {
-                return Err(Error::Control(format!(
-                    "{} is in the way and is not a socket; remove it",
-                    path.display()
-                )));
-            }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(Error::Control(format!(
-                    "a link named {name} is already running (its socket {} answers); pick another --name",
-                    path.display()
-                )));
-            }
-            tracing::info!(path = %path.display(), "replacing a stale control socket");
-            let _ = std::fs::remove_file(path);
-        }
-        let listener = UnixListener::bind(path)
-            .map_err(|e| Error::Control(format!("cannot listen on {}: {e}", path.display())))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::Control(format!("cannot make {} private: {e}", path.display())))?;
-        Ok(listener)
-    }
-
-    /// Connects to the link `name`'s socket, with a clear error for a missing link and for
-    /// another user's.
-    pub async fn connect(path: &Path, name: &str) -> Result<UnixStream, Error> {
-        UnixStream::connect(path).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::PermissionDenied => Error::Control(format!(
-                "permission denied: the link {name} ({}) belongs to another user",
-                path.display()
-            )),
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                Error::Control(format!(
-                    "no link named {name} is running (start one with `p2pcopy link --name {name}`)"
-                ))
-            }
-            _ => Error::Control(format!("cannot reach the link {name}: {e}")),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,46 +248,5 @@ mod tests {
         for bad in ["", ".hidden", "../x", "a/b", "a b", "é", &"x".repeat(65)] {
             assert_eq!(check_name(bad).unwrap_err().exit_code(), 2, "{bad}");
         }
-    }
-
-    #[test]
-    fn the_runtime_dir_is_preferred() {
-        assert_eq!(
-            socket_dir(Some(Path::new("/run/user/1000")), 1000),
-            Path::new("/run/user/1000/p2pcopy")
-        );
-        let fallback = socket_dir(None, 1000);
-        assert!(fallback.ends_with("p2pcopy-1000"), "{fallback:?}");
-        assert_eq!(socket_dir(Some(Path::new("")), 7), socket_dir(None, 7));
-    }
-
-    #[cfg(unix)]
-    #[tokio::test]
-    async fn a_live_socket_is_not_stolen_and_a_stale_one_is_replaced() {
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("p2pcopy");
-        let path = dir.join("t.sock");
-        let live = bind(&path, "t").unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!((mode(&dir), mode(&path)), (0o700, 0o600));
-        let e = bind(&path, "t").unwrap_err();
-        assert!(e.to_string().contains("already running"), "{e}");
-        assert_eq!(e.exit_code(), 11);
-        connect(&path, "t").await.unwrap();
-        drop(live);
-        // The dead daemon's socket file is still there: replaced, and it answers again.
-        assert!(path.exists());
-        let _again = bind(&path, "t").unwrap();
-        connect(&path, "t").await.unwrap();
-        let missing = connect(&dir.join("none.sock"), "none").await.unwrap_err();
-        assert!(
-            missing.to_string().contains("no link named none"),
-            "{missing}"
-        );
-        // A folder others can enter is refused.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let e = bind(&dir.join("u.sock"), "u").unwrap_err();
-        assert!(e.to_string().contains("not a private folder"), "{e}");
     }
 }

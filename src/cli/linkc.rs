@@ -7,9 +7,9 @@
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 use super::control::{self, Request};
+use super::endpoint::{self, Stream};
 use super::output::Output;
 use super::progress::Progress;
 use super::{SendArgs, StatusArgs};
@@ -17,9 +17,8 @@ use crate::error::Error;
 use crate::events::value_line;
 
 /// Sends one request to the link `name` and returns a reader of its replies.
-async fn ask(name: &str, request: &Request) -> Result<BufReader<UnixStream>, Error> {
-    let path = control::socket_path(name)?;
-    let mut stream = control::connect(&path, name).await?;
+async fn ask(name: &str, request: &Request) -> Result<BufReader<Stream>, Error> {
+    let mut stream = endpoint::connect(name).await?;
     let wrote = stream.write_all(request.line().as_bytes()).await;
     let mut replies = BufReader::new(stream);
     if let Err(e) = wrote {
@@ -33,7 +32,7 @@ async fn ask(name: &str, request: &Request) -> Result<BufReader<UnixStream>, Err
 
 /// The next line from the link, as written and parsed; `None` once the daemon closed. An
 /// `error` reply is returned as the error it stands for.
-async fn next_line(replies: &mut BufReader<UnixStream>) -> Result<Option<(String, Value)>, Error> {
+async fn next_line(replies: &mut BufReader<Stream>) -> Result<Option<(String, Value)>, Error> {
     let mut line = String::new();
     let n = replies
         .read_line(&mut line)
@@ -51,7 +50,7 @@ async fn next_line(replies: &mut BufReader<UnixStream>) -> Result<Option<(String
 }
 
 /// The next reply, parsed; `None` once the daemon closed.
-async fn next_reply(replies: &mut BufReader<UnixStream>) -> Result<Option<Value>, Error> {
+async fn next_reply(replies: &mut BufReader<Stream>) -> Result<Option<Value>, Error> {
     Ok(next_line(replies).await?.map(|(_, v)| v))
 }
 
@@ -181,7 +180,7 @@ impl JobView {
 pub async fn status(args: StatusArgs, out: Output) -> Result<(), Error> {
     let names = match args.name {
         Some(name) => vec![name],
-        None => control::running_names()?,
+        None => endpoint::running_names(),
     };
     if names.is_empty() {
         return Err(Error::Control(

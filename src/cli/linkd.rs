@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc};
 
 use super::control::{self, Request};
+use super::endpoint::{self, Form, Incoming, Listener, Stream};
 use super::output::Output;
 use super::run::{connect_with, session_config};
 use super::watch::{Due, Watch};
@@ -48,7 +48,6 @@ struct Daemon {
     /// What the watch sent, for its deletions.
     sent: Mutex<Ledger>,
     out: Output,
-    uid: u32,
 }
 
 impl Daemon {
@@ -89,8 +88,9 @@ pub async fn link(args: LinkArgs, out: Output, cleanup: &Cleanup) -> Result<(), 
     if let Some(dir) = &args.watch {
         super::watch::check_apart(dir, &args.output)?;
     }
-    let socket = control::socket_path(&args.name)?;
-    let listener = control::bind(&socket, &args.name)?;
+    let form = Form::chosen(std::env::var("P2PCOPY_CONTROL").ok().as_deref())?;
+    let listener = endpoint::bind(&args.name, form)?;
+    let socket = listener.path().to_owned();
     let result = hold(args, &socket, listener, out, cleanup).await;
     let _ = std::fs::remove_file(&socket);
     result
@@ -99,7 +99,7 @@ pub async fn link(args: LinkArgs, out: Output, cleanup: &Cleanup) -> Result<(), 
 async fn hold(
     args: LinkArgs,
     socket: &std::path::Path,
-    listener: UnixListener,
+    listener: Listener,
     out: Output,
     cleanup: &Cleanup,
 ) -> Result<(), Error> {
@@ -138,7 +138,6 @@ async fn hold(
         next_job: Mutex::new(0),
         sent: Mutex::default(),
         out,
-        uid: crate::sys::effective_uid().unwrap_or(0),
     });
     let watching = watching(args.watch.as_deref(), args.delete, out, &daemon)?;
     let serving = serve(listener, daemon.clone());
@@ -309,11 +308,11 @@ fn summary_fields(v: &mut Value, r: &Report) {
 }
 
 /// Accepts control connections for ever, one task each.
-async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
+async fn serve(listener: Listener, daemon: Arc<Daemon>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(handle(stream, daemon.clone()));
+            Ok(caller) => {
+                tokio::spawn(handle(caller, daemon.clone()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
@@ -324,24 +323,22 @@ async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 }
 
 /// Writes one reply line; a caller that hung up is no error of ours.
-async fn reply(stream: &mut UnixStream, v: &Value) -> bool {
+async fn reply(stream: &mut Stream, v: &Value) -> bool {
     let mut line = value_line(v);
     line.push('\n');
     stream.write_all(line.as_bytes()).await.is_ok()
 }
 
 /// Serves one control connection: checks who it is, reads its request, answers.
-async fn handle(mut stream: UnixStream, daemon: Arc<Daemon>) {
-    // The socket's folder and mode keep others out; the peer's uid is checked anyway.
-    let uid = stream.peer_cred().map(|c| c.uid()).ok();
-    if uid != Some(daemon.uid) {
-        let e = Error::Control(format!(
-            "permission denied: the link {} belongs to another user",
-            daemon.name
-        ));
-        reply(&mut stream, &control::error_reply(None, &e)).await;
-        return;
-    }
+async fn handle(caller: Incoming, daemon: Arc<Daemon>) {
+    // The socket's folder and mode keep others out; who calls is checked anyway.
+    let mut stream = match caller.admit(&daemon.name).await {
+        Ok(stream) => stream,
+        Err((mut stream, e)) => {
+            reply(&mut stream, &control::error_reply(None, &e)).await;
+            return;
+        }
+    };
     let mut line = String::new();
     let got = BufReader::new((&mut stream).take(control::MAX_REQUEST))
         .read_line(&mut line)
@@ -470,7 +467,7 @@ async fn named_job(name: String, path: PathBuf) -> Result<transfer::Outgoing, Er
 /// for, and `done` or `error` once the peer verified it or it failed. The job goes on if
 /// the caller hangs up.
 async fn send_job(
-    mut stream: UnixStream,
+    mut stream: Stream,
     daemon: Arc<Daemon>,
     paths: Vec<PathBuf>,
     wait: bool,

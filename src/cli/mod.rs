@@ -4,15 +4,13 @@
 
 pub mod config;
 pub mod control;
-#[cfg(unix)]
+pub mod endpoint;
 mod linkc;
-#[cfg(unix)]
 mod linkd;
 pub mod output;
 pub mod progress;
 pub mod relay_args;
 mod run;
-#[cfg(unix)]
 mod watch;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -46,16 +46,9 @@ pub async fn run(cli: Cli, out: Output) -> Result<(), Error> {
             let result = match command {
                 Command::Sender(args) => sender(args, out, &cleanup).await,
                 Command::Receiver(args) => receiver(args, out, &cleanup).await,
-                #[cfg(unix)]
                 Command::Link(args) => super::linkd::link(args, out, &cleanup).await,
-                #[cfg(unix)]
                 Command::Send(args) => super::linkc::send(args, out).await,
-                #[cfg(unix)]
                 Command::Status(args) => super::linkc::status(args, out).await,
-                #[cfg(not(unix))]
-                Command::Link(_) | Command::Send(_) | Command::Status(_) => Err(Error::Usage(
-                    "links (`link`, `send`, `status`) are not supported on this platform yet: they need a Unix socket".into(),
-                )),
                 _ => Err(Error::Internal("not a transfer command".into())),
             };
             cleanup.release().await;

@@ -37,6 +37,10 @@ pub(super) fn raise_open_file_limit(_want: u64) -> u64 {
     512
 }
 
+pub(super) fn is_quota_exceeded(_e: &io::Error) -> bool {
+    false
+}
+
 pub(super) fn free_space(_dir: &Path) -> Option<u64> {
     None
 }

@@ -80,6 +80,12 @@ pub fn effective_uid() -> Option<u32> {
     per_process::effective_uid()
 }
 
+/// Whether a failed write ran into the user's disk quota (`EDQUOT`), which std's
+/// `ErrorKind::StorageFull` does not cover.
+pub fn is_quota_exceeded(e: &io::Error) -> bool {
+    per_process::is_quota_exceeded(e)
+}
+
 /// Bytes free for an unprivileged user on the file system holding `dir`, if known.
 pub fn free_space(dir: &Path) -> Option<u64> {
     per_process::free_space(dir)

@@ -22,6 +22,10 @@ pub(super) fn raise_open_file_limit(want: u64) -> u64 {
     }
 }
 
+pub(super) fn is_quota_exceeded(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EDQUOT)
+}
+
 pub(super) fn free_space(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
