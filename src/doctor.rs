@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
 use crate::error::Error;
-use crate::events::{millis, Event, NtpCheck, PortMapCheck, StunCheck};
+use crate::events::{millis, BufferCheck, Event, NtpCheck, PortMapCheck, StunCheck};
+use crate::net::{Buffers, SOCKET_BUFFER};
 use crate::portmap;
 use crate::stun::message::{decode_response, encode_request, BindingResponse};
 use crate::ticket::NatKind;
@@ -77,6 +78,8 @@ pub struct Findings {
     pub port_mapping_checked: bool,
     /// Each `--relay`'s allocation, or why none ([`crate::relay::check`]).
     pub relays: Vec<crate::relay::RelayCheck>,
+    /// The UDP socket buffers a transfer's socket gets, if the system tells.
+    pub udp_buffers: Option<Buffers>,
 }
 
 impl Findings {
@@ -103,6 +106,7 @@ pub async fn run(
     port_mapping: bool,
 ) -> Result<Findings, Error> {
     let std_sock = crate::net::bind(bind, port)?;
+    let udp_buffers = Buffers::of(&std_sock);
     let sock = UdpSocket::from_std(std_sock).map_err(|e| Error::Internal(e.to_string()))?;
     let local = sock
         .local_addr()
@@ -156,6 +160,7 @@ pub async fn run(
         port_mapping,
         port_mapping_checked,
         relays: Vec::new(),
+        udp_buffers,
     })
 }
 
@@ -420,6 +425,7 @@ pub fn render(f: &Findings) -> Vec<String> {
         "Port mapping (UPnP, NAT-PMP, PCP): {}",
         port_mapping_line(f)
     ));
+    out.push(buffers_line(f.udp_buffers));
     for r in &f.relays {
         out.push(format!("Relay {}", r.line()));
     }
@@ -432,6 +438,42 @@ pub fn render(f: &Findings) -> Vec<String> {
         )
     ));
     out
+}
+
+/// The socket buffers' line: a capped receive buffer is where fast LAN transfers lose
+/// packets, and only the administrator can raise the cap.
+fn buffers_line(b: Option<Buffers>) -> String {
+    let Some(b) = b else {
+        return "UDP buffers: unknown".into();
+    };
+    let sizes = format!(
+        "{} receive, {} send",
+        binary_size(b.receive),
+        binary_size(b.send)
+    );
+    if !b.capped() {
+        return format!("UDP buffers: {sizes}");
+    }
+    let raise = if cfg!(target_os = "linux") {
+        format!(
+            "; raise the cap with `sudo sysctl -w net.core.rmem_max={SOCKET_BUFFER} net.core.wmem_max={SOCKET_BUFFER}`"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "UDP buffers: {sizes} of {} asked (the system's cap): above ~1 Gbit/s a busy receiver loses packets{raise}",
+        binary_size(SOCKET_BUFFER)
+    )
+}
+
+/// `n` bytes in KiB or MiB, whichever reads better.
+fn binary_size(n: usize) -> String {
+    if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{} KiB", n.div_ceil(1 << 10))
+    }
 }
 
 /// One STUN server's line of the report.
@@ -560,6 +602,11 @@ impl Findings {
             }),
             port_mapping_checked: f.port_mapping_checked,
             relays: f.relays.iter().map(Into::into).collect(),
+            udp_buffers: f.udp_buffers.map(|b| BufferCheck {
+                receive: b.receive,
+                send: b.send,
+                asked: SOCKET_BUFFER,
+            }),
             verdict: with_relays(
                 verdict(f.nat, f.filtering, udp_works, f.usable_port_mapping()),
                 &f.relays,
@@ -645,7 +692,35 @@ mod tests {
             port_mapping: Some(portmap::Check { mapping, removed }),
             port_mapping_checked: true,
             relays: vec![],
+            udp_buffers: Some(Buffers {
+                receive: SOCKET_BUFFER,
+                send: SOCKET_BUFFER,
+            }),
         }
+    }
+
+    #[test]
+    fn capped_socket_buffers_are_named_with_the_fix() {
+        let mut f = findings("198.51.100.7:40001", "198.51.100.7:4300", true);
+        assert!(text_of(&f).contains("UDP buffers: 4 MiB receive, 4 MiB send\n"));
+        f.udp_buffers = Some(Buffers {
+            receive: 212_992,
+            send: 4 << 20,
+        });
+        let text = text_of(&f);
+        assert!(
+            text.contains(
+                "UDP buffers: 208 KiB receive, 4 MiB send of 4 MiB asked (the system's cap)"
+            ),
+            "{text}"
+        );
+        #[cfg(target_os = "linux")]
+        assert!(
+            text.contains("sudo sysctl -w net.core.rmem_max=4194304 net.core.wmem_max=4194304"),
+            "{text}"
+        );
+        f.udp_buffers = None;
+        assert!(text_of(&f).contains("UDP buffers: unknown"));
     }
 
     #[test]
@@ -805,6 +880,10 @@ mod tests {
             }),
             port_mapping_checked: true,
             relays: vec![],
+            udp_buffers: Some(Buffers {
+                receive: 212_992,
+                send: 212_992,
+            }),
         };
         let keys = [
             ("local", "string"),
@@ -820,9 +899,14 @@ mod tests {
             ("port_mapping", "object"),
             ("port_mapping_checked", "bool"),
             ("relays", "array"),
+            ("udp_buffers", "object"),
             ("verdict", "string"),
         ];
         let v = check(f.event(), "doctor", &keys);
+        assert_eq!(
+            v["udp_buffers"],
+            serde_json::json!({"receive": 212_992, "send": 212_992, "asked": 4_194_304})
+        );
         assert_eq!(v["host_ips"], serde_json::json!(["192.168.1.20"]));
         assert_eq!(v["ipv6"], serde_json::json!(["2001:db8::20"]));
         assert_eq!(
@@ -912,6 +996,7 @@ mod tests {
                 ("port_mapping", "object"),
                 ("port_mapping_checked", "bool"),
                 ("relays", "array"),
+                ("udp_buffers", "object"),
                 ("verdict", "string"),
             ],
         );

@@ -240,6 +240,8 @@ pub enum Event {
         port_mapping_checked: bool,
         /// One entry per `--relay`, in order (empty without one).
         relays: Vec<RelayReport>,
+        /// The UDP socket buffers the system granted, if it tells.
+        udp_buffers: Option<BufferCheck>,
         /// Which peers this machine can reach, in words.
         verdict: String,
     },
@@ -325,6 +327,17 @@ pub struct PortMapCheck {
     pub usable: bool,
     /// Whether the router confirmed removing the test mapping.
     pub removed: bool,
+}
+
+/// The UDP socket buffers in a [`Event::Doctor`] report, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BufferCheck {
+    /// The receive buffer granted.
+    pub receive: usize,
+    /// The send buffer granted.
+    pub send: usize,
+    /// What p2pcopy asks for each.
+    pub asked: usize,
 }
 
 impl Event {
@@ -1142,6 +1155,7 @@ pub(crate) mod tests {
                 port_mapping: None,
                 port_mapping_checked: false,
                 relays: vec![],
+                udp_buffers: None,
                 verdict: String::new(),
             },
             Event::Listening {

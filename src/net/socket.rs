@@ -7,7 +7,39 @@ use crate::error::Error;
 use crate::ticket::Ticket;
 
 /// Socket buffer size asked for; fast paths drop packets in the receive buffer otherwise.
-const SOCKET_BUFFER: usize = 4 << 20;
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// What the kernel granted of the [`SOCKET_BUFFER`]s asked for, in bytes.
+///
+/// Linux caps both at `net.core.rmem_max`/`wmem_max`, which most distributions leave at
+/// 208 KiB: then a receiver that is late by a millisecond at a few Gbit/s loses packets in
+/// its socket (15-31 % of them on loopback at 2-5 Gbit/s: bench/RESULTS.md, "UDP buffers").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buffers {
+    /// The receive buffer.
+    pub receive: usize,
+    /// The send buffer.
+    pub send: usize,
+}
+
+impl Buffers {
+    /// The buffers `sock` has.
+    pub fn of(sock: &std::net::UdpSocket) -> Option<Buffers> {
+        let sock = socket2::SockRef::from(sock);
+        let (receive, send) = (sock.recv_buffer_size().ok()?, sock.send_buffer_size().ok()?);
+        // Linux reports twice what was asked (the other half is its bookkeeping).
+        let k = if cfg!(target_os = "linux") { 2 } else { 1 };
+        Some(Buffers {
+            receive: receive / k,
+            send: send / k,
+        })
+    }
+
+    /// Whether the system gave less than asked.
+    pub fn capped(&self) -> bool {
+        self.receive < SOCKET_BUFFER || self.send < SOCKET_BUFFER
+    }
+}
 
 /// Binds the one UDP socket of a run.
 pub fn bind(ip: IpAddr, port: u16) -> Result<std::net::UdpSocket, Error> {
@@ -28,7 +60,16 @@ pub fn bind(ip: IpAddr, port: u16) -> Result<std::net::UdpSocket, Error> {
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
     sock.bind(&addr.into()).map_err(err)?;
     sock.set_nonblocking(true).map_err(err)?;
-    Ok(sock.into())
+    let sock: std::net::UdpSocket = sock.into();
+    if let Some(b) = Buffers::of(&sock).filter(Buffers::capped) {
+        tracing::info!(
+            receive = b.receive,
+            send = b.send,
+            asked = SOCKET_BUFFER,
+            "the system caps UDP socket buffers (net.core.rmem_max, wmem_max): fast paths may lose packets at the receiver; `p2pcopy doctor` says how to raise them"
+        );
+    }
+    Ok(sock)
 }
 
 /// The host's own addresses that a peer on the same network could reach us at.
