@@ -469,7 +469,7 @@ fn buffers_line(b: Option<Buffers>) -> String {
 
 /// `n` bytes in KiB or MiB, whichever reads better.
 fn binary_size(n: usize) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
     } else {
         format!("{} KiB", n.div_ceil(1 << 10))
