@@ -117,7 +117,10 @@ impl Remap {
             Some(_) => {
                 tracing::info!(old = %seen.announced, new = %seen.now, "our NAT mapping changed")
             }
-            None => tracing::debug!(mapped = %seen.now, "STUN answered after the path died"),
+            None if seen.now == seen.announced => {
+                tracing::info!(mapped = %seen.now, "STUN sees this link where the ticket says")
+            }
+            None => tracing::debug!(mapped = %seen.now, "STUN sees this link where we said"),
         }
         event
     }
