@@ -192,6 +192,12 @@ source "$REPO_ROOT/scripts/lab/link.sh"
 #   link-delete         cone-cone links, --watch --delete against --allow-delete: a
 #                       deleted file and folder go on the peer (times printed), a copy
 #                       edited there is kept
+#   link-remap          cone-full links; while the core is cut the cone NAT forgets the
+#                       sender side's flows (conntrack -D) and maps it to new ports: that
+#                       side warns once with the old and new address (checked against
+#                       conntrack), streams mapping_changed, `status` shows the new one;
+#                       the other side says nothing; both come back (the full-cone peer
+#                       lets the new port in) and a file each way arrives verified
 #   link-cut-idle       cone-cone links (not in the default run, ~12 min): 200 MB over the
 #                       link with the core cut for 20 s mid-file, verified; then
 #                       LAB_LINK_IDLE_S (600) s idle and a 1 KiB file the other way over
@@ -239,6 +245,7 @@ ALL_SCENARIOS=(
     link-refused
     link-watch
     link-delete
+    link-remap
 )
 FAIL_TIMEOUT=50
 # Core throttle for the 200 MB scenarios (resume, path-cut): ~15 s for the file.
@@ -250,7 +257,7 @@ need_root() {
         exit 2
     fi
     local t
-    for t in ip nft turnserver chronyd faketime python3 timeout; do
+    for t in ip nft conntrack turnserver chronyd faketime python3 timeout; do
         command -v "$t" >/dev/null || { echo "lab.sh: missing tool: $t" >&2; exit 2; }
     done
 }
@@ -430,6 +437,10 @@ scenario_run() {
     link | link-refused | link-watch | link-delete | link-cut-idle)
         custom=scenario_${name//-/_}
         lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
+        ;;
+    link-remap)
+        custom=scenario_link_remap
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 full "$LAB_RECEIVER_PORT"
         ;;
     *)
         echo "unknown scenario $name"

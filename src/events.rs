@@ -129,6 +129,14 @@ pub enum Event {
         /// that stays, without `--reconnect-for`).
         timeout_s: Option<u64>,
     },
+    /// After a lost path, STUN saw our socket at another public address than our ticket
+    /// announced: the peer, which knows only the ticket's, may not find us again.
+    MappingChanged {
+        /// The address our ticket announced (as the same STUN server saw it then).
+        old: SocketAddr,
+        /// The address the server sees now.
+        new: SocketAddr,
+    },
     /// Both sides agreed what moves on this connection.
     Plan {
         /// Regular files in the job.
@@ -1098,6 +1106,10 @@ pub(crate) mod tests {
             Event::Reconnecting {
                 reason: String::new(),
                 timeout_s: Some(1),
+            },
+            Event::MappingChanged {
+                old: addr("127.0.0.1:1"),
+                new: addr("127.0.0.1:2"),
             },
             Event::Plan {
                 files: 0,

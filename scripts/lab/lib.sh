@@ -1024,6 +1024,10 @@ lab_transfer() {
             for side in sender receiver; do
                 grep -q 'Connection lost' "$wd/$side.err" || problems+=("$side stderr has no 'Connection lost'")
                 grep -q 'reconnected' "$wd/$side.err" || problems+=("$side stderr has no 'reconnected'")
+                # The NATs kept their mappings: STUN, asked again at the reconnect, must agree.
+                if grep -q 'your NAT now maps' "$wd/$side.err"; then
+                    problems+=("$side warned of a new NAT mapping, but its NAT kept the old one")
+                fi
             done
             lab_outage_report "$events"
         fi

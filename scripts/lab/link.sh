@@ -307,3 +307,115 @@ scenario_link_cut_idle() {
     ((fails == 0)) || link_tails "$wd"
     ((fails == 0))
 }
+
+# nat_mapping NS SRC SPORT DST: the public ip:port router NS maps SRC:SPORT to for UDP to
+# DST (the reply tuple's destination in its conntrack table), or nothing.
+nat_mapping() {
+    lab_nsx "$1" conntrack -L -p udp --orig-src "$2" --orig-port-src "$3" --orig-dst "$4" 2>/dev/null |
+        awk '{ nd = 0; np = 0
+               for (i = 1; i <= NF; i++) {
+                   if ($i ~ /^dst=/) d[++nd] = substr($i, 5)
+                   if ($i ~ /^dport=/) p[++np] = substr($i, 7)
+               }
+               if (nd >= 2 && np >= 2) { print d[2] ":" p[2]; exit } }'
+}
+
+# link_events SIDE FILE: streams side SIDE's link events (the control socket's `events`)
+# into FILE, in the background; LINK_EVENTS_PID is the reader's pid.
+link_events() {
+    local sock=$LINK_WD/run-$1/p2pcopy/to-r.sock
+    [[ $1 == r ]] && sock=$LINK_WD/run-r/p2pcopy/to-s.sock
+    python3 -u -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"{\"op\":\"events\"}\n")
+for line in s.makefile():
+    print(line, end="", flush=True)
+' "$sock" >"$2" 2>&1 &
+    LINK_EVENTS_PID=$!
+}
+
+# scenario_link_remap WD: p2p-s behind a cone NAT, p2p-r behind a full-cone NAT, links up.
+# The core is cut; meanwhile p2p-nat1 "reboots": its UDP flows from p2p-s are deleted
+# (conntrack -D) and it maps that host to ports 40000-40999 from now on. After 15 s the
+# core is restored. p2p-s's link must warn once, naming the ticket's address (the old
+# conntrack mapping) and the new one (the new conntrack mapping of its STUN flow), stream
+# the mapping_changed event and show the new address in `status`; p2p-r's NAT kept its
+# mapping, so it must say nothing of the kind (while its log shows STUN was asked again).
+# The full-cone peer lets the probes from the new port in: both links come back, and a
+# file each way arrives verified.
+scenario_link_remap() {
+    local wd=$1 fails=0 peer=198.18.2.2 host=10.1.0.2 port=$LAB_SENDER_PORT
+    rm -rf "$wd"
+    mkdir -p "$wd/in"
+    LINK_WD=$wd
+    link_up "$wd" -v -- -v || { link_down "$wd"; link_tails "$wd"; return 1; }
+    link_events s "$wd/events-s.ndjson"
+    local events_pid=$LINK_EVENTS_PID old new line said_new said_old stun
+    old=$(nat_mapping p2p-nat1 "$host" "$port" "$peer")
+    echo "before: p2p-nat1 maps $host:$port to $old (conntrack, the link's flow)"
+    [[ $old == 198.18.1.2:* ]] || { echo "no conntrack entry for the link's flow"; fails=1; }
+    lab_cut
+    lab_nsx p2p-nat1 nft insert rule ip p2plab postrouting oifname '"wan"' ip saddr "$host" \
+        meta l4proto udp masquerade to :40000-40999 || { echo "nft rule failed"; fails=1; }
+    lab_nsx p2p-nat1 conntrack -D -p udp --orig-src "$host" >/dev/null 2>&1 || true
+    echo "cut the core; p2p-nat1 forgot $host's UDP flows and maps it to ports 40000-40999 now"
+    # STUN lives on the core itself, so the link's query gets through the cut: the truth is
+    # read from the NAT as soon as the link speaks (a STUN flow's entry lasts only 30 s).
+    local t0=$SECONDS
+    until grep -q '^p2pcopy: warning: your NAT now maps' "$wd/s.err"; do
+        ((SECONDS - t0 < 40)) || break
+        sleep 0.2
+    done
+    for stun in 198.19.0.1 198.19.0.2; do
+        new=$(nat_mapping p2p-nat1 "$host" "$port" "$stun")
+        [[ -n $new ]] && break
+    done
+    echo "after: p2p-nat1 maps $host:$port to $new for STUN at $stun (conntrack), $((SECONDS - t0)) s into the cut"
+    ((SECONDS - t0 < 15)) && sleep $((15 - (SECONDS - t0)))
+    lab_restore
+    t0=$SECONDS
+    until (($(grep -c '^Connected' "$wd/s.err") >= 2 && $(grep -c '^Connected' "$wd/r.err") >= 2)); do
+        ((SECONDS - t0 < 90)) || { echo "the links did not come back within 90 s of the restore"; fails=1; break; }
+        sleep 0.5
+    done
+    echo "links back $((SECONDS - t0)) s after the restore: $(grep -h '^Connected' "$wd/s.err" | tail -n 1)"
+    line=$(grep '^p2pcopy: warning: your NAT now maps this link' "$wd/s.err" || true)
+    echo "p2p-s said: ${line:-nothing}"
+    said_new=$(sed -n 's/.* maps this link to \([0-9.:]*\), not .*/\1/p' <<<"$line")
+    said_old=$(sed -n 's/.*, not \([0-9.:]*\) as your ticket says.*/\1/p' <<<"$line")
+    [[ $(grep -c '^p2pcopy: warning: your NAT now maps' "$wd/s.err") == 1 ]] ||
+        { echo "not exactly one warning on p2p-s"; fails=1; }
+    [[ -n $new && $said_new == "$new" ]] || { echo "warned of $said_new, the NAT says $new"; fails=1; }
+    [[ $said_old == "$old" ]] || { echo "warned the old address was $said_old, the NAT said $old"; fails=1; }
+    python3 - "$wd/events-s.ndjson" "$old" "$new" <<'PY' || { echo "no matching mapping_changed event"; fails=1; }
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+m = [e for e in ev if e.get("event") == "mapping_changed"]
+print("p2p-s events: mapping_changed", [(e["old"], e["new"]) for e in m])
+assert len(m) == 1 and m[0]["old"] == sys.argv[2] and m[0]["new"] == sys.argv[3], m
+PY
+    kill "$events_pid" 2>/dev/null || true
+    if grep -q 'your NAT now maps\|mapping_changed' "$wd/r.err" "$wd/r.out"; then
+        echo "p2p-r warned of a mapping change, but its NAT kept the mapping"
+        fails=1
+    fi
+    grep -q 'STUN sees this link where the ticket says' "$wd/r.err" ||
+        { echo "p2p-r's log does not show STUN asked again after the cut"; fails=1; }
+    local status
+    status=$(XDG_RUNTIME_DIR=$wd/run-s ip netns exec p2p-s "$P2PCOPY_BIN_ABS" --json status --name to-r |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["mapping"])')
+    echo "status on p2p-s: mapping $status"
+    [[ $status == "$new" ]] || { echo "status shows $status, not $new"; fails=1; }
+    head -c 300000 /dev/urandom >"$wd/in/after-s.bin"
+    head -c 300000 /dev/urandom >"$wd/in/after-r.bin"
+    link_send s "$wd/in/after-s.bin" >/dev/null 2>"$wd/send-s.err" || { echo "send s->r after the change failed"; fails=1; }
+    link_send r "$wd/in/after-r.bin" >/dev/null 2>"$wd/send-r.err" || { echo "send r->s after the change failed"; fails=1; }
+    cmp -s "$wd/in/after-s.bin" "$wd/out-r/after-s.bin" || { echo "after-s.bin differs or is missing"; fails=1; }
+    cmp -s "$wd/in/after-r.bin" "$wd/out-s/after-r.bin" || { echo "after-r.bin differs or is missing"; fails=1; }
+    ((fails == 0)) && echo "a file each way after the change: verified"
+    link_down "$wd" || fails=1
+    ((fails == 0)) || link_tails "$wd"
+    ((fails == 0))
+}

@@ -212,6 +212,11 @@ fn print_status(out: Output, name: &str, v: &Value) {
         "link {name}: peer {peer} ({}), rtt {} ms, {} reconnects",
         v["path_kind"], v["rtt_ms"], v["reconnects"]
     ));
+    if let Some(mapping) = v["mapping"].as_str() {
+        out.print(format_args!(
+            "  our public address (as STUN last saw it): {mapping}"
+        ));
+    }
     out.print(format_args!(
         "  queue {}, sent {} jobs ({} bytes), received {} jobs ({} bytes), {} failed, last rate {} B/s",
         v["queue"],

@@ -549,6 +549,7 @@ fn status_of(daemon: &Daemon) -> Value {
         "peer": path.as_ref().map(|(conn, _)| conn.remote_address().to_string()),
         "path_kind": path.as_ref().map(|(_, kind)| kind),
         "rtt_ms": path.as_ref().map(|(conn, _)| millis(conn.rtt())),
+        "mapping": daemon.duplex.mapping().map(|a| a.to_string()),
         "reconnects": daemon.duplex.reconnects(),
         "queue": c.queued,
         "sent_jobs": c.sent_jobs,

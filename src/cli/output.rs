@@ -214,6 +214,9 @@ pub fn human(event: &Event) -> Option<Human> {
         } => say(format!(
             "Connection lost ({reason}); reconnecting until a new path is found (Ctrl-C to stop)."
         )),
+        Event::MappingChanged { old, new } => say(format!(
+            "p2pcopy: warning: your NAT now maps this link to {new}, not {old} as your ticket says; your peer cannot learn the new address, so the link comes back only if your peer's NAT lets your probes in (or through --relay); otherwise both sides may have to run again and paste new tickets (what was moved is kept)"
+        )),
         Event::Deleted { path, result } => say(match result {
             DeleteStatus::Deleted => format!("Your peer deleted {path}; deleted here too"),
             DeleteStatus::Missing => format!("Your peer deleted {path}; it was not here"),
@@ -362,6 +365,15 @@ mod tests {
             }),
             "Connection lost (gone); reconnecting until a new path is found (Ctrl-C to stop)."
         );
+        let remapped = said(Event::MappingChanged {
+            old: "198.51.100.7:4300".parse().unwrap(),
+            new: "198.51.100.7:40000".parse().unwrap(),
+        });
+        assert!(
+            remapped.starts_with("p2pcopy: warning: your NAT now maps this link to 198.51.100.7:40000, not 198.51.100.7:4300 as your ticket says;"),
+            "{remapped}"
+        );
+        assert!(remapped.contains("new tickets"), "{remapped}");
         assert_eq!(
             said(Event::Warning {
                 message: "no NTP".into()

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::guard::{self, DropLog, Dropped, SessionTag, Verdict};
 use super::relayed::RelayPath;
+use super::restun::Pending;
 use super::route::Route;
 use crate::punch::{SocketId, Transmit, MAIN_SOCKET, V6_SOCKET};
 
@@ -71,6 +72,9 @@ pub struct DemuxSocket {
     /// The relay under quinn's view of the peer, when either side has one: QUIC to and
     /// from the peer then always uses one address, routed underneath.
     relay: std::sync::OnceLock<RelayPath>,
+    /// The STUN query asked from the main socket, if one is outstanding
+    /// ([`super::restun`]).
+    stun: Pending,
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -104,6 +108,7 @@ impl DemuxSocket {
             peers: RwLock::new(Vec::new()),
             drops: Mutex::new(DropLog::default()),
             relay: std::sync::OnceLock::new(),
+            stun: Pending::default(),
         }
     }
 
@@ -144,6 +149,12 @@ impl DemuxSocket {
         if let Some(s) = log.poll_summary(now) {
             tracing::info!("{s}");
         }
+    }
+
+    /// STUN datagrams dropped so far (for tests).
+    #[cfg(test)]
+    pub(super) fn stun_drops(&self) -> u64 {
+        self.drop_log().totals().map_or(0, |t| t.counts[3])
     }
 
     /// Logs what is left of the drop tally and the run's totals.
@@ -295,6 +306,27 @@ impl DemuxSocket {
         })
     }
 
+    /// The STUN query slot of the main socket.
+    pub(super) fn pending_stun(&self) -> &Pending {
+        &self.stun
+    }
+
+    /// Sends `contents` to `destination` from the main socket, whose NAT mapping the
+    /// ticket announced.
+    pub(super) fn send_from_main(
+        &self,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) -> io::Result<()> {
+        self.slots()[0].io.try_send(&QuinnTransmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size: None,
+            src_ip: None,
+        })
+    }
+
     /// Sends `contents` to `destination` from the socket QUIC sends IPv4 (or IPv6) from.
     pub(super) fn send_plain(&self, destination: SocketAddr, contents: &[u8]) -> io::Result<()> {
         self.sender(destination.is_ipv6())
@@ -353,6 +385,10 @@ impl DemuxSocket {
                         self.route(socket, m.addr);
                         // A full channel means a flood; dropping probes then is fine.
                         let _ = self.probes.try_send((socket, m.addr, buf[seg].to_vec()));
+                    }
+                    // The answer to our own STUN query (at most one, on the main socket).
+                    Verdict::Drop(Dropped::StunNotOurs)
+                        if socket == MAIN_SOCKET && self.stun.answer(m.addr, &buf[seg.clone()]) => {
                     }
                     Verdict::Drop(why) => {
                         let (now, log) =

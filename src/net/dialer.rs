@@ -320,6 +320,12 @@ impl Dialer {
         &self.endpoint
     }
 
+    /// Asks STUN servers again from the main socket while QUIC holds it (see
+    /// [`super::Restun`]).
+    pub fn restun(&self) -> super::Restun {
+        super::Restun(self.demux.clone())
+    }
+
     /// Opens the symmetric side's extra sockets for one connect attempt; fewer when the
     /// system runs short of sockets (each one still helps).
     fn open_extra_sockets(&mut self) -> Vec<SocketId> {

@@ -5,8 +5,10 @@
 //! from, is dropped in [`crate::net`]'s receive path before the puncher or quinn spends
 //! anything on it, and counted here. Pure: no sockets, no clock (time is an argument).
 //!
-//! No STUN answer is ever expected here: gathering ([`crate::stun::discover`]) runs, and
-//! checks its answers' transaction ids, before the socket is shared.
+//! Gathering ([`crate::stun::discover`]) runs, and checks its answers' transaction ids,
+//! before the socket is shared. Afterwards the only STUN answer expected is the one to a
+//! link's own query when its path died ([`crate::stun::recheck`]): the demultiplexer hands
+//! each STUN datagram on the main socket to that query first, and drops what it refuses.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -29,7 +31,7 @@ pub enum Dropped {
     ForgedProbe,
     /// A QUIC long-header packet from an address the peer never probed us from.
     QuicStranger,
-    /// A STUN message: none is outstanding once the socket is shared.
+    /// A STUN message that answers no query of ours.
     StunNotOurs,
 }
 

@@ -18,6 +18,8 @@
 //! - [`route`]: which way QUIC to the peer goes when a TURN relay is in play (pure);
 //! - `relayed`: the routes applied under the demultiplexer (`quinn`, [`crate::relay`]'s
 //!   allocation);
+//! - `restun`: [`Restun`], STUN asked again from the shared socket, its answer picked out by
+//!   `demux` ([`crate::stun::recheck`]'s rules);
 //! - `dialer`: [`Dialer`], the QUIC endpoint that punches, then connects or accepts
 //!   (`quinn`, [`crate::tls`], the rooms above, [`crate::sys`] for the open-file limit).
 //!
@@ -32,6 +34,7 @@ mod driver;
 pub mod guard;
 mod lanes;
 mod relayed;
+mod restun;
 pub mod route;
 mod socket;
 
@@ -39,6 +42,7 @@ pub use demux::{canonical, DemuxSocket};
 pub use dialer::{ConnectFailure, Dialer, Link, Progress};
 pub use lanes::LaneSockets;
 pub use relayed::PathNow;
+pub use restun::Restun;
 pub use socket::{bind, host_ips, host_ips_v6, shares_a_network, Buffers, SOCKET_BUFFER};
 // The target rules live beside the puncher now; the CLI still finds them here.
 pub use crate::punch::{both_have_ipv6, targets};

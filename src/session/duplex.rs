@@ -143,6 +143,8 @@ pub struct Duplex {
     path: watch::Receiver<Path>,
     stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     driver: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Our public address as STUN last saw it, when STUN answered at the start.
+    mapping: Option<watch::Receiver<Option<std::net::SocketAddr>>>,
 }
 
 impl Link {
@@ -151,6 +153,7 @@ impl Link {
     /// inside a Tokio runtime: the link's tasks are spawned on it.
     pub fn into_duplex(self, opts: DuplexOptions) -> (Duplex, Arrivals) {
         let stall = self.stall_timeout();
+        let mapping = self.mapping();
         let first = Path::Up {
             gen: 1,
             conn: self.connection().clone(),
@@ -183,6 +186,7 @@ impl Link {
             path,
             stop: std::sync::Mutex::new(Some(stop)),
             driver: std::sync::Mutex::new(Some(driver)),
+            mapping,
         };
         (duplex, Arrivals(arrivals))
     }
@@ -269,6 +273,12 @@ impl Duplex {
             Path::Up { conn, kind, .. } => Some((conn.clone(), *kind)),
             _ => None,
         }
+    }
+
+    /// Our public address as a STUN server last saw it: the ticket's, until a lost path
+    /// made the link ask again (see the `mapping_changed` event); `None` without STUN.
+    pub fn mapping(&self) -> Option<std::net::SocketAddr> {
+        self.mapping.as_ref().and_then(|m| *m.borrow())
     }
 
     /// Connections after the first (paths lost and found again).
@@ -360,6 +370,8 @@ async fn drive(
                 e = conn.closed() => break Some(e),
                 _ = &mut stop => break None,
                 Some(note) = notes.recv() => link.event(&note),
+                // STUN asked when the last path died may answer after it came back.
+                () = link.remap_answer() => {}
             }
         };
         let Some(why) = why else {

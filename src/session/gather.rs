@@ -41,7 +41,7 @@ pub(super) async fn bind(
     let host_ips = net::host_ips(local.ip());
     let gather = async {
         if config.no_stun {
-            Ok((NatKind::Unknown, socket, Vec::new(), None, None))
+            Ok((NatKind::Unknown, socket, Vec::new(), None, None, Vec::new()))
         } else {
             let servers = or_defaults(&config.stun_servers, stun::DEFAULT_SERVERS);
             public(socket, &servers, &host_ips, &cleanup, &mut *events).await
@@ -50,14 +50,14 @@ pub(super) async fn bind(
     // The relay is asked while STUN runs: a slow or dead relay delays only itself.
     let (gathered, opened) = tokio::join!(gather, open_relay(&config.relays));
     let (relay, failures) = opened;
-    let (nat_kind, socket, mut candidates, hops_task, lanes) = match gathered {
+    let (nat_kind, socket, mut candidates, hops_task, lanes, stun_answers) = match gathered {
         Ok(g) => g,
         // UDP blocked (an office, a hotel): the relay over TCP or TLS is the way out.
         Err((e, socket)) if relay.is_some() => {
             events.event(&Event::Warning {
                 message: format!("{e}; going on through the relay"),
             });
-            (NatKind::Unknown, socket, Vec::new(), None, None)
+            (NatKind::Unknown, socket, Vec::new(), None, None, Vec::new())
         }
         Err((e, _)) => return Err(e),
     };
@@ -118,6 +118,7 @@ pub(super) async fn bind(
         lanes,
         relay,
         relay_failure: failures.last().cloned(),
+        stun_answers,
     })
 }
 
@@ -138,7 +139,8 @@ async fn open_relay(relays: &[RelayConfig]) -> (Option<Allocation>, Vec<String>)
 }
 
 /// What STUN and the router tell about our public side: the NAT's kind, the socket back,
-/// our public candidates, and the task counting the NATs on the way out. When no STUN
+/// our public candidates, the task counting the NATs on the way out, the lane sockets and
+/// the STUN answers (asked again after a lost path: [`super::remap`]). When no STUN
 /// server answered, why, with the socket back.
 async fn public(
     socket: std::net::UdpSocket,
@@ -180,6 +182,7 @@ async fn public(
         public_candidates(forwarded, &mapped),
         hops_task,
         lanes,
+        mappings,
     ))
 }
 
@@ -190,6 +193,7 @@ type Public = (
     Vec<Candidate>,
     Option<tokio::task::JoinHandle<Vec<Option<std::net::Ipv4Addr>>>>,
     Option<net::LaneSockets>,
+    Vec<stun::Mapping>,
 );
 
 /// Our public candidates, most preferred first: a forwarded port reaches us from behind any

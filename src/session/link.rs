@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::observe::{Progress, Tee};
+use super::remap::Remap;
 use super::{Events, Owned};
 use crate::error::{CloseCode, Error};
 use crate::events::{millis, seconds, Event};
@@ -33,6 +34,9 @@ pub(super) struct Plan {
     pub(super) peer_nat: Option<NatKind>,
     /// The public address our router forwards to us, if the ticket carries one.
     pub(super) port_mapping: Option<SocketAddr>,
+    /// The STUN servers that answered at the start and where they saw us: asked again
+    /// after a lost path ([`super::remap`]); empty when that says nothing.
+    pub(super) stun_answers: Vec<crate::stun::Mapping>,
 }
 
 /// A connection to the peer that outlives its paths: [`Link::send`] and [`Link::receive`]
@@ -47,6 +51,8 @@ pub struct Link {
     /// Connections after the first.
     reconnects: u32,
     progress: Option<Progress>,
+    /// STUN asked again when a path dies, if there is anything to compare with.
+    remap: Option<Remap>,
 }
 
 impl Link {
@@ -58,7 +64,12 @@ impl Link {
         cleanup: Owned,
         deadline: Instant,
     ) -> Result<Link, Error> {
-        let path = connect(&mut dialer, &plan, &mut *events, deadline, 0).await?;
+        let path = connect(&mut dialer, &plan, &mut *events, deadline, 0, None).await?;
+        let remap = Remap::new(
+            dialer.restun(),
+            &plan.stun_answers,
+            dialer.schedule().period,
+        );
         Ok(Link {
             dialer,
             path,
@@ -67,6 +78,7 @@ impl Link {
             cleanup,
             reconnects: 0,
             progress: None,
+            remap,
         })
     }
 
@@ -161,6 +173,7 @@ impl Link {
                 Job::Receive(j) => j.run(conn, opts, &mut tee).await,
             };
             transfer::log_path_stats(conn);
+            self.remap_if_ready().await;
             match result {
                 Ok(()) => return Ok(()),
                 Err(Error::ConnectionLost(why)) => self.reconnect(why).await?,
@@ -192,8 +205,13 @@ impl Link {
             .close(CloseCode::NO_ERROR.into(), b"lost");
         let deadline = Instant::now() + self.plan.timeout;
         self.reconnects += 1;
+        // Asked beside the punching: the reconnect waits for no answer.
+        if let Some(r) = &mut self.remap {
+            r.start();
+        }
         let events = &mut *self.events;
-        self.path = connect(&mut self.dialer, &self.plan, events, deadline, self.reconnects)
+        let remap = self.remap.as_mut();
+        self.path = connect(&mut self.dialer, &self.plan, events, deadline, self.reconnects, remap)
             .await
             .map_err(|e| match e {
                 Error::Connect(_) => Error::ConnectionLost(format!(
@@ -202,6 +220,32 @@ impl Link {
                 other => other,
             })?;
         Ok(())
+    }
+
+    /// Waits for the STUN check started when the last path died (for ever if none runs)
+    /// and tells what it found. Cancel-safe: a link that stays waits on it beside its
+    /// connection.
+    pub(super) async fn remap_answer(&mut self) {
+        let Some(r) = self.remap.as_mut() else {
+            return std::future::pending().await;
+        };
+        if let Some(event) = r.answer().await.and_then(|seen| r.heard(seen)) {
+            self.events.event(&event);
+        }
+    }
+
+    /// Tells what the last check found if it has ended, without waiting: a one-shot run's
+    /// path may come back before STUN answers.
+    async fn remap_if_ready(&mut self) {
+        if self.remap.as_ref().is_some_and(Remap::ready) {
+            self.remap_answer().await;
+        }
+    }
+
+    /// Our public address as STUN last saw it (the ticket's until a path dies), kept up
+    /// to date; `None` inside without STUN answers to compare.
+    pub(super) fn mapping(&self) -> Option<tokio::sync::watch::Receiver<Option<SocketAddr>>> {
+        self.remap.as_ref().map(Remap::watch)
     }
 
     /// The job is done and everything is written where the program wants it: reports the
@@ -284,13 +328,15 @@ fn close_reason(
 }
 
 /// Punches and connects, reporting `connecting`, the rounds and `connected`; `reconnects`
-/// counts the connections this run had before.
+/// counts the connections this run had before. `remap`'s check, if given, is told as
+/// soon as it answers (the punching goes on meanwhile) and learns when the link is back.
 async fn connect(
     dialer: &mut Dialer,
     plan: &Plan,
     events: &mut dyn Events,
     deadline: Instant,
     reconnects: u32,
+    remap: Option<&mut Remap>,
 ) -> Result<net::Link, Error> {
     // The schedule both tickets agree on: every 10 s in lanes, or every 40 s with a peer
     // whose ticket lists none.
@@ -310,19 +356,39 @@ async fn connect(
     } else {
         deadline
     };
-    let link = dialer
-        .connect(
-            first_round,
-            schedule.index(first_unix),
-            deadline,
-            |p| match p {
-                NetProgress::Round(n) if needs_rounds => {
-                    events.event(&Event::PunchRound { round: n + 1 });
+    // Both the rounds and the STUN check tell the events while the punching runs.
+    // (A mutex, not a RefCell: the future must be Send; it is never contended.)
+    let shared = std::sync::Mutex::new(&mut *events);
+    let tell = |e: &Event| shared.lock().unwrap_or_else(|p| p.into_inner()).event(e);
+    let dialing = dialer.connect(
+        first_round,
+        schedule.index(first_unix),
+        deadline,
+        |p| match p {
+            NetProgress::Round(n) if needs_rounds => {
+                tell(&Event::PunchRound { round: n + 1 });
+            }
+            NetProgress::Round(_) => {}
+        },
+    );
+    let link = match remap {
+        None => dialing.await,
+        Some(remap) => {
+            tokio::pin!(dialing);
+            let link = loop {
+                tokio::select! {
+                    link = &mut dialing => break link,
+                    seen = remap.answer() => {
+                        if let Some(e) = seen.and_then(|seen| remap.heard(seen)) {
+                            tell(&e);
+                        }
+                    }
                 }
-                NetProgress::Round(_) => {}
-            },
-        )
-        .await;
+            };
+            remap.connected();
+            link
+        }
+    };
     let link = match link {
         Ok(link) => link,
         Err(ConnectFailure::Fatal(e)) => return Err(e),

@@ -15,12 +15,14 @@
 //!
 //! Rooms: `gather` (the socket, STUN, the router's port mapping, IPv6, the candidates),
 //! this file (the config, the peer checks and the first connection), `link` (the
-//! connection, reconnects, closing), `observe` (a job's plan, progress and files as events).
+//! connection, reconnects, closing), `remap` (STUN asked again after a lost path: has our
+//! NAT moved us?), `observe` (a job's plan, progress and files as events).
 
 mod duplex;
 mod gather;
 mod link;
 mod observe;
+mod remap;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -180,6 +182,9 @@ pub struct Session {
     /// Why the configured relays gave no allocation (the last one's failure), for the
     /// message when no path is found.
     relay_failure: Option<String>,
+    /// Which STUN servers answered and where they saw the main socket: the ticket's
+    /// mapped addresses, checked again after a lost path.
+    stun_answers: Vec<crate::stun::Mapping>,
 }
 
 impl Session {
@@ -281,6 +286,13 @@ impl Session {
                 .iter()
                 .find(|c| c.kind == CandidateKind::PortMapped)
                 .map(|c| c.addr),
+            // A symmetric NAT maps each destination apart: what a STUN server sees says
+            // nothing about the address the peer must reach.
+            stun_answers: if nat_kind == crate::ticket::NatKind::EndpointDependent {
+                Vec::new()
+            } else {
+                std::mem::take(&mut self.stun_answers)
+            },
         };
         let mut dialer = Dialer::new(
             self.socket,

@@ -366,6 +366,12 @@ pub fn decode_response(b: &[u8]) -> Option<BindingResponse> {
     })
 }
 
+/// The transaction id of an RFC 5389 Binding error response; `None` for anything else.
+pub fn error_transaction(b: &[u8]) -> Option<[u8; 12]> {
+    let h = header(b)?;
+    (h.kind == BINDING_ERROR && h.cookie == MAGIC_COOKIE.to_be_bytes()).then_some(h.transaction)
+}
+
 fn message(kind: u16, cookie: [u8; 4], transaction: [u8; 12], attrs: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(20 + attrs.len());
     m.extend_from_slice(&kind.to_be_bytes());

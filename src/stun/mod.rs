@@ -3,6 +3,7 @@
 
 pub mod limit;
 pub mod message;
+pub mod recheck;
 pub mod server;
 
 use std::net::SocketAddr;
