@@ -778,7 +778,6 @@ fn figures() {
 }
 
 #[test]
-#[ignore = "open: with quinn's bursts and ACKs modelled the cap is lifted too often: 25 % lost at 2.3 ms"]
 fn a_policer_is_not_flooded() {
     // Sized by the minimum RTT plus the 4 ms allowance, the window let quinn's pacer send
     // well above the policed rate: 70 % of the packets were dropped at 2.3 ms, 18 % at
