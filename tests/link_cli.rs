@@ -5,7 +5,7 @@
 #![cfg(unix)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -141,15 +141,7 @@ fn text(o: &Output) -> String {
 #[test]
 fn two_link_daemons_send_both_ways_and_refuse_strangers() {
     let tmp = tempfile::tempdir().unwrap();
-    let (xdg, out_a, out_b, src) = (
-        tmp.path().join("run"),
-        tmp.path().join("a"),
-        tmp.path().join("b"),
-        tmp.path().join("src"),
-    );
-    for d in [&xdg, &out_a, &out_b, &src] {
-        std::fs::create_dir(d).unwrap();
-    }
+    let (xdg, out_a, out_b, src) = two_link_dirs(tmp.path());
     let mut a = link("left", &out_a, &xdg);
     let mut b = link("right", &out_b, &xdg);
     let (ta, tb) = (a.ticket.clone(), b.ticket.clone());
@@ -322,15 +314,7 @@ fn two_link_daemons_send_both_ways_and_refuse_strangers() {
 fn links_answer_on_a_loopback_port_with_a_token() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
-    let (xdg, out_a, out_b, src) = (
-        tmp.path().join("run"),
-        tmp.path().join("a"),
-        tmp.path().join("b"),
-        tmp.path().join("src"),
-    );
-    for d in [&xdg, &out_a, &out_b, &src] {
-        std::fs::create_dir(d).unwrap();
-    }
+    let (xdg, out_a, out_b, src) = two_link_dirs(tmp.path());
     let tcp = [("P2PCOPY_CONTROL", "tcp")];
     let mut a = link_env("left", &out_a, &xdg, &[], &tcp);
     let mut b = link_env("right", &out_b, &xdg, &[], &tcp);
@@ -405,6 +389,17 @@ fn links_answer_on_a_loopback_port_with_a_token() {
     b.wait_for("Your peer closed the link");
     assert!(b.wait().success());
     assert!(!port_file.exists(), "the port file is removed");
+}
+
+/// The folders two links need under `root`: the sockets' runtime dir, each side's output,
+/// and a source folder.
+fn two_link_dirs(root: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let dirs = ["run", "a", "b", "src"].map(|d| root.join(d));
+    for d in &dirs {
+        std::fs::create_dir(d).unwrap();
+    }
+    let [xdg, a, b, src] = dirs;
+    (xdg, a, b, src)
 }
 
 /// `send --json`'s lines: `job_queued`, then what `sender --json` prints of a one-file

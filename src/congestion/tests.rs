@@ -799,15 +799,21 @@ fn a_policer_is_not_flooded() {
     }
 }
 
-#[test]
-fn a_congested_round_caps_the_window_until_clean_rounds_lift_it() {
-    let now = Instant::now();
+/// A controller past startup, cruising at 100 Mbit/s with `min_rtt`.
+fn cruising(now: Instant, min_rtt: Duration) -> Core {
     let mut cc = Core::new(now, PKT);
     cc.startup = false;
     cc.cycle = 2;
     cc.push_rate(12.5e6);
-    cc.min_rtt.update(now, Duration::from_micros(200));
+    cc.min_rtt.update(now, min_rtt);
     cc.size_window();
+    cc
+}
+
+#[test]
+fn a_congested_round_caps_the_window_until_clean_rounds_lift_it() {
+    let now = Instant::now();
+    let mut cc = cruising(now, Duration::from_micros(200));
     let open = cc.window();
     // A round of 100 packets of which 90 were dropped.
     cc.round_end = 100;
@@ -860,12 +866,7 @@ fn random_loss_of_several_percent_keeps_the_rate() {
 #[test]
 fn a_cap_that_does_not_cut_the_loss_is_lifted_and_rests() {
     let now = Instant::now();
-    let mut cc = Core::new(now, PKT);
-    cc.startup = false;
-    cc.cycle = 2;
-    cc.push_rate(12.5e6);
-    cc.min_rtt.update(now, Duration::from_millis(50));
-    cc.size_window();
+    let mut cc = cruising(now, Duration::from_millis(50));
     // Rounds of 100 packets, 8 lost each, whatever is in flight.
     let round = |cc: &mut Core, n: u64| {
         cc.round_end = n * 100 + 50;
