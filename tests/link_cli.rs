@@ -260,16 +260,7 @@ fn two_link_daemons_send_both_ways_and_refuse_strangers() {
         let open = std::fs::Permissions::from_mode(0o755);
         std::fs::set_permissions(shared.path(), open.clone()).unwrap();
         std::fs::set_permissions(&bin, open).unwrap();
-        let o = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&bin)
-            .args(["send", "--to", "left", "/etc/hostname"])
-            .env("XDG_RUNTIME_DIR", &xdg)
-            // Its own home: root's config file is closed to it.
-            .env("HOME", shared.path())
-            .env_remove("XDG_CONFIG_HOME")
-            .output()
-            .expect("setpriv runs");
+        let o = send_as_nobody(&bin, &xdg, shared.path());
         assert_eq!(o.status.code(), Some(11), "{}", text(&o));
         assert!(text(&o).contains("permission denied"), "{}", text(&o));
         // Folder and socket opened up by mistake: the link checks who calls anyway.
@@ -278,15 +269,7 @@ fn two_link_daemons_send_both_ways_and_refuse_strangers() {
         }
         let sock = xdg.join("p2pcopy/left.sock");
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let o = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&bin)
-            .args(["send", "--to", "left", "/etc/hostname"])
-            .env("XDG_RUNTIME_DIR", &xdg)
-            .env("HOME", shared.path())
-            .env_remove("XDG_CONFIG_HOME")
-            .output()
-            .expect("setpriv runs");
+        let o = send_as_nobody(&bin, &xdg, shared.path());
         assert_eq!(o.status.code(), Some(11), "{}", text(&o));
         assert!(
             text(&o).contains("permission denied: the link left belongs to another user"),
@@ -372,15 +355,7 @@ fn links_answer_on_a_loopback_port_with_a_token() {
         for d in [shared.path(), &bin, tmp.path(), &xdg, &xdg.join("p2pcopy")] {
             std::fs::set_permissions(d, open.clone()).unwrap();
         }
-        let o = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&bin)
-            .args(["send", "--to", "left", "/etc/hostname"])
-            .env("XDG_RUNTIME_DIR", &xdg)
-            .env("HOME", shared.path())
-            .env_remove("XDG_CONFIG_HOME")
-            .output()
-            .expect("setpriv runs");
+        let o = send_as_nobody(&bin, &xdg, shared.path());
         assert_eq!(o.status.code(), Some(11), "{}", text(&o));
         assert!(text(&o).contains("permission denied"), "{}", text(&o));
     }
@@ -449,6 +424,20 @@ fn assert_sender_events(stdout: &[u8], data: &[u8]) {
         (&summary["role"], &summary["files"]),
         (&"sender".into(), &1.into())
     );
+}
+
+/// `send --to left /etc/hostname` as uid 65534 with the sockets under `xdg`, with `home` as
+/// its own home (root's config file is closed to it).
+fn send_as_nobody(bin: &Path, xdg: &Path, home: &Path) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin)
+        .args(["send", "--to", "left", "/etc/hostname"])
+        .env("XDG_RUNTIME_DIR", xdg)
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .expect("setpriv runs")
 }
 
 fn is_root() -> bool {

@@ -758,14 +758,7 @@ fn figures() {
             }
         }
         for (loss, delay) in [(0.02, 0.1), (0.03, 0.1), (0.05, 0.025), (0.08, 0.025)] {
-            let path = Path {
-                rates: vec![(0.0, 12.5e6)],
-                delay,
-                queue_s: 0.05,
-                loss,
-                quinn,
-                ..Path::default()
-            };
+            let path = randomly_lossy(loss, delay, quinn);
             let (cap, _, _) = run(&path, Core::new(Instant::now(), PKT), 7);
             let (main, _, _) = run(&path, uncapped(), 7);
             eprintln!(
@@ -796,6 +789,18 @@ fn a_policer_is_not_flooded() {
         assert!(rate > 90.0, "goodput {rate:.1} Mbit/s");
         assert!(lost < 0.08, "{:.1} % lost", lost * 100.0);
         assert!(file < 0.2, "{:.1} % lost over the first 16 s", file * 100.0);
+    }
+}
+
+/// A 100 Mbit/s path with `delay` seconds each way, a 50 ms queue and random `loss`.
+fn randomly_lossy(loss: f64, delay: f64, quinn: bool) -> Path {
+    Path {
+        rates: vec![(0.0, 12.5e6)],
+        delay,
+        queue_s: 0.05,
+        loss,
+        quinn,
+        ..Path::default()
     }
 }
 
@@ -845,14 +850,7 @@ fn random_loss_of_several_percent_keeps_the_rate() {
         (0.05, 0.00115),
     ];
     for ((loss, delay), quinn) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
-        let path = Path {
-            rates: vec![(0.0, 12.5e6)],
-            delay,
-            queue_s: 0.05,
-            loss,
-            quinn,
-            ..Path::default()
-        };
+        let path = randomly_lossy(loss, delay, quinn);
         let flow = simulate(&path, 30.0, 7);
         let rate = goodput(&flow, 10, 30);
         let can = 100.0 * (1.0 - loss);
