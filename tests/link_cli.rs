@@ -249,17 +249,8 @@ fn two_link_daemons_send_both_ways_and_refuse_strangers() {
 
     // Another local user is refused (root runs the test suite in CI; skipped otherwise).
     if is_root() {
-        // A copy of the binary the other user may run (the build folder may be closed).
-        let shared = tempfile::Builder::new()
-            .prefix("link-cli-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let bin = shared.path().join("p2pcopy");
-        std::fs::copy(BIN, &bin).unwrap();
+        let (shared, bin) = binary_for_nobody();
         use std::os::unix::fs::PermissionsExt;
-        let open = std::fs::Permissions::from_mode(0o755);
-        std::fs::set_permissions(shared.path(), open.clone()).unwrap();
-        std::fs::set_permissions(&bin, open).unwrap();
         let o = send_as_nobody(&bin, &xdg, shared.path());
         assert_eq!(o.status.code(), Some(11), "{}", text(&o));
         assert!(text(&o).contains("permission denied"), "{}", text(&o));
@@ -345,14 +336,9 @@ fn links_answer_on_a_loopback_port_with_a_token() {
     }
     if is_root() {
         // Another user cannot read the token, even with the folders opened up by mistake.
-        let shared = tempfile::Builder::new()
-            .prefix("link-cli-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let bin = shared.path().join("p2pcopy");
-        std::fs::copy(BIN, &bin).unwrap();
+        let (shared, bin) = binary_for_nobody();
         let open = std::fs::Permissions::from_mode(0o755);
-        for d in [shared.path(), &bin, tmp.path(), &xdg, &xdg.join("p2pcopy")] {
+        for d in [tmp.path(), &xdg, &xdg.join("p2pcopy")] {
             std::fs::set_permissions(d, open.clone()).unwrap();
         }
         let o = send_as_nobody(&bin, &xdg, shared.path());
@@ -424,6 +410,22 @@ fn assert_sender_events(stdout: &[u8], data: &[u8]) {
         (&summary["role"], &summary["files"]),
         (&"sender".into(), &1.into())
     );
+}
+
+/// A copy of the binary another user may run (the build folder may be closed to it), in a
+/// folder of its own that it may also use as its home.
+fn binary_for_nobody() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = tempfile::Builder::new()
+        .prefix("link-cli-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let bin = shared.path().join("p2pcopy");
+    std::fs::copy(BIN, &bin).unwrap();
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(shared.path(), open.clone()).unwrap();
+    std::fs::set_permissions(&bin, open).unwrap();
+    (shared, bin)
 }
 
 /// `send --to left /etc/hostname` as uid 65534 with the sockets under `xdg`, with `home` as
