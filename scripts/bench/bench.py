@@ -46,6 +46,8 @@ PROFILES = {
     "lan": (None, None, 0.0, 1024, 10),
     "wan": (25, 100, 0.01, 200, 20),
     "long": (100, 100, 0.02, 200, 30),
+    # long's path with a 50 MiB file, where the ramp-up is a larger share: not in the default list.
+    "long50": (100, 100, 0.02, 50, 15),
     "bdp": (50, 1000, 0.0, 1024, 15),
     "gig": (0.5, 1000, 0.0, 1024, 10),
     # Two routers between the hosts, no shaping (delay None: no delay line).
@@ -68,6 +70,7 @@ DESCRIBE = {
     "lan": "LAN: one veth, no shaping",
     "wan": "internet-like: 50 ms RTT, 100 Mbit/s, 1 % loss each way",
     "long": "long and lossy: 200 ms RTT, 100 Mbit/s, 2 % loss each way",
+    "long50": "long and lossy, a 50 MiB file: 200 ms RTT, 100 Mbit/s, 2 % loss each way",
     "bdp": "high BDP: 100 ms RTT, 1 Gbit/s, no loss",
     "gig": "reference for the row above: 1 ms RTT, 1 Gbit/s, no loss",
     "routed": "routed LAN: two routers between the hosts (kernel forwarding), no shaping",
