@@ -43,6 +43,8 @@ pub use dialer::{ConnectFailure, Dialer, Link, Progress};
 pub use lanes::LaneSockets;
 pub use relayed::PathNow;
 pub use restun::Restun;
-pub use socket::{bind, host_ips, host_ips_v6, shares_a_network, Buffers, SOCKET_BUFFER};
+pub use socket::{
+    bind, host_ips, host_ips_v6, log_capped_buffers, shares_a_network, Buffers, SOCKET_BUFFER,
+};
 // The target rules live beside the puncher now; the CLI still finds them here.
 pub use crate::punch::{both_have_ipv6, targets};

@@ -60,8 +60,13 @@ pub fn bind(ip: IpAddr, port: u16) -> Result<std::net::UdpSocket, Error> {
     let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
     sock.bind(&addr.into()).map_err(err)?;
     sock.set_nonblocking(true).map_err(err)?;
-    let sock: std::net::UdpSocket = sock.into();
-    if let Some(b) = Buffers::of(&sock).filter(Buffers::capped) {
+    Ok(sock.into())
+}
+
+/// Logs (once per run: the run's main socket) when the system gave `sock` less buffer than
+/// asked. Not in [`bind`], which also opens the lanes and up to hundreds of birthday sockets.
+pub fn log_capped_buffers(sock: &std::net::UdpSocket) {
+    if let Some(b) = Buffers::of(sock).filter(Buffers::capped) {
         tracing::info!(
             receive = b.receive,
             send = b.send,
@@ -69,7 +74,6 @@ pub fn bind(ip: IpAddr, port: u16) -> Result<std::net::UdpSocket, Error> {
             "the system caps UDP socket buffers (net.core.rmem_max, wmem_max): fast paths may lose packets at the receiver; `p2pcopy doctor` says how to raise them"
         );
     }
-    Ok(sock)
 }
 
 /// The host's own addresses that a peer on the same network could reach us at.

@@ -21,6 +21,7 @@ pub(super) async fn bind(
 ) -> Result<Session, Error> {
     let identity = Identity::generate()?;
     let socket = net::bind(config.bind, config.local_port)?;
+    net::log_capped_buffers(&socket);
     let local = socket
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
