@@ -13,8 +13,9 @@
 # (two routers between the hosts, no shaping), jitter (wan's delay and rate plus 0-5 ms each
 # way, no loss), small (3,000 files of 1-16 KiB, LAN, disk to disk, against tar | ssh and
 # rsync -a), and, not in the default list, policed and policed-long (2 and 40 ms RTT, an nft
-# policer of ~100 Mbit/s that drops; the results add p2pcopy's QUIC packets sent and lost)
-# and long50 (long's path with a 50 MiB file, where the ramp-up weighs more).
+# policer of ~100 Mbit/s that drops; the results add p2pcopy's QUIC packets sent and lost),
+# long50 (long's path with a 50 MiB file, where the ramp-up weighs more) and small-routed
+# (small's tree between hosts two routers apart, as routed).
 # Shaping is done by lab/netem (user space; this kernel has no netem qdisc).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

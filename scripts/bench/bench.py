@@ -59,7 +59,12 @@ PROFILES = {
     "policed-long": (20, None, 0.0, 200, 20),
     # Many small files (the tree below), LAN, disk to disk (--bigdir): not in the default list.
     "small": (None, None, 0.0, 0, 0),
+    # The same tree between hosts two routers apart (routed's topology): not in the default list.
+    "small-routed": (None, None, 0.0, 0, 0),
 }
+# Profiles on routed_topology(); the others share one veth or a delay line.
+ROUTED = ("routed", "small-routed")
+SMALL = ("small", "small-routed")
 SMALL_FILES, SMALL_DIRS = 3000, 150
 # Profiles with delay jitter: the delay line's --jitter-ms (each way; no reordering).
 JITTER_MS = {"jitter": 5}
@@ -78,6 +83,8 @@ DESCRIBE = {
     "policed": "policed: 2 ms RTT, a 100 Mbit/s token-bucket policer (burst 256 KB) that drops, no queue",
     "policed-long": "policed, longer: 40 ms RTT, a 100 Mbit/s token-bucket policer (burst 256 KB) that drops, no queue",
     "small": f"many small files: {SMALL_FILES} files of 1-16 KiB in {SMALL_DIRS} folders, LAN, disk to disk",
+    "small-routed": f"many small files, routed: {SMALL_FILES} files of 1-16 KiB in {SMALL_DIRS} folders, "
+                    "two routers between the hosts, disk to disk",
 }
 
 
@@ -121,7 +128,7 @@ def topology(profile, netem_bin, logdir):
     delay, rate, loss, _, _ = PROFILES[profile]
     ns_new(A)
     ns_new(B)
-    if profile == "routed":
+    if profile in ROUTED:
         routed_topology()
         proc = None
     elif delay is None:
@@ -143,7 +150,7 @@ def topology(profile, netem_bin, logdir):
         proc = subprocess.Popen(nsx(M, *args), stdin=subprocess.DEVNULL,
                                 stdout=open(logdir / f"netem-{profile}.log", "w"), stderr=subprocess.STDOUT)
     for ns, ip in ((A, IP_A), (B, IP_B)):
-        if profile != "routed":
+        if profile not in ROUTED:
             sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
             sh("ip", "-n", ns, "link", "set", "eth0", "up")
         # Room for a 1 Gbit/s x 100 ms window in TCP's autotuned buffers.  (UDP buffers are
@@ -501,7 +508,9 @@ def main():
             log(f"profile {prof}: {DESCRIBE[prof]}")
             netem = topology(prof, args.netem, logdir)
             sshd, key = sshd_up(wd)
-            if prof == "small":
+            if prof in SMALL:
+                if prof in ROUTED:
+                    log(f"  path check: {router_hops()} routers between the hosts")
                 small[prof] = small_profile(args, wd, key, logdir)
                 sshd.kill()
                 sshd.wait()
