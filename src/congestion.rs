@@ -13,7 +13,11 @@
 //! new bandwidth and a round under one BDP to drain the queue and see the true minimum RTT.
 //! Random loss is not taken for congestion: a round only counts as congested when more
 //! than [`CONGESTED_LOSS`] of it is lost, and then the bandwidth estimate falls to what
-//! that round delivered.
+//! that round delivered. Startup doubles what is in flight each round trip (quinn's pacer
+//! needs the window to grow by 1.25 x each acknowledged byte for that) until ACKs show a
+//! queue; what it sent into the full queue before then is lost a round trip later, and
+//! those losses are its overshoot, not a congested round (bench/RESULTS.md, "Leaving
+//! startup on the long path").
 //!
 //! A policer (a token bucket that drops instead of queueing: ISP plans, `nft limit`)
 //! builds no queue, so nothing but the window holds the sender back; on a short path the
@@ -327,7 +331,7 @@ impl Core {
         // ended on it. Counted as the rounds' own congestion, it clamped the bandwidth
         // estimate to what the overflowing round delivered (60 Mbit/s on the bench's 100 Mbit/s
         // `long` path) and took ten round trips to grow back (bench/RESULTS.md, "Leaving
-        // startup").
+        // startup on the long path").
         if self.startup_ended.is_some_and(|end| sent <= end) {
             self.round_overshoot += lost_bytes;
         } else {
