@@ -534,17 +534,23 @@ def main():
                 r = run_iperf3(isecs, isecs + 60)
                 res["iperf3"].append(r)
                 log(f"  run {i + 1} iperf3: {mbit(r['bps'] / 8):.0f} Mbit/s, {r['retrans']} retransmits")
-                r = run_p2pcopy(args.p2pcopy, src, out, 600, logdir)
-                if i == 0 and not filecmp.cmp(src, out / src.name, shallow=False):
-                    raise RuntimeError("p2pcopy's copy differs from the source")
-                res["p2pcopy"].append(r)
-                log(f"  run {i + 1} p2pcopy: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, {loss_text(r)}, connect {r['connect']:.2f} s, "
-                    f"cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s, rss {r['rss_s']:.0f}/{r['rss_r']:.0f} MiB")
-                if args.baseline:
-                    r = run_p2pcopy(args.baseline, src, out, 600, logdir)
-                    res["baseline"].append(r)
-                    log(f"  run {i + 1} baseline: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, {loss_text(r)}, "
-                        f"cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s")
+                # With a baseline the two binaries swap places from run to run, so neither is
+                # always the one right after iperf3 (bench/RESULTS.md, "Run order in A/B").
+                order = ["p2pcopy", "baseline"] if args.baseline else ["p2pcopy"]
+                for tool in order if i % 2 == 0 else order[::-1]:
+                    if tool == "baseline":
+                        r = run_p2pcopy(args.baseline, src, out, 600, logdir)
+                        res["baseline"].append(r)
+                        log(f"  run {i + 1} baseline: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, {loss_text(r)}, "
+                            f"cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s")
+                        continue
+                    r = run_p2pcopy(args.p2pcopy, src, out, 600, logdir)
+                    if i == 0 and not filecmp.cmp(src, out / src.name, shallow=False):
+                        raise RuntimeError("p2pcopy's copy differs from the source")
+                    res["p2pcopy"].append(r)
+                    log(f"  run {i + 1} p2pcopy: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, {loss_text(r)}, "
+                        f"connect {r['connect']:.2f} s, cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s, "
+                        f"rss {r['rss_s']:.0f}/{r['rss_r']:.0f} MiB")
                 if i == 0:
                     r = run_iperf3(isecs, isecs + 60, "bbr")
                     res["bbr"].append(r)
