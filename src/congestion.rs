@@ -319,8 +319,7 @@ impl Core {
             if elapsed > 0.0 {
                 self.push_rate(self.round_acked as f64 / elapsed);
             }
-            self.leave_startup();
-            self.startup_ended = Some(now);
+            self.leave_startup(now);
         }
     }
 
@@ -353,11 +352,7 @@ impl Core {
             .saturating_duration_since(self.round_start)
             .as_secs_f64();
         if elapsed > 0.0 && self.round_acked > 0 {
-            let startup = self.startup;
-            self.end_round(self.round_acked as f64 / elapsed, app_limited);
-            if startup && !self.startup {
-                self.startup_ended = Some(now);
-            }
+            self.end_round(now, self.round_acked as f64 / elapsed, app_limited);
         }
         self.round_end = self.last_sent + 1;
         self.round_start = now;
@@ -367,7 +362,7 @@ impl Core {
         self.round_app_limited = false;
     }
 
-    fn end_round(&mut self, rate: f64, app_limited: bool) {
+    fn end_round(&mut self, now: Instant, rate: f64, app_limited: bool) {
         let lost = self.round_lost as f64;
         let share_lost = lost / (lost + self.round_acked as f64);
         // Losses of packets sent before the last reaction are that congestion's tail
@@ -425,7 +420,7 @@ impl Core {
                 self.startup = self.full_bw_rounds < FULL_BW_ROUNDS;
             }
             if !self.startup {
-                self.leave_startup();
+                self.leave_startup(now);
             }
             return;
         }
@@ -464,9 +459,9 @@ impl Core {
         }
     }
 
-    /// (The caller notes when: [`Core::startup_ended`].)
-    fn leave_startup(&mut self) {
+    fn leave_startup(&mut self, now: Instant) {
         self.startup = false;
+        self.startup_ended = Some(now);
         // Startup left a queue behind: drain it first (the cycle's probe round, first
         // until now, put 1.4 x the BDP in flight on top of the overshoot).
         self.cycle = 1;

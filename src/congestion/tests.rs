@@ -825,13 +825,13 @@ fn a_congested_round_caps_the_window_until_clean_rounds_lift_it() {
     cc.last_sent = 200;
     cc.round_acked = 10 * PKT;
     cc.round_lost = 90 * PKT;
-    cc.end_round(12.5e6, false);
+    cc.end_round(now, 12.5e6, false);
     let capped = cc.window();
     let floor = 2 * u64::from(ACK_EVERY) * PKT;
     assert!(capped <= (open / 10).max(floor), "{capped} > {open} / 10");
     cc.round_lost = 0;
     for _ in 0..200 {
-        cc.end_round(12.5e6, false);
+        cc.end_round(now, 12.5e6, false);
     }
     assert!(cc.inflight_cap.is_none());
     assert!(cc.window() > capped);
@@ -871,7 +871,7 @@ fn a_cap_that_does_not_cut_the_loss_is_lifted_and_rests() {
         cc.last_sent = n * 100 + 99;
         cc.round_acked = 92 * PKT;
         cc.round_lost = 8 * PKT;
-        cc.end_round(12.5e6, false);
+        cc.end_round(now, 12.5e6, false);
     };
     round(&mut cc, 1);
     assert!(cc.inflight_cap.is_some(), "the first lossy round caps");
@@ -894,13 +894,13 @@ fn a_cap_that_does_not_cut_the_loss_is_lifted_and_rests() {
     p.last_sent = 199;
     p.round_acked = 40 * PKT;
     p.round_lost = 60 * PKT;
-    p.end_round(12.5e6, false);
+    p.end_round(now, 12.5e6, false);
     assert!(p.inflight_cap.is_some());
     p.round_end = 250;
     p.last_sent = 299;
     p.round_acked = 90 * PKT;
     p.round_lost = 10 * PKT;
-    p.end_round(12.5e6, false);
+    p.end_round(now, 12.5e6, false);
     assert!(p.inflight_cap.is_some(), "10 % after 60 %: the cap helps");
 }
 
