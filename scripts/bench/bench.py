@@ -538,17 +538,11 @@ def main():
                 # always the one right after iperf3 (bench/RESULTS.md, "Run order in A/B").
                 order = ["p2pcopy", "baseline"] if args.baseline else ["p2pcopy"]
                 for tool in order if i % 2 == 0 else order[::-1]:
-                    if tool == "baseline":
-                        r = run_p2pcopy(args.baseline, src, out, 600, logdir)
-                        res["baseline"].append(r)
-                        log(f"  run {i + 1} baseline: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, {loss_text(r)}, "
-                            f"cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s")
-                        continue
-                    r = run_p2pcopy(args.p2pcopy, src, out, 600, logdir)
+                    r = run_p2pcopy(args.p2pcopy if tool == "p2pcopy" else args.baseline, src, out, 600, logdir)
                     if i == 0 and not filecmp.cmp(src, out / src.name, shallow=False):
-                        raise RuntimeError("p2pcopy's copy differs from the source")
-                    res["p2pcopy"].append(r)
-                    log(f"  run {i + 1} p2pcopy: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, {loss_text(r)}, "
+                        raise RuntimeError(f"{tool}: the copy differs from the source")
+                    res[tool].append(r)
+                    log(f"  run {i + 1} {tool}: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, {loss_text(r)}, "
                         f"connect {r['connect']:.2f} s, cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s, "
                         f"rss {r['rss_s']:.0f}/{r['rss_r']:.0f} MiB")
                 if i == 0:
