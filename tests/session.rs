@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use p2pcopy::events::Event;
 use p2pcopy::ticket::{Role, Ticket};
-use p2pcopy::transfer::{Outgoing, Silent};
+use p2pcopy::transfer::{Incoming, Outgoing, Silent, Store};
 use p2pcopy::{Events, Link, Session};
 
 #[path = "common/sessions.rs"]
@@ -155,6 +155,40 @@ async fn two_sessions_copy_a_folder_and_report_it() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// A sender whose close never arrives (lost on the way: QUIC sends it once) once left the
+/// receiver waiting 5 s for it, then up to 2 s more to close; it has all the verdicts once
+/// it acknowledged them, and that is enough.
+#[tokio::test]
+async fn the_receiver_does_not_wait_for_a_close_that_never_comes() {
+    let src = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dir = tree(src.path(), 1 << 20);
+    let s_notes = Notes::default();
+    let r_notes = s_notes.peer();
+    let (mut s, mut r) = pair(&s_notes, &r_notes, None).await;
+    let mut sending = Outgoing::new(p2pcopy::manifest::scan(std::slice::from_ref(&dir)).unwrap());
+    let mut receiving = Incoming::new(Store::new(out.path().to_owned(), false));
+    let (mut quiet_s, mut quiet_r) = (Silent, Silent);
+    let (sent, took) = tokio::join!(
+        // The sender finishes its job but neither finishes nor closes its link.
+        s.send(&mut sending, &mut quiet_s),
+        async {
+            r.receive(&mut receiving, &mut quiet_r).await.unwrap();
+            let t = std::time::Instant::now();
+            r.finish(receiving.report()).await;
+            r.close(&Ok(())).await;
+            t.elapsed()
+        }
+    );
+    sent.unwrap();
+    assert_same(&dir, &out.path().join("tree"));
+    assert!(
+        took < Duration::from_secs(3),
+        "the receiver took {took:?} to end"
+    );
+    drop(s);
 }
 
 /// The path dies mid-transfer for longer than the idle timeout (both sides notice), comes

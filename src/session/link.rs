@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use quinn::SendStream;
+
 use super::observe::{Progress, Tee};
 use super::remap::Remap;
 use super::{Events, Owned};
@@ -53,6 +55,10 @@ pub struct Link {
     progress: Option<Progress>,
     /// STUN asked again when a path dies, if there is anything to compare with.
     remap: Option<Remap>,
+    /// The received job's control stream, until [`Link::finish`] lingers on it.
+    control: Option<SendStream>,
+    /// The peer acknowledged all we sent but its close never came: closing need not wait.
+    peer_has_all: bool,
 }
 
 impl Link {
@@ -79,6 +85,8 @@ impl Link {
             reconnects: 0,
             progress: None,
             remap,
+            control: None,
+            peer_has_all: false,
         })
     }
 
@@ -175,7 +183,12 @@ impl Link {
             transfer::log_path_stats(conn);
             self.remap_if_ready().await;
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if let Job::Receive(j) = &mut job {
+                        self.control = j.take_control();
+                    }
+                    return Ok(());
+                }
                 Err(Error::ConnectionLost(why)) => self.reconnect(why).await?,
                 Err(e) => return Err(e),
             }
@@ -274,7 +287,10 @@ impl Link {
                 .path
                 .connection
                 .close(CloseCode::NO_ERROR.into(), b"done"),
-            Role::Receiver => transfer::linger(&self.path.connection).await,
+            Role::Receiver => {
+                let control = self.control.take();
+                self.peer_has_all = transfer::linger(&self.path.connection, control).await;
+            }
         }
     }
 
@@ -300,7 +316,7 @@ impl Link {
         self.path.connection.close(code.into(), reason);
         let endpoint = self.dialer.endpoint();
         endpoint.close(code.into(), reason);
-        if !peer_closed {
+        if !peer_closed && !self.peer_has_all {
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         }
         self.dialer.release_relay().await;

@@ -39,6 +39,9 @@ pub struct Incoming {
     /// The last connection's disk threads, still naming what they were handed: joined
     /// before a reconnect looks at the disk.
     disk_threads: Vec<std::thread::JoinHandle<()>>,
+    /// The finished job's control stream, ended after its last verdict: the peer has them
+    /// all once it acknowledged all of it ([`super::linger`]).
+    control: Option<SendStream>,
 }
 
 /// One announced file: its index, its entry, and its path under the output folder.
@@ -141,12 +144,19 @@ impl Incoming {
             stored_now: HashSet::new(),
             reported: HashSet::new(),
             disk_threads: Vec::new(),
+            control: None,
         }
     }
 
     /// What the job did so far.
     pub fn report(&self) -> &Report {
         &self.report
+    }
+
+    /// The control stream of the job just received, ended after its last verdict, for
+    /// [`super::linger`] to tell when the peer has them all.
+    pub fn take_control(&mut self) -> Option<SendStream> {
+        self.control.take()
     }
 
     /// Where the output goes.
@@ -297,6 +307,7 @@ impl Incoming {
         let mut statuses = std::mem::take(&mut rx.statuses);
         drop(rx);
         let _ = send.finish();
+        self.control = Some(send);
         observer.finish();
         self.report.finished();
         // Job order, as the files were sent: a batch's verdicts come after a later file's
