@@ -945,6 +945,19 @@ fn a_50_mib_file_on_the_long_path_is_not_held_back_after_startup() {
     }
 }
 
+/// A bottleneck of `mbit_s`, `rtt_ms` round trip, `queue_s` of buffer and random `loss`,
+/// driven as quinn drives it.
+fn bottleneck(mbit_s: f64, rtt_ms: f64, queue_s: f64, loss: f64) -> Path {
+    Path {
+        rates: vec![(0.0, mbit_s * 125e3)],
+        delay: rtt_ms / 2e3,
+        queue_s,
+        loss,
+        quinn: true,
+        ..Path::default()
+    }
+}
+
 /// Seconds to deliver 50 MiB and 200 MiB and the share of packets dropped at the queue,
 /// across RTTs and random loss: `cargo test --lib congestion::tests::sweep -- --ignored
 /// --nocapture`.
@@ -954,14 +967,7 @@ fn sweep() {
     for (mbit_s, queue_s) in [(100.0, 0.05), (1000.0, 0.01)] {
         for rtt_ms in [2.0, 10.0, 50.0, 100.0, 200.0, 300.0] {
             for loss in [0.0, 0.01, 0.02, 0.05] {
-                let path = Path {
-                    rates: vec![(0.0, mbit_s * 125e3)],
-                    delay: rtt_ms / 2e3,
-                    queue_s,
-                    loss,
-                    quinn: true,
-                    ..Path::default()
-                };
+                let path = bottleneck(mbit_s, rtt_ms, queue_s, loss);
                 let size = 200u64 << 20;
                 let secs = (size as f64 * 8.0 / (mbit_s * 1e6) * 1.6 + 4.0).min(60.0);
                 let cc = Box::new(Core::new(Instant::now(), PKT)) as Box<dyn Cc>;
@@ -1143,14 +1149,7 @@ fn trace_path() {
         .split(',')
         .map(|x| x.parse().expect("P2P_SIM: five numbers"))
         .collect();
-    let path = Path {
-        rates: vec![(0.0, v[0] * 125e3)],
-        delay: v[1] / 2e3,
-        queue_s: v[2] / 1e3,
-        loss: v[3],
-        quinn: true,
-        ..Path::default()
-    };
+    let path = bottleneck(v[0], v[1], v[2] / 1e3, v[3]);
     let seed = std::env::var("P2P_SEED").map_or(7, |s| s.parse().expect("P2P_SEED"));
     let flow = simulate(&path, v[4], seed);
     eprintln!("50 MiB in {:.2} s", time_to_deliver(&flow, 50 << 20));
@@ -1181,14 +1180,7 @@ fn seeds() {
         (1000.0, 200.0, 0.01, 0.02),
     ];
     for (mbit_s, rtt_ms, queue_s, loss) in paths {
-        let path = Path {
-            rates: vec![(0.0, mbit_s * 125e3)],
-            delay: rtt_ms / 2e3,
-            queue_s,
-            loss,
-            quinn: true,
-            ..Path::default()
-        };
+        let path = bottleneck(mbit_s, rtt_ms, queue_s, loss);
         // The generator takes `seed | 1`: odd seeds only.
         let times: Vec<String> = (1..30)
             .step_by(2)
