@@ -267,6 +267,18 @@ def first_byte_wait(paths, procs, limit):
     return None
 
 
+def pinned(role, cmd):
+    """`cmd` on the CPU BENCH_PIN gives `role` ("sender" or "receiver"), e.g. BENCH_PIN=0,1.
+
+    Both hosts share this machine's cores; unpinned, where the scheduler puts each side's
+    busy threads decides a LAN run (bench/RESULTS.md, "Two modes on the LAN").  Pinned,
+    each side has a core to itself, as on two machines."""
+    pin = os.environ.get("BENCH_PIN")
+    if not pin:
+        return list(cmd)
+    return ["taskset", "-c", pin.split(",")[0 if role == "sender" else 1], *cmd]
+
+
 def run_p2pcopy(binary, src, outdir, limit, logdir):
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
@@ -276,8 +288,9 @@ def run_p2pcopy(binary, src, outdir, limit, logdir):
 
     def wrap(role):
         if not perf:
-            return [binary]
-        return ["perf", "record", "-q", "-F", "999", "--call-graph", "dwarf,16384", "-o", f"{perf}/{role}.data", binary]
+            return pinned(role, [binary])
+        return pinned(role, ["perf", "record", "-q", "-F", "999", "--call-graph", "dwarf,16384", "-o",
+                             f"{perf}/{role}.data", binary])
 
     r = Proc(nsx(B, *wrap("receiver"), "receiver", "--localport", "21300", "--output", str(outdir), *common),
              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(logdir / "receiver.err", "w"), text=True)
@@ -350,7 +363,7 @@ def run_scp(src, outdir, key, limit):
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
     dst = outdir / src.name
-    c = Proc(nsx(A, "scp", "-q", "-i", str(key), "-o", "StrictHostKeyChecking=no",
+    c = Proc(nsx(A, *pinned("sender", ["scp"]), "-q", "-i", str(key), "-o", "StrictHostKeyChecking=no",
                  "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", str(src), f"root@{IP_B}:{dst}"),
              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     t0 = time.monotonic()
@@ -426,9 +439,10 @@ def small_profile(args, wd, key, logdir):
 
 
 def run_iperf3(secs, limit, cc="cubic"):
-    srv = Proc(nsx(B, "iperf3", "-s", "-1", "-B", IP_B), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    srv = Proc(nsx(B, *pinned("receiver", ["iperf3"]), "-s", "-1", "-B", IP_B), stdout=subprocess.DEVNULL,
+               stderr=subprocess.DEVNULL)
     time.sleep(0.3)
-    out = subprocess.run(nsx(A, "iperf3", "-c", IP_B, "-t", str(secs), "-C", cc, "-J"), capture_output=True,
+    out = subprocess.run(nsx(A, *pinned("sender", ["iperf3"]), "-c", IP_B, "-t", str(secs), "-C", cc, "-J"), capture_output=True,
                          text=True, timeout=limit)
     srv.wait(20)
     j = json.loads(out.stdout)
@@ -466,7 +480,7 @@ def sshd_up(workdir):
         f"ListenAddress {IP_B}\nHostKey {workdir / 'host_key'}\nPermitRootLogin prohibit-password\n"
         f"AuthorizedKeysFile {workdir / 'authorized_keys'}\nPasswordAuthentication no\nUsePAM no\n"
         f"StrictModes no\nSubsystem sftp internal-sftp\nPidFile none\n")
-    p = subprocess.Popen(nsx(B, "/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)), stdin=subprocess.DEVNULL,
+    p = subprocess.Popen(nsx(B, *pinned("receiver", ["/usr/sbin/sshd"]), "-D", "-e", "-f", str(cfg)), stdin=subprocess.DEVNULL,
                          stdout=open(workdir / "sshd.log", "w"), stderr=subprocess.STDOUT)
     time.sleep(0.5)
     return p, key
