@@ -270,9 +270,10 @@ def first_byte_wait(paths, procs, limit):
 def pinned(role, cmd):
     """`cmd` on the CPU BENCH_PIN gives `role` ("sender" or "receiver"), e.g. BENCH_PIN=0,1.
 
-    Both hosts share this machine's cores; unpinned, where the scheduler puts each side's
-    busy threads decides a LAN run (bench/RESULTS.md, "Two modes on the LAN").  Pinned,
-    each side has a core to itself, as on two machines."""
+    Both hosts share this machine's cores.  Pinned, each side has one core to itself: scp
+    gains ~40 % on the LAN (ssh and sshd stop sharing), p2pcopy's receiver loses its disk
+    thread's core, and the LAN's slow runs still happen (bench/RESULTS.md, "Two modes on
+    the LAN, with each side pinned to a core").  Neither setup is two machines."""
     pin = os.environ.get("BENCH_PIN")
     if not pin:
         return list(cmd)
