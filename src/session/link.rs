@@ -263,7 +263,8 @@ impl Link {
 
     /// The job is done and everything is written where the program wants it: reports the
     /// `summary` (last, so that a reader sees it only when nothing can fail any more), then
-    /// the sender closes and the receiver waits for the sender's close.
+    /// the sender closes and the receiver waits for the sender's close (or, should it be
+    /// lost, until the sender has acknowledged every verdict: [`transfer::linger`]).
     pub async fn finish(&mut self, report: &Report) {
         let summary = Event::Summary {
             role: self.plan.role,

@@ -353,8 +353,8 @@ async fn explain(conn: &Connection, e: Error) -> Error {
 /// verdict) and a round trip passed without its close. Returns true in that last case:
 /// the peer has everything, and its close was lost. The close is a single packet that
 /// QUIC repeats only when we send again; waiting it out for the full 5 s made one run in
-/// five on the bench's 2 %-lossy 200 ms path take ~6 s longer (bench/RESULTS.md, "The
-/// receiver waited out a lost close").
+/// five on the bench's 2 %-lossy 200 ms path take ~6 s longer (bench/RESULTS.md,
+/// "Startup's loss exit, a lost close, and the issue's own clock").
 pub async fn linger(conn: &Connection, control: Option<quinn::SendStream>) -> bool {
     let acknowledged = async {
         match control {
