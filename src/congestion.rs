@@ -14,11 +14,11 @@
 //! Random loss is not taken for congestion: a round only counts as congested when more
 //! than [`CONGESTED_LOSS`] of it is lost, and then the bandwidth estimate falls to what
 //! that round delivered (in startup, whose early rounds are a few dozen packets: when it
-//! lost significantly more than the rounds before it). Startup doubles what is in flight each round trip (quinn's pacer
-//! needs the window to grow by 1.25 x each acknowledged byte for that) until ACKs show a
-//! queue; what it sent into the full queue before then is lost a round trip later, and
-//! those losses are its overshoot, not a congested round (bench/RESULTS.md, "Leaving
-//! startup on the long path").
+//! lost significantly more than the rounds before it). Startup doubles what is in flight
+//! each round trip (quinn's pacer needs the window to grow by 1.25 x each acknowledged
+//! byte for that) until ACKs show a queue; what it sent into the full queue before then
+//! is lost a round trip later, and those losses are its overshoot, not a congested round
+//! (bench/RESULTS.md, "Leaving startup on the long path").
 //!
 //! A policer (a token bucket that drops instead of queueing: ISP plans, `nft limit`)
 //! builds no queue, so nothing but the window holds the sender back; on a short path the
@@ -375,7 +375,7 @@ impl Core {
         // (one reaction per round trip, as TCP's recovery has it).
         let lossy = self.round_lost >= 3 * self.mtu;
         let congested = if self.startup {
-            self.startup_overflows()
+            self.startup_overflows(lossy)
         } else {
             lossy && share_lost > CONGESTED_LOSS && self.round_end > self.reacted_below
         };
@@ -438,8 +438,9 @@ impl Core {
         self.size_window();
     }
 
-    /// This startup round lost well more than the random loss of the ones before it: the
-    /// bottleneck's buffer overflowed.
+    /// This startup round, `lossy` as [`Core::end_round`] counts it, lost well more than
+    /// the random loss of the ones before it: the bottleneck's buffer overflowed. Counts the
+    /// round among startup's, for the next.
     ///
     /// "Well more" is three standard deviations above twice their share of lost packets,
     /// and above [`CAP_LOSS`], as a count: the early rounds are a few dozen packets, and
@@ -450,7 +451,7 @@ impl Core {
     /// never shows the queue test a rise, and its first overflowing round can lose well
     /// under it (10 % at 1 Gbit/s x 200 ms with 10 ms of buffer, in the simulator, whose
     /// next, doubled, round then lost 56 %: 76,000 packets).
-    fn startup_overflows(&mut self) -> bool {
+    fn startup_overflows(&mut self, lossy: bool) -> bool {
         let before =
             self.startup_lost as f64 / (self.startup_acked + self.startup_lost).max(1) as f64;
         self.startup_acked += self.round_acked;
@@ -458,7 +459,7 @@ impl Core {
         let sent = (self.round_acked + self.round_lost) as f64 / self.mtu as f64;
         let lost = self.round_lost as f64 / self.mtu as f64;
         let expected = sent * (2.0 * before).clamp(CAP_LOSS, CONGESTED_LOSS);
-        self.round_lost >= 3 * self.mtu && lost > expected + 3.0 * expected.sqrt()
+        lossy && lost > expected + 3.0 * expected.sqrt()
     }
 
     /// After a round that lost more than [`CAP_LOSS`] (`cut`), what may be in flight is
