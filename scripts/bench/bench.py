@@ -456,16 +456,28 @@ def run_iperf3(secs, limit, cc="cubic"):
             "cpu_r_pct": end["cpu_utilization_percent"]["remote_total"]}
 
 
-def run_iperf3_udp(rate_mbit, secs=5):
-    """Validates the emulated link: offered UDP load vs what arrives."""
-    srv = Proc(nsx(B, "iperf3", "-s", "-1", "-B", IP_B), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
-    out = subprocess.run(nsx(A, "iperf3", "-c", IP_B, "-u", "-b", f"{rate_mbit}M", "-l", "1400", "-t", str(secs),
-                             "-J"), capture_output=True, text=True, timeout=secs + 30)
-    srv.wait(20)
-    j = json.loads(out.stdout)
-    s = j["end"]["sum"]
-    return {"bps": s["bits_per_second"] * (1 - s["lost_percent"] / 100), "lost_pct": s["lost_percent"]}
+def run_iperf3_udp(rate_mbit, secs=5, tries=3):
+    """Validates the emulated link: offered UDP load vs what arrives. iperf3 carries its
+    results over a TCP connection on the lossy path itself, which now and then fails
+    (no `end.sum` in its JSON): such a check is run again, and a third failure is fatal."""
+    for attempt in range(1, tries + 1):
+        srv = Proc(nsx(B, "iperf3", "-s", "-1", "-B", IP_B), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        out = subprocess.run(nsx(A, "iperf3", "-c", IP_B, "-u", "-b", f"{rate_mbit}M", "-l", "1400", "-t",
+                                 str(secs), "-J"), capture_output=True, text=True, timeout=secs + 30)
+        try:
+            srv.wait(20)
+        except RuntimeError:
+            pass  # killed: the client's JSON says what went wrong
+        try:
+            j = json.loads(out.stdout)
+        except json.JSONDecodeError:
+            j = {"error": f"no JSON: {out.stderr.strip()[:200]}"}
+        s = j.get("end", {}).get("sum")
+        if s is not None:
+            return {"bps": s["bits_per_second"] * (1 - s["lost_percent"] / 100), "lost_pct": s["lost_percent"]}
+        log(f"  iperf3 UDP check {attempt} of {tries} failed: {j.get('error', 'no result')}")
+    raise RuntimeError(f"iperf3 UDP check failed {tries} times")
 
 
 def sshd_up(workdir):
