@@ -17,6 +17,7 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::mpsc;
 
 use super::guard::{self, DropLog, Dropped, SessionTag, Verdict};
+use super::hold::PathRtt;
 use super::relayed::RelayPath;
 use super::restun::Pending;
 use super::route::Route;
@@ -75,6 +76,9 @@ pub struct DemuxSocket {
     /// The STUN query asked from the main socket, if one is outstanding
     /// ([`super::restun`]).
     stun: Pending,
+    /// The connection's least RTT, which the sockets read to decide on receive holds
+    /// ([`super::hold`]).
+    rtt: Arc<PathRtt>,
 }
 
 impl fmt::Debug for DemuxSocket {
@@ -84,10 +88,22 @@ impl fmt::Debug for DemuxSocket {
 }
 
 impl DemuxSocket {
+    #[cfg(test)]
     pub(super) fn new(
         main: Arc<dyn AsyncUdpSocket>,
         probes: mpsc::Sender<(SocketId, SocketAddr, Vec<u8>)>,
         tag: SessionTag,
+    ) -> Self {
+        Self::with_rtt(main, probes, tag, Arc::default())
+    }
+
+    /// Over `main`, whose receive holds (like every socket's wrapped with the same
+    /// `rtt`) follow the RTT given to [`DemuxSocket::set_rtt`].
+    pub(super) fn with_rtt(
+        main: Arc<dyn AsyncUdpSocket>,
+        probes: mpsc::Sender<(SocketId, SocketAddr, Vec<u8>)>,
+        tag: SessionTag,
+        rtt: Arc<PathRtt>,
     ) -> Self {
         let slot = Slot {
             id: MAIN_SOCKET,
@@ -109,7 +125,18 @@ impl DemuxSocket {
             drops: Mutex::new(DropLog::default()),
             relay: std::sync::OnceLock::new(),
             stun: Pending::default(),
+            rtt,
         }
+    }
+
+    /// The RTT the sockets' receive holds follow, for the sockets added later.
+    pub(super) fn path_rtt(&self) -> &Arc<PathRtt> {
+        &self.rtt
+    }
+
+    /// Tells the sockets the connection's RTT (`None`: no connection, no holds).
+    pub(super) fn set_rtt(&self, rtt: Option<std::time::Duration>) {
+        self.rtt.set(rtt);
     }
 
     /// Routes QUIC to the peer through `path` from now on (see [`super::route`]).

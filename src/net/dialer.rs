@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use super::demux::{canonical, DemuxSocket};
 use super::driver::{drive, ProbeIo};
 use super::guard::SessionTag;
+use super::hold::PathRtt;
 use super::relayed::{self, relay_path, Background, PathNow};
 use super::socket::bind;
 use crate::error::Error;
@@ -48,6 +49,8 @@ pub struct Link {
     pub verification_code: String,
     /// Which way the data goes, told of each change, when a relay is in play.
     pub path: Option<watch::Receiver<PathNow>>,
+    /// Tells the sockets this connection's RTT while the link lives (receive holds).
+    _rtt: RttFeed,
 }
 
 /// Why connecting failed.
@@ -112,18 +115,12 @@ fn share_sockets(
     let probe_socket = socket
         .try_clone()
         .map_err(|e| Error::Internal(format!("cannot clone socket: {e}")))?;
-    let probe_socket = tokio::net::UdpSocket::from_std(probe_socket)
-        .map_err(|e| Error::Internal(e.to_string()))?;
     let (probe_tx, probe_rx) = mpsc::channel(1024);
-    let inner = runtime
-        .wrap_udp_socket(socket)
-        .map_err(|e| Error::Internal(format!("socket: {e}")))?;
-    let demux = Arc::new(DemuxSocket::new(inner, probe_tx, tag));
+    let rtt = Arc::<PathRtt>::default();
+    let inner = wrap(runtime, socket, &rtt)?;
+    let demux = Arc::new(DemuxSocket::with_rtt(inner, probe_tx, tag, rtt));
     if let Some(v6) = v6 {
-        let io = runtime
-            .wrap_udp_socket(v6)
-            .map_err(|e| Error::Internal(format!("socket: {e}")))?;
-        demux.add_v6(io);
+        demux.add_v6(wrap(runtime, v6, demux.path_rtt())?);
     }
     Ok(ProbeIo {
         socket: probe_socket,
@@ -133,10 +130,65 @@ fn share_sockets(
     })
 }
 
+/// quinn's view of one of the run's sockets that may carry the connection: with receive
+/// holds on Unix ([`super::held`]), quinn's own wrapper elsewhere.
+fn wrap(
+    runtime: &Arc<TokioRuntime>,
+    sock: std::net::UdpSocket,
+    rtt: &Arc<PathRtt>,
+) -> Result<Arc<dyn quinn::AsyncUdpSocket>, Error> {
+    let err = |e: std::io::Error| Error::Internal(format!("socket: {e}"));
+    #[cfg(unix)]
+    {
+        let _ = runtime;
+        let held = super::held::HeldSocket::new(sock, rtt.clone()).map_err(err)?;
+        Ok(Arc::new(held))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = rtt;
+        runtime.wrap_udp_socket(sock).map_err(err)
+    }
+}
+
+/// Copies the connection's RTT to the sockets every [`RTT_FEED_EVERY`] from a fresh start
+/// (the least RTT of this connection's path, not an earlier one's) until the connection
+/// closes, then says it is unknown; ends when the returned handle is dropped.
+fn feed_rtt(conn: &quinn::Connection, demux: &Arc<DemuxSocket>) -> RttFeed {
+    let conn = conn.clone();
+    let demux = demux.clone();
+    demux.set_rtt(None);
+    let task = tokio::spawn(async move {
+        loop {
+            demux.set_rtt(Some(conn.rtt()));
+            tokio::select! {
+                _ = conn.closed() => break,
+                _ = tokio::time::sleep(RTT_FEED_EVERY) => {}
+            }
+        }
+        demux.set_rtt(None);
+    });
+    RttFeed(task.abort_handle())
+}
+
+/// How often the connection's RTT is copied to the sockets.
+const RTT_FEED_EVERY: Duration = Duration::from_millis(250);
+
+/// Stops [`feed_rtt`]'s task when dropped (it holds the connection, which must not
+/// outlive the link).
+#[derive(Debug)]
+struct RttFeed(tokio::task::AbortHandle);
+
+impl Drop for RttFeed {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The lane sockets as the dialer keeps them, from [`add_lanes`].
 struct LaneSetup {
     /// Each lane socket's id and its clone for the puncher's probes.
-    probes: Vec<(SocketId, tokio::net::UdpSocket)>,
+    probes: Vec<(SocketId, std::net::UdpSocket)>,
     /// The lanes the schedule uses, each with the peer's port in it.
     lanes: Vec<Lane>,
     /// The id the next extra socket gets.
@@ -165,12 +217,8 @@ fn add_lanes(
         next_socket += 1;
         let probe = sock
             .try_clone()
-            .and_then(tokio::net::UdpSocket::from_std)
             .map_err(|e| Error::Internal(format!("cannot clone socket: {e}")))?;
-        let io = runtime
-            .wrap_udp_socket(sock)
-            .map_err(|e| Error::Internal(format!("socket: {e}")))?;
-        demux.add_lane(id, io);
+        demux.add_lane(id, wrap(runtime, sock, demux.path_rtt())?);
         lane_io.push((id, probe));
         if our_lanes.len() + 1 < schedule.lanes {
             our_lanes.push(Lane {
@@ -580,6 +628,7 @@ impl Dialer {
             .map(|(_, us)| *us);
         let theirs = crate::tls::peer_fingerprint(&connection).unwrap_or_default();
         let verification_code = crate::tls::verification_code(self.identity.fingerprint(), &theirs);
+        let rtt = feed_rtt(&connection, &self.demux);
         Link {
             connection,
             remote,
@@ -588,6 +637,7 @@ impl Dialer {
             authenticated: self.peer_fp.is_some(),
             verification_code,
             path,
+            _rtt: rtt,
         }
     }
 }

@@ -13,35 +13,34 @@ use super::demux::DemuxSocket;
 use crate::punch::{PunchEvent, Puncher, SocketId, Transmit, MAIN_SOCKET};
 
 /// Sends one probe, with a custom TTL where asked (per packet, so QUIC packets sharing the
-/// socket are never affected).
-fn send_probe(sock: &tokio::net::UdpSocket, tx: &Transmit) -> io::Result<()> {
-    match tx.ttl {
-        None => sock.try_send_to(&tx.contents, tx.destination).map(drop),
-        Some(ttl) => sock.try_io(tokio::io::Interest::WRITABLE, || {
-            let sent = crate::sys::send_with_ttl(
-                socket2::SockRef::from(sock),
-                tx.destination,
-                &tx.contents,
-                ttl,
-            );
-            match sent {
-                // Without per-packet TTL the opener is a plain probe; rounds still work, minus
-                // the protection against the other side's first probe arriving first.
-                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                    sock.try_send_to(&tx.contents, tx.destination).map(drop)
-                }
-                sent => sent,
-            }
-        }),
+/// socket are never affected). Straight to the socket, past the runtime: a full buffer
+/// loses the probe, and the next one retries.
+fn send_probe(sock: &std::net::UdpSocket, tx: &Transmit) -> io::Result<()> {
+    let plain = || sock.send_to(&tx.contents, tx.destination).map(drop);
+    let Some(ttl) = tx.ttl else {
+        return plain();
+    };
+    match crate::sys::send_with_ttl(
+        socket2::SockRef::from(sock),
+        tx.destination,
+        &tx.contents,
+        ttl,
+    ) {
+        // Without per-packet TTL the opener is a plain probe; rounds still work, minus
+        // the protection against the other side's first probe arriving first.
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => plain(),
+        sent => sent,
     }
 }
 
 /// The probe side of the sockets, handed to each punching run and back.
 pub(super) struct ProbeIo {
-    /// A second handle on the main socket, for probes with their own TTL.
-    pub(super) socket: tokio::net::UdpSocket,
-    /// Second handles on the lane sockets, which send openers too.
-    pub(super) lanes: Vec<(SocketId, tokio::net::UdpSocket)>,
+    /// A second handle on the main socket, for probes with their own TTL. Not registered
+    /// with the runtime: a registration for readability would wake it at each arrival,
+    /// receive holds or not ([`super::held`]).
+    pub(super) socket: std::net::UdpSocket,
+    /// Second handles on the lane sockets, which send openers too (not registered either).
+    pub(super) lanes: Vec<(SocketId, std::net::UdpSocket)>,
     /// Probes that arrived on any socket.
     pub(super) incoming: mpsc::Receiver<(SocketId, SocketAddr, Vec<u8>)>,
     pub(super) demux: Arc<DemuxSocket>,

@@ -13,6 +13,9 @@
 //!   [`crate::wire`], [`crate::stun`]'s message codec);
 //! - `demux`: [`DemuxSocket`], the socket quinn and the puncher share (`quinn`'s socket
 //!   traits, `guard`);
+//! - `hold`: when a socket's next read waits so that datagrams come in batches (pure), and
+//!   `held` (Unix): quinn's view of a socket with those holds (`quinn`'s socket traits,
+//!   `tokio`'s `AsyncFd`);
 //! - `driver`: the puncher's task, sending its probes and feeding it what arrives
 //!   (`tokio`, `demux`, [`crate::sys`] for per-packet TTL);
 //! - [`route`]: which way QUIC to the peer goes when a TURN relay is in play (pure);
@@ -32,6 +35,9 @@ mod demux;
 mod dialer;
 mod driver;
 pub mod guard;
+#[cfg(unix)]
+mod held;
+mod hold;
 mod lanes;
 mod relayed;
 mod restun;

@@ -1,0 +1,310 @@
+//! quinn's view of one of our UDP sockets, with receive holds ([`super::hold`]): on a
+//! paced path the socket leaves the runtime's `epoll` set while data flows and is read on
+//! a timer instead, so a batch of datagrams costs one wake-up rather than one each.
+//!
+//! quinn's own wrapper registers one descriptor for reading and writing. Here writes have
+//! a registration of their own (writability only, which arrivals never trigger), and reads
+//! a second descriptor of the same socket, registered while the socket waits to be woken
+//! and dropped from `epoll` during holds. Anything else registered for reading on the same
+//! socket would wake the runtime at each arrival all the same: the probe handles are plain
+//! sockets for that reason ([`super::driver::ProbeIo`]).
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+
+use quinn::udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::hold::{Coalescer, PathRtt, HOLD};
+
+/// The read side's descriptor: woken by arrivals, or out of `epoll` during holds.
+enum ReadFd {
+    Registered(AsyncFd<UdpSocket>),
+    Bare(UdpSocket),
+    /// Only while moving between the two.
+    Moving,
+}
+
+struct ReadSide {
+    fd: ReadFd,
+    hold: Option<Pin<Box<tokio::time::Sleep>>>,
+    coalescer: Coalescer,
+}
+
+/// One of the run's UDP sockets as quinn's [`AsyncUdpSocket`] ([module docs](self)).
+pub struct HeldSocket {
+    /// Registered for writability only.
+    io: AsyncFd<UdpSocket>,
+    state: UdpSocketState,
+    read: Mutex<ReadSide>,
+    rtt: Arc<PathRtt>,
+}
+
+impl fmt::Debug for HeldSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeldSocket").finish_non_exhaustive()
+    }
+}
+
+impl HeldSocket {
+    /// Wraps a non-blocking socket; needs a runtime. `rtt` says when holds may start.
+    // `with_interest` is deprecated as unsound for inners whose descriptor may change or
+    // close under it; a `UdpSocket` owns its descriptor, so it is sound here (and keeps
+    // `unsafe` in `sys` alone). Likewise in `register`.
+    #[allow(deprecated)]
+    pub fn new(sock: UdpSocket, rtt: Arc<PathRtt>) -> io::Result<HeldSocket> {
+        let state = UdpSocketState::new(UdpSockRef::from(&sock))?;
+        let reader = AsyncFd::with_interest(sock.try_clone()?, Interest::READABLE)?;
+        Ok(HeldSocket {
+            io: AsyncFd::with_interest(sock, Interest::WRITABLE)?,
+            state,
+            read: Mutex::new(ReadSide {
+                fd: ReadFd::Registered(reader),
+                hold: None,
+                coalescer: Coalescer::default(),
+            }),
+            rtt,
+        })
+    }
+
+    fn read_side(&self) -> MutexGuard<'_, ReadSide> {
+        self.read.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recv(
+        &self,
+        sock: &UdpSocket,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        self.state.recv(UdpSockRef::from(sock), bufs, meta)
+    }
+}
+
+/// Counts what a read brought, for the [`Coalescer`].
+fn datagrams(meta: &[RecvMeta]) -> (usize, usize) {
+    meta.iter().fold((0, 0), |(count, bytes), m| {
+        let stride = m.stride.max(1);
+        (count + m.len.div_ceil(stride), bytes + m.len)
+    })
+}
+
+impl ReadSide {
+    /// Takes the descriptor out of `epoll` and starts a hold.
+    fn start_hold(&mut self) {
+        if let ReadFd::Registered(_) = self.fd {
+            if let ReadFd::Registered(fd) = std::mem::replace(&mut self.fd, ReadFd::Moving) {
+                self.fd = ReadFd::Bare(fd.into_inner());
+            }
+        }
+        self.hold = Some(Box::pin(tokio::time::sleep(HOLD)));
+    }
+
+    /// Puts the descriptor back into `epoll`, to be woken by the next arrival. Datagrams
+    /// that came meanwhile make it ready at once. Should that fail (out of memory), the
+    /// socket goes on being read on the timer.
+    #[allow(deprecated)]
+    fn register(&mut self) {
+        let ReadFd::Bare(_) = self.fd else {
+            return;
+        };
+        let ReadFd::Bare(sock) = std::mem::replace(&mut self.fd, ReadFd::Moving) else {
+            return;
+        };
+        self.fd = match AsyncFd::try_with_interest(sock, Interest::READABLE) {
+            Ok(fd) => ReadFd::Registered(fd),
+            Err(e) => {
+                let (sock, e) = e.into_parts();
+                tracing::debug!(error = %e, "cannot register the socket for reading");
+                self.hold = Some(Box::pin(tokio::time::sleep(HOLD)));
+                ReadFd::Bare(sock)
+            }
+        };
+    }
+}
+
+impl AsyncUdpSocket for HeldSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(Writable(self))
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.io.try_io(Interest::WRITABLE, |sock| {
+            self.state.send(UdpSockRef::from(sock), transmit)
+        })
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let mut side = self.read_side();
+        let side = &mut *side;
+        loop {
+            if side.hold.is_none() && side.coalescer.hold(self.rtt.get()) {
+                side.start_hold();
+            }
+            if let Some(sleep) = side.hold.as_mut() {
+                ready!(sleep.as_mut().poll(cx));
+                side.hold = None;
+            }
+            let got = match &side.fd {
+                ReadFd::Registered(fd) => {
+                    let mut ready = ready!(fd.poll_read_ready(cx))?;
+                    match ready.try_io(|fd| self.recv(fd.get_ref(), bufs, meta)) {
+                        Ok(got) => got,
+                        // Readiness was stale: cleared, wait for the next.
+                        Err(_) => continue,
+                    }
+                }
+                ReadFd::Bare(sock) => self.recv(sock, bufs, meta),
+                ReadFd::Moving => Err(io::ErrorKind::WouldBlock.into()),
+            };
+            match got {
+                Ok(n) => {
+                    let (count, bytes) = datagrams(&meta[..n]);
+                    side.coalescer.received(count, bytes);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) => {
+                    // Empty (or a read error, which quinn's own wrapper also waits out):
+                    // hold again while data flows, else be woken by the next arrival.
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!(error = %e, "receive failed");
+                    }
+                    side.coalescer.received(0, 0);
+                    if side.coalescer.drained() {
+                        side.register();
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.get_ref().local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.state.gro_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.state.may_fragment()
+    }
+}
+
+/// Waits for the socket to be writable.
+struct Writable(Arc<HeldSocket>);
+
+impl fmt::Debug for Writable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Writable").finish_non_exhaustive()
+    }
+}
+
+impl UdpPoller for Writable {
+    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        self.0.io.poll_write_ready(cx).map_ok(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// What quinn's receive task would see: reads until `want` datagrams came or `limit`
+    /// passed; returns the datagrams and the reads that brought any.
+    async fn read(sock: &HeldSocket, want: usize, limit: Duration) -> (usize, usize) {
+        let size = 1500 * sock.max_receive_segments();
+        let mut storage = vec![vec![0u8; size]; 8];
+        let mut meta = vec![RecvMeta::default(); 8];
+        let (mut got, mut reads) = (0, 0);
+        let deadline = tokio::time::Instant::now() + limit;
+        while got < want {
+            let mut bufs: Vec<IoSliceMut<'_>> =
+                storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let n = poll_fn(|cx| sock.poll_recv(cx, &mut bufs, &mut meta));
+            match tokio::time::timeout_at(deadline, n).await {
+                Ok(n) => {
+                    let n = n.expect("receive");
+                    got += datagrams(&meta[..n]).0;
+                    reads += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        (got, reads)
+    }
+
+    /// Sends `count` data-sized datagrams to `to`, one every `gap`, from a thread.
+    fn paced(to: SocketAddr, count: usize, gap: Duration) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let out = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let start = Instant::now();
+            for k in 0..count {
+                // Spaced from the start, so a late wake-up does not stretch the flow.
+                let due = start + gap * u32::try_from(k).unwrap();
+                while Instant::now() < due {
+                    std::hint::spin_loop();
+                }
+                out.send_to(&[7u8; 1400], to).unwrap();
+            }
+        })
+    }
+
+    fn held(rtt: Option<Duration>) -> HeldSocket {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let path = Arc::new(PathRtt::default());
+        path.set(rtt);
+        HeldSocket::new(sock, path).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_paced_flow_on_a_long_path_is_read_in_batches_and_nothing_is_left_behind() {
+        let sock = held(Some(Duration::from_millis(50)));
+        let to = sock.local_addr().unwrap();
+        // 10 datagrams per millisecond: a hold of 1-2 ms brings about 10-20.
+        let sender = paced(to, 300, Duration::from_micros(100));
+        let (got, reads) = read(&sock, 300, Duration::from_secs(5)).await;
+        sender.join().unwrap();
+        assert_eq!(got, 300, "every datagram arrives");
+        assert!(reads <= 100, "{reads} reads for 300 datagrams: no batches");
+        // After the flow paused the socket is woken again by a lone arrival.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        paced(to, 1, Duration::ZERO).join().unwrap();
+        assert_eq!(read(&sock, 1, Duration::from_secs(2)).await.0, 1);
+    }
+
+    #[tokio::test]
+    async fn a_short_path_is_read_as_datagrams_come() {
+        let sock = held(Some(Duration::from_millis(5)));
+        let to = sock.local_addr().unwrap();
+        let sender = paced(to, 100, Duration::from_micros(500));
+        let (got, reads) = read(&sock, 100, Duration::from_secs(5)).await;
+        sender.join().unwrap();
+        assert_eq!(got, 100);
+        // Woken by each datagram: nearly a read each (a few may find two queued).
+        assert!(
+            reads >= 80,
+            "{reads} reads for 100 datagrams: held on a short path"
+        );
+    }
+}
