@@ -16,13 +16,14 @@ use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use quinn::udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::hold::{Coalescer, PathRtt, HOLD};
+use super::hold::{Coalescer, PathRtt};
 
 /// The read side's descriptor: woken by arrivals, or out of `epoll` during holds.
 enum ReadFd {
@@ -34,8 +35,72 @@ enum ReadFd {
 
 struct ReadSide {
     fd: ReadFd,
-    hold: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether a hold is under way.
+    holding: bool,
+    timer: HoldTimer,
     coalescer: Coalescer,
+}
+
+/// What a hold waits on: a `timerfd` on Linux (a hold lasts what it asks), tokio's timer
+/// elsewhere (whole milliseconds).
+enum HoldTimer {
+    #[cfg(target_os = "linux")]
+    Fd(AsyncFd<crate::sys::TimerFd>),
+    Tokio(Option<Pin<Box<tokio::time::Sleep>>>),
+}
+
+impl HoldTimer {
+    #[allow(deprecated)] // as in `HeldSocket::new`: the timer owns its descriptor
+    fn new() -> HoldTimer {
+        #[cfg(target_os = "linux")]
+        match crate::sys::TimerFd::new().and_then(|t| AsyncFd::with_interest(t, Interest::READABLE))
+        {
+            Ok(fd) => return HoldTimer::Fd(fd),
+            Err(e) => tracing::debug!(error = %e, "no timerfd: holds on tokio's timer"),
+        }
+        HoldTimer::Tokio(None)
+    }
+
+    /// Whether a hold lasts up to a whole extra millisecond.
+    fn coarse(&self) -> bool {
+        matches!(self, HoldTimer::Tokio(_))
+    }
+
+    fn start(&mut self, hold: Duration) {
+        match self {
+            #[cfg(target_os = "linux")]
+            HoldTimer::Fd(fd) => {
+                if let Err(e) = fd.get_ref().arm(hold) {
+                    tracing::debug!(error = %e, "cannot arm the timerfd: holds on tokio's timer");
+                    *self = HoldTimer::Tokio(Some(Box::pin(tokio::time::sleep(hold))));
+                }
+            }
+            HoldTimer::Tokio(sleep) => *sleep = Some(Box::pin(tokio::time::sleep(hold))),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context) -> Poll<()> {
+        match self {
+            #[cfg(target_os = "linux")]
+            HoldTimer::Fd(fd) => loop {
+                let Ok(mut ready) = ready!(fd.poll_read_ready(cx)) else {
+                    return Poll::Ready(());
+                };
+                // Not yet fired: readiness cleared, wait for the next. A read error
+                // ends the hold rather than stalling the socket.
+                if ready.try_io(|t| t.get_ref().fired()).is_ok() {
+                    return Poll::Ready(());
+                }
+            },
+            HoldTimer::Tokio(sleep) => {
+                if let Some(s) = sleep.as_mut() {
+                    ready!(s.as_mut().poll(cx));
+                }
+                *sleep = None;
+                Poll::Ready(())
+            }
+        }
+    }
 }
 
 /// One of the run's UDP sockets as quinn's [`AsyncUdpSocket`] ([module docs](self)).
@@ -67,7 +132,8 @@ impl HeldSocket {
             state,
             read: Mutex::new(ReadSide {
                 fd: ReadFd::Registered(reader),
-                hold: None,
+                holding: false,
+                timer: HoldTimer::new(),
                 coalescer: Coalescer::default(),
             }),
             rtt,
@@ -98,13 +164,15 @@ fn datagrams(meta: &[RecvMeta]) -> (usize, usize) {
 
 impl ReadSide {
     /// Takes the descriptor out of `epoll` and starts a hold.
-    fn start_hold(&mut self) {
+    fn start_hold(&mut self, hold: Duration) {
         if let ReadFd::Registered(_) = self.fd {
             if let ReadFd::Registered(fd) = std::mem::replace(&mut self.fd, ReadFd::Moving) {
+                tracing::trace!(?hold, "receive holds start");
                 self.fd = ReadFd::Bare(fd.into_inner());
             }
         }
-        self.hold = Some(Box::pin(tokio::time::sleep(HOLD)));
+        self.timer.start(hold);
+        self.holding = true;
     }
 
     /// Puts the descriptor back into `epoll`, to be woken by the next arrival. Datagrams
@@ -123,7 +191,8 @@ impl ReadSide {
             Err(e) => {
                 let (sock, e) = e.into_parts();
                 tracing::debug!(error = %e, "cannot register the socket for reading");
-                self.hold = Some(Box::pin(tokio::time::sleep(HOLD)));
+                self.timer.start(super::hold::MAX_HOLD);
+                self.holding = true;
                 ReadFd::Bare(sock)
             }
         };
@@ -150,12 +219,15 @@ impl AsyncUdpSocket for HeldSocket {
         let mut side = self.read_side();
         let side = &mut *side;
         loop {
-            if side.hold.is_none() && side.coalescer.hold(self.rtt.get()) {
-                side.start_hold();
+            if !side.holding {
+                let coarse = side.timer.coarse();
+                if let Some(hold) = side.coalescer.hold(self.rtt.get(), coarse) {
+                    side.start_hold(hold);
+                }
             }
-            if let Some(sleep) = side.hold.as_mut() {
-                ready!(sleep.as_mut().poll(cx));
-                side.hold = None;
+            if side.holding {
+                ready!(side.timer.poll(cx));
+                side.holding = false;
             }
             let got = match &side.fd {
                 ReadFd::Registered(fd) => {
@@ -273,7 +345,9 @@ mod tests {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_nonblocking(true).unwrap();
         let path = Arc::new(PathRtt::default());
-        path.set(rtt);
+        for _ in 0..PathRtt::CONFIRMED {
+            path.set(rtt);
+        }
         HeldSocket::new(sock, path).unwrap()
     }
 

@@ -114,3 +114,75 @@ pub(super) fn time_exceeded_from(sock: &UdpSocket) -> io::Result<Option<Ipv4Addr
         Ok(None)
     }
 }
+
+/// A one-shot monotonic timer as a descriptor (`timerfd`), readable once it fires: a
+/// wait of well under tokio's 1-ms timer tick that still wakes the runtime through
+/// `epoll` (`net::held`'s receive holds).
+#[derive(Debug)]
+pub struct TimerFd(std::os::fd::OwnedFd);
+
+impl TimerFd {
+    /// A disarmed, non-blocking timer.
+    pub fn new() -> io::Result<TimerFd> {
+        // SAFETY: plain syscall; the descriptor it returns is owned from here on.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        Ok(TimerFd(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }))
+    }
+
+    /// Fires once, `after` from now (at least a nanosecond: zero would disarm it).
+    pub fn arm(&self, after: std::time::Duration) -> io::Result<()> {
+        let after = after.max(std::time::Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                tv_nsec: after.subsec_nanos().into(),
+            },
+        };
+        // SAFETY: the descriptor is ours and `spec` a live local; no old value asked for.
+        let rc =
+            unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Whether the timer fired since it was armed (and takes that note); `WouldBlock`
+    /// while it has not.
+    pub fn fired(&self) -> io::Result<()> {
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live local buffer of 8.
+        let rc = unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                count.as_mut_ptr() as *mut libc::c_void,
+                count.len(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl AsRawFd for TimerFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}

@@ -2,7 +2,8 @@
 //! `unsafe` code.
 //!
 //! Like quinn-udp's `unix.rs` and `fallback.rs`, each platform's calls sit in a file of its
-//! own behind the safe functions below: `linux.rs` (per-packet TTL, the socket error queue),
+//! own behind the safe functions below: `linux.rs` (per-packet TTL, the socket error queue,
+//! a `timerfd`),
 //! `unix.rs` (open-file limit, free disk space) and `fallback.rs` (what the others do where
 //! the call does not exist: "unsupported", or a safe default). A port to another system
 //! touches this folder and nothing else.
@@ -29,6 +30,9 @@ use linux as per_socket;
 use fallback as per_process;
 #[cfg(unix)]
 use unix as per_process;
+
+#[cfg(target_os = "linux")]
+pub use linux::TimerFd;
 
 /// Sends one datagram with its own TTL (IPv4) or hop limit (IPv6), as a control message,
 /// so other packets on the socket keep theirs.
