@@ -160,7 +160,9 @@ fn feed_rtt(conn: &quinn::Connection, demux: &Arc<DemuxSocket>) -> RttFeed {
     demux.set_rtt(None);
     let task = tokio::spawn(async move {
         loop {
-            demux.set_rtt(Some(conn.rtt()));
+            // The path's least RTT, not the smoothed one: a bulk transfer's own queue
+            // raises a LAN's smoothed RTT past 10 ms.
+            demux.set_rtt(Some(conn.min_rtt()));
             tokio::select! {
                 _ = conn.closed() => break,
                 _ = tokio::time::sleep(RTT_FEED_EVERY) => {}

@@ -1,11 +1,15 @@
 //! quinn's view of one of our UDP sockets, with receive holds ([`super::hold`]): on a
-//! paced path the socket leaves the runtime's `epoll` set while data flows and is read on
-//! a timer instead, so a batch of datagrams costs one wake-up rather than one each.
+//! paced path the socket leaves the runtime's `epoll` set for reading while data flows and
+//! is read on a timer instead, so a batch of datagrams costs one wake-up rather than one
+//! each.
 //!
-//! quinn's own wrapper registers one descriptor for reading and writing. Here writes have
-//! a registration of their own (writability only, which arrivals never trigger), and reads
-//! a second descriptor of the same socket, registered while the socket waits to be woken
-//! and dropped from `epoll` during holds. Anything else registered for reading on the same
+//! Outside holds the socket is registered as quinn's own wrapper registers it: one
+//! descriptor, for reading and writing. A split arrangement (a second descriptor for
+//! reading, registered apart from the writes) cost ~13 % of the LAN's rate and lost
+//! packets there, as branch `recv`'s did (bench/RESULTS.md, "Receive holds on a timer").
+//! During a hold the same descriptor is registered for writability alone, which arrivals
+//! never trigger; a task waiting to write is woken at each switch, since its waker stays
+//! with the registration it waited on. Anything else registered for reading on the same
 //! socket would wake the runtime at each arrival all the same: the probe handles are plain
 //! sockets for that reason ([`super::driver::ProbeIo`]).
 
@@ -15,7 +19,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use quinn::udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
@@ -25,16 +29,46 @@ use tokio::io::Interest;
 
 use super::hold::{Coalescer, PathRtt};
 
-/// The read side's descriptor: woken by arrivals, or out of `epoll` during holds.
-enum ReadFd {
-    Registered(AsyncFd<UdpSocket>),
-    Bare(UdpSocket),
-    /// Only while moving between the two.
-    Moving,
+/// The socket's registration with the runtime.
+struct Io {
+    fd: AsyncFd<UdpSocket>,
+    /// Registered for writability alone (a hold): arrivals do not wake the runtime.
+    write_only: bool,
+    /// The task last told the socket was not writable, to wake at a switch.
+    writer: Option<Waker>,
 }
 
-struct ReadSide {
-    fd: ReadFd,
+impl Io {
+    // `with_interest` is deprecated as unsound for inners whose descriptor may change or
+    // close under it; a `UdpSocket` owns its descriptor, so it is sound here (and keeps
+    // `unsafe` in `sys` alone).
+    #[allow(deprecated)]
+    fn register(sock: UdpSocket, write_only: bool) -> io::Result<AsyncFd<UdpSocket>> {
+        let interest = match write_only {
+            true => Interest::WRITABLE,
+            false => Interest::READABLE | Interest::WRITABLE,
+        };
+        AsyncFd::with_interest(sock, interest)
+    }
+
+    /// Registers the socket anew, for writability alone or for both. A second descriptor
+    /// of the socket is registered first, so a failure (out of memory) leaves the old
+    /// registration as it was; dropping the old one closes its descriptor.
+    fn switch(&mut self, write_only: bool) -> io::Result<()> {
+        if self.write_only == write_only {
+            return Ok(());
+        }
+        self.fd = Io::register(self.fd.get_ref().try_clone()?, write_only)?;
+        self.write_only = write_only;
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+}
+
+struct Inner {
+    io: Io,
     /// Whether a hold is under way.
     holding: bool,
     timer: HoldTimer,
@@ -105,11 +139,10 @@ impl HoldTimer {
 
 /// One of the run's UDP sockets as quinn's [`AsyncUdpSocket`] ([module docs](self)).
 pub struct HeldSocket {
-    /// Registered for writability only.
-    io: AsyncFd<UdpSocket>,
     state: UdpSocketState,
-    read: Mutex<ReadSide>,
+    side: Mutex<Inner>,
     rtt: Arc<PathRtt>,
+    local: SocketAddr,
 }
 
 impl fmt::Debug for HeldSocket {
@@ -120,37 +153,29 @@ impl fmt::Debug for HeldSocket {
 
 impl HeldSocket {
     /// Wraps a non-blocking socket; needs a runtime. `rtt` says when holds may start.
-    // `with_interest` is deprecated as unsound for inners whose descriptor may change or
-    // close under it; a `UdpSocket` owns its descriptor, so it is sound here (and keeps
-    // `unsafe` in `sys` alone). Likewise in `register`.
-    #[allow(deprecated)]
     pub fn new(sock: UdpSocket, rtt: Arc<PathRtt>) -> io::Result<HeldSocket> {
         let state = UdpSocketState::new(UdpSockRef::from(&sock))?;
-        let reader = AsyncFd::with_interest(sock.try_clone()?, Interest::READABLE)?;
+        let local = sock.local_addr()?;
+        let fd = Io::register(sock, false)?;
         Ok(HeldSocket {
-            io: AsyncFd::with_interest(sock, Interest::WRITABLE)?,
             state,
-            read: Mutex::new(ReadSide {
-                fd: ReadFd::Registered(reader),
+            side: Mutex::new(Inner {
+                io: Io {
+                    fd,
+                    write_only: false,
+                    writer: None,
+                },
                 holding: false,
                 timer: HoldTimer::new(),
                 coalescer: Coalescer::default(),
             }),
             rtt,
+            local,
         })
     }
 
-    fn read_side(&self) -> MutexGuard<'_, ReadSide> {
-        self.read.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn recv(
-        &self,
-        sock: &UdpSocket,
-        bufs: &mut [IoSliceMut<'_>],
-        meta: &mut [RecvMeta],
-    ) -> io::Result<usize> {
-        self.state.recv(UdpSockRef::from(sock), bufs, meta)
+    fn side(&self) -> MutexGuard<'_, Inner> {
+        self.side.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -162,40 +187,29 @@ fn datagrams(meta: &[RecvMeta]) -> (usize, usize) {
     })
 }
 
-impl ReadSide {
-    /// Takes the descriptor out of `epoll` and starts a hold.
+impl Inner {
+    /// Takes the socket out of `epoll` for reading and starts a hold.
     fn start_hold(&mut self, hold: Duration) {
-        if let ReadFd::Registered(_) = self.fd {
-            if let ReadFd::Registered(fd) = std::mem::replace(&mut self.fd, ReadFd::Moving) {
-                tracing::trace!(?hold, "receive holds start");
-                self.fd = ReadFd::Bare(fd.into_inner());
+        if !self.io.write_only {
+            tracing::trace!(?hold, "receive holds start");
+            if let Err(e) = self.io.switch(true) {
+                // Still registered for reading: the hold only batches less.
+                tracing::debug!(error = %e, "cannot take the socket out of epoll");
             }
         }
         self.timer.start(hold);
         self.holding = true;
     }
 
-    /// Puts the descriptor back into `epoll`, to be woken by the next arrival. Datagrams
-    /// that came meanwhile make it ready at once. Should that fail (out of memory), the
+    /// Puts the socket back into `epoll` for reading, to be woken by the next arrival
+    /// (datagrams that came meanwhile make it ready at once). Should that fail, the
     /// socket goes on being read on the timer.
-    #[allow(deprecated)]
-    fn register(&mut self) {
-        let ReadFd::Bare(_) = self.fd else {
-            return;
-        };
-        let ReadFd::Bare(sock) = std::mem::replace(&mut self.fd, ReadFd::Moving) else {
-            return;
-        };
-        self.fd = match AsyncFd::try_with_interest(sock, Interest::READABLE) {
-            Ok(fd) => ReadFd::Registered(fd),
-            Err(e) => {
-                let (sock, e) = e.into_parts();
-                tracing::debug!(error = %e, "cannot register the socket for reading");
-                self.timer.start(super::hold::MAX_HOLD);
-                self.holding = true;
-                ReadFd::Bare(sock)
-            }
-        };
+    fn wake_on_arrival(&mut self) {
+        if let Err(e) = self.io.switch(false) {
+            tracing::debug!(error = %e, "cannot register the socket for reading");
+            self.timer.start(super::hold::MAX_HOLD);
+            self.holding = true;
+        }
     }
 }
 
@@ -205,7 +219,8 @@ impl AsyncUdpSocket for HeldSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.io.try_io(Interest::WRITABLE, |sock| {
+        let side = self.side();
+        side.io.fd.try_io(Interest::WRITABLE, |sock| {
             self.state.send(UdpSockRef::from(sock), transmit)
         })
     }
@@ -216,7 +231,7 @@ impl AsyncUdpSocket for HeldSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let mut side = self.read_side();
+        let mut side = self.side();
         let side = &mut *side;
         loop {
             if !side.holding {
@@ -229,17 +244,19 @@ impl AsyncUdpSocket for HeldSocket {
                 ready!(side.timer.poll(cx));
                 side.holding = false;
             }
-            let got = match &side.fd {
-                ReadFd::Registered(fd) => {
-                    let mut ready = ready!(fd.poll_read_ready(cx))?;
-                    match ready.try_io(|fd| self.recv(fd.get_ref(), bufs, meta)) {
-                        Ok(got) => got,
-                        // Readiness was stale: cleared, wait for the next.
-                        Err(_) => continue,
-                    }
+            let got = if side.io.write_only {
+                self.state
+                    .recv(UdpSockRef::from(side.io.fd.get_ref()), bufs, meta)
+            } else {
+                let mut ready = ready!(side.io.fd.poll_read_ready(cx))?;
+                let read = |fd: &AsyncFd<UdpSocket>| {
+                    self.state.recv(UdpSockRef::from(fd.get_ref()), bufs, meta)
+                };
+                match ready.try_io(read) {
+                    Ok(got) => got,
+                    // Readiness was stale: cleared, wait for the next.
+                    Err(_) => continue,
                 }
-                ReadFd::Bare(sock) => self.recv(sock, bufs, meta),
-                ReadFd::Moving => Err(io::ErrorKind::WouldBlock.into()),
             };
             match got {
                 Ok(n) => {
@@ -255,7 +272,7 @@ impl AsyncUdpSocket for HeldSocket {
                     }
                     side.coalescer.received(0, 0);
                     if side.coalescer.drained() {
-                        side.register();
+                        side.wake_on_arrival();
                     }
                 }
             }
@@ -263,7 +280,7 @@ impl AsyncUdpSocket for HeldSocket {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.get_ref().local_addr()
+        Ok(self.local)
     }
 
     fn max_transmit_segments(&self) -> usize {
@@ -290,7 +307,12 @@ impl fmt::Debug for Writable {
 
 impl UdpPoller for Writable {
     fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-        self.0.io.poll_write_ready(cx).map_ok(drop)
+        let mut side = self.0.side();
+        let polled = side.io.fd.poll_write_ready(cx).map_ok(drop);
+        if polled.is_pending() {
+            side.io.writer = Some(cx.waker().clone());
+        }
+        polled
     }
 }
 
