@@ -160,8 +160,7 @@ fn feed_rtt(conn: &quinn::Connection, demux: &Arc<DemuxSocket>) -> RttFeed {
     demux.set_rtt(None);
     let task = tokio::spawn(async move {
         loop {
-            // The path's least RTT, not the smoothed one: a bulk transfer's own queue
-            // raises a LAN's smoothed RTT past 10 ms.
+            // The minimum, not the smoothed RTT: see `PathRtt`.
             demux.set_rtt(Some(conn.min_rtt()));
             tokio::select! {
                 _ = conn.closed() => break,
