@@ -19,7 +19,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
@@ -35,8 +35,6 @@ struct Io {
     fd: AsyncFd<UdpSocket>,
     /// Registered for writability alone (a hold): arrivals do not wake the runtime.
     write_only: bool,
-    /// The task last told the socket was not writable, to wake at a switch.
-    writer: Option<Waker>,
 }
 
 impl Io {
@@ -51,25 +49,10 @@ impl Io {
         };
         AsyncFd::with_interest(sock, interest)
     }
-
-    /// Registers the socket anew, for writability alone or for both. A second descriptor
-    /// of the socket is registered first, so a failure (out of memory) leaves the old
-    /// registration as it was; dropping the old one closes its descriptor.
-    fn switch(&mut self, write_only: bool) -> io::Result<()> {
-        if self.write_only == write_only {
-            return Ok(());
-        }
-        self.fd = Io::register(self.fd.get_ref().try_clone()?, write_only)?;
-        self.write_only = write_only;
-        if let Some(w) = self.writer.take() {
-            w.wake();
-        }
-        Ok(())
-    }
 }
 
-struct Inner {
-    io: Io,
+/// What only the receiving side touches: quinn reads a socket from one task.
+struct Recv {
     /// Whether a hold is under way.
     holding: bool,
     timer: HoldTimer,
@@ -141,7 +124,17 @@ impl HoldTimer {
 /// One of the run's UDP sockets as quinn's [`AsyncUdpSocket`] ([module docs](self)).
 pub struct HeldSocket {
     state: UdpSocketState,
-    inner: Mutex<Inner>,
+    /// Read-locked by every send and receive, write-locked only by the receiving side to
+    /// switch, so a send never waits for a receive's system call or the other way round:
+    /// quinn sends from the connection's task and receives from the endpoint's, which a
+    /// program embedding the library may run on two threads at once (the CLI's one
+    /// thread never contends).
+    io: RwLock<Io>,
+    /// The task last told the socket was not writable, to wake at a switch: its waker
+    /// stays with the registration it waited on. Stored under `io`'s read lock, so no
+    /// switch falls between the wait and the storing.
+    writer: Mutex<Option<Waker>>,
+    recv: Mutex<Recv>,
     rtt: Arc<PathRtt>,
     local: SocketAddr,
 }
@@ -152,6 +145,10 @@ impl fmt::Debug for HeldSocket {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl HeldSocket {
     /// Wraps a non-blocking socket; needs a runtime. `rtt` says when holds may start.
     pub fn new(sock: UdpSocket, rtt: Arc<PathRtt>) -> io::Result<HeldSocket> {
@@ -160,12 +157,12 @@ impl HeldSocket {
         let fd = Io::register(sock, false)?;
         Ok(HeldSocket {
             state,
-            inner: Mutex::new(Inner {
-                io: Io {
-                    fd,
-                    write_only: false,
-                    writer: None,
-                },
+            io: RwLock::new(Io {
+                fd,
+                write_only: false,
+            }),
+            writer: Mutex::new(None),
+            recv: Mutex::new(Recv {
                 holding: false,
                 timer: HoldTimer::new(),
                 coalescer: Coalescer::default(),
@@ -175,8 +172,50 @@ impl HeldSocket {
         })
     }
 
-    fn inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn io(&self) -> RwLockReadGuard<'_, Io> {
+        self.io.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers the socket anew, for writability alone or for both. A second descriptor
+    /// of the socket is registered first, so a failure (out of memory) leaves the old
+    /// registration as it was; dropping the old one closes its descriptor.
+    fn switch(&self, write_only: bool) -> io::Result<()> {
+        {
+            let mut io = self.io.write().unwrap_or_else(|e| e.into_inner());
+            if io.write_only == write_only {
+                return Ok(());
+            }
+            io.fd = Io::register(io.fd.get_ref().try_clone()?, write_only)?;
+            io.write_only = write_only;
+        }
+        if let Some(w) = lock(&self.writer).take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Takes the socket out of `epoll` for reading and starts a hold.
+    fn start_hold(&self, recv: &mut Recv, hold: Duration) {
+        if !self.io().write_only {
+            tracing::trace!(?hold, "receive holds start");
+            if let Err(e) = self.switch(true) {
+                // Still registered for reading: the hold only batches less.
+                tracing::debug!(error = %e, "cannot take the socket out of epoll");
+            }
+        }
+        recv.timer.start(hold);
+        recv.holding = true;
+    }
+
+    /// Puts the socket back into `epoll` for reading, to be woken by the next arrival
+    /// (datagrams that came meanwhile make it ready at once). Should that fail, the
+    /// socket goes on being read on the timer.
+    fn wake_on_arrival(&self, recv: &mut Recv) {
+        if let Err(e) = self.switch(false) {
+            tracing::debug!(error = %e, "cannot register the socket for reading");
+            recv.timer.start(super::hold::MAX_HOLD);
+            recv.holding = true;
+        }
     }
 }
 
@@ -188,40 +227,13 @@ fn datagrams(meta: &[RecvMeta]) -> (usize, usize) {
     })
 }
 
-impl Inner {
-    /// Takes the socket out of `epoll` for reading and starts a hold.
-    fn start_hold(&mut self, hold: Duration) {
-        if !self.io.write_only {
-            tracing::trace!(?hold, "receive holds start");
-            if let Err(e) = self.io.switch(true) {
-                // Still registered for reading: the hold only batches less.
-                tracing::debug!(error = %e, "cannot take the socket out of epoll");
-            }
-        }
-        self.timer.start(hold);
-        self.holding = true;
-    }
-
-    /// Puts the socket back into `epoll` for reading, to be woken by the next arrival
-    /// (datagrams that came meanwhile make it ready at once). Should that fail, the
-    /// socket goes on being read on the timer.
-    fn wake_on_arrival(&mut self) {
-        if let Err(e) = self.io.switch(false) {
-            tracing::debug!(error = %e, "cannot register the socket for reading");
-            self.timer.start(super::hold::MAX_HOLD);
-            self.holding = true;
-        }
-    }
-}
-
 impl AsyncUdpSocket for HeldSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         Box::pin(Writable(self))
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        let inner = self.inner();
-        inner.io.fd.try_io(Interest::WRITABLE, |sock| {
+        self.io().fd.try_io(Interest::WRITABLE, |sock| {
             self.state.send(UdpSockRef::from(sock), transmit)
         })
     }
@@ -232,37 +244,39 @@ impl AsyncUdpSocket for HeldSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let mut inner = self.inner();
-        let side = &mut *inner;
+        let mut recv = lock(&self.recv);
         loop {
-            if !side.holding {
-                let coarse = side.timer.coarse();
-                if let Some(hold) = side.coalescer.hold(self.rtt.get(), coarse) {
-                    side.start_hold(hold);
+            if !recv.holding {
+                let coarse = recv.timer.coarse();
+                if let Some(hold) = recv.coalescer.hold(self.rtt.get(), coarse) {
+                    self.start_hold(&mut recv, hold);
                 }
             }
-            if side.holding {
-                ready!(side.timer.poll(cx));
-                side.holding = false;
+            if recv.holding {
+                ready!(recv.timer.poll(cx));
+                recv.holding = false;
             }
-            let got = if side.io.write_only {
-                self.state
-                    .recv(UdpSockRef::from(side.io.fd.get_ref()), bufs, meta)
-            } else {
-                let mut ready = ready!(side.io.fd.poll_read_ready(cx))?;
-                let read = |fd: &AsyncFd<UdpSocket>| {
-                    self.state.recv(UdpSockRef::from(fd.get_ref()), bufs, meta)
-                };
-                match ready.try_io(read) {
-                    Ok(got) => got,
-                    // Readiness was stale: cleared, wait for the next.
-                    Err(_) => continue,
+            let got = {
+                let io = self.io();
+                if io.write_only {
+                    self.state
+                        .recv(UdpSockRef::from(io.fd.get_ref()), bufs, meta)
+                } else {
+                    let mut ready = ready!(io.fd.poll_read_ready(cx))?;
+                    let read = |fd: &AsyncFd<UdpSocket>| {
+                        self.state.recv(UdpSockRef::from(fd.get_ref()), bufs, meta)
+                    };
+                    match ready.try_io(read) {
+                        Ok(got) => got,
+                        // Readiness was stale: cleared, wait for the next.
+                        Err(_) => continue,
+                    }
                 }
             };
             match got {
                 Ok(n) => {
                     let (count, bytes) = datagrams(&meta[..n]);
-                    side.coalescer.received(count, bytes);
+                    recv.coalescer.received(count, bytes);
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) => {
@@ -271,9 +285,9 @@ impl AsyncUdpSocket for HeldSocket {
                     if e.kind() != io::ErrorKind::WouldBlock {
                         tracing::debug!(error = %e, "receive failed");
                     }
-                    side.coalescer.received(0, 0);
-                    if side.coalescer.drained() {
-                        side.wake_on_arrival();
+                    recv.coalescer.received(0, 0);
+                    if recv.coalescer.drained() {
+                        self.wake_on_arrival(&mut recv);
                     }
                 }
             }
@@ -308,10 +322,10 @@ impl fmt::Debug for Writable {
 
 impl UdpPoller for Writable {
     fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
-        let mut side = self.0.inner();
-        let polled = side.io.fd.poll_write_ready(cx).map_ok(drop);
+        let io = self.0.io();
+        let polled = io.fd.poll_write_ready(cx).map_ok(drop);
         if polled.is_pending() {
-            side.io.writer = Some(cx.waker().clone());
+            *lock(&self.0.writer) = Some(cx.waker().clone());
         }
         polled
     }
@@ -343,7 +357,7 @@ mod tests {
                     let n = n.expect("receive");
                     got += datagrams(&meta[..n]).0;
                     reads += 1;
-                    held += usize::from(sock.inner().io.write_only);
+                    held += usize::from(sock.io().write_only);
                 }
                 Err(_) => break,
             }
