@@ -10,9 +10,9 @@
 //! During a hold the socket is registered anew (through a second descriptor of it, the
 //! first closed) for writability alone, which arrivals never trigger; a task waiting to
 //! write is woken at each switch, since its waker stays with the registration it waited
-//! on. Anything else registered for reading on the same
-//! socket would wake the runtime at each arrival all the same: the probe handles are plain
-//! sockets for that reason ([`super::driver::ProbeIo`]).
+//! on. Anything else registered for reading on the same socket would wake the runtime at
+//! each arrival all the same: the probe handles are plain sockets for that reason
+//! ([`super::driver::ProbeIo`]).
 
 use std::fmt;
 use std::future::Future;
@@ -176,14 +176,15 @@ impl HeldSocket {
         self.io.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers the socket anew, for writability alone or for both. A second descriptor
-    /// of the socket is registered first, so a failure (out of memory) leaves the old
-    /// registration as it was; dropping the old one closes its descriptor.
-    fn switch(&self, write_only: bool) -> io::Result<()> {
+    /// Registers the socket anew, for writability alone or for both; whether it was not
+    /// so registered already. A second descriptor of the socket is registered first, so a
+    /// failure (out of memory) leaves the old registration as it was; dropping the old one
+    /// closes its descriptor.
+    fn switch(&self, write_only: bool) -> io::Result<bool> {
         {
             let mut io = self.io.write().unwrap_or_else(|e| e.into_inner());
             if io.write_only == write_only {
-                return Ok(());
+                return Ok(false);
             }
             io.fd = Io::register(io.fd.get_ref().try_clone()?, write_only)?;
             io.write_only = write_only;
@@ -191,17 +192,16 @@ impl HeldSocket {
         if let Some(w) = lock(&self.writer).take() {
             w.wake();
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Takes the socket out of `epoll` for reading and starts a hold.
     fn start_hold(&self, recv: &mut Recv, hold: Duration) {
-        if !self.io().write_only {
-            tracing::trace!(?hold, "receive holds start");
-            if let Err(e) = self.switch(true) {
-                // Still registered for reading: the hold only batches less.
-                tracing::debug!(error = %e, "cannot take the socket out of epoll");
-            }
+        match self.switch(true) {
+            Ok(true) => tracing::trace!(?hold, "receive holds start"),
+            Ok(false) => {}
+            // Still registered for reading: the hold only batches less.
+            Err(e) => tracing::debug!(error = %e, "cannot take the socket out of epoll"),
         }
         recv.timer.start(hold);
         recv.holding = true;

@@ -50,9 +50,9 @@ const DATA_SIZE: usize = 1000;
 /// The least RTT the connection over these sockets has shown, shared by the
 /// demultiplexer ([`super::demux::DemuxSocket::set_rtt`]) with each socket. It is fed
 /// quinn's minimum RTT, not the smoothed one: a bulk transfer's own queue raises a LAN's
-/// smoothed RTT past 10 ms. Unknown until [`PathRtt::CONFIRMED`] samples came: the first, from the handshake, can
-/// be far above the path's (a peer busy starting up), and a hold at a LAN's rate would
-/// overflow the socket buffer.
+/// smoothed RTT past 10 ms. Unknown until [`PathRtt::CONFIRMED`] samples came: the first,
+/// from the handshake, can be far above the path's (a peer busy starting up), and a hold
+/// at a LAN's rate would overflow the socket buffer.
 #[derive(Debug, Default)]
 pub struct PathRtt {
     least_us: AtomicU64,
