@@ -34,6 +34,13 @@
 //! millisecond the cap's floor (the 16 packets the peer's ACK rule needs) still lets ~20 %
 //! be dropped. Figures: bench/RESULTS.md, "Policed paths".
 //!
+//! A path this host sent over before can start from what it delivered then ([`Remembered`]):
+//! careful resume (RFC 9959). Startup then leaps, on its first RTT sample, to half the
+//! remembered bandwidth-delay product, if that sample says the path is the one remembered,
+//! and doubles on from there; a leap that overflows a queue ends startup as any congested
+//! startup round does, at what the round delivered. Figures: bench/RESULTS.md, "Startup
+//! from a remembered rate".
+//!
 //! [`Core`] holds that logic without quinn's types, for tests; the
 //! [`quinn::congestion::Controller`] impl is a thin shell around it.
 
@@ -105,20 +112,53 @@ const MIN_RTT_EPOCH: Duration = Duration::from_secs(5);
 /// Smallest window, in packets.
 const MIN_PACKETS: u64 = 4;
 
+/// Share of the remembered bandwidth-delay product a resumed startup leaps to: RFC 9959's
+/// half, so that a path whose capacity has since halved (another flow on it) is not
+/// overrun, and its queue is what tells startup the rest.
+const LEAP: f64 = 0.5;
+/// A remembered rate applies while the first RTT sample is within these factors of the
+/// remembered minimum RTT; outside them the path is another one (RFC 9959's test is the
+/// lower bound: a far shorter RTT makes the same rate a far larger window; a far longer one
+/// is another route, or a queue someone else keeps full).
+const SAME_PATH_RTT: (f64, f64) = (0.5, 2.0);
+
+/// What a path delivered when a connection over it last ran: its controller's bandwidth
+/// estimate and minimum RTT ([`Pace::remembered`]), for the next connection's startup.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Remembered {
+    /// Bytes per second.
+    pub rate: f64,
+    /// The minimum RTT the rate was measured at.
+    pub min_rtt: Duration,
+}
+
 /// Builds a [`Pace`] controller per connection; give it to
 /// [`quinn::TransportConfig::congestion_controller_factory`].
 #[derive(Clone, Copy, Debug, Default)]
-pub struct PaceConfig;
+pub struct PaceConfig {
+    /// Start from what this path delivered before (careful resume; see the module doc).
+    pub resume: Option<Remembered>,
+}
 
 impl ControllerFactory for PaceConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(Pace(Core::new(now, current_mtu.into())))
+        let mut core = Core::new(now, current_mtu.into());
+        core.resume = self.resume;
+        Box::new(Pace(core))
     }
 }
 
 /// The quinn-facing controller; see the module documentation.
 #[derive(Clone, Debug)]
 pub struct Pace(Core);
+
+impl Pace {
+    /// What the path delivered, for the next connection over it; `None` while startup has
+    /// not yet found the path's rate (a small job, or a receiver that only acknowledged).
+    pub fn remembered(&self) -> Option<Remembered> {
+        self.0.remembered()
+    }
+}
 
 impl Controller for Pace {
     fn on_sent(&mut self, _now: Instant, _bytes: u64, last_packet_number: u64) {
@@ -234,6 +274,8 @@ pub struct Core {
     /// Bytes acknowledged and lost in startup's rounds before the current one.
     startup_acked: u64,
     startup_lost: u64,
+    /// A remembered rate not yet tested against the first RTT sample.
+    resume: Option<Remembered>,
 }
 
 impl Core {
@@ -266,6 +308,24 @@ impl Core {
             round_overshoot: 0,
             startup_acked: 0,
             startup_lost: 0,
+            resume: None,
+        }
+    }
+
+    /// A controller for a new connection over a path that delivered `r` before.
+    pub fn resuming(now: Instant, mtu: u64, r: Remembered) -> Core {
+        Core {
+            resume: Some(r),
+            ..Core::new(now, mtu)
+        }
+    }
+
+    /// What the path delivered, once startup has found its rate.
+    pub fn remembered(&self) -> Option<Remembered> {
+        let rate = self.bandwidth();
+        match (self.startup_ended, self.min_rtt.get()) {
+            (Some(_), Some(min_rtt)) if rate > 0.0 => Some(Remembered { rate, min_rtt }),
+            _ => None,
         }
     }
 
@@ -297,8 +357,31 @@ impl Core {
         self.min_rtt.update(now, rtt);
         // quinn reports a frame's packets oldest first: the last one is the newest.
         self.frame_rtt = Some(rtt);
+        if let Some(r) = self.resume.take() {
+            self.leap(r, rtt);
+        }
         if self.startup {
             self.window += (bytes as f64 * STARTUP_GROWTH) as u64;
+        }
+    }
+
+    /// Careful resume's leap on the first RTT sample `rtt`: half the remembered BDP at
+    /// today's RTT, if `rtt` says the path is the remembered one. Startup goes on from
+    /// there, so its queue test, not the memory, finds today's rate.
+    fn leap(&mut self, r: Remembered, rtt: Duration) {
+        let ratio = rtt.as_secs_f64() / r.min_rtt.as_secs_f64().max(1e-6);
+        let same = (SAME_PATH_RTT.0..=SAME_PATH_RTT.1).contains(&ratio);
+        let window = (LEAP * r.rate * rtt.as_secs_f64()) as u64;
+        tracing::debug!(
+            rate_mbit = r.rate * 8e-6,
+            remembered_rtt_ms = r.min_rtt.as_secs_f64() * 1e3,
+            rtt_ms = rtt.as_secs_f64() * 1e3,
+            same,
+            window,
+            "resume"
+        );
+        if same && self.startup {
+            self.window = self.window.max(window);
         }
     }
 

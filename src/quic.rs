@@ -18,8 +18,9 @@ pub const MAX_SEND_WINDOW: u64 = 32 << 20;
 /// Silence after which a connection counts as lost.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// QUIC transport settings shared by both roles.
-pub fn transport_config() -> quinn::TransportConfig {
+/// QUIC transport settings shared by both roles; `resume` is what the path delivered last
+/// time, if that is remembered ([`crate::congestion::Remembered`]).
+pub fn transport_config(resume: Option<crate::congestion::Remembered>) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // Keep NAT mappings alive (most expire after 30 s of silence) and notice a dead path
     // soon: the CLI then re-punches and resumes on a new connection, which recovers far
@@ -41,7 +42,7 @@ pub fn transport_config() -> quinn::TransportConfig {
     // 50 ms path with 1 % loss, as loss-based TCP does. quinn's BBR kept ~88 % there but
     // paced at ~2.5x the bottleneck under quinn's pacer, which overflows any bottleneck
     // queue shorter than a BDP; see crate::congestion. Fairness is discussed in the README.
-    t.congestion_controller_factory(Arc::new(crate::congestion::PaceConfig));
+    t.congestion_controller_factory(Arc::new(crate::congestion::PaceConfig { resume }));
     // Ask the peer (QUIC's ACK frequency extension, which quinn speaks on both ends) to
     // acknowledge every ACK_EVERY-th packet instead of every second one: on a paced path
     // each ACK is a wake-up and a sendmsg of its own for the receiver and a packet to

@@ -218,7 +218,7 @@ pub fn client_config(id: &Identity, peer: PeerAuth) -> Result<quinn::ClientConfi
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(internal)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(crate::quic::transport_config()));
+    cfg.transport_config(Arc::new(crate::quic::transport_config(None)));
     Ok(cfg)
 }
 
@@ -239,7 +239,7 @@ pub fn server_config(id: &Identity, peer: PeerAuth) -> Result<quinn::ServerConfi
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(internal)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(Arc::new(crate::quic::transport_config()));
+    cfg.transport_config(Arc::new(crate::quic::transport_config(None)));
     // Stray handshakes cost nothing here: one transfer, one peer.
     cfg.max_incoming(16);
     // When the sender's NAT gives it a new public port mid-transfer (a rebinding), QUIC

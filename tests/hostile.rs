@@ -785,7 +785,7 @@ async fn pair_over_a_cuttable_path(
     let (s_id, c_id) = common::identities();
     let loopback = common::loopback();
     let mut cfg = server_config(&s_id, PeerAuth::Pinned(*c_id.fingerprint())).unwrap();
-    let mut t = p2pcopy::quic::transport_config();
+    let mut t = p2pcopy::quic::transport_config(None);
     t.max_idle_timeout(Some(Duration::from_secs(3).try_into().unwrap()));
     t.keep_alive_interval(Some(Duration::from_millis(500)));
     cfg.transport_config(std::sync::Arc::new(t));

@@ -54,6 +54,8 @@ struct Flow {
     /// Packets sent and dropped at the queue per whole second.
     sent: Vec<u64>,
     drops: Vec<u64>,
+    /// What the controller would remember of the path at the end.
+    remembered: Option<Remembered>,
 }
 
 /// What the simulator needs of a controller: ours, or a loss-based one to share with.
@@ -63,6 +65,9 @@ trait Cc {
     fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64);
     fn on_end_acks(&mut self, now: Instant, largest: u64);
     fn on_loss(&mut self, now: Instant, sent: Instant, bytes: u64);
+    fn remembered(&self) -> Option<Remembered> {
+        None
+    }
 }
 
 impl Cc for Core {
@@ -80,6 +85,9 @@ impl Cc for Core {
     }
     fn on_loss(&mut self, now: Instant, sent: Instant, bytes: u64) {
         Core::on_loss(self, now, sent, false, bytes);
+    }
+    fn remembered(&self) -> Option<Remembered> {
+        Core::remembered(self)
     }
 }
 
@@ -176,6 +184,7 @@ impl Sender {
                 delivered: vec![0; seconds],
                 sent: vec![0; seconds],
                 drops: vec![0; seconds],
+                remembered: None,
             },
         }
     }
@@ -427,7 +436,13 @@ fn simulate_flows(path: &Path, flows: Vec<(Box<dyn Cc>, f64)>, secs: f64, seed: 
             }
         }
     }
-    senders.into_iter().map(|s| s.flow).collect()
+    senders
+        .into_iter()
+        .map(|s| Flow {
+            remembered: s.cc.remembered(),
+            ..s.flow
+        })
+        .collect()
 }
 
 /// Runs one flow for `secs` and returns what it delivered.
@@ -1196,4 +1211,91 @@ fn seeds() {
             times.join(" ")
         );
     }
+}
+
+/// One flow whose controller starts from `r` (careful resume).
+fn simulate_resumed(path: &Path, secs: f64, seed: u64, r: Remembered) -> Flow {
+    let cc = Box::new(Core::resuming(Instant::now(), PKT, r));
+    simulate_flows(path, vec![(cc, 0.0)], secs, seed)
+        .pop()
+        .expect("one flow")
+}
+
+/// What a cold run on `path` remembers of it.
+fn remembered_on(path: &Path) -> Remembered {
+    simulate(path, 12.0, 3)
+        .remembered
+        .expect("startup found the rate")
+}
+
+fn dropped(flow: &Flow) -> u64 {
+    flow.drops.iter().sum()
+}
+
+#[test]
+fn a_remembered_rate_fills_the_long_path_from_the_first_round_trips() {
+    let path = long_path(true);
+    let r = remembered_on(&path);
+    assert!(
+        (11e6..13e6).contains(&r.rate),
+        "remembered {:.1} Mbit/s",
+        r.rate * 8e-6
+    );
+    for seed in [7, 11, 13] {
+        let cold = simulate(&path, 12.0, seed);
+        let warm = simulate_resumed(&path, 12.0, seed, r);
+        let (tc, tw) = (
+            time_to_deliver(&cold, 50 << 20),
+            time_to_deliver(&warm, 50 << 20),
+        );
+        eprintln!(
+            "seed {seed}: 50 MiB cold {tc:.2} s ({} dropped), resumed {tw:.2} s ({} dropped)",
+            dropped(&cold),
+            dropped(&warm)
+        );
+        // 50 MiB at the link's 97 Mbit/s of payload is 4.5 s; startup from 10 packets
+        // costs ~1.4 s of it.
+        assert!(
+            tw < tc - 0.8,
+            "seed {seed}: resumed {tw:.2} s, cold {tc:.2} s"
+        );
+        assert!(dropped(&warm) <= dropped(&cold), "seed {seed}");
+    }
+}
+
+#[test]
+fn a_remembered_rate_on_a_path_that_lost_capacity_since_retreats() {
+    // Remembered at 100 Mbit/s; today someone else takes three quarters of it.
+    let r = remembered_on(&long_path(true));
+    let path = Path {
+        rates: vec![(0.0, 12.5e6 / 4.0)],
+        ..long_path(true)
+    };
+    let cold = simulate(&path, 20.0, 7);
+    let warm = simulate_resumed(&path, 20.0, 7, r);
+    let (tc, tw) = (
+        time_to_deliver(&cold, 20 << 20),
+        time_to_deliver(&warm, 20 << 20),
+    );
+    eprintln!(
+        "20 MiB at 25 Mbit/s: cold {tc:.2} s ({} dropped), resumed {tw:.2} s ({} dropped)",
+        dropped(&cold),
+        dropped(&warm)
+    );
+    // The leap overruns the queue once, then the rounds are the path's.
+    assert!(tw < tc + 0.5, "resumed {tw:.2} s, cold {tc:.2} s");
+    assert!(dropped(&warm) < dropped(&cold) + 600);
+    assert!(goodput(&warm, 4, 18) > 22.0);
+    assert!(drops(&warm, 4, 18) < 0.002);
+}
+
+#[test]
+fn a_remembered_rate_is_not_used_on_a_path_with_another_rtt() {
+    let r = remembered_on(&long_path(true));
+    // 20 ms instead of 200: half the remembered BDP would be five of today's.
+    let path = bottleneck(100.0, 20.0, 0.05, 0.0);
+    let cold = simulate(&path, 6.0, 7);
+    let warm = simulate_resumed(&path, 6.0, 7, r);
+    assert_eq!(cold.delivered, warm.delivered);
+    assert_eq!(cold.drops, warm.drops);
 }
