@@ -160,6 +160,11 @@ source "$REPO_ROOT/scripts/lab/link.sh"
 #                       under the flood < 10 us per dropped datagram (3 us measured).
 #                       Prints the flood's rate, both CPU times, both transfer times
 #                       and the drop counts.
+#   rate-memory         cone-cone, LAB_DELAY_MS only (not in the default list): 40 MB
+#                       over the throttled core; the sender's rate memory then holds
+#                       one line, for the receiver's public address, at a rate in
+#                       10-400 Mbit/s; the same transfer again with new tickets starts
+#                       from it (the sender's -v log: `resume ... same=true`), verified
 #   relay-symmetric     symmetric-symmetric, the sender with --relay turn: (UDP, long-term
 #                       credentials): both exit 0 over the relay ("Connected through the
 #                       TURN relay"); prints the time from the later paste to both
@@ -295,6 +300,9 @@ on_exit() {
 scenario_run() {
     local name=$1 opts=() custom=""
     local wd=$LAB_DIR/scenarios/$name
+    # Each scenario starts with no remembered rates, and keeps what its own runs remember.
+    export XDG_CACHE_HOME=$LAB_DIR/cache/$name
+    rm -rf "$XDG_CACHE_HOME"
     lab_reset_edges
     case $name in
     public-public) lab_side p2p-s 1 public && lab_side p2p-r 2 public ;;
@@ -384,6 +392,10 @@ scenario_run() {
     resume)
         custom=scenario_resume
         lab_side p2p-s 1 public && lab_side p2p-r 2 cone
+        ;;
+    rate-memory)
+        custom=scenario_rate_memory
+        lab_side p2p-s 1 cone && lab_side p2p-r 2 cone
         ;;
     relay-symmetric)
         custom=scenario_relay_symmetric
@@ -1169,6 +1181,45 @@ scenario_double_nat() {
 }
 
 # scenario_resume WD: 200 MB, sender killed halfway, then both run again.
+# scenario_rate_memory WD: see the list above.
+scenario_rate_memory() {
+    local wd=$1
+    if [[ -z ${LAB_DELAY_MS:-} || ${LAB_DELAY_MS} == 0 ]]; then
+        echo "rate-memory needs LAB_DELAY_MS (a round trip the handshake's does not dwarf)"
+        return 1
+    fi
+    local rates=$XDG_CACHE_HOME/p2pcopy/rates
+    echo "run 1: nothing remembered; core throttled to $BULK_RATE/s"
+    lab_transfer p2p-s p2p-r "$wd/run1" --size-mb 40 --throttle "$BULK_RATE" || return 1
+    if grep -q ' resume ' "$wd/run1/sender.err"; then
+        echo "problem: run 1 started from a remembered rate"
+        return 1
+    fi
+    [[ -s $rates ]] || { echo "problem: run 1 left no rate in $rates"; return 1; }
+    echo "remembered: $(cat "$rates")"
+    local ip mbit
+    read -r ip mbit _ <"$rates"
+    if [[ $ip != 198.18.2.2 ]]; then
+        echo "problem: remembered for $ip, not the receiver's public address 198.18.2.2"
+        return 1
+    fi
+    mbit=$((mbit * 8 / 1000000))
+    echo "remembered rate: $mbit Mbit/s"
+    if ((mbit < 10 || mbit > 400)); then
+        echo "problem: $mbit Mbit/s is not the throttled core's rate"
+        return 1
+    fi
+    echo "run 2: the same two hosts again, new tickets"
+    lab_transfer p2p-s p2p-r "$wd/run2" --size-mb 40 --throttle "$BULK_RATE" || return 1
+    local line
+    line=$(grep -m1 ' resume ' "$wd/run2/sender.err") || {
+        echo "problem: run 2 did not look at the remembered rate"
+        return 1
+    }
+    echo "run 2: ${line#* resume }"
+    [[ $line == *same=true* ]] || { echo "problem: run 2 did not take the remembered rate"; return 1; }
+}
+
 scenario_resume() {
     local wd=$1 size=$((200 * 1024 * 1024 + RANDOM))
     rm -rf "$wd"

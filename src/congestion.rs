@@ -372,7 +372,7 @@ impl Core {
         let ratio = rtt.as_secs_f64() / r.min_rtt.as_secs_f64().max(1e-6);
         let same = (SAME_PATH_RTT.0..=SAME_PATH_RTT.1).contains(&ratio);
         let window = (LEAP * r.rate * rtt.as_secs_f64()) as u64;
-        tracing::debug!(
+        tracing::info!(
             rate_mbit = r.rate * 8e-6,
             remembered_rtt_ms = r.min_rtt.as_secs_f64() * 1e3,
             rtt_ms = rtt.as_secs_f64() * 1e3,

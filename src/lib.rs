@@ -38,8 +38,9 @@
 //! - pure rules: [`nat`] (what the NAT kinds, mapping and filtering, of two peers allow),
 //!   [`punch`] (hole punching as a sans-IO state machine, with the round schedule) and
 //!   [`manifest`] (what a job contains, and confinement of the peer's paths);
-//! - QUIC settings: [`quic`] (windows, keep-alive, idle timeout, congestion) and [`tls`]
-//!   (per-run certificates and fingerprint pinning);
+//! - QUIC settings: [`quic`] (windows, keep-alive, idle timeout, congestion), [`tls`]
+//!   (per-run certificates and fingerprint pinning) and [`rate_memory`] (what each path
+//!   delivered last time, for the next startup);
 //! - I/O shells: [`stun`] and [`ntp`] (the public address and the shared clock), [`portmap`]
 //!   (asking the home router to forward a port: PCP, NAT-PMP, UPnP-IGD), [`hops`] (how many
 //!   NATs are on our side, for the openers' TTL), [`relay`] (TURN relays of the user's own
@@ -83,6 +84,7 @@ pub mod ntp;
 pub mod portmap;
 pub mod punch;
 pub mod quic;
+pub mod rate_memory;
 pub mod relay;
 pub mod session;
 pub mod shown;

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["fingerprint", "shown", "wire", "congestion"],
     &["ticket", "error"],
     &["nat", "punch", "manifest"],
-    &["quic", "tls"],
+    &["quic", "tls", "rate_memory"],
     &["stun", "ntp", "portmap", "hops", "relay", "net", "transfer"],
     &["events"],
     &["doctor", "session"],

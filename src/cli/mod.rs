@@ -255,6 +255,11 @@ pub struct NetArgs {
     /// seconds: no file list, no data, no verdict (0: wait for ever).
     #[arg(long, value_name = "SECS", default_value_t = transfer::DEFAULT_STALL_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub stall_timeout: u64,
+    /// Start every connection from ten packets: do not use the rate the last transfer over
+    /// the same path measured, nor remember this one's (kept in the cache folder,
+    /// e.g. ~/.cache/p2pcopy/rates).
+    #[arg(long)]
+    pub no_rate_memory: bool,
     /// TURN relay flags (cli/relay_args.rs).
     #[command(flatten)]
     pub relay: relay_args::RelayArgs,

@@ -78,6 +78,9 @@ pub(super) fn session_config(role: Role, net: &NetArgs) -> Result<SessionConfig,
             .then(|| std::time::Duration::from_secs(net.stall_timeout)),
         relays: relay_args::for_transfers(&net.relay)?,
         link: false,
+        rate_memory: (!net.no_rate_memory)
+            .then(|| dirs::cache_dir().map(|d| d.join("p2pcopy").join("rates")))
+            .flatten(),
     })
 }
 

@@ -83,6 +83,9 @@ pub struct Dialer {
     peer: Ticket,
     peer_fp: Option<crate::fingerprint::Fingerprint>,
     client_cfg: Option<quinn::ClientConfig>,
+    server_cfg: Option<quinn::ServerConfig>,
+    /// What paths delivered before ([`Dialer::set_rate_memory`]).
+    memory: Option<Arc<std::sync::Mutex<crate::rate_memory::RateMemory>>>,
     opener_ttl: Option<u32>,
     /// Where the last connection ran (our socket, its address); probed at once on a
     /// reconnect.
@@ -311,7 +314,7 @@ impl Dialer {
         tracing::info!(?schedule, lanes = our_lanes.len(), "round schedule");
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_cfg,
-            server_cfg,
+            server_cfg.clone(),
             demux.clone(),
             runtime.clone(),
         )
@@ -329,6 +332,8 @@ impl Dialer {
             peer,
             peer_fp,
             client_cfg,
+            server_cfg,
+            memory: None,
             opener_ttl,
             last_path: None,
             schedule,
@@ -339,6 +344,51 @@ impl Dialer {
             opener: None,
             timing: RoundTiming::SYNCED,
         })
+    }
+
+    /// Starts each connection from what its path delivered before, as `memory` remembers
+    /// it, and remembers what it delivered ([`Dialer::remember`]).
+    pub fn set_rate_memory(&mut self, memory: crate::rate_memory::RateMemory) {
+        self.memory = Some(Arc::new(std::sync::Mutex::new(memory)));
+    }
+
+    /// Transport settings for a connection to `remote` that start from what the path
+    /// delivered before; `None` when nothing is remembered (the configs' own apply).
+    fn resumed_transport(&self, remote: SocketAddr) -> Option<Arc<quinn::TransportConfig>> {
+        let memory = self.memory.as_ref()?;
+        let r = memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recall(canonical(remote).ip())?;
+        tracing::info!(%remote, rate_mbit = r.rate * 8e-6, rtt_ms = r.min_rtt.as_secs_f64() * 1e3, "remembered rate");
+        Some(Arc::new(crate::quic::transport_config(Some(r))))
+    }
+
+    /// Notes what `connection`'s path delivered, for the next connection over it (when a
+    /// memory is set and the connection sent enough to have found its path's rate).
+    pub async fn remember(&self, connection: &quinn::Connection) {
+        let Some(memory) = self.memory.clone() else {
+            return;
+        };
+        let Ok(pace) = connection
+            .congestion_state()
+            .into_any()
+            .downcast::<crate::congestion::Pace>()
+        else {
+            return;
+        };
+        let Some(r) = pace.remembered() else {
+            return;
+        };
+        let peer = canonical(connection.remote_address()).ip();
+        tracing::debug!(%peer, rate_mbit = r.rate * 8e-6, rtt_ms = r.min_rtt.as_secs_f64() * 1e3, "remembering the path's rate");
+        let _ = tokio::task::spawn_blocking(move || {
+            memory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remember(peer, r)
+        })
+        .await;
     }
 
     /// Widens the rounds for a clock NTP did not correct ([`RoundTiming::UNSYNCED`]).
@@ -555,7 +605,11 @@ impl Dialer {
                 (self.client_cfg.as_ref(), paths.pending.first().copied())
             {
                 paths.pending.remove(0);
-                match dial(endpoint, cfg, remote, deadline).await {
+                let mut cfg = cfg.clone();
+                if let Some(t) = self.resumed_transport(remote) {
+                    cfg.transport_config(t);
+                }
+                match dial(endpoint, &cfg, remote, deadline).await {
                     Ok(Some(conn)) => break Ok(conn),
                     // Through the relay again, until the deadline.
                     Ok(None) if paths.relayed == Some(remote) && Instant::now() < deadline => {
@@ -589,9 +643,24 @@ impl Dialer {
                         incoming.ignore();
                         continue;
                     }
+                    let connecting = match (&self.server_cfg, self.resumed_transport(from)) {
+                        (Some(cfg), Some(t)) => {
+                            let mut cfg = cfg.clone();
+                            cfg.transport_config(t);
+                            incoming.accept_with(Arc::new(cfg))
+                        }
+                        _ => incoming.accept(),
+                    };
+                    let connecting = match connecting {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(%from, error = %shown(&e.to_string()), "rejected a connection attempt");
+                            continue;
+                        }
+                    };
                     // Handshakes run side by side: one that stalls (a stranger's, or a first
                     // attempt whose packets were lost) must not hold up the real one.
-                    handshakes.spawn(async move { (from, incoming.await) });
+                    handshakes.spawn(async move { (from, connecting.await) });
                 }
                 Some(done) = handshakes.join_next(), if !handshakes.is_empty() => match done {
                     Ok((_, Ok(conn))) => break Ok(conn),

@@ -213,6 +213,7 @@ impl Link {
     /// One attempt, up to the plan's timeout, at a new path after the last one died.
     pub(super) async fn punch_again(&mut self, why: String) -> Result<(), Error> {
         let timeout = self.plan.timeout.as_secs();
+        self.dialer.remember(&self.path.connection).await;
         self.path
             .connection
             .close(CloseCode::NO_ERROR.into(), b"lost");
@@ -301,6 +302,7 @@ impl Link {
         if let Some(p) = self.progress.as_mut() {
             p.event(&mut *self.events, true);
         }
+        self.dialer.remember(&self.path.connection).await;
         let (code, reason) = close_reason(outcome, self.plan.stall_timeout);
         // Tell the peer at once instead of letting it wait for the idle timeout.
         let reason = &reason.as_bytes()[..reason.len().min(200)];

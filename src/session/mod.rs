@@ -25,6 +25,7 @@ mod observe;
 mod remap;
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,7 @@ use crate::error::Error;
 use crate::events::Event;
 use crate::net::{self, Dialer};
 use crate::punch::{PathKind, RoundTiming, CLOCK_SLACK, DEFAULT_OPENER_TTL};
+use crate::rate_memory::RateMemory;
 use crate::relay::{Allocation, RelayConfig};
 use crate::ticket::{CandidateKind, FullTicket, Role, Ticket};
 use crate::tls::Identity;
@@ -88,6 +90,10 @@ pub struct SessionConfig {
     /// say "receiver" (so a one-shot `p2pcopy sender` may send into it too), and of two such
     /// peers the one with the smaller certificate fingerprint dials ([`dials`]).
     pub link: bool,
+    /// A file where what each path delivered is remembered between runs, so that the
+    /// next connection to the same peer address starts near that rate instead of from ten
+    /// packets ([`crate::rate_memory`]); `None`: every connection starts afresh.
+    pub rate_memory: Option<PathBuf>,
 }
 
 impl SessionConfig {
@@ -107,6 +113,7 @@ impl SessionConfig {
             stall_timeout: Some(transfer::DEFAULT_STALL_TIMEOUT),
             relays: Vec::new(),
             link: false,
+            rate_memory: None,
         }
     }
 
@@ -308,6 +315,12 @@ impl Session {
             self.relay,
         )?;
         dialer.set_round_timing(timing);
+        if let Some(file) = self.config.rate_memory.clone() {
+            let memory = tokio::task::spawn_blocking(move || RateMemory::load(file))
+                .await
+                .map_err(|e| Error::Internal(format!("rate memory: {e}")))?;
+            dialer.set_rate_memory(memory);
+        }
         let relay_failure = self.relay_failure.take();
         Link::first(dialer, plan, self.events, self.cleanup, deadline)
             .await
