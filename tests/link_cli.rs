@@ -13,6 +13,16 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pcopy");
 
+/// The binary, with its rate memory in the build's temporary folder, not the user's cache.
+fn command() -> Command {
+    let mut c = Command::new(BIN);
+    c.env(
+        "XDG_CACHE_HOME",
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/cache"),
+    );
+    c
+}
+
 struct Daemon {
     child: Child,
     _stdin: ChildStdin,
@@ -32,7 +42,7 @@ fn link_with(name: &str, out: &Path, xdg: &Path, extra: &[&str]) -> Daemon {
 
 /// [`link_with`] with more environment.
 fn link_env(name: &str, out: &Path, xdg: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
-    let mut child = Command::new(BIN)
+    let mut child = command()
         .args([
             "link",
             "--name",
@@ -122,7 +132,7 @@ impl Daemon {
 
 /// Runs a client command with the sockets under `xdg`.
 fn client(xdg: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
+    command()
         .args(args)
         .env("XDG_RUNTIME_DIR", xdg)
         .stdin(Stdio::null())
@@ -634,7 +644,7 @@ fn a_one_shot_sender_sends_into_a_link() {
     let file = tmp.path().join("old-peer.txt");
     std::fs::write(&file, b"from a one-shot sender").unwrap();
     let mut inbox = link("inbox", &out, &xdg);
-    let mut sender = Command::new(BIN)
+    let mut sender = command()
         .args([
             "sender",
             "--bind",

@@ -15,6 +15,16 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pcopy");
 
+/// The binary, with its rate memory in the build's temporary folder, not the user's cache.
+fn command() -> Command {
+    let mut c = Command::new(BIN);
+    c.env(
+        "XDG_CACHE_HOME",
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/cache"),
+    );
+    c
+}
+
 /// Distinct ports per test so tests can run in parallel.
 fn port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -33,7 +43,7 @@ struct Peer {
 
 fn start(role: &str, extra: &[&str], dir: &Path) -> Peer {
     let p = port().to_string();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = command();
     cmd.args([
         role,
         "--bind",
@@ -117,7 +127,7 @@ fn wait_bounded(mut child: Child) -> Output {
 
 /// Runs p2pcopy to completion with no stdin, in `dir`.
 fn run_in(dir: &Path, args: &[&str]) -> Output {
-    let child = Command::new(BIN)
+    let child = command()
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -202,7 +212,7 @@ fn bare_ip_port_works_and_shows_a_verification_code() {
     // The receiver is given only the sender's ip:port, as with the original p2pcopy.
     let sender_port = port();
     let sp = sender_port.to_string();
-    let mut sender = Command::new(BIN)
+    let mut sender = command()
         .args([
             "sender",
             "--bind",
@@ -345,7 +355,7 @@ fn a_stranger_with_the_ticket_cannot_connect() {
 #[test]
 fn own_stun_server_answers_the_client() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Command::new(BIN)
+    let mut server = command()
         .args(["stun-server", "--listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

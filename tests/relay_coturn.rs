@@ -131,6 +131,7 @@ fn p2pcopy(args: &[&str], env: &[(&str, &str)], home: &std::path::Path) -> std::
     Command::new(env!("CARGO_BIN_EXE_p2pcopy"))
         .args(args)
         .env("XDG_CONFIG_HOME", home)
+        .env("XDG_CACHE_HOME", home)
         .env("HOME", home)
         .env_remove("P2PCOPY_RELAY")
         .env_remove("P2PCOPY_RELAY_PASSWORD")

@@ -20,6 +20,16 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pcopy");
 
+/// The binary, with its rate memory in the build's temporary folder, not the user's cache.
+fn command() -> Command {
+    let mut c = Command::new(BIN);
+    c.env(
+        "XDG_CACHE_HOME",
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/cache"),
+    );
+    c
+}
+
 /// OSC 0 (set the window title, ended by BEL), CSI 2J (clear the screen), CSI 31m (red), and
 /// a right-to-left override: what the example name does to a terminal.
 const EVIL: &str = "evil\x1b]0;PWNED\x07\x1b[2J\x1b[31mred\u{202e}txt.exe";
@@ -73,7 +83,7 @@ struct Screen {
 impl Screen {
     fn start(role: &str, args: &[&str], dir: &Path) -> Screen {
         let (master, slave) = pty();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = command();
         cmd.arg(role)
             .args([
                 "--bind",
