@@ -132,6 +132,11 @@ pub struct Remembered {
     pub min_rtt: Duration,
 }
 
+/// Rounds after startup, not held back by the application, before a rate is worth
+/// remembering: a small job leaves startup on a short burst and measures little of the path,
+/// and would overwrite what a large one found.
+const REMEMBER_AFTER: u32 = 8;
+
 /// Builds a [`Pace`] controller per connection; give it to
 /// [`quinn::TransportConfig::congestion_controller_factory`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -276,6 +281,8 @@ pub struct Core {
     startup_lost: u64,
     /// A remembered rate not yet tested against the first RTT sample.
     resume: Option<Remembered>,
+    /// Rounds since startup that the application did not hold back.
+    cruised: u32,
 }
 
 impl Core {
@@ -309,6 +316,7 @@ impl Core {
             startup_acked: 0,
             startup_lost: 0,
             resume: None,
+            cruised: 0,
         }
     }
 
@@ -320,11 +328,14 @@ impl Core {
         }
     }
 
-    /// What the path delivered, once startup has found its rate.
+    /// What the path delivered, once startup has found its rate and [`REMEMBER_AFTER`]
+    /// rounds the application did not hold back confirmed it.
     pub fn remembered(&self) -> Option<Remembered> {
         let rate = self.bandwidth();
-        match (self.startup_ended, self.min_rtt.get()) {
-            (Some(_), Some(min_rtt)) if rate > 0.0 => Some(Remembered { rate, min_rtt }),
+        match self.min_rtt.get() {
+            Some(min_rtt) if self.cruised >= REMEMBER_AFTER && rate > 0.0 => {
+                Some(Remembered { rate, min_rtt })
+            }
             _ => None,
         }
     }
@@ -516,6 +527,9 @@ impl Core {
                 self.leave_startup(now);
             }
             return;
+        }
+        if !limited {
+            self.cruised = self.cruised.saturating_add(1);
         }
         self.cycle = (self.cycle + 1) % CYCLE.len();
         self.size_window();
