@@ -986,16 +986,24 @@ fn sweep() {
                 let size = 200u64 << 20;
                 let secs = (size as f64 * 8.0 / (mbit_s * 1e6) * 1.6 + 4.0).min(60.0);
                 let cc = Box::new(Core::new(Instant::now(), PKT)) as Box<dyn Cc>;
-                let flow = simulate_flows(&path, vec![(cc, 0.0)], secs, 7).remove(0);
-                let t50 = time_to_deliver(&flow, 50 << 20);
-                let t200 = time_to_deliver(&flow, size);
-                let sent: u64 = flow.sent.iter().sum();
-                let drops: u64 = flow.drops.iter().sum();
+                let cold = simulate_flows(&path, vec![(cc, 0.0)], secs, 7).remove(0);
+                // The same path again, from what the cold run remembered (careful resume).
+                let warm = cold.remembered.map(|r| simulate_resumed(&path, secs, 7, r));
+                let figures = |flow: &Flow| {
+                    let t50 = time_to_deliver(flow, 50 << 20);
+                    let t200 = time_to_deliver(flow, size);
+                    let sent: u64 = flow.sent.iter().sum();
+                    format!(
+                        "50 MiB {:.0} %, 200 MiB {:.0} %, drops {:.2} %",
+                        (50u64 << 20) as f64 * 8e-4 / mbit_s / t50,
+                        size as f64 * 8e-4 / mbit_s / t200,
+                        dropped(flow) as f64 * 100.0 / sent as f64
+                    )
+                };
                 eprintln!(
-                    "SWEEP {mbit_s} Mbit/s q {queue_s} rtt {rtt_ms} loss {loss}: 50 MiB {:.0} %, 200 MiB {:.0} %, drops {:.2} %",
-                    (50u64 << 20) as f64 * 8e-4 / mbit_s / t50,
-                    size as f64 * 8e-4 / mbit_s / t200,
-                    drops as f64 * 100.0 / sent as f64
+                    "SWEEP {mbit_s} Mbit/s q {queue_s} rtt {rtt_ms} loss {loss}: {}; resumed: {}",
+                    figures(&cold),
+                    warm.as_ref().map_or("-".into(), figures)
                 );
             }
         }
