@@ -90,7 +90,12 @@ impl RateMemory {
                 .map_or("rates".into(), |n| n.to_string_lossy()),
             std::process::id()
         ));
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        // Which addresses this user copied with is the user's business alone.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&tmp)?;
         f.write_all(text.as_bytes())?;
         drop(f);
         std::fs::rename(&tmp, &self.file).inspect_err(|_| {
@@ -171,6 +176,12 @@ mod tests {
         let mut m = RateMemory::load(file.clone());
         assert_eq!(m.recall(peer), None);
         m.remember(peer, r(97.0, 200));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
         let next = RateMemory::load(file);
         assert_eq!(next.recall(peer), Some(r(97.0, 200)));
         // Seen through an IPv6 socket, the same peer.
