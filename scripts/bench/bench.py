@@ -280,9 +280,24 @@ def pinned(role, cmd):
     return ["taskset", "-c", pin.split(",")[0 if role == "sender" else 1], *cmd]
 
 
-def run_p2pcopy(binary, src, outdir, limit, logdir):
+def rate_cache(binary, prof):
+    """The folder each side of `binary` keeps its rate memory in (XDG_CACHE_HOME) for runs on
+    `prof`. BENCH_RATES=cold (the default): a fresh one every run, as for a peer met the first
+    time. BENCH_RATES=warm: one per binary and profile for the whole invocation, so each run
+    starts from what the run before it measured, as when the same two people copy again."""
+    base = Path(os.environ.get("BENCH_DIR", "/tmp/p2p-bench")) / "rates"
+    if os.environ.get("BENCH_RATES", "cold") == "warm":
+        return base / f"{prof}-{Path(binary).name}-{abs(hash(str(binary))) % 10**8}"
+    d = base / f"cold-{time.monotonic_ns()}"
+    shutil.rmtree(d, ignore_errors=True)
+    return d
+
+
+def run_p2pcopy(binary, src, outdir, limit, logdir, cache=None):
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
+    cache = cache or rate_cache(binary, "any")
+    remembered = (cache / "sender" / "p2pcopy" / "rates").exists()
     common = ["--no-stun", "--no-ntp", "--json"] + (["-v"] if os.environ.get("BENCH_VERBOSE") else [])
     # BENCH_PERF=DIR profiles both sides (for finding hot spots; the figures are then off).
     perf = os.environ.get("BENCH_PERF")
@@ -294,9 +309,11 @@ def run_p2pcopy(binary, src, outdir, limit, logdir):
                              f"{perf}/{role}.data", binary])
 
     r = Proc(nsx(B, *wrap("receiver"), "receiver", "--localport", "21300", "--output", str(outdir), *common),
+             env={**os.environ, "XDG_CACHE_HOME": str(cache / "receiver")},
              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(logdir / "receiver.err", "w"), text=True)
     # The sender's QUIC path stats (packets sent and lost) at the end, without -v's other logs.
-    env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn,p2pcopy::transfer=info")}
+    env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn,p2pcopy::transfer=info"),
+           "XDG_CACHE_HOME": str(cache / "sender")}
     s = Proc(nsx(A, *wrap("sender"), "sender", "--localport", "4300", "--file", str(src), *common), env=env,
              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(logdir / "sender.err", "w"), text=True)
 
@@ -345,6 +362,8 @@ def run_p2pcopy(binary, src, outdir, limit, logdir):
                        (logdir / "sender.err").read_text())
     return {
         "sent": int(stats[-1][0]) if stats else None, "lost": int(stats[-1][1]) if stats else None,
+        # Whether the sender had a rate of this path remembered (BENCH_RATES=warm).
+        "remembered": remembered,
         "total": r.end - t_paste,
         "secs": r.end - events["receiver"]["plan"],
         # The receiver's summary: the file is verified and durable, before the closing
@@ -564,6 +583,12 @@ def main():
             checks[prof] = chk
             log(f"  path check: {chk}")
             res = {"iperf3": [], "scp": [], "p2pcopy": [], "bbr": [], "baseline": []}
+            if os.environ.get("BENCH_RATES") == "warm":
+                # One untimed run per binary, so that the first timed one starts warm too.
+                for tool in (["p2pcopy", "baseline"] if args.baseline else ["p2pcopy"]):
+                    b = args.p2pcopy if tool == "p2pcopy" else args.baseline
+                    run_p2pcopy(b, src, out, 600, logdir, rate_cache(b, prof))
+                    log(f"  warm-up {tool} done")
             for i in range(args.runs):
                 r = run_iperf3(isecs, isecs + 60)
                 res["iperf3"].append(r)
@@ -572,13 +597,14 @@ def main():
                 # always the one right after iperf3 (bench/RESULTS.md, "Run order in A/B").
                 order = ["p2pcopy", "baseline"] if args.baseline else ["p2pcopy"]
                 for tool in order if i % 2 == 0 else order[::-1]:
-                    r = run_p2pcopy(args.p2pcopy if tool == "p2pcopy" else args.baseline, src, out, 600, logdir)
+                    b = args.p2pcopy if tool == "p2pcopy" else args.baseline
+                    r = run_p2pcopy(b, src, out, 600, logdir, rate_cache(b, prof))
                     if i == 0 and not filecmp.cmp(src, out / src.name, shallow=False):
                         raise RuntimeError(f"{tool}: the copy differs from the source")
                     res[tool].append(r)
                     log(f"  run {i + 1} {tool}: {mbit(mib * MIB / r['secs']):.0f} Mbit/s, {loss_text(r)}, "
                         f"connect {r['connect']:.2f} s, cpu {r['cpu_s']:.1f}/{r['cpu_r']:.1f} s, "
-                        f"rss {r['rss_s']:.0f}/{r['rss_r']:.0f} MiB")
+                        f"rss {r['rss_s']:.0f}/{r['rss_r']:.0f} MiB{', from a remembered rate' if r['remembered'] else ''}")
                 if i == 0:
                     r = run_iperf3(isecs, isecs + 60, "bbr")
                     res["bbr"].append(r)
@@ -633,6 +659,12 @@ def write_results(args, rows, checks, mem, small):
       f"profiles, with the user-space delay line.\n")
     w(f"Medians of {args.runs} runs per tool and profile, all in the same run of the script.  Rates in Mbit/s "
       "of file data (iperf3: its receiver's goodput).  CPU: CPU-seconds of the sender/receiver process per GiB moved.\n")
+    if os.environ.get("BENCH_RATES") == "warm":
+        w("Rate memory warm (`BENCH_RATES=warm`): every p2pcopy run starts from the rate the run before it "
+          "measured on the same path (an untimed run first), as when the same two people copy again.\n")
+    else:
+        w("Rate memory cold: every p2pcopy run starts from ten packets, as with a peer met the first time "
+          "(`BENCH_RATES=warm` measures the repeat).\n")
     for prof, (mib, res) in rows.items():
         chk = checks[prof]
         w(f"\n## {DESCRIBE[prof]}\n")
