@@ -281,6 +281,13 @@ pub struct Core {
     startup_lost: u64,
     /// A remembered rate not yet tested against the first RTT sample.
     resume: Option<Remembered>,
+    /// After a leap, the window startup may grow to: the remembered rate's, until a round
+    /// at it shows no queue (see [`Core::leap`]).
+    ceiling: Option<u64>,
+    /// Rounds in a row that ended with the window at the ceiling.
+    ceiling_rounds: u32,
+    /// Whether an ACK frame of this round showed a queue (startup's test).
+    round_queued: bool,
     /// Rounds since startup that the application did not hold back.
     cruised: u32,
 }
@@ -316,6 +323,9 @@ impl Core {
             startup_acked: 0,
             startup_lost: 0,
             resume: None,
+            ceiling: None,
+            ceiling_rounds: 0,
+            round_queued: false,
             cruised: 0,
         }
     }
@@ -373,12 +383,21 @@ impl Core {
         }
         if self.startup {
             self.window += (bytes as f64 * STARTUP_GROWTH) as u64;
+            if let Some(c) = self.ceiling {
+                self.window = self.window.min(c);
+            }
         }
     }
 
     /// Careful resume's leap on the first RTT sample `rtt`: half the remembered BDP at
     /// today's RTT, if `rtt` says the path is the remembered one. Startup goes on from
-    /// there, so its queue test, not the memory, finds today's rate.
+    /// there, so its queue test, not the memory, finds today's rate; but it doubles no
+    /// higher than the window the remembered rate asks for (the ceiling) until a whole
+    /// round at that window shows no queue. Doubling past it, startup overshot by as much
+    /// as from a cold start (2.3 MB lost on the bench's `long` path, bench/RESULTS.md,
+    /// "Startup from a remembered rate"): its queue test answers a round trip late, by
+    /// when it has sent twice what the path holds. A path that has more than it had
+    /// shows no queue at the ceiling, and startup doubles on.
     fn leap(&mut self, r: Remembered, rtt: Duration) {
         let ratio = rtt.as_secs_f64() / r.min_rtt.as_secs_f64().max(1e-6);
         let same = (SAME_PATH_RTT.0..=SAME_PATH_RTT.1).contains(&ratio);
@@ -393,6 +412,8 @@ impl Core {
         );
         if same && self.startup {
             self.window = self.window.max(window);
+            let ceiling = self.bdp(r.rate, rtt) * HEADROOM;
+            self.ceiling = Some((ceiling as u64).max(self.window));
         }
     }
 
@@ -410,6 +431,7 @@ impl Core {
         let min = self.min_rtt.get().unwrap_or(rtt);
         let queued = rtt >= min + (min / 8).clamp(STARTUP_RTT_RISE.0, STARTUP_RTT_RISE.1);
         self.queued_samples = if queued { self.queued_samples + 1 } else { 0 };
+        self.round_queued |= queued;
         if self.queued_samples >= STARTUP_RTT_SAMPLES {
             // Acknowledgements already come at the bottleneck's pace: this round so far
             // measures it.
@@ -460,6 +482,7 @@ impl Core {
         self.round_lost = 0;
         self.round_overshoot = 0;
         self.round_app_limited = false;
+        self.round_queued = false;
     }
 
     fn end_round(&mut self, now: Instant, rate: f64, app_limited: bool) {
@@ -514,6 +537,7 @@ impl Core {
             self.push_rate(rate);
         }
         if self.startup {
+            self.lift_ceiling(limited);
             if congested {
                 self.startup = false;
             } else if rate >= self.full_bw * FULL_BW_GROWTH {
@@ -599,10 +623,39 @@ impl Core {
         self.size_window();
     }
 
+    /// A startup round that ran at the ceiling (the whole round: the second in a row that
+    /// ended there) without an ACK frame showing a queue: the path holds more than the
+    /// remembered rate, and startup may double past it.
+    fn lift_ceiling(&mut self, limited: bool) {
+        let Some(c) = self.ceiling else {
+            return;
+        };
+        if self.window < c || limited {
+            self.ceiling_rounds = 0;
+            return;
+        }
+        self.ceiling_rounds += 1;
+        if self.ceiling_rounds >= 2 && !self.round_queued {
+            tracing::debug!(
+                ceiling = c,
+                "no queue at the remembered rate: startup goes on"
+            );
+            self.ceiling = None;
+        }
+    }
+
+    /// Bytes in flight at `rate` over a round trip of `min_rtt`: the BDP, with what the
+    /// ACKs' bursts and the packets an ACK waits for at the receiver add.
+    fn bdp(&self, rate: f64, min_rtt: Duration) -> f64 {
+        let rtt = min_rtt + ACK_ALLOWANCE;
+        rate * rtt.as_secs_f64() + (u64::from(ACK_EVERY) * self.mtu) as f64
+    }
+
     fn size_window(&mut self) {
-        let rtt = self.min_rtt.get().unwrap_or(Duration::ZERO) + ACK_ALLOWANCE;
-        // What is in flight includes the packets an ACK waits for at the receiver.
-        let bdp = self.bandwidth() * rtt.as_secs_f64() + (u64::from(ACK_EVERY) * self.mtu) as f64;
+        let bdp = self.bdp(
+            self.bandwidth(),
+            self.min_rtt.get().unwrap_or(Duration::ZERO),
+        );
         let window = (CYCLE[self.cycle] * HEADROOM * bdp) as u64;
         // A cap far above what the path asks for again is history.
         if self.inflight_cap.is_some_and(|c| c > 2 * window) {

@@ -1345,3 +1345,29 @@ fn only_a_rate_confirmed_after_startup_is_remembered() {
     assert_eq!(simulate(&path, 2.5, 7).remembered, None);
     assert!(simulate(&path, 5.0, 7).remembered.is_some());
 }
+
+#[test]
+fn a_path_with_more_capacity_than_remembered_is_still_found() {
+    // Remembered while the link was half taken; today it is free.
+    let half = Path {
+        rates: vec![(0.0, 12.5e6 / 2.0)],
+        ..long_path(true)
+    };
+    let r = remembered_on(&half);
+    let path = long_path(true);
+    let cold = simulate(&path, 12.0, 7);
+    let warm = simulate_resumed(&path, 12.0, 7, r);
+    let (tc, tw) = (
+        time_to_deliver(&cold, 50 << 20),
+        time_to_deliver(&warm, 50 << 20),
+    );
+    eprintln!(
+        "remembered {:.1} Mbit/s; 50 MiB cold {tc:.2} s ({} dropped), resumed {tw:.2} s ({} dropped)",
+        r.rate * 8e-6,
+        dropped(&cold),
+        dropped(&warm)
+    );
+    // A round at the remembered rate shows no queue, and startup doubles on from there.
+    assert!(tw < tc, "resumed {tw:.2} s, cold {tc:.2} s");
+    assert!(goodput(&warm, 4, 11) > 90.0);
+}
