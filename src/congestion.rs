@@ -116,6 +116,9 @@ const MIN_PACKETS: u64 = 4;
 /// half, so that a path whose capacity has since halved (another flow on it) is not
 /// overrun, and its queue is what tells startup the rest.
 const LEAP: f64 = 0.5;
+/// Share of the remembered rate a round at the ceiling must deliver before its lack of a
+/// queue says the path holds more (the rate varies a little from round to round).
+const CEILING_MET: f64 = 0.95;
 /// A remembered rate applies while the first RTT sample is within these factors of the
 /// remembered minimum RTT; outside them the path is another one (RFC 9959's test is the
 /// lower bound: a far shorter RTT makes the same rate a far larger window; a far longer one
@@ -281,9 +284,9 @@ pub struct Core {
     startup_lost: u64,
     /// A remembered rate not yet tested against the first RTT sample.
     resume: Option<Remembered>,
-    /// After a leap, the window startup may grow to: the remembered rate's, until a round
-    /// at it shows no queue (see [`Core::leap`]).
-    ceiling: Option<u64>,
+    /// After a leap, the window startup may grow to (the remembered rate's) and that rate,
+    /// until a round at it shows no queue (see [`Core::leap`]).
+    ceiling: Option<(u64, f64)>,
     /// Rounds in a row that ended with the window at the ceiling.
     ceiling_rounds: u32,
     /// Whether an ACK frame of this round showed a queue (startup's test).
@@ -383,7 +386,7 @@ impl Core {
         }
         if self.startup {
             self.window += (bytes as f64 * STARTUP_GROWTH) as u64;
-            if let Some(c) = self.ceiling {
+            if let Some((c, _)) = self.ceiling {
                 self.window = self.window.min(c);
             }
         }
@@ -413,7 +416,7 @@ impl Core {
         if same && self.startup {
             self.window = self.window.max(window);
             let ceiling = self.bdp(r.rate, rtt) * HEADROOM;
-            self.ceiling = Some((ceiling as u64).max(self.window));
+            self.ceiling = Some(((ceiling as u64).max(self.window), r.rate));
         }
     }
 
@@ -537,7 +540,7 @@ impl Core {
             self.push_rate(rate);
         }
         if self.startup {
-            self.lift_ceiling(limited);
+            self.lift_ceiling(rate, limited);
             if congested {
                 self.startup = false;
             } else if rate >= self.full_bw * FULL_BW_GROWTH {
@@ -624,10 +627,12 @@ impl Core {
     }
 
     /// A startup round that ran at the ceiling (the whole round: the second in a row that
-    /// ended there) without an ACK frame showing a queue: the path holds more than the
-    /// remembered rate, and startup may double past it.
-    fn lift_ceiling(&mut self, limited: bool) {
-        let Some(c) = self.ceiling else {
+    /// ended there) and delivered the remembered rate (`rate`, this round's) without an ACK
+    /// frame showing a queue: the path holds more than the remembered rate, and startup may
+    /// double past it. (Not before it delivered that rate: the rounds after the leap are
+    /// still growing into the window, and show no queue whatever the path.)
+    fn lift_ceiling(&mut self, rate: f64, limited: bool) {
+        let Some((c, remembered)) = self.ceiling else {
             return;
         };
         if self.window < c || limited {
@@ -635,7 +640,7 @@ impl Core {
             return;
         }
         self.ceiling_rounds += 1;
-        if self.ceiling_rounds >= 2 && !self.round_queued {
+        if self.ceiling_rounds >= 2 && !self.round_queued && rate >= CEILING_MET * remembered {
             tracing::debug!(
                 ceiling = c,
                 "no queue at the remembered rate: startup goes on"
