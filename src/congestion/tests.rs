@@ -1371,3 +1371,46 @@ fn a_path_with_more_capacity_than_remembered_is_still_found() {
     assert!(tw < tc, "resumed {tw:.2} s, cold {tc:.2} s");
     assert!(goodput(&warm, 4, 11) > 90.0);
 }
+
+#[test]
+fn a_first_rtt_sample_that_ran_long_does_not_cost_the_leap() {
+    // The bench's long path: the first ACK frame acknowledged a handshake packet 1.2 s
+    // after it was sent; the next one shows the path's 200 ms.
+    let t0 = Instant::now();
+    let r = Remembered {
+        rate: 12.2e6,
+        min_rtt: Duration::from_millis(200),
+    };
+    let mut cc = Core::resuming(t0, PKT, r);
+    let initial = cc.window();
+    cc.on_sent(0);
+    cc.on_sent(1);
+    cc.on_ack(t0 + Duration::from_millis(1200), t0, 1200, true);
+    cc.on_end_acks(t0 + Duration::from_millis(1200), true, Some(0));
+    assert_eq!(cc.window(), initial + 1500, "no leap on a 1.2 s sample");
+    let sent = t0 + Duration::from_millis(1000);
+    cc.on_ack(sent + Duration::from_millis(201), sent, 1200, true);
+    cc.on_end_acks(sent + Duration::from_millis(201), true, Some(1));
+    assert!(cc.window() > 1_000_000, "leapt to {}", cc.window());
+
+    // Another path: 20 ms where 200 were remembered; no leap, and none later either.
+    let mut cc = Core::resuming(t0, PKT, r);
+    for pn in 0..6 {
+        let sent = t0 + Duration::from_millis(30 * pn);
+        cc.on_sent(pn);
+        cc.on_ack(sent + Duration::from_millis(20), sent, 1200, true);
+        cc.on_end_acks(sent + Duration::from_millis(20), true, Some(pn));
+    }
+    assert!(cc.window() < 100_000, "{}", cc.window());
+
+    // A path that stays far slower than remembered: the try ends after a few frames.
+    let mut cc = Core::resuming(t0, PKT, r);
+    for pn in 0..6 {
+        let sent = t0 + Duration::from_millis(1000 * pn);
+        cc.on_sent(pn);
+        cc.on_ack(sent + Duration::from_millis(900), sent, 1200, true);
+        cc.on_end_acks(sent + Duration::from_millis(900), true, Some(pn));
+    }
+    assert!(cc.window() < 100_000, "{}", cc.window());
+    assert!(cc.resume.is_none());
+}
