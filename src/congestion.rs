@@ -35,11 +35,11 @@
 //! be dropped. Figures: bench/RESULTS.md, "Policed paths".
 //!
 //! A path this host sent over before can start from what it delivered then ([`Remembered`]):
-//! careful resume (RFC 9959). Startup then leaps, on its first RTT sample, to half the
-//! remembered bandwidth-delay product, if that sample says the path is the one remembered,
-//! and doubles on from there; a leap that overflows a queue ends startup as any congested
-//! startup round does, at what the round delivered. Figures: bench/RESULTS.md, "Startup
-//! from a remembered rate".
+//! careful resume (RFC 9959). Startup then leaps to half the remembered bandwidth-delay
+//! product, once the first ACK frames' RTT says the path is the one remembered, and doubles
+//! on from there up to the remembered rate's window (`Core::try_leap`); a leap that
+//! overflows a queue ends startup as any congested startup round does, at what the round
+//! delivered. Figures: bench/RESULTS.md, "Startup from a remembered rate".
 //!
 //! [`Core`] holds that logic without quinn's types, for tests; the
 //! [`quinn::congestion::Controller`] impl is a thin shell around it.
@@ -121,8 +121,8 @@ const RESUME_FRAMES: u32 = 4;
 /// Share of the remembered rate a round at the ceiling must deliver before its lack of a
 /// queue says the path holds more (the rate varies a little from round to round).
 const CEILING_MET: f64 = 0.95;
-/// A remembered rate applies while the first RTT sample is within these factors of the
-/// remembered minimum RTT; outside them the path is another one (RFC 9959's test is the
+/// A remembered rate applies while the minimum RTT of the first ACK frames is within these
+/// factors of the remembered one; outside them the path is another one (RFC 9959's test is the
 /// lower bound: a far shorter RTT makes the same rate a far larger window; a far longer one
 /// is another route, or a queue someone else keeps full).
 const SAME_PATH_RTT: (f64, f64) = (0.5, 2.0);
@@ -289,7 +289,7 @@ pub struct Core {
     resume: Option<Remembered>,
     resume_frames: u32,
     /// After a leap, the window startup may grow to (the remembered rate's) and that rate,
-    /// until a round at it shows no queue (see [`Core::leap`]).
+    /// until a round at it shows no queue (see [`Core::try_leap`]).
     ceiling: Option<(u64, f64)>,
     /// Rounds in a row that ended with the window at the ceiling.
     ceiling_rounds: u32,
@@ -346,7 +346,7 @@ impl Core {
         }
     }
 
-    /// What the path delivered, once startup has found its rate and [`REMEMBER_AFTER`]
+    /// What the path delivered, once startup has found its rate and `REMEMBER_AFTER` (8)
     /// rounds the application did not hold back confirmed it.
     pub fn remembered(&self) -> Option<Remembered> {
         let rate = self.bandwidth();
@@ -396,10 +396,9 @@ impl Core {
 
     /// Careful resume's leap, tried at the end of each of the first ACK frames: half the
     /// remembered BDP at today's RTT, if that RTT says the path is the remembered one.
-    /// Startup goes on from
-    /// there, so its queue test, not the memory, finds today's rate; but it doubles no
-    /// higher than the window the remembered rate asks for (the ceiling) until a whole
-    /// round at that window shows no queue. Doubling past it, startup overshot by as much
+    /// Startup goes on from there, so its queue test, not the memory, finds today's rate;
+    /// but it doubles no higher than the window the remembered rate asks for (the
+    /// ceiling) until a whole round at that window shows no queue ([`Core::lift_ceiling`]). Doubling past it, startup overshot by as much
     /// as from a cold start (2.3 MB lost on the bench's `long` path, bench/RESULTS.md,
     /// "Startup from a remembered rate"): its queue test answers a round trip late, by
     /// when it has sent twice what the path holds. A path that has more than it had
