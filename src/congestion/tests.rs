@@ -1385,24 +1385,23 @@ fn a_first_rtt_sample_that_ran_long_does_not_cost_the_leap() {
     cc.on_end_acks(sent + Duration::from_millis(201), true, Some(1));
     assert!(cc.window() > 1_000_000, "leapt to {}", cc.window());
 
+    // Six one-packet ACK frames, a packet every `gap_ms`, each acknowledged `rtt_ms` later.
+    let frames = |gap_ms: u64, rtt_ms: u64| {
+        let mut cc = Core::resuming(t0, PKT, r);
+        for pn in 0..6 {
+            let sent = t0 + Duration::from_millis(gap_ms * pn);
+            cc.on_sent(pn);
+            cc.on_ack(sent + Duration::from_millis(rtt_ms), sent, 1200, true);
+            cc.on_end_acks(sent + Duration::from_millis(rtt_ms), true, Some(pn));
+        }
+        cc
+    };
     // Another path: 20 ms where 200 were remembered; no leap, and none later either.
-    let mut cc = Core::resuming(t0, PKT, r);
-    for pn in 0..6 {
-        let sent = t0 + Duration::from_millis(30 * pn);
-        cc.on_sent(pn);
-        cc.on_ack(sent + Duration::from_millis(20), sent, 1200, true);
-        cc.on_end_acks(sent + Duration::from_millis(20), true, Some(pn));
-    }
+    let cc = frames(30, 20);
     assert!(cc.window() < 100_000, "{}", cc.window());
 
     // A path that stays far slower than remembered: the try ends after a few frames.
-    let mut cc = Core::resuming(t0, PKT, r);
-    for pn in 0..6 {
-        let sent = t0 + Duration::from_millis(1000 * pn);
-        cc.on_sent(pn);
-        cc.on_ack(sent + Duration::from_millis(900), sent, 1200, true);
-        cc.on_end_acks(sent + Duration::from_millis(900), true, Some(pn));
-    }
+    let cc = frames(1000, 900);
     assert!(cc.window() < 100_000, "{}", cc.window());
     assert!(cc.resume.is_none());
 }
