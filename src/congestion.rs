@@ -18,7 +18,10 @@
 //! each round trip (quinn's pacer needs the window to grow by 1.25 x each acknowledged
 //! byte for that) until ACKs show a queue; what it sent into the full queue before then
 //! is lost a round trip later, and those losses are its overshoot, not a congested round
-//! (bench/RESULTS.md, "Leaving startup on the long path").
+//! (bench/RESULTS.md, "Leaving startup on the long path"). For the round trip after it, a
+//! byte goes out for each byte acknowledged, less the drain round's share (packet
+//! conservation, `Core::conserve`): the window alone would send nothing until startup's
+//! excess had left, and the link would idle a round trip later.
 //!
 //! A policer (a token bucket that drops instead of queueing: ISP plans, `nft limit`)
 //! builds no queue, so nothing but the window holds the sender back; on a short path the
@@ -189,12 +192,12 @@ impl Controller for Pace {
     fn on_end_acks(
         &mut self,
         now: Instant,
-        _in_flight: u64,
+        in_flight: u64,
         app_limited: bool,
         largest_packet_num_acked: Option<u64>,
     ) {
         self.0
-            .on_end_acks(now, app_limited, largest_packet_num_acked);
+            .on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
     }
 
     fn on_congestion_event(
@@ -297,6 +300,13 @@ pub struct Core {
     round_queued: bool,
     /// Rounds since startup that the application did not hold back.
     cruised: u32,
+    /// Bytes acknowledged in the current ACK frame.
+    frame_acked: u64,
+    /// The round startup ended in is not over until a packet numbered this or higher is
+    /// acknowledged; until then the window holds what is in flight ([`Core::conserve`]).
+    conserve_until: Option<u64>,
+    /// That hold (0: none).
+    conserved: u64,
 }
 
 impl Core {
@@ -335,6 +345,9 @@ impl Core {
             ceiling_rounds: 0,
             round_queued: false,
             cruised: 0,
+            frame_acked: 0,
+            conserve_until: None,
+            conserved: 0,
         }
     }
 
@@ -360,7 +373,7 @@ impl Core {
 
     /// Bytes that may be in flight.
     pub fn window(&self) -> u64 {
-        self.window.max(MIN_PACKETS * self.mtu)
+        self.window.max(self.conserved).max(MIN_PACKETS * self.mtu)
     }
 
     /// The bottleneck rate estimate in bytes per second (0 before the first round trip).
@@ -381,6 +394,7 @@ impl Core {
     /// A packet of `bytes` sent at `sent` was acknowledged at `now`.
     pub fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool) {
         self.round_acked += bytes;
+        self.frame_acked += bytes;
         self.round_app_limited |= app_limited;
         let rtt = now.saturating_duration_since(sent);
         self.min_rtt.update(now, rtt);
@@ -476,16 +490,31 @@ impl Core {
         } else {
             self.round_lost += lost_bytes;
         }
+        // Lost packets left the path without a place for a new one in it.
+        self.conserved = self.conserved.saturating_sub(lost_bytes);
         if persistent {
             // The path was gone for a while: whatever it carries now is unknown.
             *self = Core::new(now, self.mtu);
         }
     }
 
-    /// One ACK frame was processed; `largest` is the highest packet number it acknowledged.
-    pub fn on_end_acks(&mut self, now: Instant, app_limited: bool, largest: Option<u64>) {
+    /// One ACK frame was processed; `largest` is the highest packet number it acknowledged
+    /// and `in_flight` the bytes still in flight (lost ones among them until declared so).
+    pub fn on_end_acks(
+        &mut self,
+        now: Instant,
+        in_flight: u64,
+        app_limited: bool,
+        largest: Option<u64>,
+    ) {
         self.try_leap();
         self.startup_queue_test(now);
+        self.end_acks(now, app_limited, largest);
+        self.conserve(in_flight, largest);
+        self.frame_acked = 0;
+    }
+
+    fn end_acks(&mut self, now: Instant, app_limited: bool, largest: Option<u64>) {
         if largest.is_none_or(|pn| pn < self.round_end) {
             return;
         }
@@ -636,10 +665,33 @@ impl Core {
     fn leave_startup(&mut self, now: Instant) {
         self.startup = false;
         self.startup_ended = Some(now);
+        self.conserve_until = Some(self.last_sent + 1);
         // Startup left a queue behind: drain it first (the cycle's probe round, first
         // until now, put 1.4 x the BDP in flight on top of the overshoot).
         self.cycle = 1;
         self.size_window();
+    }
+
+    /// Packet conservation for the round trip after startup, as TCP's recovery has it
+    /// (RFC 6937's proportional rate reduction sends a share of each acknowledged byte
+    /// likewise): a byte goes out for each byte acknowledged, less the drain round's share,
+    /// until the first packet sent after startup is acknowledged. Startup leaves with
+    /// up to twice the BDP in flight, much of it in a full queue or dropped there; a window
+    /// of one BDP would send nothing until what is in flight fell under it, and a round trip
+    /// later the link idled as long (37 Mbit/s delivered in that round on the bench's 100
+    /// Mbit/s `long` path: bench/RESULTS.md, "Packet conservation after startup"). Dropped
+    /// packets free no room when declared lost ([`Core::on_loss`]), so what is in flight
+    /// falls towards the window as the queue drains, and the link stays busy meanwhile.
+    fn conserve(&mut self, in_flight: u64, largest: Option<u64>) {
+        let Some(until) = self.conserve_until else {
+            return;
+        };
+        if largest.is_some_and(|pn| pn >= until) {
+            self.conserve_until = None;
+            self.conserved = 0;
+            return;
+        }
+        self.conserved = in_flight + (CYCLE[1] * self.frame_acked as f64) as u64;
     }
 
     /// A startup round that ran at the ceiling (the whole round: the second in a row that

@@ -63,7 +63,7 @@ trait Cc {
     fn window(&self) -> u64;
     fn on_sent(&mut self, pn: u64);
     fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64);
-    fn on_end_acks(&mut self, now: Instant, largest: u64);
+    fn on_end_acks(&mut self, now: Instant, in_flight: u64, largest: u64);
     fn on_loss(&mut self, now: Instant, sent: Instant, bytes: u64);
     fn remembered(&self) -> Option<Remembered> {
         None
@@ -80,8 +80,8 @@ impl Cc for Core {
     fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64) {
         Core::on_ack(self, now, sent, bytes, false);
     }
-    fn on_end_acks(&mut self, now: Instant, largest: u64) {
-        Core::on_end_acks(self, now, false, Some(largest));
+    fn on_end_acks(&mut self, now: Instant, in_flight: u64, largest: u64) {
+        Core::on_end_acks(self, now, in_flight, false, Some(largest));
     }
     fn on_loss(&mut self, now: Instant, sent: Instant, bytes: u64) {
         Core::on_loss(self, now, sent, false, bytes);
@@ -124,7 +124,7 @@ impl Cc for Reno {
             self.window += PKT * bytes / self.window;
         }
     }
-    fn on_end_acks(&mut self, _now: Instant, _largest: u64) {}
+    fn on_end_acks(&mut self, _now: Instant, _in_flight: u64, _largest: u64) {}
     fn on_loss(&mut self, now: Instant, sent: Instant, _bytes: u64) {
         if self.recovery_until.is_some_and(|r| sent <= r) {
             return;
@@ -303,7 +303,7 @@ impl Sender {
         let (pn, sent, held) = newest.expect("acked");
         let sample = now - sent - held;
         self.srtt = Some(self.srtt.map_or(sample, |r| 0.875 * r + 0.125 * sample));
-        self.cc.on_end_acks(at(now), pn);
+        self.cc.on_end_acks(at(now), self.in_flight, pn);
         self.detect_losses(now, pn, at);
     }
 
@@ -426,7 +426,7 @@ fn simulate_flows(path: &Path, flows: Vec<(Box<dyn Cc>, f64)>, secs: f64, seed: 
                 s.srtt = Some(s.srtt.map_or(sample, |r| 0.875 * r + 0.125 * sample));
                 s.flow.delivered[now as usize] += PKT;
                 s.cc.on_ack(at(now), at(sent), PKT);
-                s.cc.on_end_acks(at(now), pn);
+                s.cc.on_end_acks(at(now), s.in_flight, pn);
                 s.detect_losses(now, pn, at);
             }
             Step::Lost => {
@@ -541,10 +541,10 @@ fn loss_well_above_random_ends_startup() {
         t += rtt;
         for i in 0..12 {
             cc.on_ack(t, t - rtt, PKT, false);
-            cc.on_end_acks(t, false, Some(pn - 20 + i));
+            cc.on_end_acks(t, 0, false, Some(pn - 20 + i));
         }
         cc.on_loss(t, t - rtt, false, 8 * PKT);
-        cc.on_end_acks(t, false, Some(pn - 1));
+        cc.on_end_acks(t, 0, false, Some(pn - 1));
     }
     assert!(!cc.in_startup());
     assert!(cc.bandwidth() > 0.0);
@@ -567,7 +567,7 @@ fn random_loss_does_not_end_startup() {
         let lost = n / 50;
         for i in 0..n - lost {
             cc.on_ack(t, t - rtt, PKT, false);
-            cc.on_end_acks(t, false, Some(pn - n + i));
+            cc.on_end_acks(t, 0, false, Some(pn - n + i));
         }
         cc.on_loss(t, t - rtt, false, lost * PKT);
     }
@@ -605,7 +605,7 @@ fn samples_that_waited_for_the_ack_do_not_end_startup() {
                 let waited = Duration::from_millis(20 * (newest - 1 - i) + timer);
                 cc.on_ack(t, t - rtt - waited, PKT, false);
             }
-            cc.on_end_acks(t, false, Some(pn - n + newest - 1));
+            cc.on_end_acks(t, 0, false, Some(pn - n + newest - 1));
         }
     }
     assert!(cc.in_startup());
@@ -635,7 +635,7 @@ fn persistent_congestion_starts_over() {
     let mut cc = Core::new(now, PKT);
     cc.on_sent(0);
     cc.on_ack(now + Duration::from_millis(10), now, 100 * PKT, false);
-    cc.on_end_acks(now + Duration::from_millis(10), false, Some(0));
+    cc.on_end_acks(now + Duration::from_millis(10), 0, false, Some(0));
     assert!(cc.window() > initial_window(PKT));
     cc.on_loss(now + Duration::from_secs(1), now, true, PKT);
     assert_eq!(cc.window(), initial_window(PKT));
@@ -1031,7 +1031,7 @@ fn round_of(
         for _ in i..newest {
             cc.on_ack(t, t - rtt - extra, PKT, false);
         }
-        cc.on_end_acks(t, false, Some(newest - 1));
+        cc.on_end_acks(t, 0, false, Some(newest - 1));
     }
     t
 }
@@ -1073,6 +1073,58 @@ fn startups_overshoot_does_not_count_against_the_rounds_after_it() {
 }
 
 #[test]
+fn the_round_trip_after_startup_sends_what_is_acknowledged_less_the_drain() {
+    let now = Instant::now();
+    let mut cc = Core::new(now, PKT);
+    let rtt = Duration::from_millis(200);
+    let (mut t, mut pn) = (now, 0);
+    while cc.in_startup() && pn < 100_000 {
+        let queue = if cc.window() > 1000 * PKT { 30 } else { 0 };
+        let n = cc.window() / PKT;
+        t = round_of(&mut cc, &mut pn, t, rtt, Duration::from_millis(queue), n);
+    }
+    assert!(!cc.in_startup(), "the queue ended startup");
+    // Startup left twice the drain round's window in flight (in the queue, or dropped there).
+    let mut in_flight = 2 * cc.window;
+    let first_after = pn;
+    let mut acked_pn = pn - in_flight / PKT;
+    let frame = |cc: &mut Core, in_flight: &mut u64, acked_pn: &mut u64, t: Instant| {
+        for _ in 0..ACK_EVERY {
+            cc.on_ack(t, t - rtt, PKT, false);
+        }
+        *in_flight -= u64::from(ACK_EVERY) * PKT;
+        *acked_pn += u64::from(ACK_EVERY);
+        cc.on_end_acks(t, *in_flight, false, Some(*acked_pn));
+    };
+    for i in 0..50 {
+        t += Duration::from_millis(1);
+        frame(&mut cc, &mut in_flight, &mut acked_pn, t);
+        let room = cc.window().saturating_sub(in_flight);
+        let share = CYCLE[1] * f64::from(ACK_EVERY) * PKT as f64;
+        assert!(
+            room.abs_diff(share as u64) <= 1,
+            "frame {i}: room for {room} bytes"
+        );
+        // Packets the full queue dropped, declared lost, make no room.
+        cc.on_loss(t, now, false, 3 * PKT);
+        in_flight -= 3 * PKT;
+        assert!(cc.window() - in_flight <= share as u64 + 1);
+        // What the room allows goes out.
+        for _ in 0..room / PKT {
+            cc.on_sent(pn);
+            pn += 1;
+            in_flight += PKT;
+        }
+    }
+    // A packet sent after startup is acknowledged: the round trip is over, and the window
+    // alone says what may be in flight again.
+    assert!(cc.window() > cc.window);
+    cc.on_ack(t, t - rtt, PKT, false);
+    cc.on_end_acks(t, in_flight - PKT, false, Some(first_after));
+    assert_eq!(cc.window(), cc.window.max(MIN_PACKETS * PKT));
+}
+
+#[test]
 fn random_loss_in_a_startup_round_sets_no_cap() {
     // A startup round of 150 packets that loses eight (2 % random loss, unlucky) once set
     // a cap that the window met only after startup, holding a 100 Mbit/s x 200 ms path
@@ -1106,7 +1158,7 @@ fn startup_round(cc: &mut Core, pn: &mut u64, t: &mut Instant, n: u64, lost: u64
     for _ in lost..n {
         cc.on_ack(*t, *t - rtt, PKT, false);
     }
-    cc.on_end_acks(*t, false, Some(*pn - 1));
+    cc.on_end_acks(*t, 0, false, Some(*pn - 1));
 }
 
 #[test]
@@ -1378,11 +1430,11 @@ fn a_first_rtt_sample_that_ran_long_does_not_cost_the_leap() {
     cc.on_sent(0);
     cc.on_sent(1);
     cc.on_ack(t0 + Duration::from_millis(1200), t0, 1200, true);
-    cc.on_end_acks(t0 + Duration::from_millis(1200), true, Some(0));
+    cc.on_end_acks(t0 + Duration::from_millis(1200), 0, true, Some(0));
     assert_eq!(cc.window(), initial + 1500, "no leap on a 1.2 s sample");
     let sent = t0 + Duration::from_millis(1000);
     cc.on_ack(sent + Duration::from_millis(201), sent, 1200, true);
-    cc.on_end_acks(sent + Duration::from_millis(201), true, Some(1));
+    cc.on_end_acks(sent + Duration::from_millis(201), 0, true, Some(1));
     assert!(cc.window() > 1_000_000, "leapt to {}", cc.window());
 
     // Six one-packet ACK frames, a packet every `gap_ms`, each acknowledged `rtt_ms` later.
@@ -1392,7 +1444,7 @@ fn a_first_rtt_sample_that_ran_long_does_not_cost_the_leap() {
             let sent = t0 + Duration::from_millis(gap_ms * pn);
             cc.on_sent(pn);
             cc.on_ack(sent + Duration::from_millis(rtt_ms), sent, 1200, true);
-            cc.on_end_acks(sent + Duration::from_millis(rtt_ms), true, Some(pn));
+            cc.on_end_acks(sent + Duration::from_millis(rtt_ms), 0, true, Some(pn));
         }
         cc
     };
@@ -1404,4 +1456,31 @@ fn a_first_rtt_sample_that_ran_long_does_not_cost_the_leap() {
     let cc = frames(1000, 900);
     assert!(cc.window() < 100_000, "{}", cc.window());
     assert!(cc.resume.is_none());
+}
+
+/// A second flow's share of the link over seconds 20..40, joining one of ours at twelve
+/// times 0.1 s apart (the two probing cycles' phases), on the 50 ms path of
+/// `a_second_flow_gets_its_share` and on the long path: `cargo test --release --lib
+/// congestion::tests::join_phases -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints figures"]
+fn join_phases() {
+    let short = Path {
+        rates: vec![(0.0, 12.5e6)],
+        delay: 0.025,
+        queue_s: 0.05,
+        ..Path::default()
+    };
+    for (name, path) in [("50 ms", short), ("long", long_path(true))] {
+        let ours = || Box::new(Core::new(Instant::now(), PKT)) as Box<dyn Cc>;
+        let mut joiner: Vec<f64> = (0..12)
+            .map(|i| {
+                let start = 5.0 + 0.1 * f64::from(i);
+                let f = simulate_flows(&path, vec![(ours(), 0.0), (ours(), start)], 40.0, 5);
+                goodput(&f[1], 20, 40)
+            })
+            .collect();
+        joiner.sort_by(f64::total_cmp);
+        eprintln!("JOIN {name}: the second flow's Mbit/s, sorted: {joiner:.1?}");
+    }
 }
