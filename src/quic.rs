@@ -42,6 +42,10 @@ pub fn transport_config(resume: Option<crate::congestion::Remembered>) -> quinn:
     // 50 ms path with 1 % loss, as loss-based TCP does. quinn's BBR kept ~88 % there but
     // paced at ~2.5x the bottleneck under quinn's pacer, which overflows any bottleneck
     // queue shorter than a BDP; see crate::congestion. Fairness is discussed in the README.
+    // The sender's padding during the plan's round trip (transfer::send's warm_up) is
+    // all a peer of ours sends as DATAGRAM frames, and nothing reads them: a small buffer
+    // keeps a hostile peer's from holding quinn's default 1.25 MB.
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
     t.congestion_controller_factory(Arc::new(crate::congestion::PaceConfig { resume }));
     // Ask the peer (QUIC's ACK frequency extension, which quinn speaks on both ends) to
     // acknowledge every ACK_EVERY-th packet instead of every second one: on a paced path
@@ -55,6 +59,9 @@ pub fn transport_config(resume: Option<crate::congestion::Remembered>) -> quinn:
     t.ack_frequency_config(Some(ack));
     t
 }
+
+/// Bytes of DATAGRAM frames a connection keeps unread (quinn drops the oldest beyond).
+pub const DATAGRAM_BUFFER: usize = 64 << 10;
 
 /// The longest the peer may hold an ACK for fewer than ACK_EVERY packets (quinn's default,
 /// the peer's own, is 25 ms): a flight's last packets wait for it, which slows startup.
