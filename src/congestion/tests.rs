@@ -1036,19 +1036,26 @@ fn round_of(
     t
 }
 
-#[test]
-fn startups_overshoot_does_not_count_against_the_rounds_after_it() {
-    let now = Instant::now();
+/// A controller driven through startup by clean rounds of `rtt` until its window passes
+/// 1,000 packets, then rounds whose ACKs show a queue, until it leaves; with the time and
+/// the next packet number.
+fn left_startup_on_a_queue(now: Instant, rtt: Duration) -> (Core, Instant, u64) {
     let mut cc = Core::new(now, PKT);
-    let rtt = Duration::from_millis(200);
     let (mut t, mut pn) = (now, 0);
     while cc.in_startup() && pn < 100_000 {
-        // Clean rounds until the window passes 1,000 packets, then a queue shows.
         let queue = if cc.window() > 1000 * PKT { 30 } else { 0 };
         let n = cc.window() / PKT;
         t = round_of(&mut cc, &mut pn, t, rtt, Duration::from_millis(queue), n);
     }
     assert!(!cc.in_startup(), "the queue ended startup");
+    (cc, t, pn)
+}
+
+#[test]
+fn startups_overshoot_does_not_count_against_the_rounds_after_it() {
+    let now = Instant::now();
+    let rtt = Duration::from_millis(200);
+    let (mut cc, mut t, mut pn) = left_startup_on_a_queue(now, rtt);
     let bw = cc.bandwidth();
     let ended = t;
     // The next rounds lose what startup sent into a full queue: 40 % of each.
@@ -1075,15 +1082,8 @@ fn startups_overshoot_does_not_count_against_the_rounds_after_it() {
 #[test]
 fn the_round_trip_after_startup_sends_what_is_acknowledged_less_the_drain() {
     let now = Instant::now();
-    let mut cc = Core::new(now, PKT);
     let rtt = Duration::from_millis(200);
-    let (mut t, mut pn) = (now, 0);
-    while cc.in_startup() && pn < 100_000 {
-        let queue = if cc.window() > 1000 * PKT { 30 } else { 0 };
-        let n = cc.window() / PKT;
-        t = round_of(&mut cc, &mut pn, t, rtt, Duration::from_millis(queue), n);
-    }
-    assert!(!cc.in_startup(), "the queue ended startup");
+    let (mut cc, mut t, mut pn) = left_startup_on_a_queue(now, rtt);
     // Startup left twice the drain round's window in flight (in the queue, or dropped there).
     let mut in_flight = 2 * cc.window;
     let first_after = pn;
