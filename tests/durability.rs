@@ -5,9 +5,9 @@
 mod common;
 
 use p2pcopy::error::CloseCode;
-use p2pcopy::transfer::{part_name, Incoming, Options, Outgoing, Silent, Store};
+use p2pcopy::transfer::{part_name, Incoming, Outgoing, Silent, Store};
 
-use common::connected_pair;
+use common::{connected_pair, run_job};
 
 #[tokio::test]
 async fn complete_part_files_left_by_a_crash_are_named_without_sending_them_again() {
@@ -46,18 +46,16 @@ async fn complete_part_files_left_by_a_crash_are_named_without_sending_them_agai
     let (_se, server_conn, _ce, client_conn) = connected_pair().await;
     let mut outgoing = Outgoing::new(p2pcopy::manifest::scan(&[job]).unwrap());
     let mut incoming = Incoming::new(Store::new(out.path().to_owned(), false));
-    let opts = Options::new(true);
     let (mut quiet_s, mut quiet_r) = (Silent, Silent);
-    let (s, r) = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        tokio::join!(
-            outgoing.run(&client_conn, opts, &mut quiet_s),
-            incoming.run(&server_conn, opts, &mut quiet_r)
-        )
-    })
-    .await
-    .expect("the job hung");
-    s.unwrap();
-    r.unwrap();
+    run_job(
+        &client_conn,
+        &server_conn,
+        &mut outgoing,
+        &mut incoming,
+        &mut quiet_s,
+        &mut quiet_r,
+    )
+    .await;
     client_conn.close(CloseCode::NO_ERROR.into(), b"");
 
     assert_eq!(outgoing.report().moved, 0, "data sent again");

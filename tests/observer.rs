@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use p2pcopy::error::CloseCode;
-use p2pcopy::transfer::{FileDone, Incoming, Observer, Options, Outgoing, Plan, Store};
+use p2pcopy::transfer::{FileDone, Incoming, Observer, Outgoing, Plan, Store};
 use p2pcopy::wire::FileStatus;
 
 /// One call an observer heard.
@@ -96,7 +96,7 @@ impl Notes {
     }
 }
 
-use common::connected_pair;
+use common::{connected_pair, run_job};
 
 /// Sends `src/job` into `out`; returns what the sender's and the receiver's observers heard.
 async fn send_job(src: &Path, out: &Path) -> (Notes, Notes) {
@@ -104,17 +104,15 @@ async fn send_job(src: &Path, out: &Path) -> (Notes, Notes) {
     let mut outgoing = Outgoing::new(p2pcopy::manifest::scan(&[src.join("job")]).unwrap());
     let mut incoming = Incoming::new(Store::new(out.to_owned(), false));
     let (mut sent, mut received) = (Notes::default(), Notes::default());
-    let opts = Options::new(true);
-    let (s, r) = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        tokio::join!(
-            outgoing.run(&client_conn, opts, &mut sent),
-            incoming.run(&server_conn, opts, &mut received)
-        )
-    })
-    .await
-    .expect("the job hung");
-    s.unwrap();
-    r.unwrap();
+    run_job(
+        &client_conn,
+        &server_conn,
+        &mut outgoing,
+        &mut incoming,
+        &mut sent,
+        &mut received,
+    )
+    .await;
     client_conn.close(CloseCode::NO_ERROR.into(), b"");
     (sent, received)
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use p2pcopy::error::CloseCode;
-use p2pcopy::transfer::{Incoming, Options, Outgoing, Silent, Store};
+use p2pcopy::transfer::{Incoming, Outgoing, Silent, Store};
 
 /// Runs one job of `src` into `out` over the connection pair.
 async fn job(
@@ -15,18 +15,16 @@ async fn job(
 ) {
     let mut outgoing = Outgoing::new(p2pcopy::manifest::scan(&[src.to_owned()]).unwrap());
     let mut incoming = Incoming::new(Store::new(out.to_owned(), false));
-    let opts = Options::new(true);
     let (mut quiet_s, mut quiet_r) = (Silent, Silent);
-    let (s, r) = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        tokio::join!(
-            outgoing.run(client, opts, &mut quiet_s),
-            incoming.run(server, opts, &mut quiet_r)
-        )
-    })
-    .await
-    .expect("the job hung");
-    s.unwrap();
-    r.unwrap();
+    common::run_job(
+        client,
+        server,
+        &mut outgoing,
+        &mut incoming,
+        &mut quiet_s,
+        &mut quiet_r,
+    )
+    .await;
 }
 
 #[tokio::test]

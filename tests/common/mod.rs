@@ -1,8 +1,13 @@
-//! What several integration tests share: two pinned QUIC endpoints on loopback.
+//! What several integration tests share: two pinned QUIC endpoints on loopback, and a job
+//! run over them.
+
+// Each test crate includes this file and uses a part of it.
+#![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use p2pcopy::tls::{client_config, server_config, Identity, PeerAuth, SERVER_NAME};
+use p2pcopy::transfer::{Incoming, Observer, Options, Outgoing};
 
 /// Endpoints and connections: (server endpoint, server side, client endpoint, client side).
 pub type Pair = (
@@ -52,4 +57,27 @@ pub async fn connect(
         async { server.accept().await.unwrap().await.unwrap() }
     );
     (server, s, client, c)
+}
+
+/// Runs `outgoing` on `client` against `incoming` on `server`, each telling its observer;
+/// fails the test if either side fails or the job takes over 30 s.
+pub async fn run_job(
+    client: &quinn::Connection,
+    server: &quinn::Connection,
+    outgoing: &mut Outgoing,
+    incoming: &mut Incoming,
+    sent: &mut dyn Observer,
+    received: &mut dyn Observer,
+) {
+    let opts = Options::new(true);
+    let (s, r) = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        tokio::join!(
+            outgoing.run(client, opts, sent),
+            incoming.run(server, opts, received)
+        )
+    })
+    .await
+    .expect("the job hung");
+    s.unwrap();
+    r.unwrap();
 }
