@@ -412,11 +412,12 @@ impl Core {
     /// remembered BDP at today's RTT, if that RTT says the path is the remembered one.
     /// Startup goes on from there, so its queue test, not the memory, finds today's rate;
     /// but it doubles no higher than the window the remembered rate asks for (the
-    /// ceiling) until a whole round at that window shows no queue ([`Core::lift_ceiling`]). Doubling past it, startup overshot by as much
-    /// as from a cold start (2.3 MB lost on the bench's `long` path, bench/RESULTS.md,
-    /// "Startup from a remembered rate"): its queue test answers a round trip late, by
-    /// when it has sent twice what the path holds. A path that has more than it had
-    /// shows no queue at the ceiling, and startup doubles on.
+    /// ceiling) until a whole round at that window shows no queue ([`Core::lift_ceiling`]).
+    /// Doubling past it, startup overshot by as much as from a cold start (2.3 MB lost on
+    /// the bench's `long` path, bench/RESULTS.md, "Startup from a remembered rate"): its
+    /// queue test answers a round trip late, by when it has sent twice what the path
+    /// holds. A path that has more than it had shows no queue at the ceiling, and startup
+    /// doubles on.
     ///
     /// The RTT is the smallest sample of the ACK frames so far: a sample only ever runs
     /// long (an ACK lost, a handshake packet sent again), and one frame's sample of 1.2 s on
@@ -679,8 +680,8 @@ impl Core {
     /// up to twice the BDP in flight, much of it in a full queue or dropped there; a window
     /// of one BDP would send nothing until what is in flight fell under it, and a round trip
     /// later the link idled as long (37 Mbit/s delivered in that round on the bench's 100
-    /// Mbit/s `long` path: bench/RESULTS.md, "Packet conservation after startup"). Dropped
-    /// packets free no room when declared lost ([`Core::on_loss`]), so what is in flight
+    /// Mbit/s `long` path: bench/RESULTS.md, "Packet conservation after startup, and startup
+    /// during the plan's round trip"). Dropped packets free no room when declared lost ([`Core::on_loss`]), so what is in flight
     /// falls towards the window as the queue drains, and the link stays busy meanwhile.
     fn conserve(&mut self, in_flight: u64, largest: Option<u64>) {
         let Some(until) = self.conserve_until else {

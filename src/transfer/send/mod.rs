@@ -307,7 +307,8 @@ impl Outgoing {
 /// controller has not grown yet: the round trip to the plan would otherwise carry little
 /// more than the manifest, and startup doubles only what is acknowledged. Acknowledged with
 /// the plan, they let the first data round start at about twice the initial window, one
-/// round trip of startup less (bench/RESULTS.md, "Startup during the plan's round trip").
+/// round trip of startup less (bench/RESULTS.md, "Packet conservation after startup, and
+/// startup during the plan's round trip").
 /// Only what the window holds beside the manifest: quinn puts DATAGRAM frames before
 /// stream data, so more would hold the manifest back, or go out with the first data. The
 /// receiver never reads them ([`crate::quic::DATAGRAM_BUFFER`]).
