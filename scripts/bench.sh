@@ -14,7 +14,8 @@
 # way, no loss), small (3,000 files of 1-16 KiB, LAN, disk to disk, against tar | ssh and
 # rsync -a), and, not in the default list, policed and policed-long (2 and 40 ms RTT, an nft
 # policer of ~100 Mbit/s that drops; the results add p2pcopy's QUIC packets sent and lost),
-# long50 (long's path with a 50 MiB file, where the ramp-up weighs more) and small-routed
+# long50 (long's path with a 50 MiB file, where the ramp-up weighs more), jitter20 (jitter's
+# path with 0-20 ms each way and a 50 MiB file) and small-routed
 # (small's tree between hosts two routers apart, as routed).
 # Shaping is done by lab/netem (user space; this kernel has no netem qdisc).
 set -euo pipefail

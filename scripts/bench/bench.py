@@ -54,6 +54,9 @@ PROFILES = {
     "routed": (None, None, 0.0, 1024, 10),
     # wan's delay and rate, no random loss, and 0-5 ms of extra delay per packet (JITTER_MS).
     "jitter": (25, 100, 0.0, 200, 20),
+    # The same with 0-20 ms each way, as busy Wi-Fi and LTE links jitter, and a 50 MiB file:
+    # not in the default list.
+    "jitter20": (25, 100, 0.0, 50, 15),
     # wan's path with 5 % random loss each way (a poor Wi-Fi or radio link) and a 50 MiB
     # file, where one run's unlucky startup shows: not in the default list.
     "lossy": (25, 100, 0.05, 50, 15),
@@ -70,7 +73,7 @@ ROUTED = ("routed", "small-routed")
 SMALL = ("small", "small-routed")
 SMALL_FILES, SMALL_DIRS = 3000, 150
 # Profiles with delay jitter: the delay line's --jitter-ms (each way; no reordering).
-JITTER_MS = {"jitter": 5}
+JITTER_MS = {"jitter": 5, "jitter20": 20}
 # Policed profiles: (Mbit/s, burst) of an nft limit on the receiving host's input, as ISP
 # plans and scripts/lab/lib.sh's lab_throttle police: what exceeds the bucket is dropped.
 POLICED = {"policed": (100, "256 kbytes"), "policed-long": (100, "256 kbytes")}
@@ -84,6 +87,8 @@ DESCRIBE = {
     "routed": "routed LAN: two routers between the hosts (kernel forwarding), no shaping",
     "lossy": "very lossy, a 50 MiB file: 50 ms RTT, 100 Mbit/s, 5 % loss each way",
     "jitter": f"jittery: 50 ms RTT plus 0-{JITTER_MS['jitter']} ms each way (no reordering), 100 Mbit/s, no loss",
+    "jitter20": f"very jittery, a 50 MiB file: 50 ms RTT plus 0-{JITTER_MS['jitter20']} ms each way (no reordering), "
+                "100 Mbit/s, no loss",
     "policed": "policed: 2 ms RTT, a 100 Mbit/s token-bucket policer (burst 256 KB) that drops, no queue",
     "policed-long": "policed, longer: 40 ms RTT, a 100 Mbit/s token-bucket policer (burst 256 KB) that drops, no queue",
     "small": f"many small files: {SMALL_FILES} files of 1-16 KiB in {SMALL_DIRS} folders, LAN, disk to disk",
