@@ -46,8 +46,9 @@
 //! [`Jitter`] measures the delay: startup's queue test wants a rise above twice what its
 //! rounds showed, and the window allows for what the rounds after a drain show above the
 //! minimum RTT, once a round's samples have spread about their own minimum. A queue that
-//! another flow keeps raises a round's samples alike and is not allowed for: allowed for,
-//! it held two of our flows at 2 : 1. Figures: bench/RESULTS.md, "Delay jitter".
+//! another flow keeps raises a round's samples alike, so it alone does not turn that on:
+//! allowed for, it held two of our flows at 2 : 1. Figures: bench/RESULTS.md, "Delay
+//! jitter".
 //!
 //! A path this host sent over before can start from what it delivered then ([`Remembered`]):
 //! careful resume (RFC 9959). Startup then leaps to half the remembered bandwidth-delay
