@@ -931,6 +931,12 @@ fn time_to_deliver(flow: &Flow, bytes: u64) -> f64 {
     f64::INFINITY
 }
 
+/// The share of a `mbit_s` link that delivering `bytes` took from the start (0 if it did
+/// not finish).
+fn link_share(flow: &Flow, bytes: u64, mbit_s: f64) -> f64 {
+    bytes as f64 * 8.0 / (mbit_s * 1e6) / time_to_deliver(flow, bytes)
+}
+
 /// The bench's `long` path: 200 ms, 100 Mbit/s, 2 % random loss, a 100 ms queue.
 fn long_path(quinn: bool) -> Path {
     Path {
@@ -990,13 +996,11 @@ fn sweep() {
                 // The same path again, from what the cold run remembered (careful resume).
                 let warm = cold.remembered.map(|r| simulate_resumed(&path, secs, 7, r));
                 let figures = |flow: &Flow| {
-                    let t50 = time_to_deliver(flow, 50 << 20);
-                    let t200 = time_to_deliver(flow, size);
                     let sent: u64 = flow.sent.iter().sum();
                     format!(
                         "50 MiB {:.0} %, 200 MiB {:.0} %, drops {:.2} %",
-                        (50u64 << 20) as f64 * 8e-4 / mbit_s / t50,
-                        size as f64 * 8e-4 / mbit_s / t200,
+                        link_share(flow, 50 << 20, mbit_s) * 100.0,
+                        link_share(flow, size, mbit_s) * 100.0,
                         dropped(flow) as f64 * 100.0 / sent as f64
                     )
                 };
@@ -1208,8 +1212,9 @@ fn no_run_of_a_randomly_lossy_path_is_stuck_after_startup() {
 }
 
 /// The controller's `round` trace line per round trip and each second's figures on one
-/// path: `P2P_SIM=Mbit/s,RTT ms,queue ms,loss,seconds[,jitter ms each way] P2P_SEED=n cargo test --lib
-/// congestion::tests::trace_path -- --ignored --nocapture` (default: the `long` path).
+/// path: `P2P_SIM=Mbit/s,RTT ms,queue ms,loss,seconds[,jitter ms each way] P2P_SEED=n
+/// cargo test --lib congestion::tests::trace_path -- --ignored --nocapture` (default: the
+/// `long` path).
 #[test]
 #[ignore = "prints a trace"]
 fn trace_path() {
@@ -1222,7 +1227,7 @@ fn trace_path() {
     let v: Vec<f64> = std::env::var("P2P_SIM")
         .unwrap_or_else(|_| "100,200,100,0.02,8".into())
         .split(',')
-        .map(|x| x.parse().expect("P2P_SIM: five numbers"))
+        .map(|x| x.parse().expect("P2P_SIM: five or six numbers"))
         .collect();
     let mut path = bottleneck(v[0], v[1], v[2] / 1e3, v[3]);
     path.jitter = v.get(5).map_or(0.0, |j| j / 1e3);
@@ -1500,10 +1505,9 @@ fn jitter_sweep() {
                 let mut line = Vec::new();
                 for seed in [7, 9, 11] {
                     let flow = simulate(&path, 40.0, seed);
-                    let t50 = time_to_deliver(&flow, 50 << 20);
-                    let ideal = (50u64 << 20) as f64 * 8.0 / (mbit_s * 1e6);
+                    let share = link_share(&flow, 50 << 20, mbit_s) * 100.0;
                     let s2 = mbit(flow.delivered[2] as f64);
-                    line.push(format!("{:.0}% (2nd s {:.0})", ideal / t50 * 100.0, s2));
+                    line.push(format!("{share:.0}% (2nd s {s2:.0})"));
                 }
                 eprintln!(
                     "JITTER {mbit_s} Mbit/s rtt {rtt_ms} jitter {jitter_ms}: {}",
@@ -1524,8 +1528,7 @@ fn a_path_whose_delay_jitters_is_filled() {
         let mut path = bottleneck(100.0, rtt_ms, 0.05, 0.0);
         path.jitter = 0.02;
         for seed in [7, 9, 11] {
-            let t = time_to_deliver(&simulate(&path, 20.0, seed), 50 << 20);
-            let share = (50u64 << 20) as f64 * 8.0 / 100e6 / t;
+            let share = link_share(&simulate(&path, 20.0, seed), 50 << 20, 100.0);
             assert!(
                 share > least,
                 "{rtt_ms} ms, seed {seed}: {:.0} %",
