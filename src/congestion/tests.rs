@@ -1232,7 +1232,11 @@ fn trace_path() {
     let mut path = bottleneck(v[0], v[1], v[2] / 1e3, v[3]);
     path.jitter = v.get(5).map_or(0.0, |j| j / 1e3);
     let seed = std::env::var("P2P_SEED").map_or(7, |s| s.parse().expect("P2P_SEED"));
-    let flow = simulate(&path, v[4], seed);
+    // P2P_RESUME=1 traces a flow resumed from what a cold run remembered.
+    let flow = match std::env::var("P2P_RESUME") {
+        Ok(_) => simulate_resumed(&path, v[4], seed, remembered_on(&path)),
+        Err(_) => simulate(&path, v[4], seed),
+    };
     eprintln!("50 MiB in {:.2} s", time_to_deliver(&flow, 50 << 20));
     for (s, (d, (n, x))) in flow
         .delivered
