@@ -42,9 +42,10 @@ pub fn transport_config(resume: Option<crate::congestion::Remembered>) -> quinn:
     // 50 ms path with 1 % loss, as loss-based TCP does. quinn's BBR kept ~88 % there but
     // paced at ~2.5x the bottleneck under quinn's pacer, which overflows any bottleneck
     // queue shorter than a BDP; see crate::congestion. Fairness is discussed in the README.
-    // The sender's padding during the plan's round trip (transfer::send's warm_up) is
-    // all a peer of ours sends as DATAGRAM frames, and nothing reads them: a small buffer
-    // keeps a hostile peer's from holding quinn's default 1.25 MB.
+    // The sender's padding during the plan's round trip (transfer::send's warm_up) and
+    // the followers of control frames (transfer::follow) are all a peer of ours sends as
+    // DATAGRAM frames, and nothing reads them: a small buffer keeps a hostile peer's from
+    // holding quinn's default 1.25 MB.
     t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
     t.congestion_controller_factory(Arc::new(crate::congestion::PaceConfig { resume }));
     // Ask the peer (QUIC's ACK frequency extension, which quinn speaks on both ends) to

@@ -374,6 +374,39 @@ pub async fn linger(conn: &Connection, control: Option<quinn::SendStream>) -> bo
     }
 }
 
+/// Sends two one-byte DATAGRAM frames after control frames the peer must answer before
+/// anything else moves (the manifest, the plan, the last verdicts), each in a packet of its
+/// own. Until the peer answers they are all we send; lost with nothing after them, those
+/// frames wait for QUIC's probe timeout, where a later packet's ACK shows the loss after
+/// 9/8 RTT (RFC 9002, 6.1.2). On a 200 ms path each loss cost 0.65-0.77 s without them and
+/// 0.23-0.25 s with them (the test
+/// `a_lost_manifest_plan_or_last_verdict_is_found_by_the_packets_after_it`); at 2 % loss
+/// about one job in 17 loses one of the three. Two, spaced, since one can be lost too.
+/// The peer reads none ([`crate::quic::DATAGRAM_BUFFER`]); a peer that takes no datagrams
+/// gets none.
+pub(crate) fn follow(conn: &Connection) {
+    if conn.max_datagram_size().is_none() {
+        return;
+    }
+    let conn = conn.clone();
+    let stream_frames = conn.stats().frame_tx.stream;
+    tokio::spawn(async move {
+        // Not in the frames' packet: wait (a little) for it to leave.
+        for _ in 0..10 {
+            if conn.stats().frame_tx.stream > stream_frames {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let gap = (conn.rtt() / 8).clamp(Duration::from_millis(1), Duration::from_millis(25));
+        let one = || conn.send_datagram(bytes::Bytes::from_static(&[0]));
+        if one().is_ok() {
+            tokio::time::sleep(gap).await;
+            let _ = one();
+        }
+    });
+}
+
 /// Logs what QUIC saw on the connection's path (with `-v`): when a transfer runs slower
 /// than the link, these figures say whether congestion control, loss or flow control held
 /// it back.

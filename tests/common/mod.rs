@@ -44,8 +44,17 @@ pub async fn connect(
     c_id: &Identity,
     via: SocketAddr,
 ) -> Pair {
-    let client = quinn::Endpoint::client(loopback()).unwrap();
     let cfg = client_config(c_id, PeerAuth::Pinned(*s_id.fingerprint())).unwrap();
+    connect_with(server, cfg, via).await
+}
+
+/// Connects a new client with `cfg` to `server` through `via`.
+pub async fn connect_with(
+    server: quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    via: SocketAddr,
+) -> Pair {
+    let client = quinn::Endpoint::client(loopback()).unwrap();
     let (c, s) = tokio::join!(
         async {
             client

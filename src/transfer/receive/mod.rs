@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use super::control::{self, RecvPhase, Segment};
 use super::store::{Held, Store};
 use super::watchdog::{heartbeat_every, Waiting, Watch};
-use super::{closed, explain, lost_write, read_frame, FileDone, Observer, Options, Report};
+use super::{closed, explain, follow, lost_write, read_frame, FileDone, Observer, Options, Report};
 use crate::error::Error;
 use crate::manifest::confine;
 use crate::wire::{Claim, Entry, FileStatus, Frame, FLAG_AUTHENTICATED, FLAG_HEARTBEAT};
@@ -277,6 +277,7 @@ impl Incoming {
                 .then(|| heartbeat_every(opts.stall_timeout)),
         };
         let (rels, held, have) = self.plan(&mut ctl, &mut seq, offer.total).await?;
+        follow(conn);
         self.report.plan(observer, have);
         let mut rx = Files {
             conn,
@@ -303,6 +304,7 @@ impl Incoming {
         }
         rx.seq.tree_finished()?;
         rx.flush().await?;
+        follow(conn);
         let entries = Arc::clone(rx.seq.manifest());
         let mut statuses = std::mem::take(&mut rx.statuses);
         drop(rx);

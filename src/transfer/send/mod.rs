@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::control::{self, SendEvent};
 use super::watchdog::{heartbeat_every, Waiting, Watch};
 use super::{
-    closed, explain, lost_write, read_frame, FileDone, Observer, Options, Report, PIPELINE,
+    closed, explain, follow, lost_write, read_frame, FileDone, Observer, Options, Report, PIPELINE,
 };
 use crate::error::Error;
 use crate::manifest::Scan;
@@ -83,6 +83,7 @@ impl Outgoing {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
         let manifest = self.send_manifest(&watch, &mut send, opts).await?;
         warm_up(conn, manifest);
+        follow(conn);
         let mut ctl = control::Sender::new(&self.scan.entries);
         let claims = loop {
             let frame = watch.guard(Waiting::Accept, read_frame(&mut recv)).await?;
