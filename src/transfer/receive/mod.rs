@@ -304,11 +304,11 @@ impl Incoming {
         }
         rx.seq.tree_finished()?;
         rx.flush().await?;
-        follow(conn);
         let entries = Arc::clone(rx.seq.manifest());
         let mut statuses = std::mem::take(&mut rx.statuses);
         drop(rx);
         let _ = send.finish();
+        follow(conn);
         self.control = Some(send);
         observer.finish();
         self.report.finished();
