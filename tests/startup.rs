@@ -3,6 +3,8 @@
 //! after its plan (`transfer::receive`'s `follow`).
 
 mod common;
+#[path = "common/sessions.rs"]
+mod sessions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -88,35 +90,17 @@ async fn lossy_forwarder(
     lose: Lose,
     armed: Arc<AtomicBool>,
 ) -> std::net::SocketAddr {
-    let sock = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let addr = sock.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut client, mut buf) = (None, vec![0u8; 65536]);
-        let mut dropping: Option<Instant> = None;
-        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-            if (from == target) == lose.receiver && armed.load(Ordering::SeqCst) {
-                let since = *dropping.get_or_insert_with(Instant::now);
-                if since.elapsed() < Duration::from_millis(20) && n >= 40 {
-                    continue;
-                }
+    let mut dropping: Option<Instant> = None;
+    sessions::forwarder_with(target, move |n, from_target| {
+        if from_target == lose.receiver && armed.load(Ordering::SeqCst) {
+            let since = *dropping.get_or_insert_with(Instant::now);
+            if since.elapsed() < Duration::from_millis(20) && n >= 40 {
+                return None;
             }
-            let to = if from == target {
-                match client {
-                    Some(c) => c,
-                    None => continue,
-                }
-            } else {
-                client = Some(from);
-                target
-            };
-            let (sock, packet) = (Arc::clone(&sock), buf[..n].to_vec());
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = sock.send_to(&packet, to).await;
-            });
         }
-    });
-    addr
+        Some(delay)
+    })
+    .await
 }
 
 /// Seconds a one-file job takes on a new connection through a 200 ms forwarder that

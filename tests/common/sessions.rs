@@ -52,14 +52,27 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
 /// A UDP forwarder on loopback to `target`: what comes from `target` goes back to whoever
 /// last sent here; nothing passes while `cut` is set.
 pub async fn forwarder(target: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    forwarder_with(target, move |_, _| {
+        (!cut.load(Ordering::SeqCst)).then_some(Duration::ZERO)
+    })
+    .await
+}
+
+/// A UDP forwarder on loopback to `target`, as [`forwarder`], that asks `fate` about each
+/// datagram (its length, and whether it comes from `target`): `None` drops it, `Some` holds
+/// it that long.
+pub async fn forwarder_with(
+    target: SocketAddr,
+    mut fate: impl FnMut(usize, bool) -> Option<Duration> + Send + 'static,
+) -> SocketAddr {
+    let sock = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let addr = sock.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut client, mut buf) = (None, vec![0u8; 65536]);
         while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-            if cut.load(Ordering::SeqCst) {
+            let Some(hold) = fate(n, from == target) else {
                 continue;
-            }
+            };
             let to = if from == target {
                 match client {
                     Some(c) => c,
@@ -69,7 +82,15 @@ pub async fn forwarder(target: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
                 client = Some(from);
                 target
             };
-            let _ = sock.send_to(&buf[..n], to).await;
+            if hold.is_zero() {
+                let _ = sock.send_to(&buf[..n], to).await;
+                continue;
+            }
+            let (sock, packet) = (Arc::clone(&sock), buf[..n].to_vec());
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                let _ = sock.send_to(&packet, to).await;
+            });
         }
     });
     addr
