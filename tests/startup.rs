@@ -1,6 +1,6 @@
-//! How a job starts on a connection, over QUIC on loopback: the sender's padding during
-//! the plan's round trip (`transfer::send`'s `warm_up`), and the receiver's followers
-//! after its plan (`transfer::receive`'s `follow`).
+//! How a job starts and ends on a connection, over QUIC on loopback: the sender's padding
+//! during the plan's round trip (`transfer::send`'s `warm_up`), and the datagrams that
+//! follow the manifest, the plan and the last verdicts (`transfer`'s `follow`).
 
 mod common;
 #[path = "common/sessions.rs"]
@@ -137,13 +137,16 @@ async fn job_through_delay(lose: Option<Lose>) -> f64 {
     let (_se, server, _ce, client) = common::connect_with(server, cfg, via).await;
     // Let the handshake's last packets pass before the job's are dropped.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    if lose.is_some_and(|l| l.after.is_zero()) {
-        armed.store(true, Ordering::SeqCst);
-    } else if let Some(lose) = lose {
-        tokio::spawn(async move {
-            tokio::time::sleep(lose.after).await;
-            armed.store(true, Ordering::SeqCst);
-        });
+    match lose {
+        // At once, or the manifest would leave before the forwarder is armed.
+        Some(l) if l.after.is_zero() => armed.store(true, Ordering::SeqCst),
+        Some(l) => {
+            tokio::spawn(async move {
+                tokio::time::sleep(l.after).await;
+                armed.store(true, Ordering::SeqCst);
+            });
+        }
+        None => {}
     }
     let start = Instant::now();
     job(&client, &server, &src, out.path()).await;
