@@ -18,13 +18,20 @@
 # path with 0-20 ms each way and a 50 MiB file) and small-routed
 # (small's tree between hosts two routers apart, as routed).
 # Shaping is done by lab/netem (user space; this kernel has no netem qdisc).
+#
+# The small-file profiles write into a fresh ext4 made with mkfs.ext4's defaults (journal
+# on, as most Linux installs have) in an image on $big, loop-mounted, so every machine
+# measures the same file system whatever its own disk has; BENCH_SMALL_FS=host writes on
+# $big's own file system instead.  (A journal-less ext4 scans recently freed inodes on
+# every creation, which makes each run slower than the last: bench/RESULTS.md, "Many small
+# files on a journaled ext4".)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 [[ $(id -u) == 0 ]] || { echo "bench.sh: needs root (network namespaces)" >&2; exit 2; }
 
 need=()
-for c in iperf3:iperf3 rsync:rsync sshd:openssh-server scp:openssh-client ping:iputils-ping ethtool:ethtool ip:iproute2; do
+for c in mkfs.ext4:e2fsprogs iperf3:iperf3 rsync:rsync sshd:openssh-server scp:openssh-client ping:iputils-ping ethtool:ethtool ip:iproute2; do
     command -v "${c%%:*}" >/dev/null || [[ -x /usr/sbin/${c%%:*} ]] || need+=("${c#*:}")
 done
 if ((${#need[@]})); then
@@ -51,16 +58,26 @@ big=${BENCH_BIG_DIR:-/var/tmp/p2p-bench-big}
 mkdir -p "$work" "$big"
 # Files on tmpfs: the network is measured, not the disk.  (The memory run uses $big, a disk.)
 mountpoint -q "$work" || mount -t tmpfs -o size=6g tmpfs "$work"
+small_fs=
 cleanup() {
+    if [[ -n $small_fs ]]; then umount "$small_fs" 2>/dev/null || true; fi
     rm -rf "$big"
     umount "$work" 2>/dev/null || true
 }
 trap cleanup EXIT
+if [[ ${BENCH_SMALL_FS:-ext4} == ext4 && ${BENCH_PROFILES:-small} == *small* ]]; then
+    small_fs=$big/small-fs
+    mkdir -p "$small_fs"
+    truncate -s 4G "$big/small-fs.img"
+    # Inode tables written now, not by ext4lazyinit in the background during the first runs.
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$big/small-fs.img"
+    mount -o loop "$big/small-fs.img" "$small_fs"
+fi
 
 python3 scripts/bench/bench.py \
     --p2pcopy "${BENCH_P2PCOPY:-$PWD/target/release/p2pcopy}" \
     --netem "$PWD/target/release/p2pcopy-lab-netem" \
-    --workdir "$work" --bigdir "$big" \
+    --workdir "$work" --bigdir "$big" ${small_fs:+--smalldir "$small_fs"} \
     --runs "${BENCH_RUNS:-3}" \
     --profiles "${BENCH_PROFILES:-lan,routed,wan,jitter,long,bdp,gig,small}" \
     --memory-gib "${BENCH_MEMORY_GIB:-10}" \
