@@ -48,3 +48,6 @@ pub(super) fn free_space(_dir: &Path) -> Option<u64> {
 pub(super) fn effective_uid() -> Option<u32> {
     None
 }
+
+/// The data is written at the fsync instead.
+pub(super) fn start_writeback(_file: &std::fs::File) {}

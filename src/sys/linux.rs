@@ -1,4 +1,5 @@
-//! Linux only: per-packet TTL as a control message, and the socket error queue.
+//! Linux only: per-packet TTL as a control message, the socket error queue, a timer file
+//! descriptor, and early writeback of a file.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -185,4 +186,10 @@ impl AsRawFd for TimerFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.0.as_raw_fd()
     }
+}
+
+pub(super) fn start_writeback(file: &std::fs::File) {
+    // SAFETY: a plain call on a descriptor the File owns for the whole call. Its result is
+    // ignored: the fsync that follows reports any write error.
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
 }

@@ -3,7 +3,7 @@
 //!
 //! Like quinn-udp's `unix.rs` and `fallback.rs`, each platform's calls sit in a file of its
 //! own behind the safe functions below: `linux.rs` (per-packet TTL, the socket error queue,
-//! a `timerfd`),
+//! a `timerfd`, early writeback),
 //! `unix.rs` (open-file limit, free disk space) and `fallback.rs` (what the others do where
 //! the call does not exist: "unsupported", or a safe default). A port to another system
 //! touches this folder and nothing else.
@@ -88,6 +88,16 @@ pub fn effective_uid() -> Option<u32> {
 /// `ErrorKind::StorageFull` does not cover.
 pub fn is_quota_exceeded(e: &io::Error) -> bool {
     per_process::is_quota_exceeded(e)
+}
+
+/// Starts writing `file`'s dirty pages to disk and returns without waiting, so the device
+/// works while we go on and a later fsync finds the data written (as dpkg does before its
+/// fsyncs). A hint: a no-op where the call does not exist, and a failure shows at the fsync.
+pub fn start_writeback(file: &std::fs::File) {
+    #[cfg(target_os = "linux")]
+    linux::start_writeback(file);
+    #[cfg(not(target_os = "linux"))]
+    fallback::start_writeback(file);
 }
 
 /// Bytes free for an unprivileged user on the file system holding `dir`, if known.

@@ -247,7 +247,8 @@ fn write_one(store: &Store, job: Job) -> Result<Result<Item, Done>, Error> {
     let ours = hasher.finalize();
     let status = match trailer {
         Trailer::Complete(theirs) if theirs == *ours.as_bytes() => {
-            return Ok(Ok(Item::File(index, part, rel, entry, ours)))
+            part.start_writeback();
+            return Ok(Ok(Item::File(index, part, rel, entry, ours)));
         }
         Trailer::Complete(_) => {
             tracing::warn!(path = %shown(&entry.path), "BLAKE3 mismatch; discarding");
