@@ -188,9 +188,11 @@ impl Store {
     /// returns where it went. Without `--overwrite` an existing file is never replaced: the
     /// new one becomes `name (1).ext` (or the next free number).
     pub fn persist(&self, part: Part, rel: &Path, entry: &Entry) -> Result<PathBuf, Error> {
-        let mut saved = self.persist_all(vec![(part, rel.to_owned(), entry.clone())])?;
+        let saved = self.persist_all(vec![(part, rel.to_owned(), entry.clone())], &[])?;
+        self.flush_names(&saved)?;
         saved
-            .pop()
+            .into_iter()
+            .next()
             .ok_or_else(|| Error::Internal("nothing persisted".into()))
     }
 
@@ -199,33 +201,51 @@ impl Store {
     /// all are flushed to disk at once, and only when every flush has returned do they get
     /// their final names, in order. Returns where each went.
     ///
+    /// The new names are not flushed yet: before anyone is told a file is stored, its
+    /// name goes to [`Store::flush_names`], or as `earlier` to the next round, whose flush
+    /// then carries the folders that got those names along with its own files. A stream
+    /// of rounds so waits for one flush each instead of two.
+    ///
     /// As safe as one at a time: a file is named only after its own fsync succeeded, so
     /// after a crash every final name holds the complete, verified file, as with
     /// [`Store::persist`]. A crash before the names leaves complete part files, which the
     /// next run claims at their full length, the sender proves by hash, and the receiver
-    /// names without the data crossing again. Then every folder that got a name is
-    /// flushed too, before this returns and so before any verdict says "stored": a file
-    /// the sender was told is stored keeps its final name across a crash. (A crash between
-    /// the names and that flush may lose a name, never make one wrong: the part file or
-    /// the named file is there, and the next run claims it.)
+    /// names without the data crossing again. A crash after the names but before their
+    /// folders' flush may lose a name, never make one wrong: the part file or the named
+    /// file is there, and the next run claims it.
     ///
     /// What the batch saves: fsyncs issued together can share one journal commit and disk
     /// cache flush (ext4's and XFS's logs group the fsyncs that arrive while a commit
     /// forms), where one after another each waits for a commit of its own, which for
     /// small files costs more than writing their data.
-    pub fn persist_all(&self, batch: Vec<(Part, PathBuf, Entry)>) -> Result<Vec<PathBuf>, Error> {
+    pub fn persist_all(
+        &self,
+        batch: Vec<(Part, PathBuf, Entry)>,
+        earlier: &[PathBuf],
+    ) -> Result<Vec<PathBuf>, Error> {
         for (part, _, entry) in &batch {
             self.seal(part, entry)?;
         }
-        let parts: Vec<&Part> = batch.iter().map(|(part, _, _)| part).collect();
-        sync_together(&parts)?;
-        drop(parts);
-        let saved = batch
+        let folders = open_folders(earlier)?;
+        let flushes: Vec<(&File, &Path)> = batch
+            .iter()
+            .map(|(part, _, _)| (&part.file, part.path.as_path()))
+            .chain(folders.iter().map(|(dir, path)| (dir, *path)))
+            .collect();
+        sync_together(&flushes)?;
+        drop(flushes);
+        batch
             .into_iter()
             .map(|(part, rel, _)| self.name(part, &rel))
-            .collect::<Result<Vec<_>, _>>()?;
-        sync_folders(&saved)?;
-        Ok(saved)
+            .collect()
+    }
+
+    /// Flushes the folders that files named by [`Store::persist_all`] went into (each
+    /// folder once), so those names survive a crash.
+    pub fn flush_names(&self, saved: &[PathBuf]) -> Result<(), Error> {
+        let folders = open_folders(saved)?;
+        let flushes: Vec<(&File, &Path)> = folders.iter().map(|(dir, path)| (dir, *path)).collect();
+        sync_together(&flushes)
     }
 
     /// Gives a verified part file the announced time and permissions.
@@ -331,28 +351,28 @@ impl Store {
 /// to a flush (where fsync costs nothing, as on tmpfs, the threads are all the cost).
 const SYNC_THREADS: usize = 8;
 
-/// Flushes every part file to disk, on up to [`SYNC_THREADS`] threads at once, and waits for
-/// them all; the first failure is the result.
-fn sync_together(parts: &[&Part]) -> Result<(), Error> {
-    let sync = |part: &Part| {
-        part.file
-            .sync_all()
-            .map_err(|e| Error::write(part.path.clone(), e))
+/// Flushes every file to disk (each with its path, for the error), on up to
+/// [`SYNC_THREADS`] threads at once, and waits for them all; the first failure is the
+/// result.
+fn sync_together(files: &[(&File, &Path)]) -> Result<(), Error> {
+    let sync = |&(file, path): &(&File, &Path)| {
+        file.sync_all()
+            .map_err(|e| Error::write(path.to_owned(), e))
     };
-    let threads = parts.len().min(SYNC_THREADS);
+    let threads = files.len().min(SYNC_THREADS);
     if threads <= 1 {
-        return parts.iter().try_for_each(|part| sync(part));
+        return files.iter().try_for_each(sync);
     }
-    // Thread t flushes parts t, t + threads, ...
-    let share = |t: usize| parts.iter().skip(t).step_by(threads);
+    // Thread t flushes files t, t + threads, ...
+    let share = |t: usize| files.iter().skip(t).step_by(threads);
     std::thread::scope(|scope| {
         let mut waits = Vec::with_capacity(threads);
         for t in 0..threads {
             let thread = std::thread::Builder::new().name("p2pcopy-fsync".into());
-            match thread.spawn_scoped(scope, move || share(t).try_for_each(|part| sync(part))) {
+            match thread.spawn_scoped(scope, move || share(t).try_for_each(sync)) {
                 Ok(wait) => waits.push(wait),
                 // No thread to spare: this one flushes that share, only less at once.
-                Err(_) => share(t).try_for_each(|part| sync(part))?,
+                Err(_) => share(t).try_for_each(sync)?,
             }
         }
         for wait in waits {
@@ -363,29 +383,25 @@ fn sync_together(parts: &[&Part]) -> Result<(), Error> {
     })
 }
 
-/// Flushes the folders holding `files` (each once), so their new names are on disk.
-fn sync_folders(files: &[PathBuf]) -> Result<(), Error> {
-    let mut done: Vec<&Path> = Vec::new();
+/// The folders holding `files` (each once), opened for a flush of their names.
+#[cfg(unix)]
+fn open_folders(files: &[PathBuf]) -> Result<Vec<(File, &Path)>, Error> {
+    let mut folders: Vec<(File, &Path)> = Vec::new();
     for dir in files.iter().filter_map(|f| f.parent()) {
         // A round's files mostly share a few folders: a short list beats a set.
-        if done.contains(&dir) {
+        if folders.iter().any(|(_, d)| *d == dir) {
             continue;
         }
-        sync_folder(dir).map_err(|e| Error::write(dir.to_owned(), e))?;
-        done.push(dir);
+        let opened = File::open(dir).map_err(|e| Error::write(dir.to_owned(), e))?;
+        folders.push((opened, dir));
     }
-    Ok(())
-}
-
-#[cfg(unix)]
-fn sync_folder(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    Ok(folders)
 }
 
 /// Elsewhere a folder cannot be opened as a file; NTFS logs its names itself.
 #[cfg(not(unix))]
-fn sync_folder(_dir: &Path) -> io::Result<()> {
-    Ok(())
+fn open_folders(_files: &[PathBuf]) -> Result<Vec<(File, &Path)>, Error> {
+    Ok(Vec::new())
 }
 
 /// The hidden name of the part file for final name `name`.
@@ -550,7 +566,8 @@ mod tests {
             part.file.write_all(data).unwrap();
             batch.push((part, rel.to_owned(), entry(data.len() as u64)));
         }
-        let saved = store.persist_all(batch).unwrap();
+        let saved = store.persist_all(batch, &[]).unwrap();
+        store.flush_names(&saved).unwrap();
         let root = dir.path();
         assert_eq!(
             saved,
@@ -568,7 +585,7 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["a.txt", "b (1).txt", "b.txt", "c"]);
-        assert!(store.persist_all(Vec::new()).unwrap().is_empty());
+        assert!(store.persist_all(Vec::new(), &saved).unwrap().is_empty());
     }
 
     #[test]

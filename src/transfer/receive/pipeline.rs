@@ -264,34 +264,96 @@ fn write_one(store: &Store, job: Job) -> Result<Result<Item, Done>, Error> {
     }))
 }
 
-/// The syncer: takes what the writer verified, makes it durable and named in one round
-/// ([`Store::persist_all`]), reports each file; answers settle markers in order.
+/// The syncer: takes what the writer verified, makes it durable and named in rounds
+/// ([`Store::persist_all`]), reports each file once its name is flushed too; answers
+/// settle markers in order.
+///
+/// A round's names are flushed by the next round's flush while more files wait (so each
+/// round waits for one flush, not two), and by a flush of their own once none wait: a
+/// verdict waits at most for the round after it.
 fn sync_all(store: &Store, queue: &Queue, done: &mpsc::UnboundedSender<Done>) {
     let mut round = Vec::new();
-    while let Some(items) = queue.take(ROUND_FILES) {
+    let mut named = Named::default();
+    loop {
+        let items = if named.is_empty() {
+            queue.take(ROUND_FILES)
+        } else {
+            queue.take_now(ROUND_FILES)
+        };
+        let Some(items) = items else { break };
         for item in items {
             match item {
                 Item::File(index, part, rel, entry, hash) => {
                     round.push((index, hash, part, rel, entry))
                 }
                 Item::Settle => {
-                    if !persist(store, &mut round, done) {
+                    if !persist(store, &mut round, &mut named, done) || !named.flush(store, done) {
                         return queue.close();
                     }
                     let _ = done.send(Done::Settled);
                 }
             }
         }
-        if !persist(store, &mut round, done) {
+        let ok = if round.is_empty() {
+            named.flush(store, done)
+        } else {
+            persist(store, &mut round, &mut named, done)
+        };
+        if !ok {
             return queue.close();
+        }
+    }
+    named.flush(store, done);
+}
+
+/// Files named whose folders are not flushed yet: not reported until they are.
+#[derive(Default)]
+struct Named {
+    ids: Vec<(u32, blake3::Hash)>,
+    paths: Vec<PathBuf>,
+}
+
+impl Named {
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Reports every file held, its name now durable.
+    fn report(&mut self, done: &mpsc::UnboundedSender<Done>) {
+        for ((index, hash), at) in self.ids.drain(..).zip(self.paths.drain(..)) {
+            let _ = done.send(Done::File {
+                index,
+                saved: Ok(at),
+                hash,
+            });
+        }
+    }
+
+    /// Flushes the held names on their own and reports them; false if the disk failed.
+    fn flush(&mut self, store: &Store, done: &mpsc::UnboundedSender<Done>) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        match store.flush_names(&self.paths) {
+            Ok(()) => {
+                self.report(done);
+                true
+            }
+            Err(e) => {
+                let _ = done.send(Done::Failed(e));
+                false
+            }
         }
     }
 }
 
-/// One durability round for `round`, each file reported; false if the disk failed.
+/// One durability round for `round`, whose flush also carries the names held in `named`
+/// (reported then); the round's own names are held in their place. False if the disk
+/// failed.
 fn persist(
     store: &Store,
     round: &mut Vec<(u32, blake3::Hash, Part, PathBuf, Entry)>,
+    named: &mut Named,
     done: &mpsc::UnboundedSender<Done>,
 ) -> bool {
     if round.is_empty() {
@@ -301,15 +363,11 @@ fn persist(
         .drain(..)
         .map(|(index, hash, part, rel, entry)| ((index, hash), (part, rel, entry)))
         .unzip();
-    match store.persist_all(batch) {
+    match store.persist_all(batch, &named.paths) {
         Ok(saved) => {
-            for ((index, hash), at) in ids.into_iter().zip(saved) {
-                let _ = done.send(Done::File {
-                    index,
-                    saved: Ok(at),
-                    hash,
-                });
-            }
+            named.report(done);
+            named.ids = ids;
+            named.paths = saved;
             true
         }
         Err(e) => {
@@ -357,6 +415,18 @@ impl Queue {
                 return None;
             }
             s = self.changed.wait(s).ok()?;
+        }
+        let n = s.items.len().min(most);
+        let items = s.items.drain(..n).collect();
+        self.changed.notify_all();
+        Some(items)
+    }
+
+    /// Takes up to `most` items without waiting (maybe none); `None` once closed and empty.
+    fn take_now(&self, most: usize) -> Option<Vec<Item>> {
+        let mut s = self.state.lock().ok()?;
+        if s.items.is_empty() && s.closed {
+            return None;
         }
         let n = s.items.len().min(most);
         let items = s.items.drain(..n).collect();
@@ -456,6 +526,31 @@ mod tests {
         let names = std::fs::read_dir(dir.path().join("sub")).unwrap().count();
         assert_eq!(names, n as usize);
         assert!(pipe.try_next().is_none());
+    }
+
+    #[tokio::test]
+    async fn verdicts_come_without_a_settle_once_no_file_follows() {
+        // A round's verdicts wait for its names' flush, which the next round's flush
+        // carries while files keep coming: the last round must not wait for a next one.
+        let dir = tempfile::tempdir().unwrap();
+        let mut pipe = Pipeline::start(Store::new(dir.path().to_owned(), false)).unwrap();
+        for i in 0..3u32 {
+            let j = job(&pipe, i, &format!("f{i}"), b"data", false).await;
+            pipe.push(j).unwrap();
+        }
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(10), pipe.next());
+            match next.await {
+                Ok(Done::File { index, saved, .. }) => {
+                    assert_eq!(std::fs::read(saved.unwrap()).unwrap(), b"data");
+                    got.push(index);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2]);
     }
 
     #[tokio::test]
