@@ -336,6 +336,8 @@ def run_p2pcopy(binary, src, outdir, limit, logdir, cache=None):
             except ValueError:
                 continue
             events[role].setdefault(ev.get("event"), time.monotonic())
+            if ev.get("event") == "progress":
+                events[role]["last progress"] = time.monotonic()
             if ev.get("event") == "ticket":
                 tickets[role].put(ev["ticket"])
 
@@ -640,6 +642,7 @@ def main():
             mem["bytes"] = args.memory_gib * 1024 * MIB
             shutil.rmtree(bout, ignore_errors=True)
             log(f"  rss sender {mem['rss_s']:.1f} MiB, receiver {mem['rss_r']:.1f} MiB")
+            log(f"  {mem['secs']:.1f} s from the plan; seconds after it: {mem['timeline']}")
     finally:
         if sshd:
             sshd.kill()
