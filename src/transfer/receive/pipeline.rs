@@ -275,12 +275,10 @@ fn sync_all(store: &Store, queue: &Queue, done: &mpsc::UnboundedSender<Done>) {
     let mut round = Vec::new();
     let mut named = Named::default();
     loop {
-        let items = if named.is_empty() {
-            queue.take(ROUND_FILES)
-        } else {
-            queue.take_now(ROUND_FILES)
+        // With names held, what is queued now: an idle moment flushes them at once.
+        let Some(items) = queue.take(ROUND_FILES, named.is_empty()) else {
+            break;
         };
-        let Some(items) = items else { break };
         for item in items {
             match item {
                 Item::File(index, part, rel, entry, hash) => {
@@ -407,26 +405,18 @@ impl Queue {
         }
     }
 
-    /// Takes up to `most` items, waiting for at least one; `None` once closed and empty.
-    fn take(&self, most: usize) -> Option<Vec<Item>> {
+    /// Takes up to `most` items, waiting for at least one if `wait` (else maybe none);
+    /// `None` once closed and empty.
+    fn take(&self, most: usize, wait: bool) -> Option<Vec<Item>> {
         let mut s = self.state.lock().ok()?;
         while s.items.is_empty() {
             if s.closed {
                 return None;
             }
+            if !wait {
+                break;
+            }
             s = self.changed.wait(s).ok()?;
-        }
-        let n = s.items.len().min(most);
-        let items = s.items.drain(..n).collect();
-        self.changed.notify_all();
-        Some(items)
-    }
-
-    /// Takes up to `most` items without waiting (maybe none); `None` once closed and empty.
-    fn take_now(&self, most: usize) -> Option<Vec<Item>> {
-        let mut s = self.state.lock().ok()?;
-        if s.items.is_empty() && s.closed {
-            return None;
         }
         let n = s.items.len().min(most);
         let items = s.items.drain(..n).collect();
