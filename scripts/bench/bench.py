@@ -336,8 +336,6 @@ def run_p2pcopy(binary, src, outdir, limit, logdir, cache=None):
             except ValueError:
                 continue
             events[role].setdefault(ev.get("event"), time.monotonic())
-            if ev.get("event") == "progress":
-                events[role]["last progress"] = time.monotonic()
             if ev.get("event") == "ticket":
                 tickets[role].put(ev["ticket"])
 
