@@ -606,7 +606,11 @@ def main():
                 order = ["p2pcopy", "baseline"] if args.baseline else ["p2pcopy"]
                 for tool in order if i % 2 == 0 else order[::-1]:
                     b = args.p2pcopy if tool == "p2pcopy" else args.baseline
+                    before = netem_counts(logdir, prof) if netem else None
                     r = run_p2pcopy(b, src, out, 600, logdir, rate_cache(b, prof))
+                    if before is not None:
+                        after = netem_counts(logdir, prof)
+                        r["path_drops"] = {k: after[k] - before[k] for k in after}
                     if i == 0 and not filecmp.cmp(src, out / src.name, shallow=False):
                         raise RuntimeError(f"{tool}: the copy differs from the source")
                     res[tool].append(r)
@@ -726,7 +730,9 @@ def write_results(args, rows, checks, mem, small):
                       f"{link(mbit(med(xs)))} of the link; runs " + ", ".join(f"{mbit(x):.0f}" for x in xs) + ".")
         for key, label in (("p2pcopy", "p2pcopy"), ("baseline", "baseline")):
             if res[key] and res[key][0].get("sent") is not None:
-                w(f"\n{label}: QUIC packets sent / lost (sender's path stats) per run: "
+                drops = " (in brackets, the delay line's drops of the sender's frames during the run: at " \
+                    "random, and with its queue full)" if res[key][0].get("path_drops") else ""
+                w(f"\n{label}: QUIC packets sent / lost (sender's path stats) per run{drops}: "
                   + "; ".join(loss_text(r) for r in res[key]) + ".")
         w("iperf3 cubic retransmits per run: " + ", ".join(str(r["retrans"]) for r in res["iperf3"]) + ".")
     for prof, res in small.items():
@@ -777,10 +783,34 @@ def write_results(args, rows, checks, mem, small):
     log(f"wrote {args.results}")
 
 
+def netem_counts(logdir, prof):
+    """The delay line's cumulative counts for frames from the sender's side (its `a>b`), once
+    a second without change has made sure its last line is current.  A transfer's share is
+    the difference across it: the sender's QUIC losses split into the path's random drops
+    and the queue's tail drops, which the sender's own rate caused."""
+    log_file = logdir / f"netem-{prof}.log"
+    last = None
+    for _ in range(30):
+        time.sleep(1.2)
+        lines = log_file.read_text().splitlines()
+        line = lines[-1] if lines else ""
+        if line == last:
+            break
+        last = line
+    m = re.search(r"a>b sent (\d+) random-drop (\d+) tail-drop (\d+)", last or "")
+    if not m:
+        return {"sent": 0, "random": 0, "tail": 0}
+    return {"sent": int(m.group(1)), "random": int(m.group(2)), "tail": int(m.group(3))}
+
+
 def loss_text(r):
     if r.get("sent") is None:
         return "no path stats"
-    return f"{r['sent']} sent / {r['lost']} lost ({100 * r['lost'] / max(r['sent'], 1):.1f} %)"
+    text = f"{r['sent']} sent / {r['lost']} lost ({100 * r['lost'] / max(r['sent'], 1):.1f} %)"
+    d = r.get("path_drops")
+    if d:
+        text += f" [path: {d['random']} random, {d['tail']} queue-full]"
+    return text
 
 
 def default_cc():

@@ -9,7 +9,8 @@
 //!
 //! Usage: `p2pcopy-lab-netem IF_A IF_B [--delay-ms N] [--loss P] [--rate-mbit R] [--queue-ms Q]
 //! [--jitter-ms J]`
-//! Runs until killed. Offloads (GSO/TSO/GRO) must be off on the interfaces involved, or
+//! Runs until killed, printing each second in which frames moved one line of cumulative
+//! counts per direction (sent, random drops, tail drops, failed sends). Offloads (GSO/TSO/GRO) must be off on the interfaces involved, or
 //! frames larger than the MTU arrive and cannot be sent on.
 
 use std::collections::VecDeque;
@@ -32,7 +33,18 @@ struct Direction {
     tx: RawFd,
     queue: VecDeque<(Instant, Vec<u8>)>,
     next_free: Instant,
-    dropped: u64,
+    counts: Counts,
+}
+
+/// What became of the frames read in one direction, printed once a second while it changes:
+/// a bench run can then tell its transfer's losses apart into the path's random ones and
+/// the bounded queue's tail drops (which the sender's own rate caused).
+#[derive(Clone, Copy, Default, PartialEq)]
+struct Counts {
+    sent: u64,
+    random: u64,
+    tail: u64,
+    failed: u64,
 }
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -119,7 +131,7 @@ impl Rng {
 impl Direction {
     fn enqueue(&mut self, now: Instant, frame: Vec<u8>, opts: &Opts, rng: &mut Rng) {
         if opts.loss > 0.0 && rng.next_f64() < opts.loss {
-            self.dropped += 1;
+            self.counts.random += 1;
             return;
         }
         let mut due = match opts.rate_bps {
@@ -133,7 +145,7 @@ impl Direction {
                 let backlog =
                     self.next_free.saturating_duration_since(now).as_secs_f64() * bps / 8.0;
                 if backlog + frame.len() as f64 > limit.max(3000.0) {
-                    self.dropped += 1;
+                    self.counts.tail += 1;
                     return;
                 }
                 let wire_time = Duration::from_secs_f64(frame.len() as f64 * 8.0 / bps);
@@ -167,7 +179,9 @@ impl Direction {
             };
             if rc < 0 {
                 // A full send buffer or an oversized frame: the network lost it.
-                self.dropped += 1;
+                self.counts.failed += 1;
+            } else {
+                self.counts.sent += 1;
             }
         }
     }
@@ -184,6 +198,19 @@ impl Direction {
             self.enqueue(Instant::now(), buf[..n as usize].to_vec(), opts, rng);
         }
     }
+}
+
+/// One line of cumulative counts per report, `a>b` for frames read on IF_A.
+fn report(at: Duration, dirs: &[Direction; 2]) {
+    let mut line = format!("{:.1}s", at.as_secs_f64());
+    for (name, d) in ["a>b", "b>a"].iter().zip(dirs) {
+        let c = d.counts;
+        line += &format!(
+            " {name} sent {} random-drop {} tail-drop {} send-failed {}",
+            c.sent, c.random, c.tail, c.failed
+        );
+    }
+    println!("{line}");
 }
 
 fn parse() -> Result<(String, String, Opts), String> {
@@ -237,19 +264,29 @@ fn main() {
             tx: fb,
             queue: VecDeque::new(),
             next_free: now,
-            dropped: 0,
+            counts: Counts::default(),
         },
         Direction {
             rx: fb,
             tx: fa,
             queue: VecDeque::new(),
             next_free: now,
-            dropped: 0,
+            counts: Counts::default(),
         },
     ];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ std::process::id() as u64);
+    let start = now;
+    let mut next_report = now + Duration::from_secs(1);
+    let mut reported = [Counts::default(); 2];
     loop {
         let now = Instant::now();
+        if now >= next_report {
+            next_report = now + Duration::from_secs(1);
+            if dirs.iter().zip(&reported).any(|(d, r)| d.counts != *r) {
+                report(now - start, &dirs);
+                reported = [dirs[0].counts, dirs[1].counts];
+            }
+        }
         for d in &mut dirs {
             d.flush(now);
         }
@@ -257,7 +294,10 @@ fn main() {
             .iter()
             .filter_map(|d| d.queue.front().map(|(t, _)| *t))
             .min();
-        let wait = next.map(|t| t.saturating_duration_since(Instant::now()));
+        let wait = Some(
+            next.map_or(next_report, |t| t.min(next_report))
+                .saturating_duration_since(Instant::now()),
+        );
         let ts = wait.map(|w| libc::timespec {
             tv_sec: w.as_secs() as libc::time_t,
             tv_nsec: w.subsec_nanos() as libc::c_long,
