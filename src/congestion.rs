@@ -114,6 +114,15 @@ const BW_ROUNDS: usize = 10;
 /// round trip (the rate r(t) = 1.25 r(t - RTT) / RTT integrated over a round: x e^x = 1.25);
 /// growing it by 1.25 x each byte restores TCP's and BBR's doubling (x e^x = 1.5625).
 const STARTUP_GROWTH: f64 = 1.25;
+/// Packets a startup round must have sent before its losses can say that a queue
+/// overflowed: more than the first flight after the handshake, which the initial window
+/// holds to ten. That flight is lost whole when the handshake's last packet is: the peer
+/// processes no 1-RTT packet until its handshake is complete (quinn-proto drops them), so
+/// none of them is acknowledged. Taken for congestion, such a round ended startup at a few
+/// hundred kbit/s and set a cap of a few packets, which held the bench's `long50` at 7 and
+/// 13 Mbit/s in two runs of ten (bench/RESULTS.md, "A stall on `long50`"). A path whose
+/// queue overflows at fewer (a BDP and its queue under ~23 KB) shows it a round later.
+const STARTUP_ROUND_PACKETS: u64 = 2 * ACK_EVERY as u64;
 /// Startup ends once the delivery rate grew less than this factor for [`FULL_BW_ROUNDS`].
 const FULL_BW_GROWTH: f64 = 1.25;
 const FULL_BW_ROUNDS: u32 = 3;
@@ -275,6 +284,11 @@ pub struct Core {
     round_acked: u64,
     round_lost: u64,
     round_app_limited: bool,
+    /// The most in flight during the round (before each ACK frame's acknowledgements), and
+    /// the window the round started with: a startup round that never filled half of it
+    /// had nothing more to send, whatever quinn's flag says ([`Core::end_round`]).
+    round_inflight: u64,
+    round_window: u64,
     /// ACK frames in a row that show a queue (startup only).
     queued_samples: u32,
     /// The RTT of the newest packet acknowledged so far in the current ACK frame.
@@ -343,6 +357,8 @@ impl Core {
             round_acked: 0,
             round_lost: 0,
             round_app_limited: false,
+            round_inflight: 0,
+            round_window: initial_window(mtu),
             queued_samples: 0,
             frame_rtt: None,
             rates: VecDeque::with_capacity(BW_ROUNDS + 1),
@@ -542,6 +558,7 @@ impl Core {
         app_limited: bool,
         largest: Option<u64>,
     ) {
+        self.round_inflight = self.round_inflight.max(in_flight + self.frame_acked);
         self.try_leap();
         self.startup_queue_test(now);
         self.end_acks(now, app_limited, largest);
@@ -565,6 +582,8 @@ impl Core {
         self.round_lost = 0;
         self.round_overshoot = 0;
         self.round_app_limited = false;
+        self.round_inflight = 0;
+        self.round_window = self.window();
         self.round_queued = false;
         self.round_rtts = RoundRtts::default();
     }
@@ -594,7 +613,14 @@ impl Core {
         if cut {
             self.capped_below = self.last_sent + 1;
         }
-        let limited = app_limited || self.round_app_limited;
+        // quinn's flag says only whether its last look found nothing to send, and sending
+        // an ACK of the peer's packets clears it: rounds of the manifest's and the plan's
+        // round trips, a few packets each, come as not held back (traced on `long50`).
+        // Three in a row (a lost control frame makes more) would pass for startup's
+        // plateau and end it at a few hundred kbit/s (bench/RESULTS.md, "A stall on
+        // `long50`").
+        let unfilled = self.startup && self.round_inflight * 2 < self.round_window;
+        let limited = app_limited || self.round_app_limited || unfilled;
         self.measure_jitter(limited);
         tracing::trace!(
             rate_mbit = rate * 8e-6,
@@ -658,12 +684,18 @@ impl Core {
     /// never shows the queue test a rise, and its first overflowing round can lose well
     /// under it (10 % at 1 Gbit/s x 200 ms with 10 ms of buffer, in the simulator, whose
     /// next, doubled, round then lost 56 %: 76,000 packets).
+    ///
+    /// A round of fewer than [`STARTUP_ROUND_PACKETS`] says nothing either way, and is not
+    /// counted: see there.
     fn startup_overflows(&mut self, lossy: bool) -> bool {
+        let sent = (self.round_acked + self.round_lost) as f64 / self.mtu as f64;
+        if sent < STARTUP_ROUND_PACKETS as f64 {
+            return false;
+        }
         let before =
             self.startup_lost as f64 / (self.startup_acked + self.startup_lost).max(1) as f64;
         self.startup_acked += self.round_acked;
         self.startup_lost += self.round_lost;
-        let sent = (self.round_acked + self.round_lost) as f64 / self.mtu as f64;
         let lost = self.round_lost as f64 / self.mtu as f64;
         let expected = sent * (2.0 * before).clamp(CAP_LOSS, CONGESTED_LOSS);
         lossy && lost > expected + 3.0 * expected.sqrt()
@@ -686,7 +718,11 @@ impl Core {
             let min_rtt = self.min_rtt.get().unwrap_or_default().as_secs_f64();
             let delivered = rate.min(self.bandwidth()) * min_rtt;
             let through = self.window() as f64 * (1.0 - share_lost) * CAP_MARGIN;
-            let cap = through.max(delivered) as u64;
+            // Not below the window's floor: such a cap limits nothing more than the floor
+            // does, but grows back from where it was set, 3 % a clean round, holding the
+            // window at the floor all that while (from a few packets: tens of seconds;
+            // bench/RESULTS.md, "A stall on `long50`").
+            let cap = (through.max(delivered) as u64).max(self.window_floor());
             self.inflight_cap = Some(self.inflight_cap.map_or(cap, |c| c.min(cap)));
         } else if !cut && !limited && share_lost <= CAP_LOSS {
             self.inflight_cap = self.inflight_cap.map(|c| (c as f64 * CAP_GROWTH) as u64);
@@ -804,10 +840,15 @@ impl Core {
         // Not so low that the peer's ACKs wait for its timer (ACK_DELAY) instead of for
         // ACK_EVERY packets. (Not the BDP either: the max-filtered rate runs above a
         // policer's, and a floor of it kept 12 % loss at 40 ms.)
-        let floor = 2 * u64::from(ACK_EVERY) * self.mtu;
+        let floor = self.window_floor();
         self.window = self
             .inflight_cap
             .map_or(window, |c| window.min(c.max(floor)));
+    }
+
+    /// The least window a cap leaves (see [`Core::size_window`]).
+    fn window_floor(&self) -> u64 {
+        2 * u64::from(ACK_EVERY) * self.mtu
     }
 }
 

@@ -1541,3 +1541,75 @@ fn a_path_whose_delay_jitters_is_filled() {
         }
     }
 }
+
+/// The manifest's and the plan's round trips: a packet or two a round, which quinn reports
+/// as not held back (its flag only says its last look found nothing to send). Counted as
+/// startup's plateau, three of them ended startup at a few hundred kbit/s.
+#[test]
+fn rounds_that_left_the_window_unfilled_do_not_end_startup() {
+    let now = Instant::now();
+    let mut cc = Core::new(now, PKT);
+    let rtt = Duration::from_millis(200);
+    let mut t = now;
+    for pn in 0..6 {
+        cc.on_sent(pn);
+        t += rtt;
+        cc.on_ack(t, t - rtt, PKT, false);
+        cc.on_end_acks(t, 0, false, Some(pn));
+    }
+    assert!(cc.in_startup());
+    // A window filled round after round without the rate growing is the plateau.
+    let mut pn = 6;
+    for _ in 0..6 {
+        let n = cc.window() / PKT;
+        for _ in 0..n {
+            cc.on_sent(pn);
+            pn += 1;
+        }
+        t += rtt;
+        for _ in 0..10 {
+            cc.on_ack(t, t - rtt, PKT, false);
+        }
+        cc.on_end_acks(t, (n - 10) * PKT, false, Some(pn - 1));
+    }
+    assert!(!cc.in_startup());
+}
+
+#[test]
+fn a_cap_is_never_set_below_the_windows_floor() {
+    let now = Instant::now();
+    // Past a startup that ended at 56 kbit/s: a window of a few packets.
+    let mut cc = Core::new(now, PKT);
+    cc.startup = false;
+    cc.cycle = 2;
+    cc.push_rate(7_000.0);
+    cc.min_rtt.update(now, Duration::from_millis(200));
+    cc.size_window();
+    // A round of nine packets that lost three (chance, at 2 % random loss).
+    cc.round_end = 9;
+    cc.last_sent = 20;
+    cc.round_acked = 6 * PKT;
+    cc.round_lost = 3 * PKT;
+    cc.end_round(now, 7_000.0, false);
+    let floor = 2 * u64::from(ACK_EVERY) * PKT;
+    let cap = cc.inflight_cap.expect("the lossy round caps");
+    assert!(cap >= floor, "{cap} < {floor}");
+}
+
+/// The first flight after the handshake, lost whole when the handshake's last packet is
+/// (the peer processes no 1-RTT packet before its handshake is complete): no queue.
+#[test]
+fn a_first_flight_lost_whole_neither_ends_startup_nor_caps() {
+    let now = Instant::now();
+    let mut cc = Core::new(now, PKT);
+    let rtt = Duration::from_millis(200);
+    for pn in 0..12 {
+        cc.on_sent(pn);
+    }
+    let t = now + rtt * 2;
+    cc.on_ack(t, now, PKT, false);
+    cc.on_loss(t, now, false, 11 * PKT);
+    cc.on_end_acks(t, 0, false, Some(11));
+    assert!(cc.in_startup());
+    assert!(cc.inflight_cap.is_none());
+}
