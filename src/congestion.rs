@@ -119,9 +119,10 @@ const STARTUP_GROWTH: f64 = 1.25;
 /// holds to ten. That flight is lost whole when the handshake's last packet is: the peer
 /// processes no 1-RTT packet until its handshake is complete (quinn-proto drops them), so
 /// none of them is acknowledged. Taken for congestion, such a round ended startup at a few
-/// hundred kbit/s and set a cap of a few packets, which held the bench's `long50` at 7 and
-/// 13 Mbit/s in two runs of ten (bench/RESULTS.md, "A stall on `long50`"). A path whose
-/// queue overflows at fewer (a BDP and its queue under ~23 KB) shows it a round later.
+/// hundred kbit/s and set a cap of a few packets, which held the bench's `long50` at 7-13
+/// Mbit/s (65-67 otherwise) in three of its fourteen first copies (bench/RESULTS.md, "A
+/// stall on `long50`"). A path whose queue overflows at fewer packets (a BDP and its queue
+/// under ~23 KB) shows it a round later.
 const STARTUP_ROUND_PACKETS: u64 = 2 * ACK_EVERY as u64;
 /// Startup ends once the delivery rate grew less than this factor for [`FULL_BW_ROUNDS`].
 const FULL_BW_GROWTH: f64 = 1.25;
@@ -718,11 +719,7 @@ impl Core {
             let min_rtt = self.min_rtt.get().unwrap_or_default().as_secs_f64();
             let delivered = rate.min(self.bandwidth()) * min_rtt;
             let through = self.window() as f64 * (1.0 - share_lost) * CAP_MARGIN;
-            // Not below the window's floor: such a cap limits nothing more than the floor
-            // does, but grows back from where it was set, 3 % a clean round, holding the
-            // window at the floor all that while (from a few packets: tens of seconds;
-            // bench/RESULTS.md, "A stall on `long50`").
-            let cap = (through.max(delivered) as u64).max(self.window_floor());
+            let cap = through.max(delivered) as u64;
             self.inflight_cap = Some(self.inflight_cap.map_or(cap, |c| c.min(cap)));
         } else if !cut && !limited && share_lost <= CAP_LOSS {
             self.inflight_cap = self.inflight_cap.map(|c| (c as f64 * CAP_GROWTH) as u64);
@@ -840,15 +837,10 @@ impl Core {
         // Not so low that the peer's ACKs wait for its timer (ACK_DELAY) instead of for
         // ACK_EVERY packets. (Not the BDP either: the max-filtered rate runs above a
         // policer's, and a floor of it kept 12 % loss at 40 ms.)
-        let floor = self.window_floor();
+        let floor = 2 * u64::from(ACK_EVERY) * self.mtu;
         self.window = self
             .inflight_cap
             .map_or(window, |c| window.min(c.max(floor)));
-    }
-
-    /// The least window a cap leaves (see [`Core::size_window`]).
-    fn window_floor(&self) -> u64 {
-        2 * u64::from(ACK_EVERY) * self.mtu
     }
 }
 

@@ -1575,27 +1575,6 @@ fn rounds_that_left_the_window_unfilled_do_not_end_startup() {
     assert!(!cc.in_startup());
 }
 
-#[test]
-fn a_cap_is_never_set_below_the_windows_floor() {
-    let now = Instant::now();
-    // Past a startup that ended at 56 kbit/s: a window of a few packets.
-    let mut cc = Core::new(now, PKT);
-    cc.startup = false;
-    cc.cycle = 2;
-    cc.push_rate(7_000.0);
-    cc.min_rtt.update(now, Duration::from_millis(200));
-    cc.size_window();
-    // A round of nine packets that lost three (chance, at 2 % random loss).
-    cc.round_end = 9;
-    cc.last_sent = 20;
-    cc.round_acked = 6 * PKT;
-    cc.round_lost = 3 * PKT;
-    cc.end_round(now, 7_000.0, false);
-    let floor = 2 * u64::from(ACK_EVERY) * PKT;
-    let cap = cc.inflight_cap.expect("the lossy round caps");
-    assert!(cap >= floor, "{cap} < {floor}");
-}
-
 /// The first flight after the handshake, lost whole when the handshake's last packet is
 /// (the peer processes no 1-RTT packet before its handshake is complete): no queue.
 #[test]
