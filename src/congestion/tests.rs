@@ -559,10 +559,7 @@ fn random_loss_does_not_end_startup() {
     let mut pn = 0;
     for _ in 0..6 {
         let n = cc.window() / PKT;
-        for _ in 0..n {
-            cc.on_sent(pn);
-            pn += 1;
-        }
+        send(&mut cc, &mut pn, n);
         t += rtt;
         let lost = n / 50;
         for i in 0..n - lost {
@@ -588,10 +585,7 @@ fn samples_that_waited_for_the_ack_do_not_end_startup() {
     let mut pn = 0;
     for _ in 0..6 {
         let n = cc.window() / PKT;
-        for _ in 0..n {
-            cc.on_sent(pn);
-            pn += 1;
-        }
+        send(&mut cc, &mut pn, n);
         t += rtt;
         let every = u64::from(ACK_EVERY);
         for frame in 0..n.div_ceil(every) {
@@ -1014,6 +1008,14 @@ fn sweep() {
     }
 }
 
+/// `n` packets go out, numbered on from `pn`.
+fn send(cc: &mut Core, pn: &mut u64, n: u64) {
+    for _ in 0..n {
+        cc.on_sent(*pn);
+        *pn += 1;
+    }
+}
+
 /// Sends a round of `n` packets and acknowledges them `rtt` later in frames of
 /// [`ACK_EVERY`], each ACK's sample `rtt + extra`; returns the time of the last ACK.
 fn round_of(
@@ -1025,10 +1027,7 @@ fn round_of(
     n: u64,
 ) -> Instant {
     let first = *pn;
-    for _ in 0..n {
-        cc.on_sent(*pn);
-        *pn += 1;
-    }
+    send(cc, pn, n);
     let t = t + rtt + extra;
     for i in (first..*pn).step_by(ACK_EVERY as usize) {
         let newest = (i + u64::from(ACK_EVERY)).min(*pn);
@@ -1562,10 +1561,7 @@ fn rounds_that_left_the_window_unfilled_do_not_end_startup() {
     let mut pn = 6;
     for _ in 0..6 {
         let n = cc.window() / PKT;
-        for _ in 0..n {
-            cc.on_sent(pn);
-            pn += 1;
-        }
+        send(&mut cc, &mut pn, n);
         t += rtt;
         for _ in 0..10 {
             cc.on_ack(t, t - rtt, PKT, false);
