@@ -1578,9 +1578,7 @@ fn a_first_flight_lost_whole_neither_ends_startup_nor_caps() {
     let now = Instant::now();
     let mut cc = Core::new(now, PKT);
     let rtt = Duration::from_millis(200);
-    for pn in 0..12 {
-        cc.on_sent(pn);
-    }
+    send(&mut cc, &mut 0, 12);
     let t = now + rtt * 2;
     cc.on_ack(t, now, PKT, false);
     cc.on_loss(t, now, false, 11 * PKT);

@@ -10,8 +10,9 @@
 //! Usage: `p2pcopy-lab-netem IF_A IF_B [--delay-ms N] [--loss P] [--rate-mbit R] [--queue-ms Q]
 //! [--jitter-ms J]`
 //! Runs until killed, printing each second in which frames moved one line of cumulative
-//! counts per direction (sent, random drops, tail drops, failed sends). Offloads (GSO/TSO/GRO) must be off on the interfaces involved, or
-//! frames larger than the MTU arrive and cannot be sent on.
+//! counts per direction (sent, random drops, tail drops, failed sends). Offloads
+//! (GSO/TSO/GRO) must be off on the interfaces involved, or frames larger than the MTU
+//! arrive and cannot be sent on.
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -290,18 +291,16 @@ fn main() {
         for d in &mut dirs {
             d.flush(now);
         }
-        let next = dirs
+        // The next frame due, or the next report: the wait is always bounded.
+        let until = dirs
             .iter()
             .filter_map(|d| d.queue.front().map(|(t, _)| *t))
-            .min();
-        let wait = Some(
-            next.map_or(next_report, |t| t.min(next_report))
-                .saturating_duration_since(Instant::now()),
-        );
-        let ts = wait.map(|w| libc::timespec {
-            tv_sec: w.as_secs() as libc::time_t,
-            tv_nsec: w.subsec_nanos() as libc::c_long,
-        });
+            .fold(next_report, Instant::min);
+        let wait = until.saturating_duration_since(Instant::now());
+        let ts = libc::timespec {
+            tv_sec: wait.as_secs() as libc::time_t,
+            tv_nsec: wait.subsec_nanos() as libc::c_long,
+        };
         let mut fds = [
             libc::pollfd {
                 fd: fa,
@@ -314,11 +313,8 @@ fn main() {
                 revents: 0,
             },
         ];
-        let tsp = ts
-            .as_ref()
-            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
         // SAFETY: fds and ts outlive the call.
-        let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, tsp, std::ptr::null()) };
+        let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
